@@ -1,0 +1,83 @@
+"""A command waiting for its answer: the reply slot a mailbox message carries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from storage.records import AppendResult
+
+__all__ = ["CommandRequest"]
+
+
+class CommandRequest:
+    """One command on its way through an actor and the writer.
+
+    Whoever finishes it (the actor for a rejection, the writer once the commit
+    is durable) calls :meth:`succeed` or :meth:`fail` exactly once; the sender
+    awaits :meth:`wait`.
+    """
+
+    __slots__ = (
+        "_done",
+        "ack",
+        "causation_id",
+        "command",
+        "command_id",
+        "correlation_id",
+        "error",
+        "expected_version",
+        "received_at",
+    )
+
+    def __init__(
+        self,
+        command: Any,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        received_at: float = 0.0,
+    ) -> None:
+        self.command = command
+        self.command_id = command_id
+        self.expected_version = expected_version
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.received_at = received_at
+        self.ack: AppendResult | None = None
+        self.error: BaseException | None = None
+        self._done = trio.Event()
+
+    def __repr__(self) -> str:
+        state = "ok" if self.ack else f"failed: {self.error!r}" if self.error else "pending"
+        return f"<CommandRequest {type(self.command).__name__} {state}>"
+
+    @property
+    def done(self) -> bool:
+        """Whether the request has its answer."""
+        return self._done.is_set()
+
+    def succeed(self, ack: AppendResult) -> None:
+        """Answer with the Ack; ignored when already answered."""
+        if not self._done.is_set():
+            self.ack = ack
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with an error; ignored when already answered."""
+        if not self._done.is_set():
+            self.error = error
+            self._done.set()
+
+    async def wait(self) -> AppendResult:
+        """Wait for the answer; return the Ack or raise the error.
+
+        Cancelling the wait does not cancel the command: it may still commit.
+        """
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.ack is not None
+        return self.ack

@@ -1,0 +1,240 @@
+"""The group-commit writer: the only task that writes to the store.
+
+Actors hand it appends without waiting; it commits everything queued while
+the previous commit ran in ONE write transaction in a worker thread, then
+answers each command directly (one task switch per command, no hop back
+through the actor). In ``sync`` durability the store fsyncs before returning,
+so nothing is acknowledged before it is durable.
+
+Actors evolve their state as soon as they hand over an append, so a later
+command can be decided before the earlier one is committed. If a commit
+fails, every command decided on top of it is failed as well and the actors
+involved reload their state from storage before deciding again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from storage.errors import Conflict, MotetError, StorageError
+from storage.records import Append
+from storage.store import EventStore
+
+from .errors import InternalError
+from .request import CommandRequest
+
+__all__ = ["AppendOwner", "GroupCommitWriter", "WriterStatistics"]
+
+log = logging.getLogger("motet.writer")
+
+
+class AppendOwner(Protocol):
+    """The actor side of an append: told when its append is settled."""
+
+    def append_settled(self, ok: bool) -> None:
+        """One of this owner's appends committed (``ok``) or failed."""
+
+
+class _Pending:
+    __slots__ = ("append", "owner", "request")
+
+    def __init__(
+        self, append: Append, request: CommandRequest | None, owner: AppendOwner
+    ) -> None:
+        self.append = append
+        self.request = request
+        self.owner = owner
+
+
+class WriterStatistics:
+    """A frozen snapshot of the writer's counters (see :meth:`GroupCommitWriter.statistics`)."""
+
+    __slots__ = (
+        "appends_committed",
+        "commits",
+        "events_appended",
+        "failed_commits",
+        "head_position",
+        "queued",
+        "snapshots",
+    )
+
+    def __init__(self, **values: int) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("WriterStatistics is read-only")
+
+    def __repr__(self) -> str:
+        inner = " ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
+        return f"WriterStatistics({inner})"
+
+
+CommitListener = Callable[[int, int, float, float], None]
+"""Called after each commit with (appends, events, seconds, head position)."""
+
+
+class GroupCommitWriter:
+    """Commits queued appends in batches; see the module docstring."""
+
+    def __init__(self, store: EventStore, *, max_batch: int = 10_000) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._inflight: list[_Pending] = []
+        self._wakeup = trio.Event()
+        self._head_changed = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._limiter = trio.CapacityLimiter(1)
+        self._closed = False
+        self.head_position = store.head_position
+        self.listeners: list[CommitListener] = []
+        self._commits = 0
+        self._failed_commits = 0
+        self._appends_committed = 0
+        self._events_appended = 0
+        self._snapshots: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<GroupCommitWriter head={self.head_position} queued={len(self._queue)} "
+            f"inflight={len(self._inflight)} commits={self._commits}>"
+        )
+
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        """The limiter every write to the store must hold (one writer at a time)."""
+        return self._limiter
+
+    def statistics(self) -> WriterStatistics:
+        """Counters since the writer started."""
+        return WriterStatistics(
+            appends_committed=self._appends_committed,
+            commits=self._commits,
+            events_appended=self._events_appended,
+            failed_commits=self._failed_commits,
+            head_position=self.head_position,
+            queued=len(self._queue) + len(self._inflight),
+            snapshots=sum(self._snapshots.values()),
+        )
+
+    def snapshots_by_stream_prefix(self) -> dict[str, int]:
+        """Snapshots written, per aggregate type name."""
+        return dict(self._snapshots)
+
+    def submit(
+        self, append: Append, request: CommandRequest | None, owner: AppendOwner
+    ) -> None:
+        """Queue an append for the next commit (never blocks).
+
+        ``request``, when given, is answered once the commit is durable.
+        """
+        if self._closed:
+            error = InternalError("the writer has stopped; the command was not committed")
+            if request is not None:
+                request.fail(error)
+            owner.append_settled(False)
+            return
+        self._queue.append(_Pending(append, request, owner))
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._wakeup.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until everything submitted so far is committed or failed."""
+        while self._queue or self._inflight:
+            await self._idle.wait()
+
+    async def wait_head_beyond(self, position: int) -> None:
+        """Wait until the log's head is past ``position``."""
+        while self.head_position <= position:
+            await self._head_changed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit batches forever. Cancelling it leaves queued appends
+        unanswered: call :meth:`wait_idle` first, :meth:`fail_all` after."""
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                self._inflight = batch
+                await self._commit(batch)
+                self._inflight = []
+            self._idle.set()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await trio.to_thread.run_sync(
+                self._store.append_batch,
+                [pending.append for pending in batch],
+                time.time(),
+                limiter=self._limiter,
+            )
+        except Exception as exc:
+            self._failed_commits += 1
+            log.error("commit of %d appends failed: %s", len(batch), exc)
+            if not isinstance(exc, MotetError):
+                exc = StorageError(f"commit failed unexpectedly: {exc!r}")
+            self._fail_batch(batch, exc)
+            return
+        seconds = time.perf_counter() - started
+        events = 0
+        appends = 0
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, Conflict):
+                if pending.request is not None:
+                    pending.request.fail(result)
+                pending.owner.append_settled(False)
+                continue
+            appends += 1
+            events += len(pending.append.events)
+            if pending.append.snapshot is not None:
+                kind = pending.append.stream.partition("-")[0]
+                self._snapshots[kind] = self._snapshots.get(kind, 0) + 1
+            if pending.request is not None:
+                pending.request.succeed(result)
+            pending.owner.append_settled(True)
+        self._commits += 1
+        self._appends_committed += appends
+        self._events_appended += events
+        head = self._store.head_position
+        if head != self.head_position:
+            self.head_position = head
+            self._head_changed.set()
+            self._head_changed = trio.Event()
+        for listener in self.listeners:
+            listener(len(batch), events, seconds, head)
+
+    def _fail_batch(self, batch: list[_Pending], error: BaseException) -> None:
+        """Fail a batch, and every queued append decided on top of it."""
+        owners = {id(pending.owner) for pending in batch}
+        dependent = [p for p in self._queue if id(p.owner) in owners]
+        self._queue = [p for p in self._queue if id(p.owner) not in owners]
+        for pending in batch + dependent:
+            if pending.request is not None:
+                pending.request.fail(error)
+            pending.owner.append_settled(False)
+
+    def fail_all(self, error: BaseException) -> None:
+        """Stop taking appends and fail every one not yet committed."""
+        self._closed = True
+        pending, self._queue = self._inflight + self._queue, []
+        self._inflight = []
+        for item in pending:
+            if item.request is not None:
+                item.request.fail(error)
+            item.owner.append_settled(False)
+        self._idle.set()
+
+

@@ -1,0 +1,52 @@
+"""Motet's public API: open an engine, send commands, read streams, subscribe.
+
+Example::
+
+    from engine import open_engine
+    from engine.example import app, CreateUser
+
+    async with open_engine("./motet-data", app) as engine:
+        ack = await engine.send(CreateUser(user_id="u1", name="Ann",
+                                           email="ann@example.org", password="pw"))
+"""
+
+from actors.definition import Aggregate
+from actors.errors import (
+    CommandRejected,
+    EngineClosed,
+    InternalError,
+    NotFound,
+    Overloaded,
+    UnknownMessageType,
+)
+from storage.codec import Upcaster
+from storage.errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
+from storage.records import Metadata, RecordedEvent
+
+from .app import App
+from .core import Ack, Engine, EngineStatistics, open_engine
+from .mediator import Mediator
+
+__all__ = [
+    "Ack",
+    "Aggregate",
+    "App",
+    "CodecError",
+    "CommandRejected",
+    "Conflict",
+    "Engine",
+    "EngineClosed",
+    "EngineStatistics",
+    "InternalError",
+    "Mediator",
+    "Metadata",
+    "MotetError",
+    "NotFound",
+    "Overloaded",
+    "RecordedEvent",
+    "StorageError",
+    "StoreFormatError",
+    "UnknownMessageType",
+    "Upcaster",
+    "open_engine",
+]

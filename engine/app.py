@@ -1,0 +1,59 @@
+"""The application definition handed to :func:`engine.open_engine`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.definition import Aggregate
+from storage.codec import Codec, Upcaster, tag_of
+
+__all__ = ["App"]
+
+
+@dataclass(frozen=True)
+class App:
+    """Everything the engine runs for one application: its aggregates (with
+    their commands and events) and the upcasters of old event versions.
+
+    Raises ``TypeError`` at construction when two aggregates claim the same
+    command type, two messages share a tag, or an upcaster is missing.
+    """
+
+    aggregates: Sequence[Aggregate[Any]]
+    upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: dict[type, str] = {}
+        names: set[str] = set()
+        for aggregate in self.aggregates:
+            if aggregate.name in names:
+                raise TypeError(f"two aggregates are named {aggregate.name!r}")
+            names.add(aggregate.name)
+            for command in aggregate.commands:
+                if command in seen:
+                    raise TypeError(
+                        f"{command.__qualname__} is handled by both {seen[command]!r} "
+                        f"and {aggregate.name!r}"
+                    )
+                seen[command] = aggregate.name
+        tags: dict[str, type] = {}
+        for command in seen:
+            tag = tag_of(command)
+            if tag in tags:
+                raise TypeError(
+                    f"command tag {tag!r} is used by both {tags[tag].__qualname__} "
+                    f"and {command.__qualname__}"
+                )
+            tags[tag] = command
+        self.codec()  # validates event tags, versions and upcasters now
+
+    def codec(self) -> Codec:
+        """A codec for every event type of every aggregate."""
+        events = [event for aggregate in self.aggregates for event in aggregate.events]
+        return Codec(events, self.upcasters)
+
+    def command_types(self) -> dict[str, type]:
+        """Command types by tag (what the TCP protocol's ``type`` names)."""
+        return {tag_of(c): c for aggregate in self.aggregates for c in aggregate.commands}

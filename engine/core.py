@@ -1,0 +1,283 @@
+"""The engine: storage, writer, actors and mediator wired together."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import trio
+
+from actors.errors import EngineClosed
+from actors.registry import Registry
+from actors.request import CommandRequest
+from actors.writer import GroupCommitWriter
+from storage.codec import Codec
+from storage.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore
+from storage.memory_store import MemoryStore
+from storage.records import AppendResult, RecordedEvent
+from storage.store import Durability, EventStore, check_key
+
+from .app import App
+from .mediator import Mediator
+
+__all__ = ["Ack", "Engine", "EngineStatistics", "open_engine"]
+
+log = logging.getLogger("motet.engine")
+
+Ack = AppendResult
+"""A command's acknowledgement: ``stream``, its new ``version``, and the global
+``position`` of its last event (pass it as ``after=`` to read your writes)."""
+
+_READ_BATCH = 1000
+
+
+class EngineStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the engine's counters (see :meth:`Engine.statistics`)."""
+
+    head_position: int
+    commits: int
+    commands_committed: int
+    events_appended: int
+    failed_commits: int
+    snapshots: int
+    actors: int
+    actors_started: int
+    actors_passivated: int
+    actors_evicted: int
+    mailbox_max: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Commands per write transaction, on average."""
+        return self.commands_committed / self.commits if self.commits else 0.0
+
+
+class Engine:
+    """A running Motet engine; get one from :func:`open_engine`."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        app: App,
+        *,
+        mailbox_size: int,
+        max_actors: int,
+        passivate_after: float,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.codec: Codec = app.codec()
+        self.mediator = Mediator(app)
+        self.writer = GroupCommitWriter(store)
+        self.registry = Registry(
+            store=store,
+            codec=self.codec,
+            writer=self.writer,
+            mailbox_size=mailbox_size,
+            max_actors=max_actors,
+            passivate_after=passivate_after,
+        )
+        self._closing = False
+        self._outstanding = 0
+        self._quiet = trio.Event()
+        self._quiet.set()
+        self._by_command_id: dict[str, CommandRequest] = {}
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "running"
+        return f"<Engine {state} head={self.writer.head_position} store={self.store!r}>"
+
+    @property
+    def head_position(self) -> int:
+        """Position of the last committed event."""
+        return self.writer.head_position
+
+    def statistics(self) -> EngineStatistics:
+        """Counters of the writer and the registry, as a frozen snapshot."""
+        writer = self.writer.statistics()
+        registry = self.registry.statistics()
+        return EngineStatistics(
+            head_position=writer.head_position,
+            commits=writer.commits,
+            commands_committed=writer.appends_committed,
+            events_appended=writer.events_appended,
+            failed_commits=writer.failed_commits,
+            snapshots=writer.snapshots,
+            actors=registry.actors,
+            actors_started=registry.started,
+            actors_passivated=registry.passivated,
+            actors_evicted=registry.evicted,
+            mailbox_max=registry.mailbox_max,
+        )
+
+    async def send(
+        self,
+        command: Any,
+        *,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Ack:
+        """Run ``command`` on its aggregate and return the :data:`Ack` once its
+        events are committed (durably, in ``sync`` mode).
+
+        A retry with the same ``command_id`` returns the first attempt's Ack
+        and appends nothing. ``expected_version`` makes the command fail with
+        :class:`Conflict` unless the aggregate is at that version.
+
+        Raises :class:`CommandRejected` (the domain refused it),
+        :class:`Conflict`, :class:`Overloaded` (mailbox full: nothing ran),
+        :class:`UnknownMessageType`, ``ValueError`` (bad id or arguments),
+        :class:`InternalError` (a handler bug) or :class:`StorageError`.
+        Cancelling the call does not cancel the command: it may still commit;
+        retry with the same ``command_id`` to find out.
+        """
+        if self._closing:
+            raise EngineClosed("the engine is closing and takes no more commands")
+        aggregate, aggregate_id = self.mediator.route(command)
+        if expected_version is not None and (
+            not isinstance(expected_version, int) or expected_version < 0
+        ):
+            raise ValueError(f"expected_version must be an int >= 0, got {expected_version!r}")
+        if command_id is not None:
+            check_key("command_id", command_id)
+            earlier = self._by_command_id.get(command_id)
+            if earlier is not None:
+                return await earlier.wait()
+            ack = self.store.get_ack(command_id)
+            if ack is not None:
+                return ack
+        request = CommandRequest(
+            command,
+            command_id,
+            expected_version,
+            correlation_id,
+            causation_id,
+            trio.current_time(),
+        )
+        self.registry.actor_for(aggregate, aggregate_id).tell(request)
+        if self._outstanding == 0:
+            self._quiet = trio.Event()
+        self._outstanding += 1
+        if command_id is not None:
+            self._by_command_id[command_id] = request
+        try:
+            return await request.wait()
+        finally:
+            if command_id is not None and self._by_command_id.get(command_id) is request:
+                del self._by_command_id[command_id]
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._quiet.set()
+
+    async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
+        """Every event of ``stream`` with a version greater than ``from_version``
+        (0: the whole stream), oldest first; an unknown stream gives ``[]``."""
+        check_key("stream", stream)
+        stored = await trio.to_thread.run_sync(self.store.read_stream, stream, from_version)
+        decode = self.codec.decode_record
+        return [decode(event) for event in stored]
+
+    async def subscribe(
+        self, from_position: int = 0, *, batch_size: int = _READ_BATCH
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield every event with a position greater than ``from_position`` in
+        log order: first those already committed (catch-up), then each new
+        one as it is committed (live). Never ends by itself; stop iterating
+        (or cancel) to unsubscribe."""
+        if from_position < 0:
+            raise ValueError(f"from_position must be >= 0, got {from_position}")
+        position = from_position
+        decode = self.codec.decode_record
+        read_all = self.store.read_all
+        while True:
+            if self.writer.head_position <= position:
+                await self.writer.wait_head_beyond(position)
+            if self.writer.head_position - position > batch_size:
+                stored = await trio.to_thread.run_sync(read_all, position, batch_size)
+            else:
+                stored = read_all(position, batch_size)
+            for event in stored:
+                yield decode(event)
+                position = event.position
+
+    async def _drain(self) -> None:
+        """Refuse new commands, then wait for the accepted ones to finish."""
+        self._closing = True
+        await self._quiet.wait()
+        await self.writer.wait_idle()
+
+
+def _with_snapshot_every(app: App, snapshot_every: int | Mapping[str, int] | None) -> App:
+    if snapshot_every is None:
+        return app
+    aggregates = []
+    for aggregate in app.aggregates:
+        every = (
+            snapshot_every
+            if isinstance(snapshot_every, int)
+            else snapshot_every.get(aggregate.name, aggregate.snapshot_every)
+        )
+        aggregates.append(dataclasses.replace(aggregate, snapshot_every=every))
+    return dataclasses.replace(app, aggregates=tuple(aggregates))
+
+
+@asynccontextmanager
+async def open_engine(
+    path: str | os.PathLike[str] | None,
+    app: App,
+    *,
+    durability: Durability = "sync",
+    mailbox_size: int = 64,
+    max_actors: int = 100_000,
+    passivate_after: float = 300.0,
+    snapshot_every: int | Mapping[str, int] | None = None,
+    map_size: int = DEFAULT_MAP_SIZE,
+    shutdown_timeout: float = 10.0,
+) -> AsyncIterator[Engine]:
+    """Open the store at ``path`` (an LMDB directory, created when missing;
+    ``None`` for an in-memory store), start the engine's tasks, and yield the
+    :class:`Engine`.
+
+    On exit, new commands are refused, accepted ones are committed (for at
+    most ``shutdown_timeout`` seconds), the tasks stop and the store closes.
+    ``snapshot_every`` overrides the aggregates' snapshot interval (one
+    number, or per aggregate name). Raises
+    :class:`~storage.errors.StoreFormatError` when ``path`` is not a Motet
+    store and ``ValueError`` for invalid options.
+    """
+    app = _with_snapshot_every(app, snapshot_every)
+    store: EventStore
+    if path is None:
+        store = MemoryStore()
+    else:
+        store = LmdbStore(path, durability=durability, map_size=map_size)
+    try:
+        engine = Engine(
+            store,
+            app,
+            mailbox_size=mailbox_size,
+            max_actors=max_actors,
+            passivate_after=passivate_after,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.writer.serve)
+            await nursery.start(engine.registry.serve)
+            try:
+                yield engine
+            finally:
+                with trio.move_on_after(shutdown_timeout) as scope:
+                    scope.shield = True
+                    await engine._drain()
+                if scope.cancelled_caught:
+                    log.warning("engine closed with commands still in flight")
+                nursery.cancel_scope.cancel()
+        engine.writer.fail_all(EngineClosed("the engine closed before the command committed"))
+    finally:
+        store.close()

@@ -1,0 +1,46 @@
+"""The mediator: routes each command, by its type, to its aggregate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.definition import Aggregate
+from actors.errors import UnknownMessageType
+
+from .app import App
+
+__all__ = ["Mediator"]
+
+
+class Mediator:
+    """Knows which aggregate handles each command type and where its id is."""
+
+    def __init__(self, app: App) -> None:
+        self._routes: dict[type, tuple[Aggregate[Any], str]] = {
+            command: (aggregate, id_field)
+            for aggregate in app.aggregates
+            for command, id_field in aggregate.commands.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"<Mediator commands={len(self._routes)}>"
+
+    def route(self, command: Any) -> tuple[Aggregate[Any], str]:
+        """Return the aggregate type and aggregate id ``command`` goes to.
+
+        Raises :class:`UnknownMessageType` when no aggregate handles its type
+        and ``ValueError`` when its id field is empty or not a string.
+        """
+        route = self._routes.get(type(command))
+        if route is None:
+            raise UnknownMessageType(
+                f"no aggregate handles commands of type {type(command).__qualname__}"
+            )
+        aggregate, id_field = route
+        aggregate_id = getattr(command, id_field)
+        if not isinstance(aggregate_id, str) or not aggregate_id:
+            raise ValueError(
+                f"{type(command).__name__}.{id_field} must be a non-empty string, "
+                f"got {aggregate_id!r}"
+            )
+        return aggregate, aggregate_id

@@ -1,0 +1,346 @@
+"""The LMDB event store: one LMDB environment, six named databases.
+
+Layout (see DESIGN.md, "Storage"):
+
+``log``          8-byte big-endian position → msgpack :class:`StoredEvent`
+``streams``      stream id + NUL + 8-byte big-endian version → position
+``snapshots``    stream id → msgpack :class:`Snapshot`
+``commands``     command id → msgpack :class:`AppendResult` (the original Ack)
+``checkpoints``  projection name → msgpack :class:`Checkpoint`
+``meta``         ``format`` → the store format name
+
+Every append batch is one write transaction; in ``sync`` durability LMDB
+fsyncs it before :meth:`LmdbStore.append_batch` returns, so a result returned
+here survives a crash. The stream index, acks and snapshots are written in
+the same transaction, so they can never disagree with the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from .errors import Conflict, StorageError, StoreFormatError
+from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
+from .store import Durability, plan_appends
+
+__all__ = ["FORMAT", "LmdbStore"]
+
+FORMAT = b"motet-store/1"
+"""The on-disk format this code reads and writes, recorded in ``meta``."""
+
+_U64 = struct.Struct(">Q")
+_pack = _U64.pack
+_MAX_VERSION = b"\xff" * 8
+_DATABASES = (b"log", b"streams", b"snapshots", b"commands", b"checkpoints", b"meta")
+_LMDB_FILES = {"data.mdb", "lock.mdb"}
+
+DEFAULT_MAP_SIZE = 1 << 30
+"""Initial map size (1 GiB of address space, not disk); it doubles when full."""
+
+
+def _stream_prefix(stream: str) -> bytes:
+    return stream.encode() + b"\x00"
+
+
+class LmdbStore:
+    """An :class:`~storage.store.EventStore` in an LMDB environment at ``path``.
+
+    ``path`` is a directory; it is created when missing. Opening a directory
+    that holds something other than a Motet store, or a store of an unknown
+    format, raises :class:`~storage.errors.StoreFormatError` and changes
+    nothing. ``durability`` is ``"sync"`` (fsync every commit) or ``"none"``
+    (no fsync: a process crash loses nothing, an OS crash or power loss may
+    lose the last commits).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "sync",
+        map_size: int = DEFAULT_MAP_SIZE,
+    ) -> None:
+        if durability not in ("sync", "none"):
+            raise ValueError(f"durability must be 'sync' or 'none', got {durability!r}")
+        self.path = Path(path)
+        self.durability = durability
+        existing = self._check_directory(self.path)
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(_DATABASES) + 2,
+                subdir=True,
+                sync=durability == "sync",
+                metasync=durability == "sync",
+                readahead=False,
+                max_readers=512,
+                create=True,
+            )
+        except lmdb.Error as exc:
+            raise StoreFormatError(f"{self.path} is not a readable LMDB store: {exc}") from exc
+        try:
+            self._open_databases(existing)
+        except BaseException:
+            self._env.close()
+            raise
+        # set_mapsize needs every transaction of this process closed: readers and
+        # the grower take this lock; write transactions never overlap a resize
+        # because the single writer is the one that grows the map.
+        self._resize_lock = threading.Lock()
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._event_decoder = msgspec.msgpack.Decoder(StoredEvent)
+        self._snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+        self._ack_decoder = msgspec.msgpack.Decoder(AppendResult)
+        self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+        self._closed = False
+        with self._env.begin(db=self._log) as txn:
+            cursor = txn.cursor()
+            self._head = _U64.unpack(cursor.key())[0] if cursor.last() else 0
+
+    @staticmethod
+    def _check_directory(path: Path) -> bool:
+        """Return whether a store already exists at ``path``; refuse anything else."""
+        if path.exists() and not path.is_dir():
+            raise StoreFormatError(f"{path} is a file, not a Motet store directory")
+        if not path.exists():
+            try:
+                path.mkdir(parents=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create store directory {path}: {exc}") from exc
+            return False
+        entries = set(os.listdir(path))
+        if "data.mdb" in entries:
+            return True
+        if entries - _LMDB_FILES:
+            shown = ", ".join(sorted(entries)[:5])
+            raise StoreFormatError(
+                f"{path} is not empty and holds no Motet store (found: {shown})"
+            )
+        return False
+
+    def _open_databases(self, existing: bool) -> None:
+        if existing:
+            try:
+                meta = self._env.open_db(b"meta", create=False)
+            except lmdb.NotFoundError:
+                raise StoreFormatError(
+                    f"{self.path} is an LMDB environment but not a Motet store (no meta record)"
+                ) from None
+            except lmdb.Error as exc:
+                raise StoreFormatError(f"{self.path} cannot be opened: {exc}") from exc
+            with self._env.begin(db=meta) as txn:
+                found = txn.get(b"format")
+            if found != FORMAT:
+                raise StoreFormatError(
+                    f"{self.path} holds store format {found!r}; this version reads "
+                    f"{FORMAT.decode()!r} only"
+                )
+        dbs = {}
+        with self._env.begin(write=True) as txn:
+            for name in _DATABASES:
+                dbs[name] = self._env.open_db(name, txn=txn, create=True)
+            txn.put(b"format", FORMAT, db=dbs[b"meta"])
+        self._log = dbs[b"log"]
+        self._index = dbs[b"streams"]
+        self._snapshots = dbs[b"snapshots"]
+        self._commands = dbs[b"commands"]
+        self._checkpoints = dbs[b"checkpoints"]
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<LmdbStore {str(self.path)!r} closed>"
+        return (
+            f"<LmdbStore {str(self.path)!r} head={self._head} durability={self.durability} "
+            f"map_size={self._env.info()['map_size']}>"
+        )
+
+    @property
+    def head_position(self) -> int:
+        return self._head
+
+    @property
+    def map_size(self) -> int:
+        """The current map size in bytes (grows by itself)."""
+        return int(self._env.info()["map_size"])
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+        with self._resize_lock, self._env.begin(buffers=True) as txn:
+            yield txn
+
+    # -- writes -------------------------------------------------------------
+
+    def append_batch(
+        self, appends: Sequence[Append], timestamp: float
+    ) -> list[AppendResult | Conflict]:
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+        while True:
+            try:
+                results, head = self._append_once(appends, timestamp)
+            except lmdb.MapFullError:
+                self._grow()
+                continue
+            except lmdb.Error as exc:
+                raise _translate(exc, f"appending to {self.path}") from exc
+            except OSError as exc:
+                raise _translate(exc, f"appending to {self.path}") from exc
+            self._head = head
+            return results
+
+    def _append_once(
+        self, appends: Sequence[Append], timestamp: float
+    ) -> tuple[list[AppendResult | Conflict], int]:
+        with self._env.begin(write=True) as txn:
+            index = txn.cursor(self._index)
+
+            def version_of(stream: str) -> int:
+                return _last_version(index, _stream_prefix(stream))
+
+            results, records, head = plan_appends(appends, self._head, timestamp, version_of)
+            encode = self._encode
+            if records:
+                txn.cursor(self._log).putmulti(
+                    [(_pack(r.position), encode(r)) for r in records], append=True
+                )
+                # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
+                index.putmulti(
+                    sorted(
+                        (_stream_prefix(r.stream) + _pack(r.version), _pack(r.position))
+                        for r in records
+                    )
+                )
+            for append, result in zip(appends, results, strict=True):
+                if isinstance(result, Conflict):
+                    continue
+                if append.snapshot is not None:
+                    txn.put(append.stream.encode(), encode(append.snapshot), db=self._snapshots)
+                command_id = append.metadata.command_id
+                if command_id is not None and append.events:
+                    txn.put(command_id.encode(), encode(result), db=self._commands)
+        return results, head
+
+    def _grow(self) -> None:
+        with self._resize_lock:
+            self._env.set_mapsize(self.map_size * 2)
+
+    def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+        while True:
+            try:
+                with self._env.begin(write=True, db=self._checkpoints) as txn:
+                    txn.put(name.encode(), self._encode(checkpoint))
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, f"saving checkpoint {name!r}") from exc
+
+    # -- reads --------------------------------------------------------------
+
+    def read_stream(
+        self, stream: str, after_version: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        prefix = _stream_prefix(stream)
+        decode = self._event_decoder.decode
+        events: list[StoredEvent] = []
+        with self._read() as txn:
+            cursor = txn.cursor(self._index)
+            log = txn.cursor(self._log)
+            if not cursor.set_range(prefix + _pack(max(after_version, 0) + 1)):
+                return events
+            for key, position in cursor:
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                log.set_key(position)
+                events.append(decode(log.value()))
+                if limit is not None and len(events) >= limit:
+                    break
+        return events
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        decode = self._event_decoder.decode
+        events: list[StoredEvent] = []
+        if limit <= 0:
+            return events
+        with self._read() as txn:
+            cursor = txn.cursor(self._log)
+            if not cursor.set_range(_pack(max(after_position, 0) + 1)):
+                return events
+            for value in cursor.iternext(keys=False, values=True):
+                events.append(decode(value))
+                if len(events) >= limit:
+                    break
+        return events
+
+    def stream_version(self, stream: str) -> int:
+        with self._read() as txn:
+            return _last_version(txn.cursor(self._index), _stream_prefix(stream))
+
+    def streams(self) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        with self._read() as txn:
+            cursor = txn.cursor(self._index)
+            more = cursor.first()
+            while more:
+                prefix = bytes(cursor.key()[:-8])
+                found.append((prefix[:-1].decode(), _last_version(cursor, prefix)))
+                more = cursor.set_range(prefix[:-1] + b"\x01")
+        return found
+
+    def load_snapshot(self, stream: str) -> Snapshot | None:
+        with self._read() as txn:
+            raw = txn.get(stream.encode(), db=self._snapshots)
+            return None if raw is None else self._snapshot_decoder.decode(raw)
+
+    def get_ack(self, command_id: str) -> AppendResult | None:
+        with self._read() as txn:
+            raw = txn.get(command_id.encode(), db=self._commands)
+            return None if raw is None else self._ack_decoder.decode(raw)
+
+    def get_checkpoint(self, name: str) -> Checkpoint | None:
+        with self._read() as txn:
+            raw = txn.get(name.encode(), db=self._checkpoints)
+            return None if raw is None else self._checkpoint_decoder.decode(raw)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._resize_lock:
+            if self.durability != "sync":
+                self._env.sync(True)
+            self._env.close()
+
+
+def _last_version(cursor: lmdb.Cursor, prefix: bytes) -> int:
+    """The highest version indexed under ``prefix`` (0 when none); moves ``cursor``."""
+    found = cursor.set_range(prefix + _MAX_VERSION)
+    found = cursor.prev() if found else cursor.last()
+    if not found:
+        return 0
+    key = bytes(cursor.key())
+    if len(key) != len(prefix) + 8 or not key.startswith(prefix):
+        return 0
+    return int(_U64.unpack_from(key, len(prefix))[0])
+
+
+def _translate(exc: BaseException, doing: str) -> StorageError:
+    code = getattr(exc, "errno", None) or getattr(exc, "code", None)
+    text = str(exc)
+    if code == errno.ENOSPC or "No space left" in text:
+        return StorageError(f"disk full while {doing}; nothing of this batch was committed")
+    return StorageError(f"storage failure while {doing}: {text}")

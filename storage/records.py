@@ -1,0 +1,118 @@
+"""The records the storage layer stores and returns.
+
+Event payloads and states travel through storage as already-encoded bytes;
+:mod:`storage.codec` turns them into and out of the application's types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Append",
+    "RecordedEvent",
+    "AppendResult",
+    "Checkpoint",
+    "Metadata",
+    "NewEvent",
+    "Snapshot",
+    "StoredAck",
+    "StoredEvent",
+]
+
+
+class Metadata(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """Where an event came from: the command that produced it and its causal chain."""
+
+    command_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """An event about to be appended: its stable type tag, the version of that
+    type's schema, and the msgpack-encoded payload."""
+
+    type: str
+    event_version: int
+    data: bytes
+
+
+class Snapshot(msgspec.Struct, frozen=True, array_like=True):
+    """An aggregate's state after ``version`` events, encoded with state schema
+    ``schema_version``."""
+
+    version: int
+    schema_version: int
+    state: bytes
+
+
+class Append(msgspec.Struct):
+    """One command's worth of writes to one stream, committed atomically.
+
+    ``expected_version`` is the stream version the events were decided on; the
+    append is refused with :class:`~storage.errors.Conflict` when the stream
+    is elsewhere. ``events`` may be empty when only ``snapshot`` is written.
+    """
+
+    stream: str
+    expected_version: int
+    events: list[NewEvent]
+    metadata: Metadata = Metadata()
+    snapshot: Snapshot | None = None
+
+
+class AppendResult(msgspec.Struct, frozen=True, array_like=True):
+    """Where an append landed: the stream's new version and the global
+    position of its last event (both unchanged for a snapshot-only append)."""
+
+    stream: str
+    version: int
+    position: int
+
+
+StoredAck = AppendResult
+"""What the command-id index keeps for a command: the Ack it was given."""
+
+
+class StoredEvent(msgspec.Struct, frozen=True, array_like=True):
+    """An event as recorded in the log, payload still encoded.
+
+    This struct, msgpack-encoded as an array, is also the log's value format:
+    the position is repeated in the value so a record read on its own (or a
+    misplaced one) can be checked against its key.
+    """
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    event_version: int
+    timestamp: float
+    metadata: Metadata
+    data: bytes
+
+
+class Checkpoint(msgspec.Struct, frozen=True, array_like=True):
+    """A projection's progress: the last position it applied and, optionally,
+    its read model encoded with model schema ``schema_version``."""
+
+    position: int
+    schema_version: int = 0
+    model: bytes | None = None
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as the engine hands it out: a log record with its payload
+    decoded into the application's event type (upcast to the newest version)."""
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    event_version: int
+    timestamp: float
+    metadata: Metadata
+    data: Any
