@@ -39,15 +39,15 @@ class Aggregate(Generic[S]):
 
     def __post_init__(self) -> None:
         if not self.name or "-" in self.name or "\x00" in self.name:
-            raise ValueError(f"aggregate name must be non-empty without '-' or NUL, got {self.name!r}")
+            raise ValueError(
+                f"aggregate name must be non-empty without '-' or NUL, got {self.name!r}"
+            )
         if self.snapshot_every < 1:
             raise ValueError(f"snapshot_every must be >= 1, got {self.snapshot_every}")
         for command, id_field in self.commands.items():
             fields = getattr(command, "__struct_fields__", ())
             if id_field not in fields:
-                raise ValueError(
-                    f"{command.__qualname__} has no field {id_field!r} to route it by"
-                )
+                raise ValueError(f"{command.__qualname__} has no field {id_field!r} to route it by")
         tags = {tag_of(cls): cls for cls in self.commands}
         object.__setattr__(self, "tags", tags)
 

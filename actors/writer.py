@@ -43,9 +43,7 @@ class AppendOwner(Protocol):
 class _Pending:
     __slots__ = ("append", "owner", "request")
 
-    def __init__(
-        self, append: Append, request: CommandRequest | None, owner: AppendOwner
-    ) -> None:
+    def __init__(self, append: Append, request: CommandRequest | None, owner: AppendOwner) -> None:
         self.append = append
         self.request = request
         self.owner = owner
@@ -129,9 +127,7 @@ class GroupCommitWriter:
         """Snapshots written, per aggregate type name."""
         return dict(self._snapshots)
 
-    def submit(
-        self, append: Append, request: CommandRequest | None, owner: AppendOwner
-    ) -> None:
+    def submit(self, append: Append, request: CommandRequest | None, owner: AppendOwner) -> None:
         """Queue an append for the next commit (never blocks).
 
         ``request``, when given, is answered once the commit is durable.
@@ -236,5 +232,3 @@ class GroupCommitWriter:
                 item.request.fail(error)
             item.owner.append_settled(False)
         self._idle.set()
-
-

@@ -45,11 +45,12 @@ def event_version_of(cls: type) -> int:
 
 
 class _EventType:
-    __slots__ = ("cls", "decoder", "tag", "version")
+    __slots__ = ("cls", "decoder", "tag", "tag_field", "version")
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
         self.tag = tag_of(cls)
+        self.tag_field: str = cls.__struct_config__.tag_field  # type: ignore[attr-defined]
         self.version = event_version_of(cls)
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(cls)
 
@@ -88,9 +89,7 @@ class Codec:
                     f"1..{self._types[tag].version - 1}"
                 )
         for entry in self._types.values():
-            missing = [
-                v for v in range(1, entry.version) if (entry.tag, v) not in self._upcasters
-            ]
+            missing = [v for v in range(1, entry.version) if (entry.tag, v) not in self._upcasters]
             if missing:
                 raise TypeError(
                     f"event {entry.tag!r} is at version {entry.version} but has no "
@@ -150,9 +149,14 @@ class Codec:
                     f"version {entry.version}"
                 )
             payload = self._untyped.decode(data)
+            if not isinstance(payload, dict):
+                raise CodecError(
+                    f"event {tag!r} version {version} does not decode: expected a map, "
+                    f"got {type(payload).__name__}"
+                )
             for from_version in range(version, entry.version):
                 payload = self._upcasters[(tag, from_version)](payload)
-            payload["type"] = tag
+            payload[entry.tag_field] = tag
             return msgspec.convert(payload, entry.cls)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise CodecError(f"event {tag!r} version {version} does not decode: {exc}") from exc

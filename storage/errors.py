@@ -30,9 +30,7 @@ class Conflict(MotetError):
     the stream and decide again."""
 
     def __init__(self, stream: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream!r} is at version {actual}, expected version {expected}"
-        )
+        super().__init__(f"stream {stream!r} is at version {actual}, expected version {expected}")
         self.stream = stream
         self.expected = expected
         self.actual = actual

@@ -123,9 +123,7 @@ class LmdbStore:
             return True
         if entries - _LMDB_FILES:
             shown = ", ".join(sorted(entries)[:5])
-            raise StoreFormatError(
-                f"{path} is not empty and holds no Motet store (found: {shown})"
-            )
+            raise StoreFormatError(f"{path} is not empty and holds no Motet store (found: {shown})")
         return False
 
     def _open_databases(self, existing: bool) -> None:
@@ -257,6 +255,8 @@ class LmdbStore:
         prefix = _stream_prefix(stream)
         decode = self._event_decoder.decode
         events: list[StoredEvent] = []
+        if limit is not None and limit <= 0:
+            return events
         with self._read() as txn:
             cursor = txn.cursor(self._index)
             log = txn.cursor(self._log)

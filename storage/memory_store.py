@@ -44,9 +44,7 @@ class MemoryStore:
         self, appends: Sequence[Append], timestamp: float
     ) -> list[AppendResult | Conflict]:
         self._check_open()
-        results, records, _ = plan_appends(
-            appends, len(self._log), timestamp, self.stream_version
-        )
+        results, records, _ = plan_appends(appends, len(self._log), timestamp, self.stream_version)
         for record in records:
             self._log.append(record)
             self._streams.setdefault(record.stream, []).append(record.position)
@@ -65,13 +63,13 @@ class MemoryStore:
         self._check_open()
         positions = self._streams.get(stream, [])[max(after_version, 0) :]
         if limit is not None:
-            positions = positions[:limit]
+            positions = positions[: max(limit, 0)]
         return [self._log[p - 1] for p in positions]
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         self._check_open()
         start = max(after_position, 0)
-        return self._log[start : start + limit]
+        return self._log[start : start + max(limit, 0)]
 
     def stream_version(self, stream: str) -> int:
         self._check_open()
@@ -99,5 +97,3 @@ class MemoryStore:
 
     def close(self) -> None:
         self._closed = True
-
-

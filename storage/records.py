@@ -12,11 +12,11 @@ import msgspec
 
 __all__ = [
     "Append",
-    "RecordedEvent",
     "AppendResult",
     "Checkpoint",
     "Metadata",
     "NewEvent",
+    "RecordedEvent",
     "Snapshot",
     "StoredAck",
     "StoredEvent",

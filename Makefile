@@ -1,0 +1,32 @@
+# Developer entry points. Every target installs (or refreshes) the virtualenv first,
+# so a change to pyproject.toml is picked up on the next run.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PACKAGES := engine actors storage
+
+.PHONY: run test bench lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -e '.[test,bench,dev]'
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/motet demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.seed_workload
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PACKAGES)
+
+# Removes build and tool caches only: never the virtualenv or a data directory.
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Runnable benchmark scripts for Motet (not tests); see benchmarks/README.md."""
