@@ -65,6 +65,9 @@ class AggregateActor(Generic[S]):
         self.stopped = False
         self._stale = True
         self._settled: trio.Event | None = None
+        # Commands in the mailbox or being handled by the actor task; while it
+        # is non-zero, new commands queue behind them to keep arrival order.
+        self._queued = 0
 
     def __repr__(self) -> str:
         queued = self._send.statistics().current_buffer_used
@@ -82,12 +85,22 @@ class AggregateActor(Generic[S]):
     @property
     def idle(self) -> bool:
         """True when nothing is queued or in flight, so stopping loses nothing."""
-        return self.pending == 0 and self._send.statistics().current_buffer_used == 0
+        return self.pending == 0 and self._queued == 0
 
     def tell(self, request: CommandRequest) -> None:
-        """Put a command in the mailbox; raise :class:`Overloaded` when it is full."""
+        """Hand the actor a command; raise :class:`Overloaded` when its mailbox is full.
+
+        When the actor is loaded and its mailbox is empty, the command is
+        decided right here, in the sender's task: deciding never awaits, so
+        this is exactly what the actor task would do next, minus a task
+        switch. Otherwise it is queued behind the commands already waiting.
+        """
+        if self._queued == 0 and not self._stale and not self.stopped:
+            self._decide(request)
+            return
         try:
             self._send.send_nowait(request)
+            self._queued += 1
         except trio.WouldBlock:
             raise Overloaded(
                 f"mailbox of {self.stream} is full "
@@ -114,13 +127,11 @@ class AggregateActor(Generic[S]):
         try:
             async for request in receive:
                 await self._handle(request)
+                self._queued -= 1
                 # Drain what is already queued without a scheduler round trip each.
-                while True:
-                    try:
-                        request = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    await self._handle(request)
+                while self._queued:
+                    await self._handle(receive.receive_nowait())
+                    self._queued -= 1
         finally:
             self.stopped = True
             # Only a cancelled actor (the engine is closing) can have commands left.

@@ -140,16 +140,17 @@ class Registry:
         self._started += 1
         self._nursery.start_soon(actor.run, name=f"actor {stream}")
         if len(self._actors) > self.max_actors:
-            self._evict()
+            self._evict(keep=stream)
         return actor
 
-    def _evict(self) -> None:
+    def _evict(self, keep: str) -> None:
         excess = len(self._actors) - self.max_actors
         victims = []
         for index, (stream, actor) in enumerate(self._actors.items()):
             if index >= _EVICTION_SCAN or len(victims) >= excess:
                 break
-            if actor.idle and not actor.stopped:
+            # The actor just started for ``keep`` is idle too, but its caller is about to tell it.
+            if stream != keep and actor.idle and not actor.stopped:
                 victims.append(stream)
         for stream in victims:
             self._actors.pop(stream).stop()
