@@ -9,8 +9,11 @@ from .errors import (
     InternalError,
     NotFound,
     Overloaded,
+    QueryTimeout,
     UnknownMessageType,
 )
+from .projection import Projection, ProjectionActor, ProjectionFailed, ProjectionStatus, Query
+from .read_model import Order, Table
 from .registry import Registry, RegistryStatistics
 from .request import CommandRequest
 from .writer import GroupCommitWriter, WriterStatistics
@@ -24,9 +27,17 @@ __all__ = [
     "GroupCommitWriter",
     "InternalError",
     "NotFound",
+    "Order",
     "Overloaded",
+    "Projection",
+    "ProjectionActor",
+    "ProjectionFailed",
+    "ProjectionStatus",
+    "Query",
+    "QueryTimeout",
     "Registry",
     "RegistryStatistics",
+    "Table",
     "UnknownMessageType",
     "WriterStatistics",
 ]

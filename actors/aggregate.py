@@ -9,7 +9,7 @@ import msgspec
 import trio
 
 from storage.codec import Codec
-from storage.errors import Conflict, MotetError
+from storage.errors import CodecError, Conflict, MotetError
 from storage.records import Append, Metadata, Snapshot
 from storage.store import EventStore
 
@@ -171,7 +171,12 @@ class AggregateActor(Generic[S]):
         definition = self.definition
         state, version = definition.initial, 0
         replace = False
-        snapshot = self._store.load_snapshot(self.stream)
+        try:
+            snapshot = self._store.load_snapshot(self.stream)
+        except (CodecError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Snapshots are derived data: an unreadable one costs a replay, not the aggregate.
+            log.warning("ignoring unreadable snapshot record of %s: %s", self.stream, exc)
+            snapshot, replace = None, True
         if snapshot is not None:
             if snapshot.schema_version != definition.state_version:
                 log.info(

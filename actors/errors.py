@@ -13,6 +13,7 @@ __all__ = [
     "InternalError",
     "NotFound",
     "Overloaded",
+    "QueryTimeout",
     "UnknownMessageType",
 ]
 
@@ -43,3 +44,8 @@ class UnknownMessageType(MotetError):
 
 class EngineClosed(MotetError):
     """The engine is shutting down or closed and takes no more requests."""
+
+
+class QueryTimeout(MotetError):
+    """A query's ``after=`` position was not reached by its projection within
+    the timeout (the projection lags, or the position was never written)."""

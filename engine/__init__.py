@@ -17,14 +17,17 @@ from actors.errors import (
     InternalError,
     NotFound,
     Overloaded,
+    QueryTimeout,
     UnknownMessageType,
 )
+from actors.projection import Projection, ProjectionFailed, ProjectionStatus, Query
+from actors.read_model import Order, Table
 from storage.codec import Upcaster
 from storage.errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
 from storage.records import Metadata, RecordedEvent
 
 from .app import App
-from .core import Ack, Engine, EngineStatistics, open_engine
+from .core import Ack, Engine, EngineStatistics, EngineStatus, open_engine
 from .mediator import Mediator
 
 __all__ = [
@@ -37,15 +40,23 @@ __all__ = [
     "Engine",
     "EngineClosed",
     "EngineStatistics",
+    "EngineStatus",
     "InternalError",
     "Mediator",
     "Metadata",
     "MotetError",
     "NotFound",
+    "Order",
     "Overloaded",
+    "Projection",
+    "ProjectionFailed",
+    "ProjectionStatus",
+    "Query",
+    "QueryTimeout",
     "RecordedEvent",
     "StorageError",
     "StoreFormatError",
+    "Table",
     "UnknownMessageType",
     "Upcaster",
     "open_engine",

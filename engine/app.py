@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.definition import Aggregate
+from actors.projection import Projection, Query
 from storage.codec import Codec, Upcaster, tag_of
 
 __all__ = ["App"]
@@ -15,13 +16,17 @@ __all__ = ["App"]
 @dataclass(frozen=True)
 class App:
     """Everything the engine runs for one application: its aggregates (with
-    their commands and events) and the upcasters of old event versions.
+    their commands and events), its projections (read models) and the queries
+    they answer, and the upcasters of old event versions.
 
     Raises ``TypeError`` at construction when two aggregates claim the same
-    command type, two messages share a tag, or an upcaster is missing.
+    command type, two messages share a tag, a query names an unknown
+    projection, or an upcaster is missing.
     """
 
     aggregates: Sequence[Aggregate[Any]]
+    projections: Sequence[Projection[Any]] = ()
+    queries: Sequence[Query[Any, Any]] = ()
     upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -38,12 +43,24 @@ class App:
                         f"and {aggregate.name!r}"
                     )
                 seen[command] = aggregate.name
+        projections = {p.name for p in self.projections}
+        if len(projections) != len(self.projections):
+            raise TypeError("two projections have the same name")
+        queries: set[type] = set()
+        for query in self.queries:
+            if query.projection not in projections:
+                raise TypeError(
+                    f"query {query.type.__qualname__} reads unknown projection {query.projection!r}"
+                )
+            if query.type in queries:
+                raise TypeError(f"query {query.type.__qualname__} is registered twice")
+            queries.add(query.type)
         tags: dict[str, type] = {}
-        for command in seen:
+        for command in [*seen, *queries]:
             tag = tag_of(command)
             if tag in tags:
                 raise TypeError(
-                    f"command tag {tag!r} is used by both {tags[tag].__qualname__} "
+                    f"message tag {tag!r} is used by both {tags[tag].__qualname__} "
                     f"and {command.__qualname__}"
                 )
             tags[tag] = command
@@ -57,3 +74,7 @@ class App:
     def command_types(self) -> dict[str, type]:
         """Command types by tag (what the TCP protocol's ``type`` names)."""
         return {tag_of(c): c for aggregate in self.aggregates for c in aggregate.commands}
+
+    def query_types(self) -> dict[str, type]:
+        """Query types by tag."""
+        return {tag_of(q.type): q.type for q in self.queries}

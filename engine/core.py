@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 import trio
 
-from actors.errors import EngineClosed
+from actors.errors import EngineClosed, QueryTimeout, UnknownMessageType
+from actors.projection import ProjectionActor, ProjectionStatus, Query
 from actors.registry import Registry
 from actors.request import CommandRequest
 from actors.writer import GroupCommitWriter
@@ -25,7 +26,7 @@ from storage.store import Durability, EventStore, check_key
 from .app import App
 from .mediator import Mediator
 
-__all__ = ["Ack", "Engine", "EngineStatistics", "open_engine"]
+__all__ = ["Ack", "Engine", "EngineStatistics", "EngineStatus", "open_engine"]
 
 log = logging.getLogger("motet.engine")
 
@@ -57,6 +58,17 @@ class EngineStatistics(msgspec.Struct, frozen=True):
         return self.commands_committed / self.commits if self.commits else 0.0
 
 
+class EngineStatus(msgspec.Struct, frozen=True):
+    """What :meth:`Engine.status` reports: the log's head, each projection's
+    position, lag and state, and the live actors per aggregate type."""
+
+    head_position: int
+    projections: list[ProjectionStatus]
+    actors: int
+    actors_by_aggregate: dict[str, int]
+    durability: str
+
+
 class Engine:
     """A running Motet engine; get one from :func:`open_engine`."""
 
@@ -82,6 +94,13 @@ class Engine:
             max_actors=max_actors,
             passivate_after=passivate_after,
         )
+        self.projections: dict[str, ProjectionActor[Any]] = {
+            projection.name: ProjectionActor(
+                projection, store=store, codec=self.codec, writer=self.writer
+            )
+            for projection in app.projections
+        }
+        self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._closing = False
         self._outstanding = 0
         self._quiet = trio.Event()
@@ -114,6 +133,62 @@ class Engine:
             actors_evicted=registry.evicted,
             mailbox_max=registry.mailbox_max,
         )
+
+    def status(self) -> EngineStatus:
+        """The head position, every projection's position, lag (events and
+        seconds) and state (``running``/``failed``/``rebuilding`` with the
+        error), and the live actors."""
+        registry = self.registry.statistics()
+        return EngineStatus(
+            head_position=self.writer.head_position,
+            projections=[actor.status() for actor in self.projections.values()],
+            actors=registry.actors,
+            actors_by_aggregate=registry.by_aggregate,
+            durability=str(getattr(self.store, "durability", "none")),
+        )
+
+    def projection(self, name: str) -> ProjectionActor[Any]:
+        """The projection called ``name``, to pause, resume, retry, skip or
+        rebuild it. Raises ``KeyError`` naming the known projections."""
+        try:
+            return self.projections[name]
+        except KeyError:
+            raise KeyError(
+                f"no projection {name!r}; known: {', '.join(sorted(self.projections)) or 'none'}"
+            ) from None
+
+    async def ask(self, query: Any, *, after: int | None = None, timeout: float = 5.0) -> Any:
+        """Answer ``query`` from the read model of the projection serving it.
+
+        With ``after=position`` (e.g. an Ack's ``position``) it first waits,
+        up to ``timeout`` seconds, until that projection has applied the
+        position, so the answer includes that write. Raises
+        :class:`QueryTimeout` past the timeout, :class:`ProjectionFailed` when
+        the projection is stopped before the position, :class:`NotFound` for
+        a missing entity, :class:`UnknownMessageType` for an unregistered
+        query type and ``ValueError`` for invalid arguments.
+        """
+        entry = self._queries.get(type(query))
+        if entry is None:
+            raise UnknownMessageType(
+                f"no query handler for messages of type {type(query).__qualname__}"
+            )
+        projection = self.projections[entry.projection]
+        if after is not None:
+            if not isinstance(after, int) or after < 0:
+                raise ValueError(f"after must be a position >= 0, got {after!r}")
+            if not timeout >= 0:
+                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            if projection.position < after:
+                with trio.move_on_after(timeout):
+                    await projection.wait_for(after)
+                if projection.position < after:
+                    raise QueryTimeout(
+                        f"projection {projection.name!r} did not reach position {after} "
+                        f"within {timeout} s (it is at {projection.position}, "
+                        f"the log's head is {self.writer.head_position})"
+                    )
+        return entry.handler(projection.model, query)
 
     async def send(
         self,
@@ -213,6 +288,13 @@ class Engine:
         await self._quiet.wait()
         await self.writer.wait_idle()
 
+    async def _save_projections(self) -> None:
+        for projection in self.projections.values():
+            try:
+                await projection.save()
+            except Exception:
+                log.exception("could not save projection %s", projection.name)
+
 
 def _with_snapshot_every(app: App, snapshot_every: int | Mapping[str, int] | None) -> App:
     if snapshot_every is None:
@@ -269,12 +351,15 @@ async def open_engine(
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.writer.serve)
             await nursery.start(engine.registry.serve)
+            for projection in engine.projections.values():
+                await nursery.start(projection.run)
             try:
                 yield engine
             finally:
                 with trio.move_on_after(shutdown_timeout) as scope:
                     scope.shield = True
                     await engine._drain()
+                    await engine._save_projections()
                 if scope.cancelled_caught:
                     log.warning("engine closed with commands still in flight")
                 nursery.cancel_scope.cancel()

@@ -1,0 +1,358 @@
+"""Projections: actors that fold the log into in-memory read models.
+
+A projection starts from its saved read-model snapshot (or from nothing),
+catches up by reading the log in batches, then follows each commit as the
+writer announces it. Events are applied strictly in position order, each
+exactly once. A handler that raises stops the projection at that position:
+it keeps answering queries from its last state, reports the failure, and
+waits for :meth:`ProjectionActor.retry` or :meth:`ProjectionActor.skip`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+import trio
+
+from storage.codec import Codec, tag_of
+from storage.errors import MotetError
+from storage.records import Checkpoint, StoredEvent
+from storage.store import EventStore
+
+from .writer import GroupCommitWriter
+
+__all__ = [
+    "Projection",
+    "ProjectionActor",
+    "ProjectionFailed",
+    "ProjectionStatus",
+    "Query",
+]
+
+log = logging.getLogger("motet.projections")
+
+M = TypeVar("M")
+Q = TypeVar("Q")
+
+Handler = Callable[[Any, Any, StoredEvent], None]
+"""``handler(model, event, record)``: apply one decoded event to the model;
+``record`` carries its position, stream, version and timestamp."""
+
+
+class ProjectionFailed(MotetError):
+    """The projection serving a request stopped on an event its handler could
+    not apply. The application's fault: fix the handler, then retry or skip."""
+
+
+@dataclass(frozen=True)
+class Projection(Generic[M]):
+    """A named read model and the handlers that keep it up to date.
+
+    ``initial()`` makes an empty model; ``handlers`` map event types to
+    ``handler(model, event, record)``. With ``dump`` and ``load`` the model
+    is saved with its position every ``snapshot_every`` events (and when the
+    engine closes) as ``snapshot_type``, so a restart resumes there instead of
+    replaying the whole log. Bump ``schema_version`` when the model's shape
+    changes: older snapshots are then ignored and the model is rebuilt.
+    """
+
+    name: str
+    initial: Callable[[], M]
+    handlers: Mapping[type, Handler]
+    schema_version: int = 1
+    snapshot_type: Any = None
+    dump: Callable[[M], Any] | None = None
+    load: Callable[[Any], M] | None = None
+    snapshot_every: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.name or "\x00" in self.name:
+            raise ValueError(f"projection name must be non-empty without NUL, got {self.name!r}")
+        if (self.dump is None) != (self.load is None) or (
+            self.dump is not None and self.snapshot_type is None
+        ):
+            raise ValueError(
+                f"projection {self.name!r}: give dump, load and snapshot_type together, or none"
+            )
+
+
+@dataclass(frozen=True)
+class Query(Generic[M, Q]):
+    """A query type answered by ``handler(model, query)`` from one projection's
+    model. The handler raises :class:`~actors.errors.NotFound` for a missing
+    entity and must not change the model."""
+
+    type: type[Q]
+    projection: str
+    handler: Callable[[M, Q], Any]
+
+
+class ProjectionStatus(msgspec.Struct, frozen=True):
+    """Where a projection stands (see :meth:`ProjectionActor.status`)."""
+
+    name: str
+    state: Literal["running", "failed", "rebuilding"]
+    position: int
+    lag_events: int
+    lag_seconds: float
+    error: str | None = None
+    failed_position: int | None = None
+
+
+class ProjectionActor(Generic[M]):
+    """Runs one :class:`Projection`; see the module docstring."""
+
+    def __init__(
+        self,
+        definition: Projection[M],
+        *,
+        store: EventStore,
+        codec: Codec,
+        writer: GroupCommitWriter,
+        batch_size: int = 2_000,
+    ) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self._store = store
+        self._codec = codec
+        self._writer = writer
+        self._batch_size = batch_size
+        self._handlers: dict[str, Handler] = {
+            tag_of(event): handler for event, handler in definition.handlers.items()
+        }
+        self._snapshot_decoder: msgspec.msgpack.Decoder[Any] | None = (
+            msgspec.msgpack.Decoder(definition.snapshot_type)
+            if definition.snapshot_type is not None
+            else None
+        )
+        self.model: M = definition.initial()
+        self.position = 0
+        self.saved_position = 0
+        self.error: str | None = None
+        self.failed_position: int | None = None
+        self.rebuilding = False
+        self.events_applied = 0
+        self._paused = False
+        self._advanced = trio.Event()
+        self._resume = trio.Event()
+
+    def __repr__(self) -> str:
+        state = "failed" if self.error else "paused" if self._paused else "running"
+        return (
+            f"<ProjectionActor {self.name} {state} position={self.position} "
+            f"head={self._writer.head_position}>"
+        )
+
+    # -- state --------------------------------------------------------------
+
+    def lag(self, now: float | None = None) -> tuple[int, float]:
+        """(events, seconds) behind the log's head. Seconds is the age of the
+        oldest committed event not applied yet, 0.0 when caught up."""
+        behind = self._writer.head_position - self.position
+        if behind <= 0:
+            return 0, 0.0
+        oldest = self._store.read_all(self.position, 1)
+        if not oldest:
+            return behind, 0.0
+        return behind, max(0.0, (time.time() if now is None else now) - oldest[0].timestamp)
+
+    def status(self) -> ProjectionStatus:
+        """A snapshot of the projection's state and lag."""
+        events, seconds = self.lag()
+        state: Literal["running", "failed", "rebuilding"] = (
+            "failed" if self.error else "rebuilding" if self.rebuilding else "running"
+        )
+        return ProjectionStatus(
+            name=self.name,
+            state=state,
+            position=self.position,
+            lag_events=events,
+            lag_seconds=seconds,
+            error=self.error,
+            failed_position=self.failed_position,
+        )
+
+    async def wait_for(self, position: int) -> None:
+        """Wait until the projection has applied ``position``.
+
+        Raises :class:`ProjectionFailed` when it is stopped on an earlier event.
+        """
+        while self.position < position:
+            if self.error is not None:
+                raise ProjectionFailed(
+                    f"projection {self.name!r} stopped at position {self.failed_position}: "
+                    f"{self.error}"
+                )
+            await self._advanced.wait()
+
+    # -- control ------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop applying events until :meth:`resume` (for maintenance and tests)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self._paused = False
+        self._wake()
+
+    def retry(self) -> None:
+        """Try the failed event again (after the handler was fixed)."""
+        self.error = None
+        self.failed_position = None
+        self._wake()
+
+    def skip(self) -> None:
+        """Give up on the failed event: mark it applied and go on after it."""
+        if self.failed_position is not None:
+            self.position = self.failed_position
+        self.retry()
+
+    def _wake(self) -> None:
+        self._resume.set()
+        self._resume = trio.Event()
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    # -- running ------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load the saved read-model snapshot, if it is usable (else start empty)."""
+        definition = self.definition
+        checkpoint = self._store.get_checkpoint(self.name)
+        if checkpoint is None or checkpoint.model is None or self._snapshot_decoder is None:
+            return
+        assert definition.load is not None
+        if checkpoint.schema_version != definition.schema_version:
+            log.warning(
+                "projection %s: snapshot has schema %d, code has %d; rebuilding from the log",
+                self.name,
+                checkpoint.schema_version,
+                definition.schema_version,
+            )
+            return
+        if checkpoint.position > self._writer.head_position:
+            log.warning(
+                "projection %s: snapshot at position %d is past the log's head %d; rebuilding",
+                self.name,
+                checkpoint.position,
+                self._writer.head_position,
+            )
+            return
+        try:
+            model = definition.load(self._snapshot_decoder.decode(checkpoint.model))
+        except Exception as exc:
+            log.warning("projection %s: unreadable snapshot (%s); rebuilding", self.name, exc)
+            return
+        self.model = model
+        self.position = self.saved_position = checkpoint.position
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Restore, then apply the log forever (until cancelled)."""
+        self.restore()
+        task_status.started()
+        writer = self._writer
+        read_all = self._store.read_all
+        while True:
+            if self._paused or self.error is not None:
+                await self._resume.wait()
+                continue
+            head = writer.head_position
+            if self.position >= head:
+                await writer.wait_head_beyond(self.position)
+                continue
+            if head - self.position > self._batch_size:
+                # Far behind: decode the envelopes off the event loop.
+                events = await trio.to_thread.run_sync(read_all, self.position, self._batch_size)
+            else:
+                events = read_all(self.position, self._batch_size)
+                await trio.lowlevel.checkpoint()
+            if self._paused or self.error is not None:
+                continue
+            self._apply(events)
+            if (
+                self.definition.dump is not None
+                and self.position - self.saved_position >= self.definition.snapshot_every
+            ):
+                await self.save()
+
+    def _apply(self, events: Sequence[StoredEvent]) -> None:
+        position, error, failed = self._fold(self.model, events, self.position)
+        self.events_applied += position - self.position
+        self.position = position
+        if failed is not None:
+            self.error = error
+            self.failed_position = failed
+            log.error(
+                "projection %s stopped at position %d: %s", self.name, failed, error
+            )
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    def _fold(
+        self, model: M, events: Sequence[StoredEvent], after: int
+    ) -> tuple[int, str | None, int | None]:
+        """Apply ``events`` past ``after`` to ``model``. Returns the last position
+        applied and, on a failure, the error and the failing position."""
+        handlers = self._handlers
+        decode = self._codec.decode_payload
+        position = after
+        for record in events:
+            if record.position <= position:
+                continue
+            handler = handlers.get(record.type)
+            if handler is not None:
+                try:
+                    handler(model, decode(record.type, record.event_version, record.data), record)
+                except Exception as exc:
+                    return position, f"{type(exc).__name__}: {exc}", record.position
+            position = record.position
+        return position, None, None
+
+    async def save(self) -> None:
+        """Save the model and its position now (a no-op without ``dump``)."""
+        dump = self.definition.dump
+        if dump is None or self.position == self.saved_position:
+            return
+        position = self.position
+        data = self._codec.encode(dump(self.model))
+        checkpoint = Checkpoint(position, self.definition.schema_version, data)
+        await trio.to_thread.run_sync(
+            self._store.put_checkpoint, self.name, checkpoint, limiter=self._writer.limiter
+        )
+        self.saved_position = position
+
+    async def rebuild(self) -> None:
+        """Fold a new model from position 0 while the current one keeps
+        answering queries; swap it in once it has caught up.
+
+        Raises :class:`ProjectionFailed` (keeping the current model) when a
+        handler fails during the rebuild.
+        """
+        model = self.definition.initial()
+        position = 0
+        self.rebuilding = True
+        try:
+            while position < max(self.position, self._writer.head_position if self.error else 0):
+                events = await trio.to_thread.run_sync(
+                    self._store.read_all, position, self._batch_size
+                )
+                if not events:
+                    break
+                position, error, failed = self._fold(model, events, position)
+                if failed is not None:
+                    raise ProjectionFailed(
+                        f"rebuilding projection {self.name!r} failed at position {failed}: {error}"
+                    )
+        finally:
+            self.rebuilding = False
+        self.model = model
+        self.position = max(position, self.position)
+        self.error = None
+        self.failed_position = None
+        self._wake()
