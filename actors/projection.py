@@ -269,11 +269,12 @@ class ProjectionActor(Generic[M]):
             if head - self.position > self._batch_size:
                 # Far behind: decode the envelopes off the event loop.
                 events = await trio.to_thread.run_sync(read_all, self.position, self._batch_size)
+                if self._paused or self.error is not None:
+                    continue
             else:
+                # Close to the head: read and apply without yielding, so new
+                # events reach the read model in the same turn they are seen.
                 events = read_all(self.position, self._batch_size)
-                await trio.lowlevel.checkpoint()
-            if self._paused or self.error is not None:
-                continue
             self._apply(events)
             if (
                 self.definition.dump is not None

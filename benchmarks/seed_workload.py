@@ -213,10 +213,39 @@ def _batch_figures(before: dict[str, int] | None, after: dict[str, int] | None) 
     return figures
 
 
+LAG_SAMPLE_INTERVAL = 0.005
+"""Seconds between two samples of the projections' lag during a phase."""
+
+
+async def _sample_lag(engine: Engine, events: list[float], seconds: list[float]) -> None:
+    """Record every projection's lag (events and seconds) until cancelled."""
+    while True:
+        await trio.sleep(LAG_SAMPLE_INTERVAL)
+        for projection in engine.projections.values():
+            behind, age = projection.lag()
+            events.append(float(behind))
+            seconds.append(age * 1000.0)
+
+
+def _lag_figures(events: Sequence[float], ms: Sequence[float]) -> dict[str, Any]:
+    lag_events = quantiles(events, {"p50": 0.50, "p99": 0.99})
+    lag_ms = quantiles(ms, {"p50": 0.50, "p99": 0.99})
+    return {
+        "lag_samples": len(events),
+        "lag_events_p50": lag_events["p50"],
+        "lag_events_p99": lag_events["p99"],
+        "lag_ms_p50": lag_ms["p50"],
+        "lag_ms_p99": lag_ms["p99"],
+    }
+
+
 async def _drive(engine: Engine, commands: Sequence[Any], clients: int) -> dict[str, Any]:
-    """Send ``commands`` from ``clients`` concurrent tasks; return the phase figures."""
+    """Send ``commands`` from ``clients`` concurrent tasks while sampling the
+    projections' lag; return the phase figures."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
+    lag_events: list[float] = []
+    lag_ms: list[float] = []
 
     async def client(share: Sequence[Any]) -> None:
         for command in share:
@@ -229,11 +258,14 @@ async def _drive(engine: Engine, commands: Sequence[Any], clients: int) -> dict[
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for i in range(clients):
-            nursery.start_soon(client, commands[i::clients])
+    async with trio.open_nursery() as sampling:
+        sampling.start_soon(_sample_lag, engine, lag_events, lag_ms)
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                nursery.start_soon(client, commands[i::clients])
+        sampling.cancel_scope.cancel()
     seconds = time.perf_counter() - started
-    return _phase_result(latencies, seconds, errors)
+    return {**_phase_result(latencies, seconds, errors), **_lag_figures(lag_events, lag_ms)}
 
 
 async def _run_motet_async(
@@ -395,6 +427,12 @@ def print_table(report: dict[str, Any]) -> None:
             )
         else:
             print("motet phase B: commit statistics not available from this engine")
+        if b.get("lag_samples"):
+            print(
+                f"motet phase B projection lag: p50 {_fmt(b['lag_events_p50'], ',.0f')} events"
+                f" / {_fmt(b['lag_ms_p50'], '.1f')} ms, p99 {_fmt(b['lag_events_p99'], ',.0f')}"
+                f" events / {_fmt(b['lag_ms_p99'], '.1f')} ms ({b['lag_samples']:,} samples)"
+            )
         print(f"motet peak RSS: {motet['peak_rss_mib']:.1f} MiB")
     for engine in ("motet", "eventsourcing"):
         errors = {

@@ -11,6 +11,8 @@ from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
 __all__ = ["MAX_KEY_BYTES", "Durability", "EventStore", "check_key", "plan_appends"]
 
 Durability = Literal["sync", "none"]
+"""``"sync"``: fsync each commit before it is acknowledged; ``"none"``: no fsync
+(a process crash loses nothing, an OS crash or power loss may lose the last commits)."""
 
 
 class EventStore(Protocol):
@@ -133,5 +135,9 @@ def check_key(kind: str, value: str) -> None:
         raise ValueError(f"{kind} must be a non-empty string, got {value!r}")
     if "\x00" in value:
         raise ValueError(f"{kind} must not contain NUL characters, got {value!r}")
-    if len(value.encode()) > MAX_KEY_BYTES:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"{kind} must be valid Unicode text, got {value!r}") from None
+    if size > MAX_KEY_BYTES:
         raise ValueError(f"{kind} is longer than {MAX_KEY_BYTES} bytes: {value[:40]!r}...")

@@ -1,0 +1,314 @@
+"""Behaviour only the LMDB store has: persistence, map growth, refusing
+directories that are not Motet stores, durability modes and its repr."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+
+from storage import (
+    FORMAT,
+    Append,
+    AppendResult,
+    Checkpoint,
+    Conflict,
+    LmdbStore,
+    Metadata,
+    NewEvent,
+    Snapshot,
+    StorageError,
+    StoreFormatError,
+)
+
+TS = 1_700_000_000.5
+
+
+def new_events(count: int, size: int = 8, start: int = 0) -> list[NewEvent]:
+    return [
+        NewEvent("Created", 1, f"{start + i:08d}".encode().ljust(size, b".")) for i in range(count)
+    ]
+
+
+def read_everything(store: LmdbStore) -> list[Any]:
+    log: list[Any] = []
+    while chunk := store.read_all(after_position=log[-1].position if log else 0, limit=1000):
+        log.extend(chunk)
+    return log
+
+
+def fingerprint(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` with a hash of its bytes."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+# -- persistence ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["sync", "none"])
+def test_close_and_reopen_keeps_everything(lmdb_store_factory: Any, durability: str) -> None:
+    store = lmdb_store_factory(durability=durability)
+    store.append_batch(
+        [
+            Append("User-1", 0, new_events(2), Metadata(command_id="cmd-1")),
+            Append("User-10", 0, new_events(3, start=10), snapshot=Snapshot(3, 1, b"u10")),
+        ],
+        TS,
+    )
+    store.append_batch(
+        [Append("User-1", 2, new_events(1, start=20), Metadata(command_id="cmd-2"))], TS + 1
+    )
+    store.put_checkpoint("users", Checkpoint(6, 2, b"read-model"))
+    log = read_everything(store)
+
+    reopened = lmdb_store_factory(reopen_of=store, durability=durability)
+
+    assert reopened.head_position == 6
+    assert read_everything(reopened) == log
+    assert reopened.read_stream("User-1") == [e for e in log if e.stream == "User-1"]
+    assert reopened.streams() == [("User-1", 3), ("User-10", 3)]
+    assert reopened.load_snapshot("User-10") == Snapshot(3, 1, b"u10")
+    assert reopened.load_snapshot("User-1") is None
+    assert reopened.get_ack("cmd-1") == AppendResult("User-1", 2, 2)
+    assert reopened.get_ack("cmd-2") == AppendResult("User-1", 3, 6)
+    assert reopened.get_checkpoint("users") == Checkpoint(6, 2, b"read-model")
+
+
+def test_a_reopened_store_continues_positions_and_checks_versions(lmdb_store_factory: Any) -> None:
+    store = lmdb_store_factory()
+    store.append_batch([Append("A", 0, new_events(2)), Append("B", 0, new_events(1))], TS)
+
+    reopened = lmdb_store_factory(reopen_of=store)
+    results = reopened.append_batch(
+        [
+            Append("A", 0, new_events(1)),
+            Append("A", 2, new_events(2)),
+            Append("C", 0, new_events(1)),
+        ],
+        TS,
+    )
+
+    assert isinstance(results[0], Conflict)
+    assert (results[0].expected, results[0].actual) == (0, 2)
+    assert results[1:] == [AppendResult("A", 4, 5), AppendResult("C", 1, 6)]
+    assert [e.position for e in read_everything(reopened)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_store_directory_and_its_parents_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "store"
+
+    store = LmdbStore(path, durability="none")
+    try:
+        store.append_batch([Append("A", 0, new_events(1))], TS)
+    finally:
+        store.close()
+
+    assert (path / "data.mdb").is_file()
+
+
+def test_an_empty_existing_directory_becomes_a_store(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path, durability="none")
+    try:
+        assert store.head_position == 0
+        assert store.append_batch([Append("A", 0, new_events(1))], TS) == [AppendResult("A", 1, 1)]
+    finally:
+        store.close()
+
+
+# -- map growth -------------------------------------------------------------------------------
+
+
+def test_a_small_map_grows_to_hold_megabytes_of_events(lmdb_store_factory: Any) -> None:
+    store = lmdb_store_factory(map_size=64 * 1024, durability="none")
+    streams = ["A", "B", "C", "D"]
+    for batch in range(52):
+        stream = streams[batch % len(streams)]
+        (result,) = store.append_batch(
+            [
+                Append(
+                    stream,
+                    store.stream_version(stream),
+                    new_events(100, size=1024, start=batch * 100),
+                    snapshot=Snapshot(batch, 1, b"s" * 20_000) if batch % 10 == 9 else None,
+                )
+            ],
+            TS,
+        )
+        assert isinstance(result, AppendResult)
+
+    # 5,200 events of 1 KiB each: far more than the 64 KiB the store began with.
+    assert store.map_size >= 5 * 1024 * 1024
+    assert store.head_position == 5200
+    log = read_everything(store)
+    assert [e.position for e in log] == list(range(1, 5201))
+    assert [e.data[:8] for e in log] == [f"{i:08d}".encode() for i in range(5200)]
+    for stream in streams:
+        events = store.read_stream(stream)
+        assert events == [e for e in log if e.stream == stream]
+        assert [e.version for e in events] == list(range(1, 1301))
+    assert store.load_snapshot("B") == Snapshot(49, 1, b"s" * 20_000)
+
+    reopened = lmdb_store_factory(reopen_of=store, durability="none")
+    assert read_everything(reopened) == log
+
+
+def test_a_small_map_grows_for_a_large_snapshot_only_append(lmdb_store_factory: Any) -> None:
+    store = lmdb_store_factory(map_size=64 * 1024, durability="none")
+    store.append_batch([Append("A", 0, new_events(1))], TS)
+    snapshot = Snapshot(1, 1, os.urandom(1024 * 1024))
+
+    (result,) = store.append_batch([Append("A", 1, [], snapshot=snapshot)], TS)
+
+    assert result == AppendResult("A", 1, 1)
+    assert store.load_snapshot("A") == snapshot
+    assert store.map_size > 1024 * 1024
+
+
+def test_a_small_map_grows_for_a_large_checkpoint(lmdb_store_factory: Any) -> None:
+    store = lmdb_store_factory(map_size=64 * 1024, durability="none")
+    checkpoint = Checkpoint(0, 1, os.urandom(1024 * 1024))
+
+    store.put_checkpoint("users", checkpoint)
+
+    assert store.get_checkpoint("users") == checkpoint
+    assert store.map_size > 1024 * 1024
+
+
+# -- refusing what is not a Motet store -------------------------------------------------------
+
+
+def test_opening_a_file_raises_store_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    path.write_bytes(b"not a directory")
+    before = fingerprint(tmp_path)
+
+    with pytest.raises(StoreFormatError, match=r"events\.db is a file, not a Motet store dir"):
+        LmdbStore(path)
+
+    assert fingerprint(tmp_path) == before
+
+
+def test_opening_a_non_empty_directory_that_is_no_store_raises(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    before = fingerprint(tmp_path)
+
+    with pytest.raises(
+        StoreFormatError,
+        match=r"is not empty and holds no Motet store \(found: notes\.txt, photos\)$",
+    ):
+        LmdbStore(tmp_path)
+
+    assert fingerprint(tmp_path) == before
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "photos"]
+
+
+def test_opening_an_lmdb_environment_that_is_no_motet_store_raises(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path))
+    with env.begin(write=True) as txn:
+        txn.put(b"hello", b"world")
+    env.close()
+    names = sorted(os.listdir(tmp_path))
+    data = (tmp_path / "data.mdb").read_bytes()
+
+    with pytest.raises(
+        StoreFormatError, match=r"is an LMDB environment but not a Motet store \(no meta record\)"
+    ):
+        LmdbStore(tmp_path)
+
+    # lock.mdb is LMDB's reader table, rewritten by any opener; the data is untouched.
+    assert sorted(os.listdir(tmp_path)) == names
+    assert (tmp_path / "data.mdb").read_bytes() == data
+    env = lmdb.open(str(tmp_path))
+    with env.begin() as txn:
+        assert list(txn.cursor()) == [(b"hello", b"world")]
+    env.close()
+
+
+def test_opening_a_store_of_an_unknown_format_version_raises(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path, durability="none")
+    store.append_batch([Append("A", 0, new_events(1))], TS)
+    store.close()
+    env = lmdb.open(str(tmp_path), max_dbs=8)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True, db=meta) as txn:
+        assert txn.get(b"format") == FORMAT
+        txn.put(b"format", b"motet-store/99")
+    env.close()
+    names = sorted(os.listdir(tmp_path))
+    data = (tmp_path / "data.mdb").read_bytes()
+
+    with pytest.raises(
+        StoreFormatError,
+        match=r"holds store format b'motet-store/99'; this version reads 'motet-store/1' only",
+    ):
+        LmdbStore(tmp_path)
+
+    assert sorted(os.listdir(tmp_path)) == names
+    assert (tmp_path / "data.mdb").read_bytes() == data
+
+
+def test_opening_a_directory_with_a_corrupt_data_file_raises(tmp_path: Path) -> None:
+    garbage = b"this is not an LMDB file " * 400
+    (tmp_path / "data.mdb").write_bytes(garbage)
+
+    with pytest.raises(StoreFormatError, match=r"is not a readable LMDB store: .*MDB_INVALID"):
+        LmdbStore(tmp_path)
+
+    assert (tmp_path / "data.mdb").read_bytes() == garbage
+
+
+def test_store_format_error_is_a_storage_error() -> None:
+    assert issubclass(StoreFormatError, StorageError)
+
+
+# -- durability, repr ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["sync", "none"])
+def test_both_durability_modes_are_accepted(lmdb_store_factory: Any, durability: str) -> None:
+    store = lmdb_store_factory(durability=durability)
+
+    assert store.durability == durability
+    assert store.append_batch([Append("A", 0, new_events(1))], TS) == [AppendResult("A", 1, 1)]
+
+
+@pytest.mark.parametrize("durability", ["fsync", "SYNC", "", None, True])
+def test_an_unknown_durability_is_refused_before_touching_the_disk(
+    tmp_path: Path, durability: Any
+) -> None:
+    path = tmp_path / "store"
+
+    with pytest.raises(
+        ValueError, match=rf"^durability must be 'sync' or 'none', got {durability!r}$"
+    ):
+        LmdbStore(path, durability=durability)
+
+    assert not path.exists()
+
+
+def test_the_default_durability_is_sync(lmdb_store_factory: Any) -> None:
+    assert lmdb_store_factory().durability == "sync"
+
+
+def test_repr_shows_path_head_durability_and_map_size(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "s", durability="none", map_size=1 << 20)
+    try:
+        assert repr(store) == (
+            f"<LmdbStore {str(tmp_path / 's')!r} head=0 durability=none map_size=1048576>"
+        )
+        store.append_batch([Append("A", 0, new_events(3))], TS)
+        assert f"head=3 durability=none map_size={store.map_size}>" in repr(store)
+    finally:
+        store.close()
+
+    assert repr(store) == f"<LmdbStore {str(tmp_path / 's')!r} closed>"
