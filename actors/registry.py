@@ -168,6 +168,9 @@ class Registry:
         for stream in victims:
             self._actors.pop(stream).stop()
         self._passivated += len(victims)
+        # Actors busy when the cap was reached may be idle now.
+        if len(self._actors) > self.max_actors:
+            self._evict(keep="")
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the actors' nursery and the passivation sweep until cancelled."""

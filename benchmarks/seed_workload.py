@@ -269,7 +269,7 @@ async def _drive(engine: Engine, commands: Sequence[Any], clients: int) -> dict[
 
 
 async def _run_motet_async(
-    workload: Workload, clients: int, durability: Durability, path: Path
+    workload: Workload, clients: int, durability: Durability, path: Path, metrics: bool
 ) -> dict[str, Any]:
     creates = [
         CreateUser(user_id=u.user_id, name=u.name, email=u.email, password=u.password, city=u.city)
@@ -281,7 +281,7 @@ async def _run_motet_async(
         else UpdateUser(user_id=c.user_id, city=c.city)
         for c in workload.commands
     ]
-    async with open_engine(path, app, durability=durability) as engine:
+    async with open_engine(path, app, durability=durability, metrics=metrics) as engine:
         _log(f"motet: phase A, {len(creates):,} CreateUser from {clients:,} clients")
         phase_a = await _drive(engine, creates, clients)
         before = _engine_statistics(engine)
@@ -299,6 +299,7 @@ def run_motet(
     clients: int = 1_000,
     durability: Durability = "sync",
     data_dir: Path | None = None,
+    metrics: bool = True,
 ) -> dict[str, Any]:
     """Run the seed workload through Motet and return its figures.
 
@@ -312,7 +313,7 @@ def run_motet(
             msg = f"{path} already holds data; the seed workload needs an empty store"
             raise FileExistsError(msg)
         path.mkdir(parents=True, exist_ok=True)
-        result = trio.run(_run_motet_async, workload, clients, durability, path)
+        result = trio.run(_run_motet_async, workload, clients, durability, path, metrics)
     result["peak_rss_mib"] = _peak_rss_mib()
     return result
 
@@ -474,6 +475,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="phase-B commands for the eventsourcing run (default: --commands)",
     )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="run Motet with metric collection off (to measure what metrics cost)",
+    )
     args = parser.parse_args(argv)
     for name in ("users", "commands", "clients", "compare_commands"):
         value = getattr(args, name)
@@ -501,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "clients": args.clients,
             "durability": args.durability,
             "seed": args.seed,
+            "metrics": args.metrics,
             "python": platform.python_version(),
         },
         "motet": run_motet(
@@ -510,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             clients=args.clients,
             durability=args.durability,
             data_dir=args.data,
+            metrics=args.metrics,
         ),
         "eventsourcing": None,
         "ratio_phase_b": None,

@@ -25,6 +25,7 @@ from storage.store import Durability, EventStore, check_key
 
 from .app import App
 from .mediator import Mediator
+from .metrics import EngineMetrics, outcome_of, serve_metrics
 
 __all__ = ["Ack", "Engine", "EngineStatistics", "EngineStatus", "open_engine"]
 
@@ -80,6 +81,7 @@ class Engine:
         mailbox_size: int,
         max_actors: int,
         passivate_after: float,
+        metrics: bool = True,
     ) -> None:
         self.app = app
         self.store = store
@@ -101,6 +103,9 @@ class Engine:
             for projection in app.projections
         }
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
+        self._command_tags = {command: tag for tag, command in app.command_types().items()}
+        self.metrics = EngineMetrics(self) if metrics else None
+        self.metrics_port: int | None = None
         self._closing = False
         self._outstanding = 0
         self._quiet = trio.Event()
@@ -213,6 +218,38 @@ class Engine:
         Cancelling the call does not cancel the command: it may still commit;
         retry with the same ``command_id`` to find out.
         """
+        started = trio.current_time()
+        try:
+            waiting = self._accept(
+                command, command_id, expected_version, correlation_id, causation_id, started
+            )
+            ack = waiting if isinstance(waiting, AppendResult) else await self._wait(waiting)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            if self.metrics is not None:
+                self.metrics.command_done(
+                    self._command_type(command), outcome_of(exc), trio.current_time() - started
+                )
+            raise
+        if self.metrics is not None:
+            self.metrics.command_ok(self._command_type(command), trio.current_time() - started)
+        return ack
+
+    def _command_type(self, command: Any) -> str:
+        return self._command_tags.get(type(command)) or type(command).__name__
+
+    def _accept(
+        self,
+        command: Any,
+        command_id: str | None,
+        expected_version: int | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        started: float,
+    ) -> CommandRequest | AppendResult:
+        """Validate and route a command and hand it to its actor. Returns the
+        request to wait for, or the Ack of an earlier run of the same command id."""
         if self._closing:
             raise EngineClosed("the engine is closing and takes no more commands")
         aggregate, aggregate_id = self.mediator.route(command)
@@ -224,27 +261,27 @@ class Engine:
             check_key("command_id", command_id)
             earlier = self._by_command_id.get(command_id)
             if earlier is not None:
-                return await earlier.wait()
+                return earlier
             ack = self.store.get_ack(command_id)
             if ack is not None:
                 return ack
         request = CommandRequest(
-            command,
-            command_id,
-            expected_version,
-            correlation_id,
-            causation_id,
-            trio.current_time(),
+            command, command_id, expected_version, correlation_id, causation_id, started
         )
         self.registry.actor_for(aggregate, aggregate_id).tell(request)
+        if command_id is not None:
+            self._by_command_id[command_id] = request
+        return request
+
+    async def _wait(self, request: CommandRequest) -> Ack:
+        """Wait for a request's answer; the engine drains these before closing."""
         if self._outstanding == 0:
             self._quiet = trio.Event()
         self._outstanding += 1
-        if command_id is not None:
-            self._by_command_id[command_id] = request
         try:
             return await request.wait()
         finally:
+            command_id = request.command_id
             if command_id is not None and self._by_command_id.get(command_id) is request:
                 del self._by_command_id[command_id]
             self._outstanding -= 1
@@ -322,6 +359,9 @@ async def open_engine(
     snapshot_every: int | Mapping[str, int] | None = None,
     map_size: int = DEFAULT_MAP_SIZE,
     shutdown_timeout: float = 10.0,
+    metrics: bool = True,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> AsyncIterator[Engine]:
     """Open the store at ``path`` (an LMDB directory, created when missing;
     ``None`` for an in-memory store), start the engine's tasks, and yield the
@@ -330,9 +370,13 @@ async def open_engine(
     On exit, new commands are refused, accepted ones are committed (for at
     most ``shutdown_timeout`` seconds), the tasks stop and the store closes.
     ``snapshot_every`` overrides the aggregates' snapshot interval (one
-    number, or per aggregate name). Raises
+    number, or per aggregate name). ``metrics=False`` turns off metric
+    collection (``engine.metrics`` is then ``None``). With ``metrics_port`` (0 picks a free
+    port, then in ``engine.metrics_port``) the engine serves Prometheus
+    metrics at ``http://metrics_host:port/metrics`` while it runs. Raises
     :class:`~storage.errors.StoreFormatError` when ``path`` is not a Motet
-    store and ``ValueError`` for invalid options.
+    store, ``OSError`` when the metrics port cannot be bound and
+    ``ValueError`` for invalid options.
     """
     app = _with_snapshot_every(app, snapshot_every)
     store: EventStore
@@ -347,12 +391,19 @@ async def open_engine(
             mailbox_size=mailbox_size,
             max_actors=max_actors,
             passivate_after=passivate_after,
+            metrics=metrics,
         )
+        if metrics_port is not None and engine.metrics is None:
+            raise ValueError("metrics_port needs metrics=True")
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.writer.serve)
             await nursery.start(engine.registry.serve)
             for projection in engine.projections.values():
                 await nursery.start(projection.run)
+            if metrics_port is not None and engine.metrics is not None:
+                engine.metrics_port = await nursery.start(
+                    serve_metrics, engine.metrics, metrics_host, metrics_port
+                )
             try:
                 yield engine
             finally:

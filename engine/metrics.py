@@ -1,0 +1,298 @@
+"""Prometheus metrics of one engine, and the HTTP endpoint that serves them.
+
+Every engine has its own ``CollectorRegistry`` (never prometheus-client's
+global one), so two engines in one process do not collide. The names are
+the contract of DESIGN.md ("Metrics").
+
+The per-command figures are counted in plain dictionaries and lists and
+turned into metric families only when scraped: a labelled prometheus-client
+``Counter`` costs a lock and a label lookup per increment, too much for the
+command path. Gauges (head position, projection lag, live actors) are
+computed at scrape time, so the lag is current even when nothing is written.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+
+from actors.errors import CommandRejected, Overloaded, UnknownMessageType
+from storage.errors import Conflict
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+__all__ = ["COMMAND_BUCKETS", "CONTENT_TYPE", "EngineMetrics", "outcome_of", "serve_metrics"]
+
+log = logging.getLogger("motet.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Prometheus text exposition format served at ``/metrics``."""
+
+COMMAND_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of ``motet_command_duration_seconds``."""
+
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+"""Upper bounds (commands) of ``motet_commit_batch_size``."""
+
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Upper bounds (seconds) of ``motet_commit_duration_seconds``."""
+
+OUTCOMES = ("ok", "rejected", "conflict", "overloaded", "invalid", "error")
+"""The values of the ``outcome`` label of ``motet_commands_total``."""
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """The ``outcome`` label for a command that raised ``error`` (``None``: ok)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, CommandRejected):
+        return "rejected"
+    if isinstance(error, Conflict):
+        return "conflict"
+    if isinstance(error, Overloaded):
+        return "overloaded"
+    if isinstance(error, ValueError | UnknownMessageType):
+        return "invalid"
+    return "error"
+
+
+class _Durations:
+    """A histogram's counts for one label value, kept as a plain list."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(COMMAND_BUCKETS) + 1)
+        self.sum = 0.0
+
+
+class EngineMetrics:
+    """Collects one engine's metrics into its own ``registry``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._commands: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, _Durations] = {}
+        self._events_appended = 0
+        self._commit_batch = Histogram(
+            "motet_commit_batch_size",
+            "Commands per write transaction.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._commit_duration = Histogram(
+            "motet_commit_duration_seconds",
+            "Duration of one write transaction, fsync included.",
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(self)
+        engine.writer.listeners.append(self._on_commit)
+
+    def __repr__(self) -> str:
+        return f"<EngineMetrics commands={sum(self._commands.values())}>"
+
+    # -- recording (hot path: keep it to dictionary and list operations) ----
+
+    def command_done(self, command_type: str, outcome: str, seconds: float | None) -> None:
+        """Count one command of ``command_type`` with ``outcome``; ``seconds``
+        from receipt to Ack is recorded for the ones that got that far."""
+        key = (command_type, outcome)
+        self._commands[key] = self._commands.get(key, 0) + 1
+        if seconds is not None:
+            durations = self._durations.get(command_type)
+            if durations is None:
+                durations = self._durations[command_type] = _Durations()
+            durations.counts[bisect.bisect_left(COMMAND_BUCKETS, seconds)] += 1
+            durations.sum += seconds
+
+    def command_ok(self, command_type: str, seconds: float) -> None:
+        """:meth:`command_done` for a command that got its Ack (the common case)."""
+        key = (command_type, "ok")
+        self._commands[key] = self._commands.get(key, 0) + 1
+        durations = self._durations.get(command_type)
+        if durations is None:
+            durations = self._durations[command_type] = _Durations()
+        durations.counts[bisect.bisect_left(COMMAND_BUCKETS, seconds)] += 1
+        durations.sum += seconds
+
+    def _on_commit(self, appends: int, events: int, seconds: float, head: int) -> None:
+        self._events_appended += events
+        self._commit_batch.observe(appends)
+        self._commit_duration.observe(seconds)
+
+    # -- collection ---------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        """No up-front description: the families are built when collected."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Build the metric families from the engine's current state."""
+        engine = self._engine
+        head = engine.writer.head_position
+        gauge = GaugeMetricFamily(
+            "motet_log_head_position", "Position of the last committed event.", value=head
+        )
+        yield gauge
+        position = GaugeMetricFamily(
+            "motet_projection_position",
+            "Last position the projection applied.",
+            labels=["projection"],
+        )
+        lag_events = GaugeMetricFamily(
+            "motet_projection_lag_events",
+            "Log head minus the projection's position.",
+            labels=["projection"],
+        )
+        lag_seconds = GaugeMetricFamily(
+            "motet_projection_lag_seconds",
+            "Age of the oldest committed event the projection has not applied; 0 when caught up.",
+            labels=["projection"],
+        )
+        failed = GaugeMetricFamily(
+            "motet_projection_failed",
+            "1 while the projection is stopped on an event its handler could not apply.",
+            labels=["projection"],
+        )
+        now = time.time()
+        for name, projection in engine.projections.items():
+            behind, age = projection.lag(now)
+            position.add_metric([name], projection.position)
+            lag_events.add_metric([name], behind)
+            lag_seconds.add_metric([name], age)
+            failed.add_metric([name], 1 if projection.error is not None else 0)
+        yield from (position, lag_events, lag_seconds, failed)
+
+        commands = CounterMetricFamily(
+            "motet_commands", "Commands handled, by type and outcome.", labels=["type", "outcome"]
+        )
+        for (command_type, outcome), count in sorted(self._commands.items()):
+            commands.add_metric([command_type, outcome], count)
+        yield commands
+
+        durations = HistogramMetricFamily(
+            "motet_command_duration_seconds",
+            "Time from receipt of a command to its Ack (or refusal).",
+            labels=["type"],
+        )
+        for command_type, histogram in sorted(self._durations.items()):
+            cumulative = 0
+            buckets = []
+            for bound, count in zip(
+                [*(str(b) for b in COMMAND_BUCKETS), "+Inf"], histogram.counts, strict=True
+            ):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            durations.add_metric([command_type], buckets, histogram.sum)
+        yield durations
+
+        yield CounterMetricFamily(
+            "motet_events_appended", "Events committed.", value=self._events_appended
+        )
+        actors = GaugeMetricFamily(
+            "motet_actors_active", "Live aggregate actors.", labels=["aggregate"]
+        )
+        live = engine.registry.statistics().by_aggregate
+        for aggregate in engine.app.aggregates:
+            actors.add_metric([aggregate.name], live.get(aggregate.name, 0))
+        yield actors
+        snapshots = CounterMetricFamily(
+            "motet_snapshots", "Aggregate snapshots written.", labels=["aggregate"]
+        )
+        written = engine.writer.snapshots_by_stream_prefix()
+        for aggregate in engine.app.aggregates:
+            snapshots.add_metric([aggregate.name], written.get(aggregate.name, 0))
+        yield snapshots
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+_MAX_REQUEST_HEAD = 8192
+_REQUEST_TIMEOUT = 10.0
+
+
+async def _handle_http(stream: trio.abc.Stream, metrics: EngineMetrics) -> None:
+    try:
+        with trio.move_on_after(_REQUEST_TIMEOUT):
+            head = b""
+            while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                head += chunk
+                if len(head) > _MAX_REQUEST_HEAD:
+                    await _respond(stream, 431, "text/plain", b"request header too large\n")
+                    return
+            parts = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+            if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+                await _respond(stream, 400, "text/plain", b"bad request\n")
+                return
+            method, target = parts[0], parts[1].split(b"?", 1)[0]
+            if target not in (b"/metrics", b"/"):
+                await _respond(stream, 404, "text/plain", b"not found: try /metrics\n")
+            elif method not in (b"GET", b"HEAD"):
+                await _respond(stream, 405, "text/plain", b"method not allowed\n")
+            else:
+                body = metrics.exposition()
+                await _respond(stream, 200, CONTENT_TYPE, body, send_body=method == b"GET")
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large"}  # fmt: skip
+
+
+async def _respond(
+    stream: trio.abc.Stream, status: int, content_type: str, body: bytes, *, send_body: bool = True
+) -> None:
+    header = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    await stream.send_all(header + body if send_body else header)
+
+
+async def serve_metrics(
+    metrics: EngineMetrics,
+    host: str = "127.0.0.1",
+    port: int = 9707,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``GET /metrics`` over HTTP/1.1 on ``host:port`` until cancelled.
+
+    Runs on the event loop (no thread), so a scrape sees a consistent view of
+    the engine. Reports the bound port through ``task_status`` (useful with
+    ``port=0``). Raises ``OSError`` when the address cannot be bound.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("serving metrics on http://%s:%d/metrics", host, bound)
+    async with trio.open_nursery() as nursery:
+        task_status.started(bound)
+        await trio.serve_listeners(
+            lambda stream: _handle_http(stream, metrics), listeners, handler_nursery=nursery
+        )
