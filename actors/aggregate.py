@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -26,17 +27,44 @@ S = TypeVar("S")
 
 
 class AggregateActor(Generic[S]):
-    """Runs one aggregate: loads it (latest snapshot + later events), then
-    decides the commands of its bounded mailbox in arrival order.
+    """One aggregate: its state, its version and its bounded mailbox.
 
-    Deciding, evolving and handing the append to the writer happen without a
-    checkpoint in between, so a command is handled atomically with respect to
-    every other task. The actor does not wait for the commit: the writer
-    answers the command, and the actor goes on with its next command on the
-    state the previous one produced. When an append fails, or a handler
-    raises unexpectedly, the actor reloads from storage (once its appends in
-    flight have settled) before it decides again.
+    Commands are decided strictly one at a time, in arrival order. Deciding,
+    evolving and handing the append to the writer happen without a checkpoint
+    in between, so a command is handled atomically with respect to every
+    other task. The actor does not wait for the commit: the writer answers the
+    command, and the next command is decided on the state the previous one
+    produced.
+
+    An idle actor is a plain object, not a task: a command that finds it
+    loaded with an empty mailbox is decided at once in the sender's task,
+    which is exactly what the actor would do next, minus a task switch. Only
+    when the actor has to wait (loading its state from storage, or reloading
+    it after a failure once its appends in flight have settled) do commands
+    queue in its mailbox, and the registry runs :meth:`run` to work through
+    them. Ten thousand idle aggregates thus cost ten thousand small objects,
+    not ten thousand tasks and channels for the garbage collector to walk.
     """
+
+    __slots__ = (
+        "_codec",
+        "_mailbox",
+        "_settled",
+        "_stale",
+        "_state_decoder",
+        "_store",
+        "_writer",
+        "aggregate_id",
+        "definition",
+        "last_used",
+        "mailbox_size",
+        "pending",
+        "running",
+        "state",
+        "stopped",
+        "stream",
+        "version",
+    )
 
     def __init__(
         self,
@@ -57,60 +85,64 @@ class AggregateActor(Generic[S]):
         self._codec = codec
         self._writer = writer
         self._state_decoder = state_decoder
-        self._send, self._receive = trio.open_memory_channel[CommandRequest](mailbox_size)
+        self.mailbox_size = mailbox_size
+        # Commands waiting for the actor task, including the one it is handling:
+        # while it is non-empty, new commands queue behind them.
+        self._mailbox: deque[CommandRequest] = deque()
         self.state: S = definition.initial
         self.version = 0
         self.pending = 0
         self.last_used = now
         self.stopped = False
+        self.running = False
         self._stale = True
         self._settled: trio.Event | None = None
-        # Commands in the mailbox or being handled by the actor task; while it
-        # is non-zero, new commands queue behind them to keep arrival order.
-        self._queued = 0
 
     def __repr__(self) -> str:
-        queued = self._send.statistics().current_buffer_used
         state = "stopped" if self.stopped else "stale" if self._stale else "live"
         return (
             f"<AggregateActor {self.stream} {state} version={self.version} "
-            f"mailbox={queued} pending={self.pending}>"
+            f"mailbox={len(self._mailbox)} pending={self.pending}>"
         )
 
     @property
     def mailbox_used(self) -> int:
         """Commands waiting in the mailbox."""
-        return self._send.statistics().current_buffer_used
+        return len(self._mailbox)
 
     @property
     def idle(self) -> bool:
         """True when nothing is queued or in flight, so stopping loses nothing."""
-        return self.pending == 0 and self._queued == 0
+        return self.pending == 0 and not self._mailbox
 
-    def tell(self, request: CommandRequest) -> None:
-        """Hand the actor a command; raise :class:`Overloaded` when its mailbox is full.
+    def tell(self, request: CommandRequest) -> bool:
+        """Hand the actor a command: decide it now when the actor is loaded
+        and its mailbox empty, else queue it.
 
-        When the actor is loaded and its mailbox is empty, the command is
-        decided right here, in the sender's task: deciding never awaits, so
-        this is exactly what the actor task would do next, minus a task
-        switch. Otherwise it is queued behind the commands already waiting.
+        Returns whether the command was queued and the actor task is not
+        running yet (the registry then starts :meth:`run`). Raises
+        :class:`Overloaded` when the mailbox is full and
+        :class:`EngineClosed` when the actor was stopped.
         """
-        if self._queued == 0 and not self._stale and not self.stopped:
+        if self.stopped:
+            raise EngineClosed(f"the actor of {self.stream} has stopped")
+        mailbox = self._mailbox
+        if not mailbox and not self._stale:
             self._decide(request)
-            return
-        try:
-            self._send.send_nowait(request)
-            self._queued += 1
-        except trio.WouldBlock:
+            return False
+        if len(mailbox) >= self.mailbox_size:
             raise Overloaded(
-                f"mailbox of {self.stream} is full "
-                f"({self._send.statistics().max_buffer_size} commands waiting)"
-            ) from None
+                f"mailbox of {self.stream} is full ({self.mailbox_size} commands waiting)"
+            )
+        mailbox.append(request)
+        if self.running:
+            return False
+        self.running = True
+        return True
 
     def stop(self) -> None:
-        """Let the actor finish: queued commands are still handled, then it ends."""
+        """Refuse further commands (the registry stops only idle actors)."""
         self.stopped = True
-        self._send.close()
 
     def append_settled(self, ok: bool) -> None:
         """The writer settled one of this actor's appends."""
@@ -122,29 +154,19 @@ class AggregateActor(Generic[S]):
             self._settled = None
 
     async def run(self) -> None:
-        """Handle the mailbox until :meth:`stop`; then end."""
-        receive = self._receive
+        """Work through the mailbox (loading the state first when needed),
+        then end; the registry starts it again when commands queue up."""
+        mailbox = self._mailbox
         try:
-            async for request in receive:
-                await self._handle(request)
-                self._queued -= 1
-                # Drain what is already queued without a scheduler round trip each.
-                while self._queued:
-                    await self._handle(receive.receive_nowait())
-                    self._queued -= 1
+            while mailbox:
+                await self._handle(mailbox[0])
+                mailbox.popleft()
         finally:
-            self.stopped = True
+            self.running = False
             # Only a cancelled actor (the engine is closing) can have commands left.
-            self._fail_queued(EngineClosed(f"the engine closed before {self.stream} ran it"))
-            self._receive.close()
-
-    def _fail_queued(self, error: MotetError) -> None:
-        while True:
-            try:
-                request = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            request.fail(error)
+            error = EngineClosed(f"the engine closed before {self.stream} ran the command")
+            while mailbox:
+                mailbox.popleft().fail(error)
 
     async def _handle(self, request: CommandRequest) -> None:
         if self._stale:

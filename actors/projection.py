@@ -289,9 +289,7 @@ class ProjectionActor(Generic[M]):
         if failed is not None:
             self.error = error
             self.failed_position = failed
-            log.error(
-                "projection %s stopped at position %d: %s", self.name, failed, error
-            )
+            log.error("projection %s stopped at position %d: %s", self.name, failed, error)
         self._advanced.set()
         self._advanced = trio.Event()
 

@@ -16,6 +16,7 @@ from storage.store import EventStore, check_key
 from .aggregate import AggregateActor
 from .definition import Aggregate
 from .errors import EngineClosed
+from .request import CommandRequest
 from .writer import GroupCommitWriter
 
 __all__ = ["Registry", "RegistryStatistics"]
@@ -138,10 +139,21 @@ class Registry:
         )
         self._actors[stream] = actor
         self._started += 1
-        self._nursery.start_soon(actor.run, name=f"actor {stream}")
         if len(self._actors) > self.max_actors:
             self._evict(keep=stream)
         return actor
+
+    def tell(self, definition: Aggregate[Any], aggregate_id: str, request: CommandRequest) -> None:
+        """Hand ``request`` to the aggregate's actor (started if needed),
+        running the actor's task when the command had to queue.
+
+        Raises :class:`~actors.errors.Overloaded` when the mailbox is full,
+        plus what :meth:`actor_for` raises.
+        """
+        actor = self.actor_for(definition, aggregate_id)
+        if actor.tell(request):
+            assert self._nursery is not None
+            self._nursery.start_soon(actor.run, name=f"actor {actor.stream}")
 
     def _evict(self, keep: str) -> None:
         excess = len(self._actors) - self.max_actors

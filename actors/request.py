@@ -15,12 +15,11 @@ class CommandRequest:
     """One command on its way through an actor and the writer.
 
     Whoever finishes it (the actor for a rejection, the writer once the commit
-    is durable) calls :meth:`succeed` or :meth:`fail` exactly once; the sender
-    awaits :meth:`wait`.
+    is durable) calls :meth:`succeed` or :meth:`fail`; the sender awaits
+    :meth:`wait` (or the ``finished`` event, then reads ``ack``/``error``).
     """
 
     __slots__ = (
-        "_done",
         "ack",
         "causation_id",
         "command",
@@ -28,6 +27,7 @@ class CommandRequest:
         "correlation_id",
         "error",
         "expected_version",
+        "finished",
         "received_at",
     )
 
@@ -48,7 +48,7 @@ class CommandRequest:
         self.received_at = received_at
         self.ack: AppendResult | None = None
         self.error: BaseException | None = None
-        self._done = trio.Event()
+        self.finished = trio.Event()
 
     def __repr__(self) -> str:
         state = "ok" if self.ack else f"failed: {self.error!r}" if self.error else "pending"
@@ -57,26 +57,26 @@ class CommandRequest:
     @property
     def done(self) -> bool:
         """Whether the request has its answer."""
-        return self._done.is_set()
+        return self.finished.is_set()
 
     def succeed(self, ack: AppendResult) -> None:
         """Answer with the Ack; ignored when already answered."""
-        if not self._done.is_set():
+        if not self.finished.is_set():
             self.ack = ack
-            self._done.set()
+            self.finished.set()
 
     def fail(self, error: BaseException) -> None:
         """Answer with an error; ignored when already answered."""
-        if not self._done.is_set():
+        if not self.finished.is_set():
             self.error = error
-            self._done.set()
+            self.finished.set()
 
     async def wait(self) -> AppendResult:
         """Wait for the answer; return the Ack or raise the error.
 
         Cancelling the wait does not cancel the command: it may still commit.
         """
-        await self._done.wait()
+        await self.finished.wait()
         if self.error is not None:
             raise self.error
         assert self.ack is not None

@@ -223,7 +223,21 @@ class Engine:
             waiting = self._accept(
                 command, command_id, expected_version, correlation_id, causation_id, started
             )
-            ack = waiting if isinstance(waiting, AppendResult) else await self._wait(waiting)
+            if isinstance(waiting, AppendResult):
+                ack = waiting
+            else:
+                # Awaited here, not through a helper coroutine: every extra
+                # level is paid again each time this task is resumed.
+                if self._outstanding == 0:
+                    self._quiet = trio.Event()
+                self._outstanding += 1
+                try:
+                    await waiting.finished.wait()
+                finally:
+                    self._settle(waiting)
+                if waiting.error is not None:
+                    raise waiting.error
+                ack = waiting.ack  # type: ignore[assignment]
         except trio.Cancelled:
             raise
         except BaseException as exc:
@@ -268,25 +282,20 @@ class Engine:
         request = CommandRequest(
             command, command_id, expected_version, correlation_id, causation_id, started
         )
-        self.registry.actor_for(aggregate, aggregate_id).tell(request)
+        self.registry.tell(aggregate, aggregate_id, request)
         if command_id is not None:
             self._by_command_id[command_id] = request
         return request
 
-    async def _wait(self, request: CommandRequest) -> Ack:
-        """Wait for a request's answer; the engine drains these before closing."""
+    def _settle(self, request: CommandRequest) -> None:
+        """Forget a request whose sender stopped waiting; the engine drains
+        the outstanding ones before it closes."""
+        command_id = request.command_id
+        if command_id is not None and self._by_command_id.get(command_id) is request:
+            del self._by_command_id[command_id]
+        self._outstanding -= 1
         if self._outstanding == 0:
-            self._quiet = trio.Event()
-        self._outstanding += 1
-        try:
-            return await request.wait()
-        finally:
-            command_id = request.command_id
-            if command_id is not None and self._by_command_id.get(command_id) is request:
-                del self._by_command_id[command_id]
-            self._outstanding -= 1
-            if self._outstanding == 0:
-                self._quiet.set()
+            self._quiet.set()
 
     async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
         """Every event of ``stream`` with a version greater than ``from_version``

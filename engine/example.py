@@ -92,7 +92,12 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 
 
 class CreateUser(
-    msgspec.Struct, frozen=True, kw_only=True, tag="CreateUser", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="CreateUser",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """Register a new user. ``password`` is hashed in :func:`decide` and never stored."""
 
@@ -111,7 +116,12 @@ class CreateUser(
 
 
 class UpdateUser(
-    msgspec.Struct, frozen=True, kw_only=True, tag="UpdateUser", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="UpdateUser",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """Change some of a user's details; a field left as ``None`` is unchanged."""
 
@@ -122,7 +132,12 @@ class UpdateUser(
 
 
 class DeleteUser(
-    msgspec.Struct, frozen=True, kw_only=True, tag="DeleteUser", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="DeleteUser",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """Delete a user. Later commands for that user are rejected."""
 
@@ -130,7 +145,12 @@ class DeleteUser(
 
 
 class PlaceOrder(
-    msgspec.Struct, frozen=True, kw_only=True, tag="PlaceOrder", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="PlaceOrder",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """Record that a user placed an order worth ``amount`` (> 0)."""
 
@@ -146,7 +166,7 @@ Command = CreateUser | UpdateUser | DeleteUser | PlaceOrder
 # --- Events -------------------------------------------------------------------
 
 
-class UserCreated(msgspec.Struct, frozen=True, kw_only=True, tag="UserCreated"):
+class UserCreated(msgspec.Struct, frozen=True, kw_only=True, tag="UserCreated", gc=False):
     """A user was registered. ``password_hash`` is in the format of :func:`hash_password`."""
 
     user_id: str
@@ -156,7 +176,9 @@ class UserCreated(msgspec.Struct, frozen=True, kw_only=True, tag="UserCreated"):
     city: str | None = None
 
 
-class UserUpdated(msgspec.Struct, frozen=True, kw_only=True, tag="UserUpdated", omit_defaults=True):
+class UserUpdated(
+    msgspec.Struct, frozen=True, kw_only=True, tag="UserUpdated", gc=False, omit_defaults=True
+):
     """Some of a user's details changed; ``None`` means that field did not change."""
 
     user_id: str
@@ -165,13 +187,13 @@ class UserUpdated(msgspec.Struct, frozen=True, kw_only=True, tag="UserUpdated", 
     city: str | None = None
 
 
-class UserDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="UserDeleted"):
+class UserDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="UserDeleted", gc=False):
     """A user was deleted."""
 
     user_id: str
 
 
-class OrderPlaced(msgspec.Struct, frozen=True, kw_only=True, tag="OrderPlaced"):
+class OrderPlaced(msgspec.Struct, frozen=True, kw_only=True, tag="OrderPlaced", gc=False):
     """A user placed an order; ``at`` is when it was accepted, in Unix seconds."""
 
     user_id: str
@@ -187,7 +209,7 @@ Event = UserCreated | UserUpdated | UserDeleted | OrderPlaced
 # --- State --------------------------------------------------------------------
 
 
-class UserState(msgspec.Struct, frozen=True, kw_only=True, tag="UserState"):
+class UserState(msgspec.Struct, frozen=True, kw_only=True, tag="UserState", gc=False):
     """What ``decide`` needs to know about one user, folded from its events.
 
     The initial value (``UserState()``) is a user that was never created.
@@ -486,7 +508,12 @@ users_projection: Projection[UsersModel] = Projection(
 
 
 class GetUserById(
-    msgspec.Struct, frozen=True, kw_only=True, tag="GetUserById", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="GetUserById",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """One user by id → :class:`UserSummary`, or :class:`~actors.errors.NotFound`."""
 
@@ -494,7 +521,12 @@ class GetUserById(
 
 
 class GetUserByEmail(
-    msgspec.Struct, frozen=True, kw_only=True, tag="GetUserByEmail", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="GetUserByEmail",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """The user registered with ``email`` (the first one, if several were)."""
 
@@ -502,7 +534,12 @@ class GetUserByEmail(
 
 
 class GetUsersByCity(
-    msgspec.Struct, frozen=True, kw_only=True, tag="GetUsersByCity", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="GetUsersByCity",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """Every user living in ``city``, by user id (an empty list when none)."""
 
@@ -510,7 +547,12 @@ class GetUsersByCity(
 
 
 class TopSpenders(
-    msgspec.Struct, frozen=True, kw_only=True, tag="TopSpenders", forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="TopSpenders",
+    gc=False,
+    forbid_unknown_fields=True,
 ):
     """The ``limit`` users who spent most (ties by user id), largest first."""
 

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class Metadata(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+class Metadata(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True, gc=False):
     """Where an event came from: the command that produced it and its causal chain."""
 
     command_id: str | None = None
@@ -31,7 +31,7 @@ class Metadata(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True)
     causation_id: str | None = None
 
 
-class NewEvent(msgspec.Struct, frozen=True):
+class NewEvent(msgspec.Struct, frozen=True, gc=False):
     """An event about to be appended: its stable type tag, the version of that
     type's schema, and the msgpack-encoded payload."""
 
@@ -40,7 +40,7 @@ class NewEvent(msgspec.Struct, frozen=True):
     data: bytes
 
 
-class Snapshot(msgspec.Struct, frozen=True, array_like=True):
+class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """An aggregate's state after ``version`` events, encoded with state schema
     ``schema_version``."""
 
@@ -49,7 +49,7 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True):
     state: bytes
 
 
-class Append(msgspec.Struct):
+class Append(msgspec.Struct, gc=False):
     """One command's worth of writes to one stream, committed atomically.
 
     ``expected_version`` is the stream version the events were decided on; the
@@ -64,7 +64,7 @@ class Append(msgspec.Struct):
     snapshot: Snapshot | None = None
 
 
-class AppendResult(msgspec.Struct, frozen=True, array_like=True):
+class AppendResult(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Where an append landed: the stream's new version and the global
     position of its last event (both unchanged for a snapshot-only append)."""
 
@@ -77,7 +77,7 @@ StoredAck = AppendResult
 """What the command-id index keeps for a command: the Ack it was given."""
 
 
-class StoredEvent(msgspec.Struct, frozen=True, array_like=True):
+class StoredEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """An event as recorded in the log, payload still encoded.
 
     This struct, msgpack-encoded as an array, is also the log's value format:
@@ -95,7 +95,7 @@ class StoredEvent(msgspec.Struct, frozen=True, array_like=True):
     data: bytes
 
 
-class Checkpoint(msgspec.Struct, frozen=True, array_like=True):
+class Checkpoint(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A projection's progress: the last position it applied and, optionally,
     its read model encoded with model schema ``schema_version``."""
 
@@ -104,7 +104,7 @@ class Checkpoint(msgspec.Struct, frozen=True, array_like=True):
     model: bytes | None = None
 
 
-class RecordedEvent(msgspec.Struct, frozen=True):
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as the engine hands it out: a log record with its payload
     decoded into the application's event type (upcast to the newest version)."""
 
