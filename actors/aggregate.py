@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from storage.codec import Codec
-from storage.errors import CodecError, Conflict, MotetError
+from storage.errors import CodecError, Conflict
 from storage.records import Append, Metadata, Snapshot
 from storage.store import EventStore
 

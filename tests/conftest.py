@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,3 +86,48 @@ def lmdb_store_factory(tmp_path: Path) -> Iterator[StoreFactory]:
 def store(store_factory: StoreFactory) -> EventStore:
     """A fresh, empty store of each implementation."""
     return store_factory()
+
+
+@pytest.fixture(scope="session")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """``(server_context, client_context)`` for TLS to 127.0.0.1: a throwaway CA
+    from ``trustme`` when it is installed, else a self-signed certificate made
+    with ``openssl req``."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    client = ssl.create_default_context()
+    if importlib.util.find_spec("trustme") is not None:
+        import trustme
+
+        ca = trustme.CA()
+        ca.issue_cert("127.0.0.1").configure_cert(server)
+        ca.configure_trust(client)
+        return server, client
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server.load_cert_chain(cert, key)
+    client.load_verify_locations(cert)
+    return server, client
