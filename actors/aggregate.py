@@ -226,8 +226,12 @@ class AggregateActor(Generic[S]):
         snapshot = Snapshot(
             self.version, self.definition.state_version, self._codec.encode(self.state)
         )
+        # Nobody waits for this one: the request only carries it through the writer.
+        request = CommandRequest(None)
+        request.append = Append(self.stream, self.version, [], snapshot=snapshot)
+        request.owner = self
         self.pending += 1
-        self._writer.submit(Append(self.stream, self.version, [], snapshot=snapshot), None, self)
+        self._writer.submit(request)
 
     def _decide(self, request: CommandRequest) -> None:
         definition = self.definition
@@ -265,10 +269,10 @@ class AggregateActor(Generic[S]):
             if request.command_id or request.correlation_id or request.causation_id
             else _NO_METADATA
         )
+        request.append = Append(self.stream, expected, encoded, metadata, snapshot)
+        request.owner = self
         self.pending += 1
-        self._writer.submit(
-            Append(self.stream, expected, encoded, metadata, snapshot), request, self
-        )
+        self._writer.submit(request)
 
 
 _NO_METADATA = Metadata()

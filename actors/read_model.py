@@ -134,17 +134,17 @@ class Table(Generic[R]):
 
     def top(self, order: str, limit: int) -> list[R]:
         """The first ``limit`` rows of a sorted order."""
-        return self._orders[order].first(self._rows, limit)  # type: ignore[arg-type]
+        return self._orders[order].first(self._rows, limit)
 
     def insert(self, row: R) -> None:
         """Add a new row (see the class docstring for what it raises)."""
         pk = getattr(row, self.key)
         if pk in self._rows:
             raise KeyError(f"{self.row_type.__name__} {pk!r} already exists")
-        for name, index in self._unique.items():
+        for name, unique in self._unique.items():
             value = getattr(row, name)
-            if value is not None and value in index:
-                raise ValueError(f"{name} {value!r} is already used by {index[value]!r}")
+            if value is not None and value in unique:
+                raise ValueError(f"{name} {value!r} is already used by {unique[value]!r}")
         self._rows[pk] = row
         for name, unique in self._unique.items():
             value = getattr(row, name)

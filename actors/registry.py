@@ -157,7 +157,7 @@ class Registry:
 
     def _evict(self, keep: str) -> None:
         excess = len(self._actors) - self.max_actors
-        victims = []
+        victims: list[str] = []
         for index, (stream, actor) in enumerate(self._actors.items()):
             if index >= _EVICTION_SCAN or len(victims) >= excess:
                 break
@@ -170,7 +170,7 @@ class Registry:
 
     def _passivate(self, now: float) -> None:
         deadline = now - self.passivate_after
-        victims = []
+        victims: list[str] = []
         # Least recently used first: stop at the first actor used recently.
         for stream, actor in self._actors.items():
             if actor.last_used > deadline:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from storage.records import AppendResult
+from storage.records import Append, AppendResult
 
-__all__ = ["CommandRequest"]
+__all__ = ["AppendOwner", "CommandRequest"]
+
+
+class AppendOwner(Protocol):
+    """The actor side of an append: told when its append is settled."""
+
+    def append_settled(self, ok: bool) -> None:
+        """One of this owner's appends committed (``ok``) or failed."""
 
 
 class CommandRequest:
@@ -21,6 +28,7 @@ class CommandRequest:
 
     __slots__ = (
         "ack",
+        "append",
         "causation_id",
         "command",
         "command_id",
@@ -28,6 +36,7 @@ class CommandRequest:
         "error",
         "expected_version",
         "finished",
+        "owner",
         "received_at",
     )
 
@@ -47,6 +56,9 @@ class CommandRequest:
         self.causation_id = causation_id
         self.received_at = received_at
         self.ack: AppendResult | None = None
+        # Set by the actor when the command produced an append for the writer.
+        self.append: Append | None = None
+        self.owner: AppendOwner = _NO_OWNER
         self.error: BaseException | None = None
         self.finished = trio.Event()
 
@@ -81,3 +93,13 @@ class CommandRequest:
             raise self.error
         assert self.ack is not None
         return self.ack
+
+
+class _NoOwner:
+    """The owner of a request that never reached the writer."""
+
+    def append_settled(self, ok: bool) -> None:
+        pass
+
+
+_NO_OWNER = _NoOwner()

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
@@ -26,27 +26,11 @@ from storage.records import Append
 from storage.store import EventStore
 
 from .errors import InternalError
-from .request import CommandRequest
+from .request import AppendOwner, CommandRequest
 
 __all__ = ["AppendOwner", "GroupCommitWriter", "WriterStatistics"]
 
 log = logging.getLogger("motet.writer")
-
-
-class AppendOwner(Protocol):
-    """The actor side of an append: told when its append is settled."""
-
-    def append_settled(self, ok: bool) -> None:
-        """One of this owner's appends committed (``ok``) or failed."""
-
-
-class _Pending:
-    __slots__ = ("append", "owner", "request")
-
-    def __init__(self, append: Append, request: CommandRequest | None, owner: AppendOwner) -> None:
-        self.append = append
-        self.request = request
-        self.owner = owner
 
 
 class WriterStatistics:
@@ -84,8 +68,9 @@ class GroupCommitWriter:
     def __init__(self, store: EventStore, *, max_batch: int = 10_000) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._inflight: list[_Pending] = []
+        # Requests whose ``append`` and ``owner`` are set (see :meth:`submit`).
+        self._queue: list[CommandRequest] = []
+        self._inflight: list[CommandRequest] = []
         self._wakeup = trio.Event()
         self._head_changed = trio.Event()
         self._idle = trio.Event()
@@ -127,18 +112,15 @@ class GroupCommitWriter:
         """Snapshots written, per aggregate type name."""
         return dict(self._snapshots)
 
-    def submit(self, append: Append, request: CommandRequest | None, owner: AppendOwner) -> None:
-        """Queue an append for the next commit (never blocks).
-
-        ``request``, when given, is answered once the commit is durable.
+    def submit(self, request: CommandRequest) -> None:
+        """Queue ``request.append`` for the next commit (never blocks); once it
+        is durable, ``request`` is answered and ``request.owner`` told.
         """
         if self._closed:
-            error = InternalError("the writer has stopped; the command was not committed")
-            if request is not None:
-                request.fail(error)
-            owner.append_settled(False)
+            request.fail(InternalError("the writer has stopped; the command was not committed"))
+            request.owner.append_settled(False)
             return
-        self._queue.append(_Pending(append, request, owner))
+        self._queue.append(request)
         if self._idle.is_set():
             self._idle = trio.Event()
         self._wakeup.set()
@@ -168,12 +150,12 @@ class GroupCommitWriter:
                 self._inflight = []
             self._idle.set()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[CommandRequest]) -> None:
         started = time.perf_counter()
         try:
             results = await trio.to_thread.run_sync(
                 self._store.append_batch,
-                [pending.append for pending in batch],
+                cast("list[Append]", [request.append for request in batch]),
                 time.time(),
                 limiter=self._limiter,
             )
@@ -187,20 +169,20 @@ class GroupCommitWriter:
         seconds = time.perf_counter() - started
         events = 0
         appends = 0
-        for pending, result in zip(batch, results, strict=True):
+        for request, result in zip(batch, results, strict=True):
             if isinstance(result, Conflict):
-                if pending.request is not None:
-                    pending.request.fail(result)
-                pending.owner.append_settled(False)
+                request.fail(result)
+                request.owner.append_settled(False)
                 continue
+            append = request.append
+            assert append is not None
             appends += 1
-            events += len(pending.append.events)
-            if pending.append.snapshot is not None:
-                kind = pending.append.stream.partition("-")[0]
+            events += len(append.events)
+            if append.snapshot is not None:
+                kind = append.stream.partition("-")[0]
                 self._snapshots[kind] = self._snapshots.get(kind, 0) + 1
-            if pending.request is not None:
-                pending.request.succeed(result)
-            pending.owner.append_settled(True)
+            request.succeed(result)
+            request.owner.append_settled(True)
         self._commits += 1
         self._appends_committed += appends
         self._events_appended += events
@@ -212,23 +194,21 @@ class GroupCommitWriter:
         for listener in self.listeners:
             listener(len(batch), events, seconds, head)
 
-    def _fail_batch(self, batch: list[_Pending], error: BaseException) -> None:
+    def _fail_batch(self, batch: list[CommandRequest], error: BaseException) -> None:
         """Fail a batch, and every queued append decided on top of it."""
-        owners = {id(pending.owner) for pending in batch}
-        dependent = [p for p in self._queue if id(p.owner) in owners]
-        self._queue = [p for p in self._queue if id(p.owner) not in owners]
-        for pending in batch + dependent:
-            if pending.request is not None:
-                pending.request.fail(error)
-            pending.owner.append_settled(False)
+        owners = {id(request.owner) for request in batch}
+        dependent = [r for r in self._queue if id(r.owner) in owners]
+        self._queue = [r for r in self._queue if id(r.owner) not in owners]
+        for request in batch + dependent:
+            request.fail(error)
+            request.owner.append_settled(False)
 
     def fail_all(self, error: BaseException) -> None:
         """Stop taking appends and fail every one not yet committed."""
         self._closed = True
         pending, self._queue = self._inflight + self._queue, []
         self._inflight = []
-        for item in pending:
-            if item.request is not None:
-                item.request.fail(error)
-            item.owner.append_settled(False)
+        for request in pending:
+            request.fail(error)
+            request.owner.append_settled(False)
         self._idle.set()
