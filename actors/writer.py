@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import cast
 from collections.abc import Callable
+from typing import cast
 
 import trio
 
