@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/motet demo
+	$(VENV)/bin/motet serve --data ./motet-data
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

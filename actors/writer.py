@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+import msgspec
 import trio
 
 from storage.errors import Conflict, MotetError, StorageError
@@ -33,32 +34,19 @@ __all__ = ["AppendOwner", "GroupCommitWriter", "WriterStatistics"]
 log = logging.getLogger("motet.writer")
 
 
-class WriterStatistics:
-    """A frozen snapshot of the writer's counters (see :meth:`GroupCommitWriter.statistics`)."""
+class WriterStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the writer's counters (see :meth:`GroupCommitWriter.statistics`)."""
 
-    __slots__ = (
-        "appends_committed",
-        "commits",
-        "events_appended",
-        "failed_commits",
-        "head_position",
-        "queued",
-        "snapshots",
-    )
-
-    def __init__(self, **values: int) -> None:
-        for name in self.__slots__:
-            object.__setattr__(self, name, values[name])
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("WriterStatistics is read-only")
-
-    def __repr__(self) -> str:
-        inner = " ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
-        return f"WriterStatistics({inner})"
+    appends_committed: int
+    commits: int
+    events_appended: int
+    failed_commits: int
+    head_position: int
+    queued: int
+    snapshots: int
 
 
-CommitListener = Callable[[int, int, float, float], None]
+CommitListener = Callable[[int, int, float, int], None]
 """Called after each commit with (appends, events, seconds, head position)."""
 
 

@@ -27,21 +27,29 @@ from storage.errors import CodecError, Conflict, MotetError, StorageError, Store
 from storage.records import Metadata, RecordedEvent
 
 from .app import App
+from .client import BlockingClient, Client, ConnectionLost, connect, open_client
 from .core import Ack, Engine, EngineStatistics, EngineStatus, open_engine
 from .mediator import Mediator
+from .protocol import BadRequest, InvalidMessage, RemoteError, RequestTooLarge, Unauthorized
+from .server import Server, ServerStatistics, open_server, serve_engine
 
 __all__ = [
     "Ack",
     "Aggregate",
     "App",
+    "BadRequest",
+    "BlockingClient",
+    "Client",
     "CodecError",
     "CommandRejected",
     "Conflict",
+    "ConnectionLost",
     "Engine",
     "EngineClosed",
     "EngineStatistics",
     "EngineStatus",
     "InternalError",
+    "InvalidMessage",
     "Mediator",
     "Metadata",
     "MotetError",
@@ -54,10 +62,19 @@ __all__ = [
     "Query",
     "QueryTimeout",
     "RecordedEvent",
+    "RemoteError",
+    "RequestTooLarge",
+    "Server",
+    "ServerStatistics",
     "StorageError",
     "StoreFormatError",
     "Table",
+    "Unauthorized",
     "UnknownMessageType",
     "Upcaster",
+    "connect",
+    "open_client",
     "open_engine",
+    "open_server",
+    "serve_engine",
 ]

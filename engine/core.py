@@ -61,13 +61,16 @@ class EngineStatistics(msgspec.Struct, frozen=True):
 
 class EngineStatus(msgspec.Struct, frozen=True):
     """What :meth:`Engine.status` reports: the log's head, each projection's
-    position, lag and state, and the live actors per aggregate type."""
+    position, lag and state, the live actors per aggregate type, and the
+    command and query types the app handles (by tag)."""
 
     head_position: int
     projections: list[ProjectionStatus]
     actors: int
     actors_by_aggregate: dict[str, int]
     durability: str
+    commands: list[str] = []
+    queries: list[str] = []
 
 
 class Engine:
@@ -150,6 +153,8 @@ class Engine:
             actors=registry.actors,
             actors_by_aggregate=registry.by_aggregate,
             durability=str(getattr(self.store, "durability", "none")),
+            commands=sorted(self.app.command_types()),
+            queries=sorted(self.app.query_types()),
         )
 
     def projection(self, name: str) -> ProjectionActor[Any]:

@@ -17,6 +17,7 @@ import bisect
 import logging
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -231,7 +232,7 @@ _MAX_REQUEST_HEAD = 8192
 _REQUEST_TIMEOUT = 10.0
 
 
-async def _handle_http(stream: trio.abc.Stream, metrics: EngineMetrics) -> None:
+async def _handle_http(stream: trio.SocketStream, metrics: EngineMetrics) -> None:
     try:
         with trio.move_on_after(_REQUEST_TIMEOUT):
             head = b""
@@ -294,5 +295,5 @@ async def serve_metrics(
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
         await trio.serve_listeners(
-            lambda stream: _handle_http(stream, metrics), listeners, handler_nursery=nursery
+            partial(_handle_http, metrics=metrics), listeners, handler_nursery=nursery
         )

@@ -59,7 +59,9 @@ class LmdbStore:
     format, raises :class:`~storage.errors.StoreFormatError` and changes
     nothing. ``durability`` is ``"sync"`` (fsync every commit) or ``"none"``
     (no fsync: a process crash loses nothing, an OS crash or power loss may
-    lose the last commits).
+    lose the last commits). ``readonly`` opens an existing store for reading
+    only, safely beside a running server (appends fail), e.g. for
+    ``motet inspect``.
     """
 
     def __init__(
@@ -68,15 +70,20 @@ class LmdbStore:
         *,
         durability: Durability = "sync",
         map_size: int = DEFAULT_MAP_SIZE,
+        readonly: bool = False,
     ) -> None:
         if durability not in ("sync", "none"):
             raise ValueError(f"durability must be 'sync' or 'none', got {durability!r}")
         self.path = Path(path)
         self.durability = durability
-        existing = self._check_directory(self.path)
+        self.readonly = readonly
+        if readonly and not (self.path / "data.mdb").is_file():
+            raise StoreFormatError(f"{self.path} holds no Motet store (no data.mdb)")
+        existing = readonly or self._check_directory(self.path)
         try:
             self._env = lmdb.open(
                 str(self.path),
+                readonly=readonly,
                 map_size=map_size,
                 max_dbs=len(_DATABASES) + 2,
                 subdir=True,
@@ -84,7 +91,7 @@ class LmdbStore:
                 metasync=durability == "sync",
                 readahead=False,
                 max_readers=512,
-                create=True,
+                create=not readonly,
             )
         except lmdb.Error as exc:
             raise StoreFormatError(f"{self.path} is not a readable LMDB store: {exc}") from exc
@@ -144,10 +151,14 @@ class LmdbStore:
                     f"{FORMAT.decode()!r} only"
                 )
         dbs = {}
-        with self._env.begin(write=True) as txn:
+        if self.readonly:
             for name in _DATABASES:
-                dbs[name] = self._env.open_db(name, txn=txn, create=True)
-            txn.put(b"format", FORMAT, db=dbs[b"meta"])
+                dbs[name] = self._env.open_db(name, create=False)
+        else:
+            with self._env.begin(write=True) as txn:
+                for name in _DATABASES:
+                    dbs[name] = self._env.open_db(name, txn=txn, create=True)
+                txn.put(b"format", FORMAT, db=dbs[b"meta"])
         self._log = dbs[b"log"]
         self._index = dbs[b"streams"]
         self._snapshots = dbs[b"snapshots"]
@@ -315,6 +326,13 @@ class LmdbStore:
         with self._read() as txn:
             raw = txn.get(name.encode(), db=self._checkpoints)
             return None if raw is None else self._checkpoint_decoder.decode(raw)
+
+    def checkpoint_names(self) -> list[str]:
+        """Names of the projections that saved a checkpoint, sorted."""
+        with self._read() as txn:
+            return [
+                bytes(key).decode() for key in txn.cursor(self._checkpoints).iternext(values=False)
+            ]
 
     def close(self) -> None:
         if self._closed:

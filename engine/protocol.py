@@ -1,0 +1,587 @@
+"""The TCP line protocol's wire format: pure functions, no sockets.
+
+One JSON object per line in each direction (see DESIGN.md, "TCP line
+protocol"). The server decodes a line with :class:`RequestDecoder` and answers
+with lines made by :class:`ReplyEncoder`; the client encodes the request
+structs below and turns error replies back into exceptions with
+:func:`error_from_reply`.
+
+Requests are a tagged union on ``op``:
+
+- ``command``: ``type`` (a command tag), ``data``, optional ``command_id`` and
+  ``expected_version`` → the Ack ``{"stream", "version", "position"}``;
+- ``query``: ``type`` (a query tag), ``data``, optional ``after`` and
+  ``timeout`` (seconds, default 5) → the query's result as JSON;
+- ``read``: ``stream``, ``from`` (a version, default 0), ``limit`` (1..10,000,
+  default 1,000) → ``{"events": [...], "next": <last version returned>}``;
+- ``subscribe``: ``from`` (a position, default 0) → first
+  ``{"ok": true, "result": {"from": ..., "head": ...}}``, then one
+  ``{"id": ..., "event": {...}}`` line per event, catch-up then live;
+- ``unsubscribe``: ``subscription`` (the id of a subscribe request on the same
+  connection) → ``{"unsubscribed": true|false}``; an addition to DESIGN.md's
+  list so one subscription can end without closing the connection;
+- ``status`` → the engine's status; ``ping`` → ``"pong"``;
+- ``auth``: ``token`` → ``true`` (needed first when the server has a token).
+
+Unknown fields are refused (a misspelled ``expected_version`` must not be
+ignored silently). Which error code a failure gets:
+
+- ``bad_request``: the line is not JSON (or not UTF-8, or nested too deeply),
+  not an object, has no ``op`` or an unknown one, or one of the request's own
+  fields (``id``, ``from``, ``limit``, ``after`` ...) has the wrong type or
+  range; the message names the field (``... - at `$.from```);
+- ``invalid``: ``data`` does not match the message type's schema (the message
+  names the field: ``Expected `str`, got `int` - at `$.data.user_id```), or
+  the engine refused an argument with ``ValueError`` (e.g. an empty id);
+- ``unknown_type``, ``rejected``, ``conflict``, ``not_found``, ``overloaded``,
+  ``timeout``, ``unauthorized``, ``too_large``: as the names say (see
+  :data:`ERROR_CODES` for the exception classes);
+- ``internal``: anything else, including :class:`ProjectionFailed`,
+  :class:`InternalError` and :class:`StorageError` (the server's side failed,
+  not the request). :class:`EngineClosed` is reported as ``overloaded``:
+  nothing ran and the client should retry later, possibly elsewhere.
+
+Every reply carries the request's ``id`` when it could be read (any JSON
+scalar), else ``null``. Error objects may carry details besides ``code`` and
+``message``: ``stream``, ``expected`` and ``actual`` for ``conflict``, and
+``position`` (the last event delivered) when a subscription ends.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from actors.errors import (
+    CommandRejected,
+    EngineClosed,
+    InternalError,
+    NotFound,
+    Overloaded,
+    QueryTimeout,
+    UnknownMessageType,
+)
+from actors.projection import ProjectionFailed
+from storage.errors import Conflict, MotetError, StorageError
+from storage.records import AppendResult, RecordedEvent
+
+from .app import App
+
+__all__ = [
+    "DEFAULT_QUERY_TIMEOUT",
+    "DEFAULT_READ_LIMIT",
+    "ERROR_CODES",
+    "MAX_QUERY_TIMEOUT",
+    "MAX_READ_LIMIT",
+    "AuthOp",
+    "BadRequest",
+    "CommandOp",
+    "ErrorBody",
+    "ErrorCode",
+    "InvalidMessage",
+    "PingOp",
+    "QueryOp",
+    "ReadOp",
+    "RemoteError",
+    "Reply",
+    "ReplyEncoder",
+    "Request",
+    "RequestDecoder",
+    "RequestId",
+    "RequestTooLarge",
+    "StatusOp",
+    "SubscribeOp",
+    "Unauthorized",
+    "UnsubscribeOp",
+    "WireEvent",
+    "code_for",
+    "error_from_reply",
+]
+
+ErrorCode = Literal[
+    "bad_request",
+    "too_large",
+    "unknown_type",
+    "invalid",
+    "rejected",
+    "conflict",
+    "not_found",
+    "overloaded",
+    "timeout",
+    "unauthorized",
+    "internal",
+]
+"""The error codes of DESIGN.md; no others are sent."""
+
+RequestId = str | int | float | bool | None
+"""A request's ``id``: any JSON scalar, echoed in every reply to it."""
+
+DEFAULT_READ_LIMIT: Final = 1_000
+"""Events a ``read`` returns when it gives no ``limit``."""
+
+MAX_READ_LIMIT: Final = 10_000
+"""The largest ``limit`` a ``read`` may ask for (page with ``next`` for more)."""
+
+DEFAULT_QUERY_TIMEOUT: Final = 5.0
+"""Seconds a ``query`` with ``after`` waits for its projection, by default."""
+
+MAX_QUERY_TIMEOUT: Final = 3_600.0
+"""The longest ``timeout`` a query may ask for."""
+
+# Positions and versions are stored as unsigned 64-bit keys.
+_NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_QUERY_TIMEOUT)]
+_Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_READ_LIMIT)]
+
+
+# --- Errors -------------------------------------------------------------------
+
+
+class BadRequest(MotetError):
+    """A request line is not a valid request (``bad_request``): not JSON, not
+    an object, no or an unknown ``op``, or a request field of the wrong type.
+    The client's fault; the message says what is wrong and where."""
+
+    def __init__(self, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class RequestTooLarge(BadRequest):
+    """A request line is longer than the server's limit (``too_large``); the
+    server closes that connection after saying so."""
+
+
+class InvalidMessage(MotetError, ValueError):
+    """A message's ``data`` does not match its type's schema, or an argument
+    is out of range (``invalid``). The client's fault; the message names the
+    field. Also a ``ValueError``, as the embedded API raises for bad input."""
+
+
+class Unauthorized(MotetError):
+    """The server needs an ``auth`` request with the right token first
+    (``unauthorized``)."""
+
+
+class RemoteError(MotetError):
+    """An error reply with a code this client does not know; ``code`` holds it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+# Checked in order, so subclasses come before their bases.
+_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], ErrorCode], ...] = (
+    (RequestTooLarge, "too_large"),
+    (BadRequest, "bad_request"),
+    (Unauthorized, "unauthorized"),
+    (InvalidMessage, "invalid"),
+    (CommandRejected, "rejected"),
+    (Conflict, "conflict"),
+    (NotFound, "not_found"),
+    ((Overloaded, EngineClosed), "overloaded"),
+    (QueryTimeout, "timeout"),
+    (UnknownMessageType, "unknown_type"),
+    ((ProjectionFailed, InternalError, StorageError), "internal"),
+    ((msgspec.ValidationError, ValueError), "invalid"),
+)
+
+ERROR_CODES: Final[Mapping[str, type[MotetError]]] = {
+    "bad_request": BadRequest,
+    "too_large": RequestTooLarge,
+    "unknown_type": UnknownMessageType,
+    "invalid": InvalidMessage,
+    "rejected": CommandRejected,
+    "conflict": Conflict,
+    "not_found": NotFound,
+    "overloaded": Overloaded,
+    "timeout": QueryTimeout,
+    "unauthorized": Unauthorized,
+    "internal": InternalError,
+}
+"""Each error code and the exception class the client raises for it."""
+
+
+def code_for(error: BaseException) -> ErrorCode:
+    """The error code that reports ``error`` (``internal`` for anything
+    unexpected: a bug, which the server also logs)."""
+    for classes, code in _CODES:
+        if isinstance(error, classes):
+            return code
+    return "internal"
+
+
+# --- Requests -----------------------------------------------------------------
+
+
+class _Op(
+    msgspec.Struct,
+    kw_only=True,
+    frozen=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    tag_field="op",
+):
+    id: RequestId = None
+
+
+class CommandOp(_Op, frozen=True, tag="command"):
+    """``{"op": "command", "type": tag, "data": {...}}``: run a command.
+
+    ``data`` stays raw JSON until :meth:`RequestDecoder.decode_command` turns
+    it into the registered command type.
+    """
+
+    type: str
+    data: msgspec.Raw = msgspec.Raw(b"{}")
+    command_id: str | None = None
+    expected_version: _NonNegative | None = None
+
+
+class QueryOp(_Op, frozen=True, tag="query"):
+    """``{"op": "query", "type": tag, "data": {...}}``: ask a query, after an
+    optional position, waiting at most ``timeout`` seconds for it."""
+
+    type: str
+    data: msgspec.Raw = msgspec.Raw(b"{}")
+    after: _NonNegative | None = None
+    timeout: _Seconds | None = None
+
+
+class ReadOp(_Op, frozen=True, tag="read"):
+    """``{"op": "read", "stream": s, "from": version, "limit": n}``: read up to
+    ``limit`` events of a stream with versions above ``from``."""
+
+    stream: str
+    from_: _NonNegative = msgspec.field(default=0, name="from")
+    limit: _Limit | None = None
+
+
+class SubscribeOp(_Op, frozen=True, tag="subscribe"):
+    """``{"op": "subscribe", "from": position}``: stream every event after the
+    position, catch-up then live, until unsubscribed or disconnected."""
+
+    from_: _NonNegative = msgspec.field(default=0, name="from")
+
+
+class UnsubscribeOp(_Op, frozen=True, tag="unsubscribe"):
+    """``{"op": "unsubscribe", "subscription": id}``: end the subscription
+    whose subscribe request had that id."""
+
+    subscription: RequestId
+
+
+class StatusOp(_Op, frozen=True, tag="status"):
+    """``{"op": "status"}``: the engine's status."""
+
+
+class PingOp(_Op, frozen=True, tag="ping"):
+    """``{"op": "ping"}``: answered with ``"pong"``."""
+
+
+class AuthOp(_Op, frozen=True, tag="auth"):
+    """``{"op": "auth", "token": t}``: authenticate the connection."""
+
+    token: str
+
+
+Request = CommandOp | QueryOp | ReadOp | SubscribeOp | UnsubscribeOp | StatusOp | PingOp | AuthOp
+"""Any request line, as decoded by :meth:`RequestDecoder.decode_request`."""
+
+_OPS: Final = (
+    "command",
+    "query",
+    "read",
+    "subscribe",
+    "unsubscribe",
+    "status",
+    "ping",
+    "auth",
+)
+_JSON_TYPES: Final = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _describe(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _under_data(message: str) -> str:
+    """Re-root a msgspec error message at ``$.data``: the message was decoded
+    on its own, so its paths start at ``$``."""
+    if " - at `$" in message:
+        return message.replace(" - at `$", " - at `$.data", 1)
+    return f"{message} - at `$.data`"
+
+
+def _known(names: Mapping[str, type]) -> str:
+    listed = sorted(names)
+    if not listed:
+        return "none"
+    more = f" and {len(listed) - 20} more" if len(listed) > 20 else ""
+    return ", ".join(listed[:20]) + more
+
+
+class RequestDecoder:
+    """Decodes request lines, and the ``data`` of commands and queries into
+    the app's registered types. Decoders are built once, here."""
+
+    def __init__(self, app: App) -> None:
+        self._request: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
+        self._untyped = msgspec.json.Decoder()
+        self._commands: dict[str, msgspec.json.Decoder[Any]] = {
+            tag: msgspec.json.Decoder(cls) for tag, cls in app.command_types().items()
+        }
+        self._queries: dict[str, msgspec.json.Decoder[Any]] = {
+            tag: msgspec.json.Decoder(cls) for tag, cls in app.query_types().items()
+        }
+        self._command_types = app.command_types()
+        self._query_types = app.query_types()
+
+    def __repr__(self) -> str:
+        return f"<RequestDecoder commands={len(self._commands)} queries={len(self._queries)}>"
+
+    def decode_request(self, line: bytes) -> Request:
+        """Decode one request line (without its newline).
+
+        Raises :class:`BadRequest` saying what is wrong; its ``request_id``
+        is the line's ``id`` when that could be read.
+        """
+        try:
+            return self._request.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
+            raise self._explain(line, exc) from None
+
+    def _explain(self, line: bytes, error: Exception) -> BadRequest:
+        """Why ``line`` is not a request: decoded again without a schema, only
+        on this failure path, to tell the cases apart and find the ``id``."""
+        try:
+            value = self._untyped.decode(line)
+        except RecursionError:
+            return BadRequest("the JSON is nested too deeply")
+        except UnicodeDecodeError as exc:
+            return BadRequest(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            text = str(exc)
+            if not line.strip():
+                text = "the line is empty"
+            elif "out of range" in text:
+                text = "a number is out of range"
+            return BadRequest(f"invalid JSON: {text}")
+        if not isinstance(value, dict):
+            return BadRequest(f"a request must be a JSON object, got {_describe(value)}")
+        raw_id = value.get("id")
+        request_id: RequestId = raw_id if isinstance(raw_id, _SCALARS) else None
+        if "op" not in value:
+            return BadRequest(
+                f"the request has no op; expected one of: {', '.join(_OPS)}", request_id
+            )
+        op = value["op"]
+        if op not in _OPS:
+            return BadRequest(f"unknown op {op!r}; expected one of: {', '.join(_OPS)}", request_id)
+        return BadRequest(f"invalid {op} request: {error}", request_id)
+
+    def decode_command(self, op: CommandOp) -> Any:
+        """The command ``op`` carries, as its registered type.
+
+        Raises :class:`UnknownMessageType` for an unregistered tag and
+        :class:`InvalidMessage` naming the field when ``data`` does not fit.
+        """
+        decoder = self._commands.get(op.type)
+        if decoder is None:
+            raise UnknownMessageType(
+                f"unknown command type {op.type!r}; known: {_known(self._command_types)}"
+            )
+        return self._decode_data(decoder, op.data)
+
+    def decode_query(self, op: QueryOp) -> Any:
+        """The query ``op`` carries, as its registered type (raises as
+        :meth:`decode_command` does)."""
+        decoder = self._queries.get(op.type)
+        if decoder is None:
+            raise UnknownMessageType(
+                f"unknown query type {op.type!r}; known: {_known(self._query_types)}"
+            )
+        return self._decode_data(decoder, op.data)
+
+    @staticmethod
+    def _decode_data(decoder: msgspec.json.Decoder[Any], data: msgspec.Raw) -> Any:
+        try:
+            return decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise InvalidMessage(_under_data(str(exc))) from None
+        except msgspec.DecodeError as exc:  # only when the raw JSON was cut short
+            raise InvalidMessage(_under_data(f"invalid JSON: {exc}")) from None
+        except UnicodeDecodeError:
+            raise InvalidMessage(_under_data("a string is not valid UTF-8")) from None
+        except RecursionError:
+            raise InvalidMessage(_under_data("nested too deeply")) from None
+
+
+# --- Replies ------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The ``error`` of a failed reply: its code, a sentence, and details."""
+
+    code: str
+    message: str
+    stream: str | None = None
+    expected: int | None = None
+    actual: int | None = None
+    position: int | None = None
+
+
+class WireEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One event as the protocol sends it (a subscription's ``event``, an
+    entry of a read's ``events``); ``time`` is the commit time, ISO 8601 UTC."""
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    time: datetime.datetime
+    data: Any
+
+
+class Reply(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Any reply line, as the client decodes it: ``ok`` with ``result`` or
+    ``error``, or a subscription's ``event``. ``result`` stays raw JSON so the
+    caller can decode it into a type of its choosing."""
+
+    id: Any = None
+    ok: bool | None = None
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: ErrorBody | None = None
+    event: WireEvent | None = None
+
+
+class _Ok(msgspec.Struct):
+    id: RequestId
+    ok: bool
+    result: Any
+
+
+class _Failed(msgspec.Struct):
+    id: RequestId
+    ok: bool
+    error: ErrorBody
+
+
+class _Event(msgspec.Struct):
+    id: RequestId
+    event: WireEvent
+
+
+class _AckBody(msgspec.Struct):
+    stream: str
+    version: int
+    position: int
+
+
+class _ReadBody(msgspec.Struct):
+    events: list[WireEvent]
+    next: int
+
+
+def _event_body(record: RecordedEvent) -> WireEvent:
+    return WireEvent(
+        position=record.position,
+        stream=record.stream,
+        version=record.version,
+        type=record.type,
+        time=datetime.datetime.fromtimestamp(record.timestamp, datetime.UTC),
+        data=record.data,
+    )
+
+
+class ReplyEncoder:
+    """Encodes reply lines (each ends with a newline). Results and event
+    payloads are encoded as msgspec encodes them: a Struct becomes an object
+    (with its tag field if it has a tag), a datetime an RFC 3339 string."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+
+    def __repr__(self) -> str:
+        return "<ReplyEncoder>"
+
+    def ok(self, request_id: RequestId, result: Any) -> bytes:
+        """A success reply. Raises ``TypeError``/``msgspec.EncodeError`` when
+        ``result`` is not JSON-encodable (the caller reports ``internal``)."""
+        return self._encoder.encode(_Ok(request_id, True, result)) + b"\n"
+
+    def ack(self, request_id: RequestId, ack: AppendResult) -> bytes:
+        """A command's success reply: ``{"stream", "version", "position"}``."""
+        return self.ok(request_id, _AckBody(ack.stream, ack.version, ack.position))
+
+    def read(self, request_id: RequestId, events: list[RecordedEvent], after: int) -> bytes:
+        """A read's reply: the events and ``next``, the last version returned
+        (``after`` when there are none), to pass as the next ``from``."""
+        next_version = events[-1].version if events else after
+        return self.ok(request_id, _ReadBody([_event_body(e) for e in events], next_version))
+
+    def event(self, request_id: RequestId, record: RecordedEvent) -> bytes:
+        """A subscription's event line."""
+        return self._encoder.encode(_Event(request_id, _event_body(record))) + b"\n"
+
+    def error(
+        self,
+        request_id: RequestId,
+        code: ErrorCode,
+        message: str,
+        *,
+        position: int | None = None,
+    ) -> bytes:
+        """A failure reply with ``code`` and ``message``."""
+        body = ErrorBody(code=code, message=message, position=position)
+        return self._encoder.encode(_Failed(request_id, False, body)) + b"\n"
+
+    def exception(self, request_id: RequestId, error: BaseException) -> bytes:
+        """The failure reply for ``error`` (its code from :func:`code_for`).
+
+        Unexpected errors (code ``internal`` without being one of Motet's own
+        errors) say only their class, not their text, which may hold data."""
+        code = code_for(error)
+        if isinstance(error, Conflict):
+            body = ErrorBody(
+                code=code,
+                message=str(error),
+                stream=error.stream,
+                expected=error.expected,
+                actual=error.actual,
+            )
+            return self._encoder.encode(_Failed(request_id, False, body)) + b"\n"
+        if code == "internal" and not isinstance(error, MotetError):
+            message = f"internal error ({type(error).__name__}); see the server's log"
+        else:
+            message = str(error) or type(error).__name__
+        return self.error(request_id, code, message)
+
+
+def error_from_reply(error: ErrorBody) -> MotetError:
+    """The exception a client raises for an error reply: the embedded API's
+    class for its code (see :data:`ERROR_CODES`), :class:`RemoteError` for an
+    unknown code."""
+    if error.code == "conflict":
+        if error.stream is not None and error.expected is not None and error.actual is not None:
+            return Conflict(error.stream, error.expected, error.actual)
+        conflict = Conflict.__new__(Conflict)
+        Exception.__init__(conflict, error.message)
+        conflict.stream, conflict.expected, conflict.actual = error.stream or "", -1, -1
+        return conflict
+    cls = ERROR_CODES.get(error.code)
+    if cls is None:
+        return RemoteError(error.code, error.message)
+    return cls(error.message)

@@ -1,0 +1,130 @@
+"""The request language of ``motet client``: raw JSON lines or a short form.
+
+A line is either a JSON request object, sent as it is (an ``id`` is added
+when missing), or a short form::
+
+    CreateUser user_id=u1 name="Ann Lee" email=ann@example.org password=pw
+    GetUserById user_id=u1 @after=42
+    TopSpenders limit=5
+    read User-u1 [from] [limit]
+    subscribe [from]
+    status
+    ping
+
+``TYPE key=value ...`` is a command when the server lists ``TYPE`` among its
+commands, else a query. A value is read as JSON when it parses (``42``,
+``4.5``, ``true``, ``null``, ``"quoted"``, ``[1, 2]``), else taken as a
+string. Keys starting with ``@`` are options of the request rather than
+fields of the message: ``@command_id``, ``@expected_version`` for commands,
+``@after`` and ``@timeout`` for queries.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Collection
+from typing import Any
+
+__all__ = ["ShellError", "format_reply", "parse_line"]
+
+_COMMAND_OPTIONS = {"command_id", "expected_version"}
+_QUERY_OPTIONS = {"after", "timeout"}
+
+
+class ShellError(ValueError):
+    """A line of the request language could not be understood: the user's
+    fault; the message says what is wrong."""
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(words: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    data: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for word in words:
+        key, equals, text = word.partition("=")
+        if not equals or not key or key == "@":
+            raise ShellError(f"expected key=value, got {word!r}")
+        target = options if key.startswith("@") else data
+        name = key.removeprefix("@")
+        if name in target:
+            raise ShellError(f"{key} is given twice")
+        target[name] = _value(text)
+    return data, options
+
+
+def _number(word: str, what: str) -> int:
+    try:
+        return int(word)
+    except ValueError:
+        raise ShellError(f"{what} must be a whole number, got {word!r}") from None
+
+
+def parse_line(line: str, commands: Collection[str]) -> dict[str, Any] | None:
+    """Turn one line into a request object (without ``id``); ``None`` for a
+    blank line or a comment. ``commands`` are the server's command tags.
+    Raises :class:`ShellError` naming the problem."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ShellError(f"not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ShellError("a JSON request must be an object")
+        return parsed
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise ShellError(f"cannot split the line: {exc}") from None
+    head, rest = words[0], words[1:]
+    if head in ("status", "ping"):
+        if rest:
+            raise ShellError(f"{head} takes no arguments")
+        return {"op": head}
+    if head == "read":
+        if not 1 <= len(rest) <= 3:
+            raise ShellError("usage: read STREAM [FROM_VERSION] [LIMIT]")
+        request: dict[str, Any] = {"op": "read", "stream": rest[0]}
+        if len(rest) > 1:
+            request["from"] = _number(rest[1], "FROM_VERSION")
+        if len(rest) > 2:
+            request["limit"] = _number(rest[2], "LIMIT")
+        return request
+    if head == "subscribe":
+        if len(rest) > 1:
+            raise ShellError("usage: subscribe [FROM_POSITION]")
+        return {"op": "subscribe", "from": _number(rest[0], "FROM_POSITION") if rest else 0}
+    data, options = _pairs(rest)
+    is_command = head in commands
+    allowed = _COMMAND_OPTIONS if is_command else _QUERY_OPTIONS
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        kind = "command" if is_command else "query"
+        raise ShellError(
+            f"@{unknown[0]} is not an option of a {kind}; use "
+            + ", ".join(f"@{name}" for name in sorted(allowed))
+        )
+    return {"op": "command" if is_command else "query", "type": head, "data": data, **options}
+
+
+def format_reply(reply: dict[str, Any]) -> str:
+    """A reply for people: the result as indented JSON, or ``error [code]: message``."""
+    if "event" in reply:
+        event = reply["event"]
+        return (
+            f"event {event.get('position')}  {event.get('stream')} v{event.get('version')}  "
+            f"{event.get('type')}  {json.dumps(event.get('data'), sort_keys=True)}"
+        )
+    if reply.get("ok"):
+        return json.dumps(reply.get("result"), indent=2, sort_keys=True)
+    error = reply.get("error") or {}
+    return f"error [{error.get('code', '?')}]: {error.get('message', reply)}"
