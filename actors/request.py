@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -9,6 +11,8 @@ import trio
 from storage.records import Append, AppendResult
 
 __all__ = ["AppendOwner", "CommandRequest"]
+
+log = logging.getLogger("motet.actors")
 
 
 class AppendOwner(Protocol):
@@ -27,6 +31,7 @@ class CommandRequest:
     """
 
     __slots__ = (
+        "_callbacks",
         "ack",
         "append",
         "causation_id",
@@ -61,6 +66,7 @@ class CommandRequest:
         self.owner: AppendOwner = _NO_OWNER
         self.error: BaseException | None = None
         self.finished = trio.Event()
+        self._callbacks: list[Callable[[CommandRequest], None]] | None = None
 
     def __repr__(self) -> str:
         state = "ok" if self.ack else f"failed: {self.error!r}" if self.error else "pending"
@@ -71,17 +77,40 @@ class CommandRequest:
         """Whether the request has its answer."""
         return self.finished.is_set()
 
+    def add_done_callback(self, callback: Callable[[CommandRequest], None]) -> None:
+        """Call ``callback(request)`` once the request has its answer (right
+        away if it has). Callbacks run in the task that answers the request,
+        so they must not block or raise."""
+        if self.finished.is_set():
+            callback(self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+
     def succeed(self, ack: AppendResult) -> None:
         """Answer with the Ack; ignored when already answered."""
         if not self.finished.is_set():
             self.ack = ack
-            self.finished.set()
+            self._finish()
 
     def fail(self, error: BaseException) -> None:
         """Answer with an error; ignored when already answered."""
         if not self.finished.is_set():
             self.error = error
-            self.finished.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        self.finished.set()
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks is not None:
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    # The answering task (often the writer) must go on answering
+                    # everybody else; a broken callback is a bug to report.
+                    log.exception("a done-callback of %r raised", self)
 
     async def wait(self) -> AppendResult:
         """Wait for the answer; return the Ack or raise the error.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -254,6 +254,59 @@ class Engine:
         if self.metrics is not None:
             self.metrics.command_ok(self._command_type(command), trio.current_time() - started)
         return ack
+
+    def submit(
+        self,
+        command: Any,
+        on_done: Callable[[Ack | None, BaseException | None], None],
+        *,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> None:
+        """Hand ``command`` to its aggregate without waiting for it; once it
+        finishes, ``on_done(ack, None)`` or ``on_done(None, error)`` is called
+        with what :meth:`send` would return or raise.
+
+        For servers that answer many pipelined commands without a task each.
+        ``on_done`` runs in the task that finishes the command (possibly this
+        one, before ``submit`` returns), so it must neither block nor raise.
+        Raises at once what stops the command from being accepted
+        (:class:`Overloaded`, :class:`UnknownMessageType`, ``ValueError``,
+        :class:`EngineClosed`); ``on_done`` is then not called.
+        """
+        started = trio.current_time()
+        try:
+            waiting = self._accept(
+                command, command_id, expected_version, correlation_id, causation_id, started
+            )
+        except BaseException as exc:
+            self._count(command, exc, started)
+            raise
+        if isinstance(waiting, AppendResult):
+            self._count(command, None, started)
+            on_done(waiting, None)
+            return
+        if self._outstanding == 0:
+            self._quiet = trio.Event()
+        self._outstanding += 1
+
+        def finished(request: CommandRequest) -> None:
+            self._settle(request)
+            self._count(command, request.error, started)
+            on_done(request.ack, request.error)
+
+        waiting.add_done_callback(finished)
+
+    def _count(self, command: Any, error: BaseException | None, started: float) -> None:
+        if self.metrics is None:
+            return
+        seconds = trio.current_time() - started
+        if error is None:
+            self.metrics.command_ok(self._command_type(command), seconds)
+        else:
+            self.metrics.command_done(self._command_type(command), outcome_of(error), seconds)
 
     def _command_type(self, command: Any) -> str:
         return self._command_tags.get(type(command)) or type(command).__name__

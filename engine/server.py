@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from storage.records import RecordedEvent
+from storage.records import AppendResult, RecordedEvent
 from storage.store import check_key
 
 from .core import Engine
@@ -243,6 +243,8 @@ class _Connection:
         self._subscriptions: dict[tuple[type, RequestId], _Subscription] = {}
         self._draining = False
         self._send: trio.MemorySendChannel[bytes] | None = None
+        self._submitted = 0  # commands handed to the engine, not answered yet
+        self._all_answered: trio.Event | None = None
 
     def __repr__(self) -> str:
         return (
@@ -270,6 +272,7 @@ class _Connection:
                 # answer what was read, but subscriptions would never end.
                 for subscription in self._subscriptions.values():
                     subscription.end(None)
+                await self._wait_submitted()
 
     async def _write_loop(
         self, receive: trio.MemoryReceiveChannel[bytes], connection_scope: trio.CancelScope
@@ -399,9 +402,54 @@ class _Connection:
             self._subscriptions[key] = subscription
             await self._in_flight.acquire()
             spawn(self._subscribe, subscription)
+        elif isinstance(request, CommandOp):
+            await self._in_flight.acquire()
+            self._submit(request, spawn)
         else:
             await self._in_flight.acquire()
             spawn(self._run, request)
+
+    def _submit(self, request: CommandOp, spawn: Callable[..., object]) -> None:
+        """Hand a command to the engine without a task of its own (the common
+        request, so the cheap path): its reply is written when it finishes."""
+        request_id = request.id
+        self._submitted += 1
+
+        def done(ack: AppendResult | None, error: BaseException | None) -> None:
+            if error is None and ack is not None:
+                line = self._encoder.ack(request_id, ack)
+            else:
+                assert isinstance(error, Exception)
+                line = self._failure(request_id, error)
+            self._in_flight.release()
+            self._submitted -= 1
+            if self._submitted == 0 and self._all_answered is not None:
+                self._all_answered.set()
+            assert self._send is not None
+            try:
+                self._send.send_nowait(line)
+            except trio.WouldBlock:  # subscriptions filled the buffer: wait in a task
+                spawn(self._reply, line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the connection is gone, and the reply with it
+
+        try:
+            command = self._decoder.decode_command(request)
+            self.engine.submit(
+                command,
+                done,
+                command_id=request.command_id,
+                expected_version=request.expected_version,
+            )
+        except Exception as exc:
+            done(None, exc)
+
+    async def _wait_submitted(self) -> None:
+        """Wait until every command handed to the engine has been answered."""
+        while self._submitted:
+            self._all_answered = trio.Event()
+            await self._all_answered.wait()
+        self._all_answered = None
 
     def _failure(self, request_id: RequestId, exc: Exception) -> bytes:
         self.server._errors += 1
@@ -528,7 +576,7 @@ async def serve_engine(
     ssl_context: Any = None,
     max_line: int = 1 << 20,
     max_connections: int = 1000,
-    max_in_flight: int = 64,
+    max_in_flight: int = 256,
     subscriber_buffer: int = 10_000,
     write_timeout: float = 60.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
