@@ -38,6 +38,7 @@ figure; ``--json-only`` prints just the JSON line. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -59,6 +60,7 @@ from typing import Any, NamedTuple
 import trio
 
 from engine import CommandRejected, Engine, Overloaded, open_engine
+from engine.cli import SERVER_GC_THRESHOLDS
 from engine.example import CreateUser, PlaceOrder, UpdateUser, app
 from storage import Durability
 
@@ -79,6 +81,7 @@ CITIES = ("Lisbon", "Oslo", "Kyoto", "Lima", "Accra", "Austin", "Perth", "Tallin
 ORDER_SHARE = 0.8
 MAX_AMOUNT = 500
 QUANTILES = {"p50_ms": 0.50, "p99_ms": 0.99, "p999_ms": 0.999}
+_DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 _STAT_FIELDS = ("commits", "commands_committed", "events_appended", "snapshots")
 
 
@@ -269,7 +272,12 @@ async def _drive(engine: Engine, commands: Sequence[Any], clients: int) -> dict[
 
 
 async def _run_motet_async(
-    workload: Workload, clients: int, durability: Durability, path: Path, metrics: bool
+    workload: Workload,
+    clients: int,
+    durability: Durability,
+    path: Path,
+    metrics: bool,
+    tune_gc: bool,
 ) -> dict[str, Any]:
     creates = [
         CreateUser(user_id=u.user_id, name=u.name, email=u.email, password=u.password, city=u.city)
@@ -282,6 +290,10 @@ async def _run_motet_async(
         for c in workload.commands
     ]
     async with open_engine(path, app, durability=durability, metrics=metrics) as engine:
+        if tune_gc:
+            # What motet serve does once it is up (see engine/cli.py).
+            gc.freeze()
+            gc.set_threshold(*SERVER_GC_THRESHOLDS)
         _log(f"motet: phase A, {len(creates):,} CreateUser from {clients:,} clients")
         phase_a = await _drive(engine, creates, clients)
         before = _engine_statistics(engine)
@@ -300,6 +312,7 @@ def run_motet(
     durability: Durability = "sync",
     data_dir: Path | None = None,
     metrics: bool = True,
+    tune_gc: bool = False,
 ) -> dict[str, Any]:
     """Run the seed workload through Motet and return its figures.
 
@@ -313,7 +326,10 @@ def run_motet(
             msg = f"{path} already holds data; the seed workload needs an empty store"
             raise FileExistsError(msg)
         path.mkdir(parents=True, exist_ok=True)
-        result = trio.run(_run_motet_async, workload, clients, durability, path, metrics)
+        result = trio.run(_run_motet_async, workload, clients, durability, path, metrics, tune_gc)
+        if tune_gc:
+            gc.unfreeze()
+            gc.set_threshold(*_DEFAULT_GC_THRESHOLDS)
     result["peak_rss_mib"] = _peak_rss_mib()
     return result
 
@@ -476,6 +492,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
     parser.add_argument(
+        "--tune-gc",
+        action="store_true",
+        help="freeze startup objects and raise the GC thresholds, as motet serve does",
+    )
+    parser.add_argument(
         "--no-metrics",
         dest="metrics",
         action="store_false",
@@ -509,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "durability": args.durability,
             "seed": args.seed,
             "metrics": args.metrics,
+            "tune_gc": args.tune_gc,
             "python": platform.python_version(),
         },
         "motet": run_motet(
@@ -519,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             durability=args.durability,
             data_dir=args.data,
             metrics=args.metrics,
+            tune_gc=args.tune_gc,
         ),
         "eventsourcing": None,
         "ratio_phase_b": None,
