@@ -20,7 +20,7 @@ import msgspec
 import trio
 
 from storage.codec import Codec, tag_of
-from storage.errors import MotetError
+from storage.errors import CodecError, MotetError
 from storage.records import Checkpoint, StoredEvent
 from storage.store import EventStore
 
@@ -156,7 +156,12 @@ class ProjectionActor(Generic[M]):
         behind = self._writer.head_position - self.position
         if behind <= 0:
             return 0, 0.0
-        oldest = self._store.read_all(self.position, 1)
+        try:
+            oldest = self._store.read_all(self.position, 1)
+        except CodecError:
+            # The next record is unreadable (the projection has stopped on it
+            # and says so in its status): its age is unknown.
+            return behind, 0.0
         if not oldest:
             return behind, 0.0
         return behind, max(0.0, (time.time() if now is None else now) - oldest[0].timestamp)
@@ -224,7 +229,12 @@ class ProjectionActor(Generic[M]):
     def restore(self) -> None:
         """Load the saved read-model snapshot, if it is usable (else start empty)."""
         definition = self.definition
-        checkpoint = self._store.get_checkpoint(self.name)
+        try:
+            checkpoint = self._store.get_checkpoint(self.name)
+        except CodecError as exc:
+            # A checkpoint is derived data: an unreadable one costs a replay.
+            log.warning("projection %s: %s; rebuilding from the log", self.name, exc)
+            return
         if checkpoint is None or checkpoint.model is None or self._snapshot_decoder is None:
             return
         assert definition.load is not None
@@ -266,15 +276,24 @@ class ProjectionActor(Generic[M]):
             if self.position >= head:
                 await writer.wait_head_beyond(self.position)
                 continue
-            if head - self.position > self._batch_size:
-                # Far behind: decode the envelopes off the event loop.
-                events = await trio.to_thread.run_sync(read_all, self.position, self._batch_size)
-                if self._paused or self.error is not None:
-                    continue
-            else:
-                # Close to the head: read and apply without yielding, so new
-                # events reach the read model in the same turn they are seen.
-                events = read_all(self.position, self._batch_size)
+            try:
+                if head - self.position > self._batch_size:
+                    # Far behind: decode the envelopes off the event loop.
+                    events = await trio.to_thread.run_sync(
+                        read_all, self.position, self._batch_size
+                    )
+                    if self._paused or self.error is not None:
+                        continue
+                else:
+                    # Close to the head: read and apply without yielding, so new
+                    # events reach the read model in the same turn they are seen.
+                    events = read_all(self.position, self._batch_size)
+            except CodecError as exc:
+                # The store returns every event before an unreadable record and
+                # raises on the call that starts with it: stop right there, as
+                # for a failing handler, instead of taking the engine down.
+                self._stop(self.position + 1, f"{type(exc).__name__}: {exc}")
+                continue
             self._apply(events)
             if (
                 self.definition.dump is not None
@@ -287,9 +306,17 @@ class ProjectionActor(Generic[M]):
         self.events_applied += position - self.position
         self.position = position
         if failed is not None:
-            self.error = error
-            self.failed_position = failed
-            log.error("projection %s stopped at position %d: %s", self.name, failed, error)
+            assert error is not None
+            self._stop(failed, error)
+            return
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    def _stop(self, failed: int, error: str) -> None:
+        """Stop before position ``failed`` until retried or skipped."""
+        self.error = error
+        self.failed_position = failed
+        log.error("projection %s stopped at position %d: %s", self.name, failed, error)
         self._advanced.set()
         self._advanced = trio.Event()
 

@@ -348,12 +348,21 @@ class Engine:
     def _settle(self, request: CommandRequest) -> None:
         """Forget a request whose sender stopped waiting; the engine drains
         the outstanding ones before it closes."""
-        command_id = request.command_id
-        if command_id is not None and self._by_command_id.get(command_id) is request:
-            del self._by_command_id[command_id]
+        if request.done:
+            self._forget_command_id(request)
+        else:
+            # The sender was cancelled but the command may still commit: until
+            # it is answered, a retry with its command id must wait for it, not
+            # run it a second time (afterwards the store has its Ack).
+            request.add_done_callback(self._forget_command_id)
         self._outstanding -= 1
         if self._outstanding == 0:
             self._quiet.set()
+
+    def _forget_command_id(self, request: CommandRequest) -> None:
+        command_id = request.command_id
+        if command_id is not None and self._by_command_id.get(command_id) is request:
+            del self._by_command_id[command_id]
 
     async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
         """Every event of ``stream`` with a version greater than ``from_version``

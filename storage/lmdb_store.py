@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,9 +29,12 @@ from pathlib import Path
 import lmdb
 import msgspec
 
-from .errors import Conflict, StorageError, StoreFormatError
+from .errors import CodecError, Conflict, StorageError, StoreFormatError
 from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
 from .store import Durability, plan_appends
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["FORMAT", "LmdbStore"]
 
@@ -95,10 +99,15 @@ class LmdbStore:
             )
         except lmdb.Error as exc:
             raise StoreFormatError(f"{self.path} is not a readable LMDB store: {exc}") from exc
+        self._writer_lock: int | None = None
         try:
+            if not readonly:
+                self._writer_lock = _lock_for_writing(self.path)
             self._open_databases(existing)
         except BaseException:
             self._env.close()
+            if self._writer_lock is not None:
+                os.close(self._writer_lock)
             raise
         # set_mapsize needs every transaction of this process closed: readers and
         # the grower take this lock; write transactions never overlap a resize
@@ -202,10 +211,8 @@ class LmdbStore:
             except lmdb.MapFullError:
                 self._grow()
                 continue
-            except lmdb.Error as exc:
-                raise _translate(exc, f"appending to {self.path}") from exc
-            except OSError as exc:
-                raise _translate(exc, f"appending to {self.path}") from exc
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, f"appending to {self.path}", self.path) from exc
             self._head = head
             return results
 
@@ -256,7 +263,7 @@ class LmdbStore:
             except lmdb.MapFullError:
                 self._grow()
             except (lmdb.Error, OSError) as exc:
-                raise _translate(exc, f"saving checkpoint {name!r}") from exc
+                raise _translate(exc, f"saving checkpoint {name!r}", self.path) from exc
 
     # -- reads --------------------------------------------------------------
 
@@ -277,12 +284,19 @@ class LmdbStore:
                 if bytes(key[: len(prefix)]) != prefix:
                     break
                 log.set_key(position)
-                events.append(decode(log.value()))
+                try:
+                    events.append(decode(log.value()))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise self._corrupt(bytes(position), exc, f" (event of {stream!r})") from exc
                 if limit is not None and len(events) >= limit:
                     break
         return events
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """See :meth:`EventStore.read_all`. A record that does not decode ends
+        the batch: the events before it are returned, and the call that starts
+        with it raises :class:`~storage.errors.CodecError` naming its position,
+        so a reader applies every readable event and stops exactly there."""
         decode = self._event_decoder.decode
         events: list[StoredEvent] = []
         if limit <= 0:
@@ -292,10 +306,22 @@ class LmdbStore:
             if not cursor.set_range(_pack(max(after_position, 0) + 1)):
                 return events
             for value in cursor.iternext(keys=False, values=True):
-                events.append(decode(value))
+                try:
+                    events.append(decode(value))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    if events:
+                        break
+                    raise self._corrupt(bytes(cursor.key()), exc) from exc
                 if len(events) >= limit:
                     break
         return events
+
+    def _corrupt(self, key: bytes, exc: Exception, what: str = "") -> CodecError:
+        position = _U64.unpack(key)[0] if len(key) == 8 else key.hex()
+        return CodecError(
+            f"the log record at position {position}{what} in {self.path} is corrupt "
+            f"and cannot be read: {exc}"
+        )
 
     def stream_version(self, stream: str) -> int:
         with self._read() as txn:
@@ -315,17 +341,39 @@ class LmdbStore:
     def load_snapshot(self, stream: str) -> Snapshot | None:
         with self._read() as txn:
             raw = txn.get(stream.encode(), db=self._snapshots)
-            return None if raw is None else self._snapshot_decoder.decode(raw)
+            if raw is None:
+                return None
+            try:
+                return self._snapshot_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise CodecError(
+                    f"the snapshot of stream {stream!r} in {self.path} is corrupt: {exc}"
+                ) from exc
 
     def get_ack(self, command_id: str) -> AppendResult | None:
         with self._read() as txn:
             raw = txn.get(command_id.encode(), db=self._commands)
-            return None if raw is None else self._ack_decoder.decode(raw)
+            if raw is None:
+                return None
+            try:
+                return self._ack_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise CodecError(
+                    f"the Ack recorded for command id {command_id!r} in {self.path} "
+                    f"is corrupt: {exc}"
+                ) from exc
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         with self._read() as txn:
             raw = txn.get(name.encode(), db=self._checkpoints)
-            return None if raw is None else self._checkpoint_decoder.decode(raw)
+            if raw is None:
+                return None
+            try:
+                return self._checkpoint_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise CodecError(
+                    f"the checkpoint of projection {name!r} in {self.path} is corrupt: {exc}"
+                ) from exc
 
     def checkpoint_names(self) -> list[str]:
         """Names of the projections that saved a checkpoint, sorted."""
@@ -342,6 +390,31 @@ class LmdbStore:
             if self.durability != "sync":
                 self._env.sync(True)
             self._env.close()
+        if self._writer_lock is not None:
+            os.close(self._writer_lock)
+
+
+def _lock_for_writing(path: Path) -> int | None:
+    """Lock the store at ``path`` for this writer; return the descriptor that
+    holds the lock (closing it releases the lock).
+
+    Positions are counted in memory from the head read at open, so a second
+    writer (another process on the same directory) would hand out the same
+    positions and overwrite acknowledged events. Readers need no lock.
+    """
+    if sys.platform == "win32":
+        return None
+    fd = os.open(path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StorageError(
+                f"{path} is in use: another process has this store open for writing"
+            ) from None
+        raise StorageError(f"cannot lock the store {path} for writing: {exc}") from exc
+    return fd
 
 
 def _last_version(cursor: lmdb.Cursor, prefix: bytes) -> int:
@@ -356,9 +429,32 @@ def _last_version(cursor: lmdb.Cursor, prefix: bytes) -> int:
     return int(_U64.unpack_from(key, len(prefix))[0])
 
 
-def _translate(exc: BaseException, doing: str) -> StorageError:
+def _translate(exc: BaseException, doing: str, path: Path) -> StorageError:
     code = getattr(exc, "errno", None) or getattr(exc, "code", None)
     text = str(exc)
-    if code == errno.ENOSPC or "No space left" in text:
-        return StorageError(f"disk full while {doing}; nothing of this batch was committed")
+    full = code == errno.ENOSPC or "No space left" in text
+    if not full and (code == errno.EIO or "Input/output error" in text):
+        # LMDB reports a short write (the file system ran out of space part-way
+        # through the commit) as EIO, so look at the free space to tell.
+        free = _free_bytes(path)
+        full = free is not None and free < _FULL_BELOW
+    if full:
+        free = _free_bytes(path)
+        left = "" if free is None else f", {free} bytes free"
+        return StorageError(
+            f"the disk is full (no space left on device{left}) while {doing}: nothing of "
+            f"it was committed, what was committed before is intact ({text})"
+        )
     return StorageError(f"storage failure while {doing}: {text}")
+
+
+_FULL_BELOW = 1 << 20
+"""Free bytes under which a failed write is put down to a full disk."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize

@@ -47,7 +47,12 @@ class EventStore(Protocol):
         ...
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        """Up to ``limit`` events with position > ``after_position``, in order."""
+        """Up to ``limit`` events with position > ``after_position``, in order.
+
+        A record that does not decode ends the batch early; the call whose
+        first record it is raises :class:`~storage.errors.CodecError` naming
+        its position.
+        """
         ...
 
     def stream_version(self, stream: str) -> int:
