@@ -305,14 +305,23 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def _connect(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
     """Connect and fetch the server's status (which also proves the token)."""
-    from .client import connect
+    from storage.errors import MotetError
+
+    from .client import ConnectionLost, connect
     from .protocol import Unauthorized
+
+    def no_answer(exc: MotetError) -> NoReturn:
+        # e.g. refused as overloaded, or closed by a TLS server that got plain text
+        hint = " (does it serve TLS? then add --tls)" if isinstance(exc, ConnectionLost) else ""
+        _fail(f"{args.host}:{args.port} did not answer: {exc}{'' if args.tls else hint}")
 
     token = _token(args)
     try:
         client = connect(args.host, args.port, token=token, ssl_context=_client_tls(args))
     except Unauthorized as exc:
         _fail(f"the server refused the token: {exc}")
+    except MotetError as exc:
+        no_answer(exc)
     except OSError as exc:
         _fail(
             f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
@@ -325,6 +334,9 @@ def _connect(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
         if token is None:
             _fail("the server needs a token: give --token or --token-file, or set MOTET_TOKEN")
         _fail("the server refused the token")
+    except MotetError as exc:
+        client.close()
+        no_answer(exc)
     except BaseException:
         client.close()
         raise

@@ -298,6 +298,9 @@ class Motet:
             if process.poll() is None:
                 process.kill()
             process.wait(10)
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
         leftover = [process.pid for process in self.processes if process.poll() is None]
         assert not leftover, f"processes still running: {leftover}"
         assert not graceful, "\n".join(graceful)
