@@ -95,47 +95,12 @@ def store(store_factory: StoreFactory) -> EventStore:
 
 
 @pytest.fixture(scope="session")
-def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """``(server_context, client_context)`` for TLS to 127.0.0.1: a throwaway CA
-    from ``trustme`` when it is installed, else a self-signed certificate made
-    with ``openssl req``."""
+def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """``(server_context, client_context)`` for TLS to 127.0.0.1, made from
+    :func:`tls_files`."""
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    client = ssl.create_default_context()
-    if importlib.util.find_spec("trustme") is not None:
-        import trustme
-
-        ca = trustme.CA()
-        ca.issue_cert("127.0.0.1").configure_cert(server)
-        ca.configure_trust(client)
-        return server, client
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server.load_cert_chain(cert, key)
-    client.load_verify_locations(cert)
+    server.load_cert_chain(tls_files.cert, tls_files.key)
+    client = ssl.create_default_context(cafile=str(tls_files.ca))
     return server, client
 
 
