@@ -364,11 +364,14 @@ class Engine:
         if command_id is not None and self._by_command_id.get(command_id) is request:
             del self._by_command_id[command_id]
 
-    async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
-        """Every event of ``stream`` with a version greater than ``from_version``
-        (0: the whole stream), oldest first; an unknown stream gives ``[]``."""
+    async def read_stream(
+        self, stream: str, from_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """The events of ``stream`` with a version greater than ``from_version``
+        (0: the whole stream), oldest first, at most ``limit`` of them (to read
+        a long stream page by page); an unknown stream gives ``[]``."""
         check_key("stream", stream)
-        stored = await trio.to_thread.run_sync(self.store.read_stream, stream, from_version)
+        stored = await trio.to_thread.run_sync(self.store.read_stream, stream, from_version, limit)
         decode = self.codec.decode_record
         return [decode(event) for event in stored]
 

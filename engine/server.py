@@ -29,8 +29,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from storage.records import AppendResult, RecordedEvent
-from storage.store import check_key
+from storage.records import AppendResult
 
 from .core import Engine
 from .protocol import (
@@ -485,7 +484,7 @@ class _Connection:
             return encoder.ok(request.id, result)
         if isinstance(request, ReadOp):
             limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
-            events = await _read_stream(engine, request.stream, request.from_, limit)
+            events = await engine.read_stream(request.stream, request.from_, limit)
             return encoder.read(request.id, events, request.from_)
         raise AssertionError(f"unexpected request {request!r}")  # pragma: no cover
 
@@ -554,17 +553,6 @@ class _Subscription:
 def _key(request_id: RequestId) -> tuple[type, RequestId]:
     # 1, 1.0 and True are equal in Python but different ids on the wire.
     return (type(request_id), request_id)
-
-
-async def _read_stream(
-    engine: Engine, stream: str, after_version: int, limit: int
-) -> list[RecordedEvent]:
-    """Like :meth:`Engine.read_stream`, with a limit, so a long stream is read
-    page by page instead of whole."""
-    check_key("stream", stream)
-    stored = await trio.to_thread.run_sync(engine.store.read_stream, stream, after_version, limit)
-    decode = engine.codec.decode_record
-    return [decode(event) for event in stored]
 
 
 async def serve_engine(
