@@ -89,7 +89,7 @@ class Engine:
         self.app = app
         self.store = store
         self.codec: Codec = app.codec()
-        self.mediator = Mediator(app)
+        self.mediator = Mediator(app, self.send)
         self.writer = GroupCommitWriter(store)
         self.registry = Registry(
             store=store,

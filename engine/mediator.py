@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actors.definition import Aggregate
 from actors.errors import UnknownMessageType
+from storage.records import AppendResult
 
 from .app import App
 
@@ -13,9 +15,16 @@ __all__ = ["Mediator"]
 
 
 class Mediator:
-    """Knows which aggregate handles each command type and where its id is."""
+    """Knows which aggregate handles each command type and where its id is.
 
-    def __init__(self, app: App) -> None:
+    ``engine.mediator.send(command)`` is ``engine.send(command)``: the
+    mediator is what routes it (see :meth:`route`).
+    """
+
+    def __init__(
+        self, app: App, send: Callable[..., Awaitable[AppendResult]] | None = None
+    ) -> None:
+        self._send = send
         self._routes: dict[type, tuple[Aggregate[Any], str]] = {
             command: (aggregate, id_field)
             for aggregate in app.aggregates
@@ -24,6 +33,13 @@ class Mediator:
 
     def __repr__(self) -> str:
         return f"<Mediator commands={len(self._routes)}>"
+
+    async def send(self, command: Any, **options: Any) -> AppendResult:
+        """Route ``command`` to its aggregate and return its Ack; takes and
+        raises what :meth:`engine.Engine.send` does."""
+        if self._send is None:
+            raise RuntimeError("this mediator is not attached to an engine")
+        return await self._send(command, **options)
 
     def route(self, command: Any) -> tuple[Aggregate[Any], str]:
         """Return the aggregate type and aggregate id ``command`` goes to.

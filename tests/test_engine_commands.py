@@ -158,6 +158,21 @@ async def test_unknown_command_types_and_empty_ids_are_refused_at_the_edge() -> 
         assert engine.registry.statistics().started == 0
 
 
+async def test_the_mediator_routes_and_sends_like_the_engine() -> None:
+    class NotACommand(msgspec.Struct, frozen=True, tag="NotACommand"):
+        user_id: str
+
+    async with open_engine(None, app) as engine:
+        aggregate, aggregate_id = engine.mediator.route(order("o1", user_id="u7"))
+        assert (aggregate.name, aggregate_id) == ("User", "u7")
+        ack = await engine.mediator.send(create(), command_id="c-1")
+        assert (ack.stream, ack.version) == ("User-u1", 1)
+        assert await engine.mediator.send(create(), command_id="c-1") == ack
+        with pytest.raises(UnknownMessageType, match="NotACommand"):
+            await engine.mediator.send(NotACommand(user_id="u1"))
+        assert engine.head_position == 1
+
+
 # -- full mailboxes ----------------------------------------------------------------------
 
 
