@@ -27,13 +27,22 @@ class CommandRequest:
 
     Whoever finishes it (the actor for a rejection, the writer once the commit
     is durable) calls :meth:`succeed` or :meth:`fail`; the sender awaits
-    :meth:`wait` (or the ``finished`` event, then reads ``ack``/``error``).
+    :meth:`wait` or :meth:`wait_done`.
+
+    A request handed to the writer does not get an event of its own: its
+    sender waits on ``batch``, the writer's event for the commit that takes
+    it, which the writer sets once for the whole batch. (Each pending
+    command's objects outlive many young garbage collections, so every object
+    saved per command in flight is collector work saved.) A request still in
+    an actor's mailbox gets its own event when somebody waits for it.
     """
 
     __slots__ = (
         "_callbacks",
+        "_done",
         "ack",
         "append",
+        "batch",
         "causation_id",
         "command",
         "command_id",
@@ -65,7 +74,10 @@ class CommandRequest:
         self.append: Append | None = None
         self.owner: AppendOwner = _NO_OWNER
         self.error: BaseException | None = None
-        self.finished = trio.Event()
+        self._done = False
+        # The writer's event for the commit that will take this request.
+        self.batch: trio.Event | None = None
+        self.finished: trio.Event | None = None
         self._callbacks: list[Callable[[CommandRequest], None]] | None = None
 
     def __repr__(self) -> str:
@@ -75,13 +87,13 @@ class CommandRequest:
     @property
     def done(self) -> bool:
         """Whether the request has its answer."""
-        return self.finished.is_set()
+        return self._done
 
     def add_done_callback(self, callback: Callable[[CommandRequest], None]) -> None:
         """Call ``callback(request)`` once the request has its answer (right
         away if it has). Callbacks run in the task that answers the request,
         so they must not block or raise."""
-        if self.finished.is_set():
+        if self._done:
             callback(self)
         elif self._callbacks is None:
             self._callbacks = [callback]
@@ -90,18 +102,20 @@ class CommandRequest:
 
     def succeed(self, ack: AppendResult) -> None:
         """Answer with the Ack; ignored when already answered."""
-        if not self.finished.is_set():
+        if not self._done:
             self.ack = ack
             self._finish()
 
     def fail(self, error: BaseException) -> None:
         """Answer with an error; ignored when already answered."""
-        if not self.finished.is_set():
+        if not self._done:
             self.error = error
             self._finish()
 
     def _finish(self) -> None:
-        self.finished.set()
+        self._done = True
+        if self.finished is not None:
+            self.finished.set()
         callbacks, self._callbacks = self._callbacks, None
         if callbacks is not None:
             for callback in callbacks:
@@ -112,12 +126,28 @@ class CommandRequest:
                     # everybody else; a broken callback is a bug to report.
                     log.exception("a done-callback of %r raised", self)
 
+    def next_event(self) -> trio.Event:
+        """The event to wait for next: ``while not request.done: await
+        request.next_event().wait()`` (the form :meth:`wait_done` uses)."""
+        event = self.batch
+        if event is None or event.is_set():
+            # Not (or no longer) with the writer: wait for this request alone.
+            if self.finished is None:
+                self.finished = trio.Event()
+            event = self.finished
+        return event
+
+    async def wait_done(self) -> None:
+        """Wait until the request has its answer (see the class docstring)."""
+        while not self._done:
+            await self.next_event().wait()
+
     async def wait(self) -> AppendResult:
         """Wait for the answer; return the Ack or raise the error.
 
         Cancelling the wait does not cancel the command: it may still commit.
         """
-        await self.finished.wait()
+        await self.wait_done()
         if self.error is not None:
             raise self.error
         assert self.ack is not None

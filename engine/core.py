@@ -85,12 +85,13 @@ class Engine:
         max_actors: int,
         passivate_after: float,
         metrics: bool = True,
+        max_batch: int = 10_000,
     ) -> None:
         self.app = app
         self.store = store
         self.codec: Codec = app.codec()
         self.mediator = Mediator(app, self.send)
-        self.writer = GroupCommitWriter(store)
+        self.writer = GroupCommitWriter(store, max_batch=max_batch)
         self.registry = Registry(
             store=store,
             codec=self.codec,
@@ -237,7 +238,8 @@ class Engine:
                     self._quiet = trio.Event()
                 self._outstanding += 1
                 try:
-                    await waiting.finished.wait()
+                    while not waiting.done:
+                        await waiting.next_event().wait()
                 finally:
                     self._settle(waiting)
                 if waiting.error is not None:
@@ -441,6 +443,7 @@ async def open_engine(
     metrics: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    max_batch: int = 10_000,
 ) -> AsyncIterator[Engine]:
     """Open the store at ``path`` (an LMDB directory, created when missing;
     ``None`` for an in-memory store), start the engine's tasks, and yield the
@@ -450,7 +453,8 @@ async def open_engine(
     most ``shutdown_timeout`` seconds), the tasks stop and the store closes.
     ``snapshot_every`` overrides the aggregates' snapshot interval (one
     number, or per aggregate name). ``metrics=False`` turns off metric
-    collection (``engine.metrics`` is then ``None``). With ``metrics_port`` (0 picks a free
+    collection (``engine.metrics`` is then ``None``). ``max_batch`` caps the
+    commands in one write transaction. With ``metrics_port`` (0 picks a free
     port, then in ``engine.metrics_port``) the engine serves Prometheus
     metrics at ``http://metrics_host:port/metrics`` while it runs. Raises
     :class:`~storage.errors.StoreFormatError` when ``path`` is not a Motet
@@ -471,6 +475,7 @@ async def open_engine(
             max_actors=max_actors,
             passivate_after=passivate_after,
             metrics=metrics,
+            max_batch=max_batch,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")

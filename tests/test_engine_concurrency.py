@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 
 from engine import Ack, open_engine
@@ -191,3 +192,31 @@ async def test_a_thousand_concurrent_senders_match_a_sequential_model(tmp_path: 
                 model.order_count,
                 model.total_spent,
             ), stream
+
+
+async def test_batches_split_at_max_batch_still_answer_every_sender(tmp_path: Path) -> None:
+    # 60 senders, at most 7 commands per write transaction: the commands left
+    # queued behind a full batch must be answered by a later commit.
+    async with open_engine(tmp_path / "store", app, max_batch=7) as engine:
+        for i in range(6):
+            await engine.send(
+                CreateUser(user_id=f"u{i}", name="N", email=f"u{i}@example.org", password="pw")
+            )
+        before = engine.statistics().commits
+        acks: list[Ack] = []
+
+        async def place(n: int) -> None:
+            acks.append(
+                await engine.send(PlaceOrder(user_id=f"u{n % 6}", order_id=f"o{n}", amount=1.0))
+            )
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for n in range(60):
+                    nursery.start_soon(place, n)
+        assert len(acks) == 60
+        assert sorted(ack.position for ack in acks) == list(range(7, 67))
+        assert engine.statistics().commits - before >= 60 // 7
+    with pytest.raises(ValueError, match="max_batch must be >= 1, got 0"):
+        async with open_engine(None, app, max_batch=0):
+            pass
