@@ -399,14 +399,23 @@ class _Connection:
                 return
             subscription = _Subscription(request)
             self._subscriptions[key] = subscription
-            await self._in_flight.acquire()
+            await self._take_slot()
             spawn(self._subscribe, subscription)
         elif isinstance(request, CommandOp):
-            await self._in_flight.acquire()
+            await self._take_slot()
             self._submit(request, spawn)
         else:
-            await self._in_flight.acquire()
+            await self._take_slot()
             spawn(self._run, request)
+
+    async def _take_slot(self) -> None:
+        """Take one of the connection's in-flight slots, waiting only at the
+        cap: ``Semaphore.acquire`` always yields, which would cost a trip
+        through the scheduler for every pipelined request."""
+        try:
+            self._in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            await self._in_flight.acquire()
 
     def _submit(self, request: CommandOp, spawn: Callable[..., object]) -> None:
         """Hand a command to the engine without a task of its own (the common
