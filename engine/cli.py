@@ -460,15 +460,16 @@ def _client(args: argparse.Namespace) -> int:
     client, status = _connect(args)
     try:
         commands = set(status.commands)
+        queries = set(status.queries)
         interactive = not args.requests and sys.stdin.isatty()
         as_json = args.json or (not args.requests and not interactive)
         if interactive:
-            return _interactive(client, commands, args)
+            return _interactive(client, commands, queries, args)
         lines = args.requests or sys.stdin
         failures = 0
         for number, line in enumerate(lines, 1):
             try:
-                request = parse_line(line, commands)
+                request = parse_line(line, commands, queries)
             except ShellError as exc:
                 where = "argument" if args.requests else "line"
                 sys.stderr.write(f"motet: error: {where} {number}: {exc}\n")
@@ -532,7 +533,9 @@ def _subscribe(request: dict[str, Any], args: argparse.Namespace, as_json: bool)
     return True
 
 
-def _interactive(client: BlockingClient, commands: set[str], args: argparse.Namespace) -> int:
+def _interactive(
+    client: BlockingClient, commands: set[str], queries: set[str], args: argparse.Namespace
+) -> int:
     from .shell import ShellError, parse_line
 
     try:
@@ -564,7 +567,7 @@ def _interactive(client: BlockingClient, commands: set[str], args: argparse.Name
             if line.strip() in ("quit", "exit"):
                 return 0
             try:
-                request = parse_line(line, commands)
+                request = parse_line(line, commands, queries)
             except ShellError as exc:
                 print(f"error: {exc}", flush=True)
                 continue

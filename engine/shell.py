@@ -66,10 +66,12 @@ def _number(word: str, what: str) -> int:
         raise ShellError(f"{what} must be a whole number, got {word!r}") from None
 
 
-def parse_line(line: str, commands: Collection[str]) -> dict[str, Any] | None:
+def parse_line(
+    line: str, commands: Collection[str], queries: Collection[str] | None = None
+) -> dict[str, Any] | None:
     """Turn one line into a request object (without ``id``); ``None`` for a
-    blank line or a comment. ``commands`` are the server's command tags.
-    Raises :class:`ShellError` naming the problem."""
+    blank line or a comment. ``commands`` (and, when known, ``queries``) are
+    the server's message tags. Raises :class:`ShellError` naming the problem."""
     text = line.strip()
     if not text or text.startswith("#"):
         return None
@@ -103,6 +105,12 @@ def parse_line(line: str, commands: Collection[str]) -> dict[str, Any] | None:
         if len(rest) > 1:
             raise ShellError("usage: subscribe [FROM_POSITION]")
         return {"op": "subscribe", "from": _number(rest[0], "FROM_POSITION") if rest else 0}
+    if queries is not None and head not in commands and head not in queries:
+        raise ShellError(
+            f"unknown request {head!r}; commands: {', '.join(sorted(commands)) or 'none'}; "
+            f"queries: {', '.join(sorted(queries)) or 'none'}; "
+            "or read, subscribe, status, ping, JSON"
+        )
     data, options = _pairs(rest)
     is_command = head in commands
     allowed = _COMMAND_OPTIONS if is_command else _QUERY_OPTIONS

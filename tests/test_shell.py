@@ -288,3 +288,15 @@ def test_a_parsed_request_round_trips_through_json() -> None:
     request = parse(line)
     assert json.loads(json.dumps(request)) == request
     assert parse(json.dumps(request)) == request
+
+
+def test_an_unknown_type_is_refused_locally_when_the_queries_are_known() -> None:
+    with pytest.raises(
+        ShellError, match=r"unknown request 'Bogus'; commands: PlaceOrder; queries: GetUserById"
+    ):
+        parse_line("Bogus x=1", {"PlaceOrder"}, {"GetUserById"})
+    assert parse_line("GetUserById user_id=u1", {"PlaceOrder"}, {"GetUserById"}) == {
+        "op": "query",
+        "type": "GetUserById",
+        "data": {"user_id": "u1"},
+    }
