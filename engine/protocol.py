@@ -14,9 +14,10 @@ Requests are a tagged union on ``op``:
   ``timeout`` (seconds, default 5) → the query's result as JSON;
 - ``read``: ``stream``, ``from`` (a version, default 0), ``limit`` (1..10,000,
   default 1,000) → ``{"events": [...], "next": <last version returned>}``;
-- ``subscribe``: ``from`` (a position, default 0) → first
-  ``{"ok": true, "result": {"from": ..., "head": ...}}``, then one
-  ``{"id": ..., "event": {...}}`` line per event, catch-up then live;
+- ``subscribe``: ``from`` (a position, default 0) → one
+  ``{"id": ..., "event": {...}}`` line per event with a greater position,
+  catch-up then live, until the subscription ends with an error line (too
+  slow, ``unsubscribe``d, or the server stopping);
 - ``unsubscribe``: ``subscription`` (the id of a subscribe request on the same
   connection) → ``{"unsubscribed": true|false}``; an addition to DESIGN.md's
   list so one subscription can end without closing the connection;

@@ -509,8 +509,6 @@ class _Connection:
         last = request.from_
         try:
             try:
-                head = self.engine.head_position
-                await send.send(self._encoder.ok(request.id, {"from": request.from_, "head": head}))
                 live = False
                 with subscription.scope:
                     events = self.engine.subscribe(request.from_)

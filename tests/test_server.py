@@ -696,7 +696,6 @@ async def test_tls_round_trip(
             assert result(await peer.ask({"id": 1, "op": "ping"})) == "pong"
             assert result(await peer.ask({"id": 2, **create("u1")}))["version"] == 1
             await peer.write({"id": 3, "op": "subscribe"})
-            assert result(await peer.read())["head"] == 1
             assert (await peer.read())["event"]["type"] == "UserCreated"
 
 
@@ -708,7 +707,6 @@ async def test_subscribe_catches_up_then_follows_live(peer: Peer, server: Server
         await peer.ask(create(f"u{n}"))
     async with connect(server) as watcher:
         await watcher.write({"id": "s", "op": "subscribe", "from": 1})
-        assert await watcher.read() == {"id": "s", "ok": True, "result": {"from": 1, "head": 3}}
         caught_up = [(await watcher.read())["event"] for _ in range(2)]
         assert [e["position"] for e in caught_up] == [2, 3]
         assert [e["data"]["user_id"] for e in caught_up] == ["u1", "u2"]
@@ -760,7 +758,6 @@ async def test_a_slow_subscriber_is_cut_off_and_writers_keep_going(engine: Engin
                         assert result(await writer.read())["version"] == 1
                     while server.statistics().subscribers_cut_off == 0:
                         await trio.sleep(0.01)
-            assert result(await slow.read()) == {"from": 0, "head": 0}
             positions = []
             while "event" in (reply := await slow.read()):
                 positions.append(reply["event"]["position"])
@@ -784,7 +781,6 @@ async def test_stop_answers_what_was_read_then_closes(engine: Engine) -> None:
         port = server.port
         async with connect(server) as peer:
             await peer.write({"id": "s", "op": "subscribe"})
-            assert result(await peer.read())["head"] == 0
             await peer.write(*({"id": n, **create(f"u{n}")} for n in range(50)))
             with trio.fail_after(5):
                 while server.statistics().requests < 51:
