@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import lmdb
 import msgspec
@@ -37,6 +38,8 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = ["FORMAT", "LmdbStore"]
+
+T = TypeVar("T")
 
 FORMAT = b"motet-store/1"
 """The on-disk format this code reads and writes, recorded in ``meta``."""
@@ -338,42 +341,38 @@ class LmdbStore:
                 more = cursor.set_range(prefix[:-1] + b"\x01")
         return found
 
-    def load_snapshot(self, stream: str) -> Snapshot | None:
+    def _get(self, db: Any, key: str, decoder: msgspec.msgpack.Decoder[T], what: str) -> T | None:
+        """The record at ``key`` of ``db``, decoded; ``None`` when absent.
+        Raises :class:`CodecError` saying ``what`` is corrupt."""
         with self._read() as txn:
-            raw = txn.get(stream.encode(), db=self._snapshots)
+            raw = txn.get(key.encode(), db=db)
             if raw is None:
                 return None
             try:
-                return self._snapshot_decoder.decode(raw)
+                return decoder.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise CodecError(
-                    f"the snapshot of stream {stream!r} in {self.path} is corrupt: {exc}"
-                ) from exc
+                raise CodecError(f"{what} in {self.path} is corrupt: {exc}") from exc
+
+    def load_snapshot(self, stream: str) -> Snapshot | None:
+        return self._get(
+            self._snapshots, stream, self._snapshot_decoder, f"the snapshot of stream {stream!r}"
+        )
 
     def get_ack(self, command_id: str) -> AppendResult | None:
-        with self._read() as txn:
-            raw = txn.get(command_id.encode(), db=self._commands)
-            if raw is None:
-                return None
-            try:
-                return self._ack_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise CodecError(
-                    f"the Ack recorded for command id {command_id!r} in {self.path} "
-                    f"is corrupt: {exc}"
-                ) from exc
+        return self._get(
+            self._commands,
+            command_id,
+            self._ack_decoder,
+            f"the Ack recorded for command id {command_id!r}",
+        )
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
-        with self._read() as txn:
-            raw = txn.get(name.encode(), db=self._checkpoints)
-            if raw is None:
-                return None
-            try:
-                return self._checkpoint_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise CodecError(
-                    f"the checkpoint of projection {name!r} in {self.path} is corrupt: {exc}"
-                ) from exc
+        return self._get(
+            self._checkpoints,
+            name,
+            self._checkpoint_decoder,
+            f"the checkpoint of projection {name!r}",
+        )
 
     def checkpoint_names(self) -> list[str]:
         """Names of the projections that saved a checkpoint, sorted."""
