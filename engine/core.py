@@ -107,7 +107,8 @@ class Engine:
             for projection in app.projections
         }
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
-        self._command_tags = {command: tag for tag, command in app.command_types().items()}
+        self._command_types = app.command_types()
+        self._command_tags = {command: tag for tag, command in self._command_types.items()}
         self.metrics = EngineMetrics(self) if metrics else None
         self.metrics_port: int | None = None
         self._closing = False
@@ -300,6 +301,15 @@ class Engine:
             on_done(request.ack, request.error)
 
         waiting.add_done_callback(finished)
+
+    def count_refused(self, command_type: str, error: BaseException) -> None:
+        """Count, in ``motet_commands_total``, a command refused before it
+        could be built (e.g. its data did not decode). Type names the app
+        does not know are counted as ``unknown``, so garbage from clients
+        cannot create label values without bound."""
+        if self.metrics is not None:
+            known = command_type if command_type in self._command_types else "unknown"
+            self.metrics.command_done(known, outcome_of(error), None)
 
     def _count(self, command: Any, error: BaseException | None, started: float) -> None:
         if self.metrics is None:

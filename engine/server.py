@@ -443,6 +443,11 @@ class _Connection:
 
         try:
             command = self._decoder.decode_command(request)
+        except Exception as exc:
+            self.engine.count_refused(request.type, exc)
+            done(None, exc)
+            return
+        try:
             self.engine.submit(
                 command,
                 done,

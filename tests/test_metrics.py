@@ -31,7 +31,9 @@ from engine import (
     Projection,
     ProjectionFailed,
     UnknownMessageType,
+    open_client,
     open_engine,
+    open_server,
 )
 from engine.example import CreateUser, OrderPlaced, PlaceOrder, UpdateUser, app, user
 from engine.example import queries as example_queries
@@ -511,3 +513,26 @@ async def test_port_closes_and_no_thread_is_left_when_the_engine_exits(tmp_path:
     assert _threads_other_than_trio_workers(new_threads) == set()
     cached_workers = len(new_threads)
     assert threading.active_count() - cached_workers <= count_before
+
+
+async def test_commands_refused_by_the_protocol_are_counted_as_invalid(tmp_path: Path) -> None:
+    async with (
+        open_engine(tmp_path / "store", app, metrics_port=0) as engine,
+        open_server(engine, port=0) as server,
+        open_client("127.0.0.1", server.port) as client,
+    ):
+        replies = [
+            await client.request(
+                {"op": "command", "type": "PlaceOrder", "data": {"user_id": "u1"}}
+            ),
+            await client.request({"op": "command", "type": "NoSuchCommand", "data": {"x": 1}}),
+            await client.request({"op": "command", "type": "AnotherMadeUpName", "data": {}}),
+        ]
+        assert [reply["error"]["code"] for reply in replies] == [
+            "invalid",
+            "unknown_type",
+            "unknown_type",
+        ]
+        counted = commands_by_type_and_outcome(await scrape(engine))
+    # Made-up type names share one label value: clients cannot grow the series.
+    assert counted == Counter({("PlaceOrder", "invalid"): 1, ("unknown", "invalid"): 2})
