@@ -11,12 +11,14 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 
+from engine import Engine, Server, open_engine, open_server
+from engine.example import app as example_app
 from storage import EventStore, LmdbStore, MemoryStore
 
 
@@ -339,3 +341,20 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     )
     ca.write_bytes(cert.read_bytes())
     return TlsFiles(cert, key, ca)
+
+
+# --- An example-app engine with a server, in this process --------------------------
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    """The example app on an LMDB store in ``tmp_path`` (durability ``none``)."""
+    async with open_engine(tmp_path / "data", example_app, durability="none") as engine:
+        yield engine
+
+
+@pytest.fixture
+async def server(engine: Engine) -> AsyncIterator[Server]:
+    """A TCP server for :func:`engine` on a free port of 127.0.0.1."""
+    async with open_server(engine, port=0) as server:
+        yield server

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import UTC
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,7 +28,6 @@ from engine import (
     Overloaded,
     QueryTimeout,
     UnknownMessageType,
-    open_engine,
 )
 from engine.client import BlockingClient, Client, ConnectionLost, connect, open_client
 from engine.example import (
@@ -40,7 +38,6 @@ from engine.example import (
     TopSpenders,
     UpdateUser,
     UserSummary,
-    app,
 )
 from engine.protocol import (
     BadRequest,
@@ -61,18 +58,6 @@ def create(user_id: str) -> CreateUser:
 
 class NotRegistered(msgspec.Struct, frozen=True, kw_only=True, tag="NotRegistered"):
     user_id: str
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with open_engine(tmp_path / "data", app, durability="none") as engine:
-        yield engine
-
-
-@pytest.fixture
-async def server(engine: Engine) -> AsyncIterator[Server]:
-    async with open_server(engine, port=0) as server:
-        yield server
 
 
 @pytest.fixture

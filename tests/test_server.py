@@ -117,18 +117,6 @@ async def connect(server: Server) -> AsyncIterator[Peer]:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with open_engine(tmp_path / "data", app, durability="none") as engine:
-        yield engine
-
-
-@pytest.fixture
-async def server(engine: Engine) -> AsyncIterator[Server]:
-    async with open_server(engine, port=0) as server:
-        yield server
-
-
-@pytest.fixture
 async def peer(server: Server) -> AsyncIterator[Peer]:
     async with connect(server) as peer:
         yield peer
