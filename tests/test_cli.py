@@ -21,6 +21,8 @@ import struct
 import subprocess
 import termios
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -505,21 +507,17 @@ class Reader:
         return text
 
 
-def open_terminal() -> tuple[int, int]:
-    """A pseudo-terminal wide enough that readline never scrolls a line sideways."""
+@contextmanager
+def interactive_client(motet: Any, port: int) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``motet client`` on a pseudo-terminal wide enough that readline never
+    scrolls a line sideways; yields the process and the controlling end."""
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 500, 0, 0))
-    return controller, terminal
-
-
-def test_interactive_session_in_a_terminal(motet: Any, motet_server: Any) -> None:
-    server = motet_server()
-    controller, terminal = open_terminal()
     try:
         session = motet.popen(
             "client",
             "--port",
-            str(server.port),
+            str(port),
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,
@@ -528,6 +526,16 @@ def test_interactive_session_in_a_terminal(motet: Any, motet_server: Any) -> Non
         )
         os.close(terminal)
         terminal = -1
+        yield session, controller
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+
+
+def test_interactive_session_in_a_terminal(motet: Any, motet_server: Any) -> None:
+    server = motet_server()
+    with interactive_client(motet, server.port) as (session, controller):
         screen = Reader(controller)
 
         def answer(line: str) -> str:
@@ -557,10 +565,6 @@ def test_interactive_session_in_a_terminal(motet: Any, motet_server: Any) -> Non
         rest = ANSI.sub(b"", screen.read_to_end()).decode()
         assert session.wait(10) == 0
         assert "Traceback" not in rest
-    finally:
-        os.close(controller)
-        if terminal >= 0:
-            os.close(terminal)
     history = (motet.home / ".motet_history").read_text()
     for typed in ("CreateUser", "GetUserById", "@after=1", "help"):
         assert typed in history
@@ -568,20 +572,7 @@ def test_interactive_session_in_a_terminal(motet: Any, motet_server: Any) -> Non
 
 def test_interactive_prompt_after_the_server_went_away(motet: Any, motet_server: Any) -> None:
     server = motet_server()
-    controller, terminal = open_terminal()
-    try:
-        session = motet.popen(
-            "client",
-            "--port",
-            str(server.port),
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            env={**motet.env, "TERM": "dumb"},
-            start_new_session=True,
-        )
-        os.close(terminal)
-        terminal = -1
+    with interactive_client(motet, server.port) as (session, controller):
         screen = Reader(controller)
         screen.read_until(b"motet> ")
         assert server.terminate() == 0
@@ -590,10 +581,6 @@ def test_interactive_prompt_after_the_server_went_away(motet: Any, motet_server:
         assert session.wait(10) == 1
         assert "Traceback" not in rest
         assert "motet: error: the connection failed" in rest
-    finally:
-        os.close(controller)
-        if terminal >= 0:
-            os.close(terminal)
 
 
 def test_a_bad_request_line_number_counts_every_line(motet: Any, motet_server: Any) -> None:
