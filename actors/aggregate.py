@@ -9,10 +9,10 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import trio
 
-from storage.codec import Codec
-from storage.errors import CodecError, Conflict
-from storage.records import Append, Metadata, Snapshot
-from storage.store import EventStore
+from motet.storage.codec import Codec
+from motet.storage.errors import CodecError, Conflict
+from motet.storage.records import Append, Metadata, Snapshot
+from motet.storage.store import EventStore
 
 from .definition import Aggregate
 from .errors import CommandRejected, EngineClosed, InternalError, Overloaded

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from storage.codec import tag_of
+from motet.storage.codec import tag_of
 
 __all__ = ["Aggregate"]
 
@@ -18,7 +18,7 @@ class Aggregate(Generic[S]):
     """An aggregate type: its pure domain functions and the messages it handles.
 
     ``decide(state, command)`` returns the events a command produces, or
-    raises :class:`~actors.errors.CommandRejected` with a message for the
+    raises :class:`~motet.actors.errors.CommandRejected` with a message for the
     caller; ``evolve(state, event)`` returns the next state and never fails.
     ``commands`` maps each command type to the name of its field holding the
     aggregate id; the aggregate's stream is ``f"{name}-{id}"``. A snapshot is

@@ -1,11 +1,11 @@
 """Errors of the actor runtime, as the embedded API raises them.
 
-All derive from :class:`storage.errors.MotetError`; ``engine`` re-exports them.
+All derive from :class:`motet.storage.errors.MotetError`; ``engine`` re-exports them.
 """
 
 from __future__ import annotations
 
-from storage.errors import MotetError
+from motet.storage.errors import MotetError
 
 __all__ = [
     "CommandRejected",

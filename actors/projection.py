@@ -19,10 +19,10 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 import trio
 
-from storage.codec import Codec, tag_of
-from storage.errors import CodecError, MotetError
-from storage.records import Checkpoint, StoredEvent
-from storage.store import EventStore
+from motet.storage.codec import Codec, tag_of
+from motet.storage.errors import CodecError, MotetError
+from motet.storage.records import Checkpoint, StoredEvent
+from motet.storage.store import EventStore
 
 from .writer import GroupCommitWriter
 
@@ -84,7 +84,7 @@ class Projection(Generic[M]):
 @dataclass(frozen=True)
 class Query(Generic[M, Q]):
     """A query type answered by ``handler(model, query)`` from one projection's
-    model. The handler raises :class:`~actors.errors.NotFound` for a missing
+    model. The handler raises :class:`~motet.actors.errors.NotFound` for a missing
     entity and must not change the model."""
 
     type: type[Q]

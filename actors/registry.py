@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import trio
 
-from storage.codec import Codec
-from storage.store import EventStore, check_key
+from motet.storage.codec import Codec
+from motet.storage.store import EventStore, check_key
 
 from .aggregate import AggregateActor
 from .definition import Aggregate
@@ -147,7 +147,7 @@ class Registry:
         """Hand ``request`` to the aggregate's actor (started if needed),
         running the actor's task when the command had to queue.
 
-        Raises :class:`~actors.errors.Overloaded` when the mailbox is full,
+        Raises :class:`~motet.actors.errors.Overloaded` when the mailbox is full,
         plus what :meth:`actor_for` raises.
         """
         actor = self.actor_for(definition, aggregate_id)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import trio
 
-from storage.records import Append, AppendResult
+from motet.storage.records import Append, AppendResult
 
 __all__ = ["AppendOwner", "CommandRequest"]
 

@@ -22,9 +22,9 @@ from typing import cast
 import msgspec
 import trio
 
-from storage.errors import Conflict, MotetError, StorageError
-from storage.records import Append
-from storage.store import EventStore
+from motet.storage.errors import Conflict, MotetError, StorageError
+from motet.storage.records import Append
+from motet.storage.store import EventStore
 
 from .errors import InternalError
 from .request import AppendOwner, CommandRequest

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import trio
 
-from engine import open_engine
-from engine.example import OrderPlaced, UserCreated, UserUpdated, app
-from storage import Append, LmdbStore
+from motet.engine import open_engine
+from motet.engine.example import OrderPlaced, UserCreated, UserUpdated, app
+from motet.storage import Append, LmdbStore
 
 _CITIES = ("Oslo", "Lima", "Pune", "Kyiv", "Accra", "Quito")
 

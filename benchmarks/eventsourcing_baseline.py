@@ -1,7 +1,7 @@
 """The seed workload's domain written for the Python ``eventsourcing`` library.
 
 This is the comparison baseline of ``benchmarks.seed_workload --compare``: the same
-users-and-orders domain as ``engine.example``, written the way that library's
+users-and-orders domain as ``motet.engine.example``, written the way that library's
 documentation writes applications (an ``Application`` whose command methods load
 an aggregate from the repository, call a decorated method and ``save`` it), and
 persisted with its SQLite module. Only the benchmark imports this module, and only
@@ -22,7 +22,7 @@ from eventsourcing.domain import Aggregate, event
 __all__ = ["PASSWORD_HASH_ITERATIONS", "User", "Users", "open_users"]
 
 
-# The same checks and the same password hashing as engine.example, so that both
+# The same checks and the same password hashing as motet.engine.example, so that both
 # engines do the same work per command.
 PASSWORD_HASH_ITERATIONS = 1_000
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")

@@ -5,7 +5,7 @@ Run from the repository root::
     python -m benchmarks.seed_workload                 # 10,000 users, 100,000 commands
     python -m benchmarks.seed_workload --compare --compare-commands 20000
 
-The workload uses the example app (``engine.example``) in a fresh LMDB directory:
+The workload uses the example app (``motet.engine.example``) in a fresh LMDB directory:
 
 * phase A creates ``--users`` users (``CreateUser``);
 * phase B sends ``--commands`` commands to users picked uniformly at random:
@@ -59,10 +59,10 @@ from typing import Any, NamedTuple
 
 import trio
 
-from engine import CommandRejected, Engine, Overloaded, open_engine
-from engine.cli import SERVER_GC_THRESHOLDS
-from engine.example import CreateUser, PlaceOrder, UpdateUser, app
-from storage import Durability
+from motet.engine import CommandRejected, Engine, Overloaded, open_engine
+from motet.engine.cli import SERVER_GC_THRESHOLDS
+from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, app
+from motet.storage import Durability
 
 __all__ = [
     "NewUser",

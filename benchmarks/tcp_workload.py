@@ -31,8 +31,8 @@ from typing import Any
 
 import trio
 
-from engine import open_client
-from engine.example import CreateUser, PlaceOrder, UpdateUser
+from motet.engine import open_client
+from motet.engine.example import CreateUser, PlaceOrder, UpdateUser
 
 from .seed_workload import (
     QUANTILES,
@@ -51,7 +51,7 @@ def _start_server(data: Path, durability: str) -> tuple[subprocess.Popen[str], i
     """Start ``motet serve`` on a free port; return the process and its port."""
     motet = Path(sys.executable).parent / "motet"
     command = [str(motet)] if motet.exists() else [
-        sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())"
+        sys.executable, "-c", "import sys; from motet.engine.cli import main; sys.exit(main())"
     ]  # fmt: skip
     process = subprocess.Popen(
         [

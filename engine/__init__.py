@@ -2,16 +2,16 @@
 
 Example::
 
-    from engine import open_engine
-    from engine.example import app, CreateUser
+    from motet.engine import open_engine
+    from motet.engine.example import app, CreateUser
 
     async with open_engine("./motet-data", app) as engine:
         ack = await engine.send(CreateUser(user_id="u1", name="Ann",
                                            email="ann@example.org", password="pw"))
 """
 
-from actors.definition import Aggregate
-from actors.errors import (
+from motet.actors.definition import Aggregate
+from motet.actors.errors import (
     CommandRejected,
     EngineClosed,
     InternalError,
@@ -20,18 +20,18 @@ from actors.errors import (
     QueryTimeout,
     UnknownMessageType,
 )
-from actors.projection import Projection, ProjectionFailed, ProjectionStatus, Query
-from actors.read_model import Order, Table
-from storage.codec import Upcaster
-from storage.errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
-from storage.records import Metadata, RecordedEvent
+from motet.actors.projection import Projection, ProjectionFailed, ProjectionStatus, Query
+from motet.actors.read_model import Order, Table
+from motet.storage.codec import Upcaster
+from motet.storage.errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
+from motet.storage.records import Metadata, RecordedEvent
 
 from .app import App
-from .client import BlockingClient, Client, ConnectionLost, connect, open_client
+from .net.client import BlockingClient, Client, ConnectionLost, connect, open_client
 from .core import Ack, Engine, EngineStatistics, EngineStatus, open_engine
 from .mediator import Mediator
-from .protocol import BadRequest, InvalidMessage, RemoteError, RequestTooLarge, Unauthorized
-from .server import Server, ServerStatistics, open_server, serve_engine
+from .net.protocol import BadRequest, InvalidMessage, RemoteError, RequestTooLarge, Unauthorized
+from .net.server import Server, ServerStatistics, open_server, serve_engine
 
 __all__ = [
     "Ack",

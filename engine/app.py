@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.definition import Aggregate
-from actors.projection import Projection, Query
-from storage.codec import Codec, Upcaster, tag_of
+from motet.actors.definition import Aggregate
+from motet.actors.projection import Projection, Query
+from motet.storage.codec import Codec, Upcaster, tag_of
 
 __all__ = ["App"]
 

@@ -12,16 +12,16 @@ from typing import Any
 import msgspec
 import trio
 
-from actors.errors import EngineClosed, QueryTimeout, UnknownMessageType
-from actors.projection import ProjectionActor, ProjectionStatus, Query
-from actors.registry import Registry
-from actors.request import CommandRequest
-from actors.writer import GroupCommitWriter
-from storage.codec import Codec
-from storage.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore
-from storage.memory_store import MemoryStore
-from storage.records import AppendResult, RecordedEvent
-from storage.store import Durability, EventStore, check_key
+from motet.actors.errors import EngineClosed, QueryTimeout, UnknownMessageType
+from motet.actors.projection import ProjectionActor, ProjectionStatus, Query
+from motet.actors.registry import Registry
+from motet.actors.request import CommandRequest
+from motet.actors.writer import GroupCommitWriter
+from motet.storage.codec import Codec
+from motet.storage.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore
+from motet.storage.memory_store import MemoryStore
+from motet.storage.records import AppendResult, RecordedEvent
+from motet.storage.store import Durability, EventStore, check_key
 
 from .app import App
 from .mediator import Mediator
@@ -467,7 +467,7 @@ async def open_engine(
     commands in one write transaction. With ``metrics_port`` (0 picks a free
     port, then in ``engine.metrics_port``) the engine serves Prometheus
     metrics at ``http://metrics_host:port/metrics`` while it runs. Raises
-    :class:`~storage.errors.StoreFormatError` when ``path`` is not a Motet
+    :class:`~motet.storage.errors.StoreFormatError` when ``path`` is not a Motet
     store, ``OSError`` when the metrics port cannot be bound and
     ``ValueError`` for invalid options.
     """

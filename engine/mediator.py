@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from actors.definition import Aggregate
-from actors.errors import UnknownMessageType
-from storage.records import AppendResult
+from motet.actors.definition import Aggregate
+from motet.actors.errors import UnknownMessageType
+from motet.storage.records import AppendResult
 
 from .app import App
 

@@ -30,8 +30,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 
-from actors.errors import CommandRejected, Overloaded, UnknownMessageType
-from storage.errors import Conflict
+from motet.actors.errors import CommandRejected, Overloaded, UnknownMessageType
+from motet.storage.errors import Conflict
 
 if TYPE_CHECKING:
     from .core import Engine

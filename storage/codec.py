@@ -56,7 +56,7 @@ class _EventType:
 
 
 class Codec:
-    """Encodes events to :class:`~storage.records.NewEvent` and decodes stored
+    """Encodes events to :class:`~motet.storage.records.NewEvent` and decodes stored
     events back into their registered types, upcasting old versions.
 
     Build one per application and reuse it: encoders and decoders are made
@@ -117,7 +117,7 @@ class Codec:
         """Decode a stored event's payload into its registered type, upcasting
         it when it was written by an older schema version.
 
-        Raises :class:`~storage.errors.CodecError` for an unknown tag, a
+        Raises :class:`~motet.storage.errors.CodecError` for an unknown tag, a
         version newer than the code, or bytes that do not decode.
         """
         return self.decode_payload(stored.type, stored.event_version, stored.data)

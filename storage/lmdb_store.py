@@ -59,11 +59,11 @@ def _stream_prefix(stream: str) -> bytes:
 
 
 class LmdbStore:
-    """An :class:`~storage.store.EventStore` in an LMDB environment at ``path``.
+    """An :class:`~motet.storage.store.EventStore` in an LMDB environment at ``path``.
 
     ``path`` is a directory; it is created when missing. Opening a directory
     that holds something other than a Motet store, or a store of an unknown
-    format, raises :class:`~storage.errors.StoreFormatError` and changes
+    format, raises :class:`~motet.storage.errors.StoreFormatError` and changes
     nothing. ``durability`` is ``"sync"`` (fsync every commit) or ``"none"``
     (no fsync: a process crash loses nothing, an OS crash or power loss may
     lose the last commits). ``readonly`` opens an existing store for reading
@@ -298,7 +298,7 @@ class LmdbStore:
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """See :meth:`EventStore.read_all`. A record that does not decode ends
         the batch: the events before it are returned, and the call that starts
-        with it raises :class:`~storage.errors.CodecError` naming its position,
+        with it raises :class:`~motet.storage.errors.CodecError` naming its position,
         so a reader applies every readable event and stops exactly there."""
         decode = self._event_decoder.decode
         events: list[StoredEvent] = []

@@ -16,7 +16,7 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """An :class:`~storage.store.EventStore` held in memory."""
+    """An :class:`~motet.storage.store.EventStore` held in memory."""
 
     durability = "none"
 

@@ -1,7 +1,7 @@
 """The records the storage layer stores and returns.
 
 Event payloads and states travel through storage as already-encoded bytes;
-:mod:`storage.codec` turns them into and out of the application's types.
+:mod:`motet.storage.codec` turns them into and out of the application's types.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Append(msgspec.Struct, gc=False):
     """One command's worth of writes to one stream, committed atomically.
 
     ``expected_version`` is the stream version the events were decided on; the
-    append is refused with :class:`~storage.errors.Conflict` when the stream
+    append is refused with :class:`~motet.storage.errors.Conflict` when the stream
     is elsewhere. ``events`` may be empty when only ``snapshot`` is written.
     """
 

@@ -36,7 +36,7 @@ class EventStore(Protocol):
         Each append gets its own result: an :class:`AppendResult`, or a
         :class:`Conflict` when its expected version does not match (that append
         writes nothing; the others are unaffected). Raises
-        :class:`~storage.errors.StorageError` when nothing could be committed.
+        :class:`~motet.storage.errors.StorageError` when nothing could be committed.
         """
         ...
 
@@ -50,7 +50,7 @@ class EventStore(Protocol):
         """Up to ``limit`` events with position > ``after_position``, in order.
 
         A record that does not decode ends the batch early; the call whose
-        first record it is raises :class:`~storage.errors.CodecError` naming
+        first record it is raises :class:`~motet.storage.errors.CodecError` naming
         its position.
         """
         ...

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from engine import Engine, Server, open_engine, open_server
-from engine.example import app as example_app
-from storage import EventStore, LmdbStore, MemoryStore
+from motet.engine import Engine, Server, open_engine, open_server
+from motet.engine.example import app as example_app
+from motet.storage import EventStore, LmdbStore, MemoryStore
 
 
 class StoreFactory:
@@ -110,7 +110,7 @@ def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The line `motet serve` logs once it listens, e.g. "serving engine.example:app
+# The line `motet serve` logs once it listens, e.g. "serving motet.engine.example:app
 # from data on 127.0.0.1:40123 with TLS (metrics: http://127.0.0.1:40124/metrics, ...".
 _SERVING = re.compile(
     r"serving \S+ from .* on (?P<host>\S+):(?P<port>\d+)(?: with TLS)? "
@@ -124,7 +124,7 @@ def motet_command() -> list[str]:
     script = Path(sys.executable).parent / "motet"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from motet.engine.cli import main; sys.exit(main())"]
 
 
 class MotetServer:

@@ -30,14 +30,14 @@ import msgspec
 if TYPE_CHECKING:
     import ssl
 
-    from .app import App
-    from .client import BlockingClient
-    from .core import EngineStatus
+    from ..app import App
+    from ..net.client import BlockingClient
+    from ..core import EngineStatus
 
 __all__ = ["main"]
 
 DEFAULT_DATA = "./motet-data"
-DEFAULT_APP = "engine.example:app"
+DEFAULT_APP = "motet.engine.example:app"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7707
 DEFAULT_METRICS_PORT = 9707
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_app(spec: str) -> App:
-    from .app import App
+    from ..app import App
 
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
@@ -305,10 +305,10 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def _connect(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
     """Connect and fetch the server's status (which also proves the token)."""
-    from storage.errors import MotetError
+    from motet.storage.errors import MotetError
 
-    from .client import ConnectionLost, connect
-    from .protocol import Unauthorized
+    from ..net.client import ConnectionLost, connect
+    from ..net.protocol import Unauthorized
 
     def no_answer(exc: MotetError) -> NoReturn:
         # e.g. refused as overloaded, or closed by a TLS server that got plain text
@@ -392,10 +392,10 @@ async def _run_server(
 
     import trio
 
-    from storage.errors import StorageError
+    from motet.storage.errors import StorageError
 
-    from .core import open_engine
-    from .server import serve_engine
+    from ..core import open_engine
+    from ..net.server import serve_engine
 
     log = logging.getLogger("motet.cli")
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -487,7 +487,7 @@ def _send_one(
     client: BlockingClient, request: dict[str, Any], args: argparse.Namespace, as_json: bool
 ) -> bool:
     """Send one request and print its reply (or events); return whether it succeeded."""
-    from storage.errors import MotetError
+    from motet.storage.errors import MotetError
 
     from .shell import format_reply
 
@@ -505,9 +505,9 @@ def _subscribe(request: dict[str, Any], args: argparse.Namespace, as_json: bool)
     """Print events until interrupted (Ctrl-C) or the server ends the subscription."""
     import trio
 
-    from storage.errors import MotetError
+    from motet.storage.errors import MotetError
 
-    from .client import open_client
+    from ..net.client import open_client
     from .shell import format_reply
 
     start = request.get("from", 0)
@@ -612,8 +612,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from storage.errors import MotetError
-    from storage.lmdb_store import LmdbStore
+    from motet.storage.errors import MotetError
+    from motet.storage.lmdb_store import LmdbStore
 
     if args.limit < 1:
         _fail(f"--limit must be >= 1, got {args.limit}", 2)
@@ -664,7 +664,7 @@ def _inspect_store(store: Any, args: argparse.Namespace) -> int:
 def _inspect_stream(store: Any, args: argparse.Namespace) -> int:
     import datetime
 
-    from storage.errors import CodecError
+    from motet.storage.errors import CodecError
 
     codec = _load_app(args.app).codec()
     untyped = msgspec.msgpack.Decoder()
@@ -722,10 +722,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _run_demo(data: str | None) -> None:
-    from actors.errors import CommandRejected
+    from motet.actors.errors import CommandRejected
 
-    from .core import open_engine
-    from .example import CreateUser, DeleteUser, PlaceOrder, UpdateUser, app
+    from ..core import open_engine
+    from ..example import CreateUser, DeleteUser, PlaceOrder, UpdateUser, app
 
     commands = [
         CreateUser(user_id="ada", name="Ada", email="ada@example.org", password="s3cret"),

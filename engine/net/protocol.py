@@ -56,7 +56,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from actors.errors import (
+from motet.actors.errors import (
     CommandRejected,
     EngineClosed,
     InternalError,
@@ -65,11 +65,11 @@ from actors.errors import (
     QueryTimeout,
     UnknownMessageType,
 )
-from actors.projection import ProjectionFailed
-from storage.errors import Conflict, MotetError, StorageError
-from storage.records import AppendResult, RecordedEvent
+from motet.actors.projection import ProjectionFailed
+from motet.storage.errors import Conflict, MotetError, StorageError
+from motet.storage.records import AppendResult, RecordedEvent
 
-from .app import App
+from ..app import App
 
 __all__ = [
     "DEFAULT_QUERY_TIMEOUT",
@@ -326,6 +326,16 @@ def _under_data(message: str) -> str:
     return f"{message} - at `$.data`"
 
 
+def _utf8_error(line: bytes) -> str | None:
+    """Why ``line`` is not UTF-8 (e.g. ``not UTF-8 (invalid start byte at
+    byte 0)``), or ``None`` when it is."""
+    try:
+        line.decode()
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    return None
+
+
 def _known(names: Mapping[str, type]) -> str:
     listed = sorted(names)
     if not listed:
@@ -367,13 +377,16 @@ class RequestDecoder:
     def _explain(self, line: bytes, error: Exception) -> BadRequest:
         """Why ``line`` is not a request: decoded again without a schema, only
         on this failure path, to tell the cases apart and find the ``id``."""
+        # UTF-8 is checked here rather than read from the decoder's exception:
+        # msgspec has changed which exception (and text) a bad byte raises.
+        invalid = _utf8_error(line)
+        if invalid is not None:
+            return BadRequest(f"invalid JSON: {invalid}")
         try:
             value = self._untyped.decode(line)
         except RecursionError:
             return BadRequest("the JSON is nested too deeply")
-        except UnicodeDecodeError as exc:
-            return BadRequest(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             text = str(exc)
             if not line.strip():
                 text = "the line is empty"
@@ -422,10 +435,10 @@ class RequestDecoder:
             return decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise InvalidMessage(_under_data(str(exc))) from None
-        except msgspec.DecodeError as exc:  # only when the raw JSON was cut short
+        except (msgspec.DecodeError, ValueError) as exc:
+            if _utf8_error(bytes(data)) is not None:
+                raise InvalidMessage(_under_data("a string is not valid UTF-8")) from None
             raise InvalidMessage(_under_data(f"invalid JSON: {exc}")) from None
-        except UnicodeDecodeError:
-            raise InvalidMessage(_under_data("a string is not valid UTF-8")) from None
         except RecursionError:
             raise InvalidMessage(_under_data("nested too deeply")) from None
 

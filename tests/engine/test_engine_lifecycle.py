@@ -15,9 +15,9 @@ import msgspec
 import pytest
 import trio
 
-from engine import App, CommandRejected, StoreFormatError, open_engine
-from engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, evolve, user
-from storage import Append, LmdbStore, MemoryStore, Snapshot
+from motet.engine import App, CommandRejected, StoreFormatError, open_engine
+from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, evolve, user
+from motet.storage import Append, LmdbStore, MemoryStore, Snapshot
 
 STREAM = "User-u1"
 CREATE = CreateUser(user_id="u1", name="Ada", email="ada@example.org", password="pw", city="Oslo")

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import msgspec
 import pytest
 
-from actors.errors import CommandRejected
-from engine.example import (
+from motet.actors.errors import CommandRejected
+from motet.engine.example import (
     PASSWORD_HASH_ITERATIONS,
     Command,
     CreateUser,
@@ -29,7 +29,7 @@ from engine.example import (
     user,
     verify_password,
 )
-from storage.codec import tag_of
+from motet.storage.codec import tag_of
 
 CREATED = UserCreated(
     user_id="u1",

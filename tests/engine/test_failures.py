@@ -24,7 +24,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine import (
+from motet.engine import (
     Ack,
     Aggregate,
     App,
@@ -36,7 +36,7 @@ from engine import (
     StorageError,
     open_engine,
 )
-from engine.example import (
+from motet.engine.example import (
     CreateUser,
     GetUserById,
     OrderPlaced,
@@ -46,7 +46,7 @@ from engine.example import (
     UserUpdated,
     app,
 )
-from storage import Append, AppendResult, Conflict, LmdbStore, NewEvent, StoredEvent
+from motet.storage import Append, AppendResult, Conflict, LmdbStore, NewEvent, StoredEvent
 
 # What the StorageError of a full disk must say.
 DISK_FULL = r"the disk is full \(no space left on device"
@@ -303,7 +303,7 @@ class FaultyStore(LmdbStore):
 def faulty_store(monkeypatch: pytest.MonkeyPatch) -> type[FaultyStore]:
     """Makes :func:`open_engine` build a :class:`FaultyStore` (the engine code
     is unchanged; only the store class it instantiates is swapped)."""
-    monkeypatch.setattr("engine.core.LmdbStore", FaultyStore)
+    monkeypatch.setattr("motet.engine.core.LmdbStore", FaultyStore)
     return FaultyStore
 
 

@@ -18,11 +18,11 @@ import pytest
 import trio
 import trio.testing
 
-import actors
-import engine as engine_package
-import storage
-from actors.errors import InternalError
-from engine import (
+import motet.actors as actors
+import motet.engine as engine_package
+import motet.storage as storage
+from motet.actors.errors import InternalError
+from motet.engine import (
     Aggregate,
     App,
     CommandRejected,
@@ -32,7 +32,7 @@ from engine import (
     UnknownMessageType,
     open_engine,
 )
-from engine.example import (
+from motet.engine.example import (
     CreateUser,
     OrderPlaced,
     PlaceOrder,

@@ -1,4 +1,4 @@
-"""A Python client for the TCP line protocol (see :mod:`engine.protocol`).
+"""A Python client for the TCP line protocol (see :mod:`motet.engine.net.protocol`).
 
 Async, one connection, many requests in flight::
 
@@ -11,7 +11,7 @@ Commands and queries are the app's ``msgspec.Struct`` types, sent as
 values (dicts, lists, numbers, strings), or as ``result_type`` when given.
 Errors are raised as the embedded API raises them (``rejected`` →
 :class:`CommandRejected`, ``conflict`` → :class:`Conflict`, ...; see
-:data:`engine.protocol.ERROR_CODES`); a lost connection raises
+:data:`motet.engine.net.protocol.ERROR_CODES`); a lost connection raises
 :class:`ConnectionLost`.
 
 For scripts without trio, :func:`connect` returns a :class:`BlockingClient`
@@ -34,12 +34,12 @@ from typing import Any, Final, TypeVar
 import msgspec
 import trio
 
-from actors.errors import Overloaded
-from storage.codec import tag_of
-from storage.errors import MotetError
-from storage.records import AppendResult
+from motet.actors.errors import Overloaded
+from motet.storage.codec import tag_of
+from motet.storage.errors import MotetError
+from motet.storage.records import AppendResult
 
-from .core import EngineStatus
+from ..core import EngineStatus
 from .protocol import (
     MAX_READ_LIMIT,
     AuthOp,
@@ -147,7 +147,7 @@ class Client:
 
         Raises what :meth:`engine.Engine.send` raises (:class:`CommandRejected`,
         :class:`Conflict`, :class:`Overloaded`, :class:`UnknownMessageType`,
-        :class:`~engine.protocol.InvalidMessage` for data that does not fit the
+        :class:`~motet.engine.net.protocol.InvalidMessage` for data that does not fit the
         type), and :class:`ConnectionLost`.
         """
         op = CommandOp(
@@ -175,7 +175,7 @@ class Client:
         ``after`` waits until the query's projection applied that position, for
         at most ``timeout`` seconds (the server's default: 5). Raises
         :class:`NotFound`, :class:`QueryTimeout`, :class:`UnknownMessageType`,
-        :class:`~engine.protocol.InvalidMessage` and :class:`ConnectionLost`.
+        :class:`~motet.engine.net.protocol.InvalidMessage` and :class:`ConnectionLost`.
         """
         op = QueryOp(
             id=next(self._ids),
@@ -247,7 +247,7 @@ class Client:
 
     async def authenticate(self, token: str) -> None:
         """Send the server's token (``open_client(token=...)`` does it first);
-        raises :class:`~engine.protocol.Unauthorized` when it is wrong."""
+        raises :class:`~motet.engine.net.protocol.Unauthorized` when it is wrong."""
         await self._result(AuthOp(id=next(self._ids), token=token))
 
     async def request(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -440,7 +440,7 @@ async def open_client(
     closes when the block ends.
 
     ``token`` is sent first when given (raises
-    :class:`~engine.protocol.Unauthorized` if wrong). ``ssl_context`` (an
+    :class:`~motet.engine.net.protocol.Unauthorized` if wrong). ``ssl_context`` (an
     ``ssl.SSLContext``) speaks TLS, checking the certificate against
     ``host``. ``max_line`` bounds one reply line; ``subscription_buffer`` the
     events a subscription may have waiting for its consumer. Raises
@@ -665,5 +665,5 @@ def connect(
 ) -> BlockingClient:
     """Connect to a Motet server from code without trio; see
     :class:`BlockingClient`. Raises ``OSError`` when the server cannot be
-    reached and :class:`~engine.protocol.Unauthorized` for a wrong token."""
+    reached and :class:`~motet.engine.net.protocol.Unauthorized` for a wrong token."""
     return BlockingClient(host, port, token=token, ssl_context=ssl_context)

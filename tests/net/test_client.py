@@ -16,8 +16,8 @@ import msgspec
 import pytest
 import trio
 
-import engine.client as client_module
-from engine import (
+import motet.engine.net.client as client_module
+from motet.engine import (
     CommandRejected,
     Conflict,
     Engine,
@@ -29,8 +29,8 @@ from engine import (
     QueryTimeout,
     UnknownMessageType,
 )
-from engine.client import BlockingClient, Client, ConnectionLost, connect, open_client
-from engine.example import (
+from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
+from motet.engine.example import (
     CreateUser,
     GetUserById,
     GetUsersByCity,
@@ -39,7 +39,7 @@ from engine.example import (
     UpdateUser,
     UserSummary,
 )
-from engine.protocol import (
+from motet.engine.net.protocol import (
     BadRequest,
     ErrorBody,
     InvalidMessage,
@@ -47,7 +47,7 @@ from engine.protocol import (
     Unauthorized,
     error_from_reply,
 )
-from engine.server import Server, open_server, serve_engine
+from motet.engine.net.server import Server, open_server, serve_engine
 
 
 def create(user_id: str) -> CreateUser:

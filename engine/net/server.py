@@ -1,4 +1,4 @@
-"""The TCP server: the line protocol of :mod:`engine.protocol` over trio sockets.
+"""The TCP server: the line protocol of :mod:`motet.engine.net.protocol` over trio sockets.
 
 Start it next to an engine and stop it gracefully::
 
@@ -29,9 +29,9 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from storage.records import AppendResult
+from motet.storage.records import AppendResult
 
-from .core import Engine
+from ..core import Engine
 from .protocol import (
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,

@@ -24,10 +24,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.errors import CommandRejected, NotFound, QueryTimeout
-from actors.projection import Projection, ProjectionFailed, Query
-from engine import App, Engine, open_engine
-from engine.example import (
+from motet.actors.errors import CommandRejected, NotFound, QueryTimeout
+from motet.actors.projection import Projection, ProjectionFailed, Query
+from motet.engine import App, Engine, open_engine
+from motet.engine.example import (
     CreateUser,
     DeleteUser,
     GetUserByEmail,
@@ -46,8 +46,8 @@ from engine.example import (
     user,
     users_projection,
 )
-from storage import LmdbStore
-from storage.records import Checkpoint, StoredEvent
+from motet.storage import LmdbStore
+from motet.storage.records import Checkpoint, StoredEvent
 
 USER_IDS = ["u0", "u1", "u2", "u3"]
 EMAILS = ["a@x.org", "b@x.org", "c@x.org"]

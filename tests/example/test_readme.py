@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
@@ -45,7 +45,7 @@ def test_embedded_example_runs_as_written(tmp_path: Path) -> None:
 
 
 async def test_own_domain_example_works() -> None:
-    from engine import CommandRejected, open_engine
+    from motet.engine import CommandRejected, open_engine
 
     namespace: dict[str, Any] = {}
     exec(compile(_python_blocks()[1], "README.md", "exec"), namespace)

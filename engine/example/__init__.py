@@ -3,7 +3,7 @@
 It is the seed domain ``motet serve`` runs by default, the workload the
 benchmarks drive, and a model for writing an aggregate: messages are frozen,
 tagged ``msgspec.Struct`` types, :func:`decide` turns a command into events or
-refuses it with :class:`~actors.errors.CommandRejected`, and :func:`evolve`
+refuses it with :class:`~motet.actors.errors.CommandRejected`, and :func:`evolve`
 folds an event into the state without ever failing.
 
 One aggregate, ``User``, whose id is ``user_id`` (stream ``User-<user_id>``):
@@ -29,12 +29,12 @@ from typing import Any
 
 import msgspec
 
-from actors.definition import Aggregate
-from actors.errors import CommandRejected, NotFound
-from actors.projection import Projection, Query
-from actors.read_model import Order, Table
-from engine.app import App
-from storage.records import StoredEvent
+from motet.actors.definition import Aggregate
+from motet.actors.errors import CommandRejected, NotFound
+from motet.actors.projection import Projection, Query
+from motet.actors.read_model import Order, Table
+from motet.engine.app import App
+from motet.storage.records import StoredEvent
 
 __all__ = [
     "MAX_TOP_SPENDERS",
@@ -274,7 +274,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 def decide(state: UserState, command: Command) -> list[Event]:
     """Turn ``command`` into the events it causes, given the user's ``state``.
 
-    Raises :class:`~actors.errors.CommandRejected`, whose message says what is
+    Raises :class:`~motet.actors.errors.CommandRejected`, whose message says what is
     wrong and quotes the bad value, when the command is invalid or not allowed
     in this state; raises ``TypeError`` for a command this aggregate does not
     handle. Apart from the salt of a new password hash and the time stamp of an
@@ -515,7 +515,7 @@ class GetUserById(
     gc=False,
     forbid_unknown_fields=True,
 ):
-    """One user by id → :class:`UserSummary`, or :class:`~actors.errors.NotFound`."""
+    """One user by id → :class:`UserSummary`, or :class:`~motet.actors.errors.NotFound`."""
 
     user_id: str
 

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import trio
 
-from engine import open_engine
-from engine.example import OrderPlaced, PlaceOrder, UserCreated, app
+from motet.engine import open_engine
+from motet.engine.example import OrderPlaced, PlaceOrder, UserCreated, app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 USERS = 25
 TASKS = 50
 ACKS_BEFORE_KILL = 2_000
@@ -41,8 +41,8 @@ import sys
 
 import trio
 
-from engine import open_engine
-from engine.example import CreateUser, PlaceOrder, app
+from motet.engine import open_engine
+from motet.engine.example import CreateUser, PlaceOrder, app
 
 
 def emit(kind, command_id, user, ack):

@@ -21,7 +21,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import (
+from motet.engine import (
     Aggregate,
     App,
     CommandRejected,
@@ -35,9 +35,9 @@ from engine import (
     open_engine,
     open_server,
 )
-from engine.example import CreateUser, OrderPlaced, PlaceOrder, UpdateUser, app, user
-from engine.example import queries as example_queries
-from engine.example import users_projection as users
+from motet.engine.example import CreateUser, OrderPlaced, PlaceOrder, UpdateUser, app, user
+from motet.engine.example import queries as example_queries
+from motet.engine.example import users_projection as users
 
 # The contract of DESIGN.md, as prometheus_client's parser names the families:
 # a counter family drops the "_total" its samples carry, a histogram's samples

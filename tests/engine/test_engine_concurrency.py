@@ -18,8 +18,8 @@ import msgspec
 import pytest
 import trio
 
-from engine import Ack, open_engine
-from engine.example import (
+from motet.engine import Ack, open_engine
+from motet.engine.example import (
     CreateUser,
     OrderPlaced,
     PlaceOrder,

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from storage import LmdbStore
+from motet.storage import LmdbStore
 
 USER = {"name": "Ann Lee", "email": "ann@example.org", "password": "pw", "city": "Oslo"}
 

@@ -11,7 +11,7 @@ from typing import Any
 import lmdb
 import pytest
 
-from storage import (
+from motet.storage import (
     FORMAT,
     Append,
     AppendResult,

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "motet-rules.yml"
 RULES_TESTS = DEPLOY / "prometheus" / "motet-rules.test.yml"
@@ -212,9 +212,9 @@ LOAD_SCRIPT = textwrap.dedent(
 
     import trio
 
-    from engine import CommandRejected
-    from engine.client import open_client
-    from engine.example import CreateUser, PlaceOrder
+    from motet.engine import CommandRejected
+    from motet.engine.net.client import open_client
+    from motet.engine.example import CreateUser, PlaceOrder
 
     RATE = 200
     USERS = 10

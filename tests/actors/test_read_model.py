@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.read_model import Order, Table
+from motet.actors.read_model import Order, Table
 
 
 class Item(msgspec.Struct, kw_only=True):

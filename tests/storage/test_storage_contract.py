@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from storage import (
+from motet.storage import (
     MAX_KEY_BYTES,
     Append,
     AppendResult,

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from storage import (
+from motet.storage import (
     Append,
     Codec,
     CodecError,

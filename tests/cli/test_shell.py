@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.shell import ShellError, format_reply, parse_line
+from motet.engine.cli.shell import ShellError, format_reply, parse_line
 
 COMMANDS = frozenset({"CreateUser", "UpdateUser", "DeleteUser", "PlaceOrder"})
 
