@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := engine actors storage
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-oldest bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -e '.[test,bench,dev]'
@@ -30,3 +30,10 @@ lint: $(STAMP)
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# The suite against the oldest releases pyproject.toml allows, in a venv of its own.
+OLDEST := .venv-oldest
+test-oldest: pyproject.toml .ci/oldest.txt
+	rm -rf $(OLDEST)
+	python3 -m venv $(OLDEST) && $(OLDEST)/bin/pip install -c .ci/oldest.txt -e '.[test]'
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider
