@@ -40,8 +40,13 @@ def test_embedded_example_runs_as_written(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert "rejected: amount must be > 0, got -5" in done.stdout
-        assert f"Ann: {run} order(s), {42.5 * run:.2f} spent" in done.stdout
-    assert (tmp_path / "motet-data" / "data.mdb").exists()
+        # The command ids make the second run's commands retries: same Acks,
+        # still one order.
+        assert "User-ann is at version 2, log position 2" in done.stdout
+        assert "Ann: 1 order(s), 42.50 spent" in done.stdout, f"run {run}"
+    # Not ./motet-data, which `make run` and the CLI walk-through use.
+    assert (tmp_path / "example-data" / "data.mdb").exists()
+    assert not (tmp_path / "motet-data").exists()
 
 
 async def test_own_domain_example_works() -> None:
@@ -57,3 +62,27 @@ async def test_own_domain_example_works() -> None:
         with pytest.raises(CommandRejected, match="amount must be > 0, got 0"):
             await engine.send(deposit(account_id="a1", amount=0))
         assert engine.registry.live("Account-a1").state.balance == 12
+
+
+async def test_own_domain_read_model_example_works() -> None:
+    from motet.engine import InvalidMessage, NotFound, open_engine
+    from motet.engine.net.protocol import RequestDecoder
+
+    namespace: dict[str, Any] = {}
+    for block in _python_blocks()[1:3]:  # the aggregate, then its read model
+        exec(compile(block, "README.md", "exec"), namespace)
+    bank = namespace["bank"]
+    async with open_engine(None, bank) as engine:
+        deposit, get_balance = namespace["Deposit"], namespace["GetBalance"]
+        await engine.send(deposit(account_id="a1", amount=5))
+        ack = await engine.send(deposit(account_id="a1", amount=7))
+        assert await engine.ask(get_balance(account_id="a1"), after=ack.position) == 12
+        with pytest.raises(NotFound, match="no account 'a2'"):
+            await engine.ask(get_balance(account_id="a2"))
+    # forbid_unknown_fields: a misspelled field is refused, not dropped.
+    decoder = RequestDecoder(bank)
+    request = decoder.decode_request(
+        b'{"op": "command", "type": "Deposit", "data": {"account_id": "a1", "amout": 5}}'
+    )
+    with pytest.raises(InvalidMessage, match="unknown field `amout`"):
+        decoder.decode_command(request)  # type: ignore[arg-type]
