@@ -18,6 +18,7 @@ import trio
 from motet.engine import App, CommandRejected, StoreFormatError, open_engine
 from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, evolve, user
 from motet.storage import Append, LmdbStore, MemoryStore, Snapshot
+from tests.support.commands import place_order
 
 STREAM = "User-u1"
 CREATE = CreateUser(user_id="u1", name="Ada", email="ada@example.org", password="pw", city="Oslo")
@@ -25,7 +26,7 @@ _state_decoder = msgspec.msgpack.Decoder(UserState)
 
 
 def order(n: int, amount: float = 10) -> PlaceOrder:
-    return PlaceOrder(user_id="u1", order_id=f"o{n}", amount=amount)
+    return place_order("u1", f"o{n}", amount)
 
 
 def fold(events: list[Any]) -> UserState:

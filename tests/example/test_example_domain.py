@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from functools import partial
 
 import msgspec
 import pytest
@@ -30,6 +31,7 @@ from motet.engine.example import (
     verify_password,
 )
 from motet.storage.codec import tag_of
+from tests.support.commands import create_user
 
 CREATED = UserCreated(
     user_id="u1",
@@ -49,16 +51,14 @@ def given(events: Iterable[Event]) -> UserState:
     return state
 
 
-def create(**overrides: str | None) -> CreateUser:
-    fields: dict[str, str | None] = {
-        "user_id": "u1",
-        "name": "Ada",
-        "email": "ada@example.org",
-        "password": "correct horse",
-        "city": "London",
-    }
-    fields.update(overrides)
-    return msgspec.convert(fields, CreateUser)
+create = partial(
+    create_user,
+    user_id="u1",
+    name="Ada",
+    email="ada@example.org",
+    password="correct horse",
+    city="London",
+)
 
 
 # --- CreateUser ---------------------------------------------------------------

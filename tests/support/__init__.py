@@ -1,0 +1,10 @@
+"""Helpers shared by the tests of several layers.
+
+- :mod:`tests.support.commands`: example-app commands, as structs and as
+  protocol requests.
+- :mod:`tests.support.peer`: a raw protocol connection.
+- :mod:`tests.support.ports`: a free TCP port of 127.0.0.1.
+
+The modules are imported by name (``from tests.support.peer import Peer``);
+this package face imports nothing, so a test pulls in only what it uses.
+"""
