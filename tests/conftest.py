@@ -21,6 +21,19 @@ from motet.engine import Engine, Server, open_engine, open_server
 from motet.engine.example import app as example_app
 from motet.storage import EventStore, LmdbStore, MemoryStore
 
+# --- The `process` marker ------------------------------------------------------------
+
+PROCESS_TESTS = Path(__file__).resolve().parent / "process"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``process`` every test in tests/process and every test that runs
+    the ``motet`` executable (the :func:`motet` fixture), so that
+    ``pytest -m "not process"`` runs the in-process suite only."""
+    for item in items:
+        if item.path.is_relative_to(PROCESS_TESTS) or "motet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.process)
+
 
 class StoreFactory:
     """Makes fresh stores of one kind and closes every one of them at teardown.

@@ -25,6 +25,7 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
     assert "make test" in first_screen
 
 
+@pytest.mark.process  # runs the example in a fresh interpreter
 def test_embedded_example_runs_as_written(tmp_path: Path) -> None:
     program = tmp_path / "example.py"
     program.write_text(_python_blocks()[0])
