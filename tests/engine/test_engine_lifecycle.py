@@ -16,9 +16,10 @@ import pytest
 import trio
 
 from motet.engine import App, CommandRejected, StoreFormatError, open_engine
-from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, evolve, user
+from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, user
 from motet.storage import Append, LmdbStore, MemoryStore, Snapshot
 from tests.support.commands import place_order
+from tests.support.folds import fold_user as fold
 
 STREAM = "User-u1"
 CREATE = CreateUser(user_id="u1", name="Ada", email="ada@example.org", password="pw", city="Oslo")
@@ -27,13 +28,6 @@ _state_decoder = msgspec.msgpack.Decoder(UserState)
 
 def order(n: int, amount: float = 10) -> PlaceOrder:
     return place_order("u1", f"o{n}", amount)
-
-
-def fold(events: list[Any]) -> UserState:
-    state = user.initial
-    for event in events:
-        state = evolve(state, event)
-    return state
 
 
 async def folded(engine: Any, stream: str = STREAM) -> UserState:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from functools import partial
 
 import msgspec
@@ -15,7 +14,6 @@ from motet.engine.example import (
     Command,
     CreateUser,
     DeleteUser,
-    Event,
     OrderPlaced,
     PlaceOrder,
     UpdateUser,
@@ -32,6 +30,7 @@ from motet.engine.example import (
 )
 from motet.storage.codec import tag_of
 from tests.support.commands import create_user
+from tests.support.folds import fold_user as given
 
 CREATED = UserCreated(
     user_id="u1",
@@ -41,14 +40,6 @@ CREATED = UserCreated(
     city="London",
 )
 DELETED = UserDeleted(user_id="u1")
-
-
-def given(events: Iterable[Event]) -> UserState:
-    """The state after ``events``, folded from the aggregate's initial state."""
-    state = user.initial
-    for event in events:
-        state = evolve(state, event)
-    return state
 
 
 create = partial(

@@ -2,6 +2,8 @@
 
 - :mod:`tests.support.commands`: example-app commands, as structs and as
   protocol requests.
+- :mod:`tests.support.folds`: the example's user state, folded by hand.
+- :mod:`tests.support.logs`: the whole event log of a store.
 - :mod:`tests.support.peer`: a raw protocol connection.
 - :mod:`tests.support.ports`: a free TCP port of 127.0.0.1.
 
