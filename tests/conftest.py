@@ -20,6 +20,7 @@ import pytest
 from motet.engine import Engine, Server, open_engine, open_server
 from motet.engine.example import app as example_app
 from motet.storage import EventStore, LmdbStore, MemoryStore
+from tests.support.paths import REPO
 
 # --- The `process` marker ------------------------------------------------------------
 
@@ -120,8 +121,6 @@ def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 # --- The motet executable, run as a user runs it ----------------------------------
-
-REPO = Path(__file__).resolve().parent.parent
 
 # The line `motet serve` logs once it listens, e.g. "serving motet.engine.example:app
 # from data on 127.0.0.1:40123 with TLS (metrics: http://127.0.0.1:40124/metrics, ...".

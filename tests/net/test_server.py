@@ -11,7 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -30,7 +30,7 @@ from motet.engine.net.protocol import ERROR_CODES
 from motet.engine.net.server import Server, open_server, serve_engine
 from tests.support.commands import create_user_request as create
 from tests.support.commands import place_order_request as order
-from tests.support.peer import Peer
+from tests.support.peer import Peer, open_peer
 
 CODES = set(ERROR_CODES)
 
@@ -48,10 +48,8 @@ def result(reply: dict[str, Any]) -> Any:
     return reply["result"]
 
 
-@asynccontextmanager
-async def connect(server: Server) -> AsyncIterator[Peer]:
-    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
-        yield Peer(stream)
+def connect(server: Server) -> AbstractAsyncContextManager[Peer]:
+    return open_peer(server.port)
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.support.paths import REPO as ROOT
 from tests.support.ports import free_port as _free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "motet-rules.yml"
 RULES_TESTS = DEPLOY / "prometheus" / "motet-rules.test.yml"

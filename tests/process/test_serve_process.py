@@ -14,8 +14,6 @@ import re
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import trio
 from motet.storage import LmdbStore
 from tests.support.commands import create_user_request, place_order_request
 from tests.support.peer import Peer
+from tests.support.peer import open_peer as connect
 
 
 def create(
@@ -36,15 +35,6 @@ def order(
     user_id: str, order_id: str, request_id: Any = None, amount: float = 10
 ) -> dict[str, Any]:
     return {"id": request_id, **place_order_request(user_id, order_id, amount)}
-
-
-@asynccontextmanager
-async def connect(port: int, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Peer]:
-    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
-    if ssl_context is not None:
-        stream = trio.SSLStream(stream, ssl_context, server_hostname="127.0.0.1")
-    async with stream:
-        yield Peer(stream)
 
 
 def error(reply: dict[str, Any], code: str, request_id: Any) -> str:

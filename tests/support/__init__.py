@@ -4,7 +4,8 @@
   protocol requests.
 - :mod:`tests.support.folds`: the example's user state, folded by hand.
 - :mod:`tests.support.logs`: the whole event log of a store.
-- :mod:`tests.support.peer`: a raw protocol connection.
+- :mod:`tests.support.paths`: the checkout's root.
+- :mod:`tests.support.peer`: a raw protocol connection (:class:`Peer`, :func:`open_peer`).
 - :mod:`tests.support.ports`: a free TCP port of 127.0.0.1.
 
 The modules are imported by name (``from tests.support.peer import Peer``);

@@ -4,11 +4,14 @@ client library between the test and the bytes."""
 from __future__ import annotations
 
 import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-__all__ = ["Peer"]
+__all__ = ["Peer", "open_peer"]
 
 
 class Peer:
@@ -72,3 +75,14 @@ class Peer:
             while data := await self.stream.receive_some(65_536):
                 rest += data
         return rest
+
+
+@asynccontextmanager
+async def open_peer(port: int, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Peer]:
+    """A :class:`Peer` on a connection to ``port`` of 127.0.0.1, TLS with
+    ``ssl_context``; closed on exit."""
+    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if ssl_context is not None:
+        stream = trio.SSLStream(stream, ssl_context, server_hostname="127.0.0.1")
+    async with stream:
+        yield Peer(stream)
