@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := engine actors storage
 
-.PHONY: run test test-oldest bench lint clean
+.PHONY: run test test-fast test-oldest bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -e '.[test,bench,dev]'
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/motet serve --data ./motet-data
 
+# Everything, subprocesses and Prometheus included.
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The in-process suite only: no test marked `process` (see tests/conftest.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not process"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.seed_workload

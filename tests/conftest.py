@@ -20,6 +20,20 @@ import pytest
 from motet.engine import Engine, Server, open_engine, open_server
 from motet.engine.example import app as example_app
 from motet.storage import EventStore, LmdbStore, MemoryStore
+from tests.support.paths import REPO
+
+# --- The `process` marker ------------------------------------------------------------
+
+PROCESS_TESTS = Path(__file__).resolve().parent / "process"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``process`` every test in tests/process and every test that runs
+    the ``motet`` executable (the :func:`motet` fixture), so that
+    ``pytest -m "not process"`` runs the in-process suite only."""
+    for item in items:
+        if item.path.is_relative_to(PROCESS_TESTS) or "motet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.process)
 
 
 class StoreFactory:
@@ -107,8 +121,6 @@ def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 # --- The motet executable, run as a user runs it ----------------------------------
-
-REPO = Path(__file__).resolve().parent.parent
 
 # The line `motet serve` logs once it listens, e.g. "serving motet.engine.example:app
 # from data on 127.0.0.1:40123 with TLS (metrics: http://127.0.0.1:40124/metrics, ...".

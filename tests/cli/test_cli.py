@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.ports import free_port
+
 CREATE_ANN = 'CreateUser user_id=u1 name="Ann Lee" email=ann@example.org password=pw city=Oslo'
 
 
@@ -50,14 +52,6 @@ def documents(text: str) -> list[Any]:
         value, index = decoder.raw_decode(text, index)
         values.append(value)
     return values
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- help and usage errors ----------------------------------------------------------

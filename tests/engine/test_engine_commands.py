@@ -41,16 +41,12 @@ from motet.engine.example import (
     UserUpdated,
     app,
 )
-
-
-def create(user_id: str = "u1") -> CreateUser:
-    return CreateUser(
-        user_id=user_id, name=f"Name {user_id}", email=f"{user_id}@example.org", password="pw"
-    )
+from tests.support.commands import create_user as create
+from tests.support.commands import place_order
 
 
 def order(order_id: str, user_id: str = "u1", amount: float = 10) -> PlaceOrder:
-    return PlaceOrder(user_id=user_id, order_id=order_id, amount=amount)
+    return place_order(user_id, order_id, amount)
 
 
 # -- idempotent retries ------------------------------------------------------------------

@@ -25,12 +25,11 @@ from motet.engine.example import (
     PlaceOrder,
     UpdateUser,
     UserCreated,
-    UserState,
     UserUpdated,
     app,
-    evolve,
     user,
 )
+from tests.support.folds import fold_user as fold
 
 USERS = 100
 TASKS = 1_000
@@ -65,13 +64,6 @@ def plan(task: int) -> list[PlaceOrder | UpdateUser]:
         else:
             commands.append(UpdateUser(user_id=target, city=f"city-{task}-{k}"))
     return commands
-
-
-def fold(events: list[Any]) -> UserState:
-    state = user.initial
-    for event in events:
-        state = evolve(state, event)
-    return state
 
 
 async def test_a_thousand_concurrent_senders_match_a_sequential_model(tmp_path: Path) -> None:

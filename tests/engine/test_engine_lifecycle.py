@@ -16,8 +16,10 @@ import pytest
 import trio
 
 from motet.engine import App, CommandRejected, StoreFormatError, open_engine
-from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, evolve, user
+from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, UserState, app, user
 from motet.storage import Append, LmdbStore, MemoryStore, Snapshot
+from tests.support.commands import place_order
+from tests.support.folds import fold_user as fold
 
 STREAM = "User-u1"
 CREATE = CreateUser(user_id="u1", name="Ada", email="ada@example.org", password="pw", city="Oslo")
@@ -25,14 +27,7 @@ _state_decoder = msgspec.msgpack.Decoder(UserState)
 
 
 def order(n: int, amount: float = 10) -> PlaceOrder:
-    return PlaceOrder(user_id="u1", order_id=f"o{n}", amount=amount)
-
-
-def fold(events: list[Any]) -> UserState:
-    state = user.initial
-    for event in events:
-        state = evolve(state, event)
-    return state
+    return place_order("u1", f"o{n}", amount)
 
 
 async def folded(engine: Any, stream: str = STREAM) -> UserState:

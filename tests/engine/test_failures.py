@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +38,21 @@ from motet.engine import (
     open_engine,
 )
 from motet.engine.example import (
-    CreateUser,
     GetUserById,
     OrderPlaced,
-    PlaceOrder,
     UpdateUser,
     UserCreated,
     UserUpdated,
     app,
 )
 from motet.storage import Append, AppendResult, Conflict, LmdbStore, NewEvent, StoredEvent
+from tests.support.commands import create_user
+from tests.support.commands import place_order as order
 
 # What the StorageError of a full disk must say.
 DISK_FULL = r"the disk is full \(no space left on device"
 
-
-def create(user_id: str, name: str = "Ann") -> CreateUser:
-    return CreateUser(user_id=user_id, name=name, email=f"{user_id}@example.org", password="pw")
-
-
-def order(user_id: str, order_id: str, amount: float = 10.0) -> PlaceOrder:
-    return PlaceOrder(user_id=user_id, order_id=order_id, amount=amount)
+create = partial(create_user, name="Ann")
 
 
 def assert_log_consistent(events: Sequence[Any], acks: Sequence[Ack]) -> None:

@@ -35,9 +35,11 @@ from motet.engine import (
     open_engine,
     open_server,
 )
-from motet.engine.example import CreateUser, OrderPlaced, PlaceOrder, UpdateUser, app, user
+from motet.engine.example import OrderPlaced, PlaceOrder, UpdateUser, app, user
 from motet.engine.example import queries as example_queries
 from motet.engine.example import users_projection as users
+from tests.support.commands import create_user as create
+from tests.support.commands import place_order
 
 # The contract of DESIGN.md, as prometheus_client's parser names the families:
 # a counter family drops the "_total" its samples carry, a histogram's samples
@@ -65,13 +67,8 @@ class NotACommand(msgspec.Struct, frozen=True, kw_only=True, tag="NotACommand"):
     user_id: str
 
 
-def create(user_id: str) -> CreateUser:
-    return CreateUser(user_id=user_id, name=user_id.title(), email=f"{user_id}@example.org",
-                      password="pw")  # fmt: skip
-
-
 def order(user_id: str, n: int, amount: float = 10.0) -> PlaceOrder:
-    return PlaceOrder(user_id=user_id, order_id=f"o{n}", amount=amount)
+    return place_order(user_id, f"o{n}", amount)
 
 
 # -- HTTP and parsing ----------------------------------------------------------------

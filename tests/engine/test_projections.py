@@ -48,24 +48,16 @@ from motet.engine.example import (
 )
 from motet.storage import LmdbStore
 from motet.storage.records import Checkpoint, StoredEvent
+from tests.support.commands import create_user as create
+from tests.support.commands import place_order
 
 USER_IDS = ["u0", "u1", "u2", "u3"]
 EMAILS = ["a@x.org", "b@x.org", "c@x.org"]
 CITIES = ["Paris", "Lyon"]
 
 
-def create(user_id: str, *, email: str | None = None, city: str | None = None) -> CreateUser:
-    return CreateUser(
-        user_id=user_id,
-        name=f"Name {user_id}",
-        email=email or f"{user_id}@example.org",
-        password="pw",
-        city=city,
-    )
-
-
 def order(user_id: str, amount: float, order_id: str = "o") -> PlaceOrder:
-    return PlaceOrder(user_id=user_id, order_id=order_id, amount=amount)
+    return place_order(user_id, order_id, amount)
 
 
 def as_dict(value: Any) -> Any:

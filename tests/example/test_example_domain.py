@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from functools import partial
 
 import msgspec
 import pytest
@@ -14,7 +14,6 @@ from motet.engine.example import (
     Command,
     CreateUser,
     DeleteUser,
-    Event,
     OrderPlaced,
     PlaceOrder,
     UpdateUser,
@@ -30,6 +29,8 @@ from motet.engine.example import (
     verify_password,
 )
 from motet.storage.codec import tag_of
+from tests.support.commands import create_user
+from tests.support.folds import fold_user as given
 
 CREATED = UserCreated(
     user_id="u1",
@@ -41,24 +42,14 @@ CREATED = UserCreated(
 DELETED = UserDeleted(user_id="u1")
 
 
-def given(events: Iterable[Event]) -> UserState:
-    """The state after ``events``, folded from the aggregate's initial state."""
-    state = user.initial
-    for event in events:
-        state = evolve(state, event)
-    return state
-
-
-def create(**overrides: str | None) -> CreateUser:
-    fields: dict[str, str | None] = {
-        "user_id": "u1",
-        "name": "Ada",
-        "email": "ada@example.org",
-        "password": "correct horse",
-        "city": "London",
-    }
-    fields.update(overrides)
-    return msgspec.convert(fields, CreateUser)
+create = partial(
+    create_user,
+    user_id="u1",
+    name="Ada",
+    email="ada@example.org",
+    password="correct horse",
+    city="London",
+)
 
 
 # --- CreateUser ---------------------------------------------------------------

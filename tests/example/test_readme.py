@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO as ROOT
+
 README = (ROOT / "README.md").read_text()
 
 
@@ -25,6 +26,7 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
     assert "make test" in first_screen
 
 
+@pytest.mark.process  # runs the example in a fresh interpreter
 def test_embedded_example_runs_as_written(tmp_path: Path) -> None:
     program = tmp_path / "example.py"
     program.write_text(_python_blocks()[0])

@@ -29,9 +29,7 @@ from motet.engine import (
     QueryTimeout,
     UnknownMessageType,
 )
-from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
 from motet.engine.example import (
-    CreateUser,
     GetUserById,
     GetUsersByCity,
     PlaceOrder,
@@ -39,6 +37,7 @@ from motet.engine.example import (
     UpdateUser,
     UserSummary,
 )
+from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
 from motet.engine.net.protocol import (
     BadRequest,
     ErrorBody,
@@ -48,12 +47,7 @@ from motet.engine.net.protocol import (
     error_from_reply,
 )
 from motet.engine.net.server import Server, open_server, serve_engine
-
-
-def create(user_id: str) -> CreateUser:
-    return CreateUser(
-        user_id=user_id, name=f"Name {user_id}", email=f"{user_id}@example.org", password="pw"
-    )
+from tests.support.commands import create_user as create
 
 
 class NotRegistered(msgspec.Struct, frozen=True, kw_only=True, tag="NotRegistered"):

@@ -11,7 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -28,73 +28,11 @@ from motet.engine import App, Engine, open_engine
 from motet.engine.example import app, queries, user, users_projection
 from motet.engine.net.protocol import ERROR_CODES
 from motet.engine.net.server import Server, open_server, serve_engine
+from tests.support.commands import create_user_request as create
+from tests.support.commands import place_order_request as order
+from tests.support.peer import Peer, open_peer
 
 CODES = set(ERROR_CODES)
-
-
-def create(user_id: str, name: str | None = None) -> dict[str, Any]:
-    return {
-        "op": "command",
-        "type": "CreateUser",
-        "data": {
-            "user_id": user_id,
-            "name": name or f"Name {user_id}",
-            "email": f"{user_id}@example.org",
-            "password": "pw",
-            "city": "Oslo",
-        },
-    }
-
-
-def order(user_id: str, order_id: str, amount: float = 10) -> dict[str, Any]:
-    return {
-        "op": "command",
-        "type": "PlaceOrder",
-        "data": {"user_id": user_id, "order_id": order_id, "amount": amount},
-    }
-
-
-class Peer:
-    """A raw protocol connection: write lines, read JSON replies."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def write(self, *requests: dict[str, Any] | bytes) -> None:
-        data = b"".join(
-            r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n" for r in requests
-        )
-        await self.stream.send_all(data)
-
-    async def line(self) -> bytes | None:
-        """The next line, or None at EOF."""
-        while b"\n" not in self.buffer:
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                return None
-            self.buffer += data
-        line, _, rest = bytes(self.buffer).partition(b"\n")
-        self.buffer = bytearray(rest)
-        return line
-
-    async def read(self) -> dict[str, Any]:
-        with trio.fail_after(10):
-            line = await self.line()
-        assert line is not None, "the server closed the connection"
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    async def ask(self, request: dict[str, Any] | bytes) -> dict[str, Any]:
-        await self.write(request)
-        return await self.read()
-
-    async def eof(self) -> bool:
-        with trio.fail_after(10):
-            return await self.line() is None
 
 
 def error(reply: dict[str, Any]) -> tuple[str, str]:
@@ -110,10 +48,8 @@ def result(reply: dict[str, Any]) -> Any:
     return reply["result"]
 
 
-@asynccontextmanager
-async def connect(server: Server) -> AsyncIterator[Peer]:
-    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
-        yield Peer(stream)
+def connect(server: Server) -> AbstractAsyncContextManager[Peer]:
+    return open_peer(server.port)
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ import trio
 
 from motet.engine import open_engine
 from motet.engine.example import OrderPlaced, PlaceOrder, UserCreated, app
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 USERS = 25
 TASKS = 50
 ACKS_BEFORE_KILL = 2_000

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO as ROOT
+from tests.support.ports import free_port as _free_port
+
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "motet-rules.yml"
 RULES_TESTS = DEPLOY / "prometheus" / "motet-rules.test.yml"
@@ -253,12 +254,6 @@ LOAD_SCRIPT = textwrap.dedent(
     trio.run(main, sys.argv[1], int(sys.argv[2]))
     """
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_until(

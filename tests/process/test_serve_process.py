@@ -14,85 +14,27 @@ import re
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from motet.storage import LmdbStore
+from tests.support.commands import create_user_request, place_order_request
+from tests.support.peer import Peer
+from tests.support.peer import open_peer as connect
 
-USER = {"name": "Ann Lee", "email": "ann@example.org", "password": "pw", "city": "Oslo"}
 
-
-def create(user_id: str, request_id: Any = None, **fields: Any) -> dict[str, Any]:
-    data = {**USER, "email": f"{user_id}@example.org", "user_id": user_id, **fields}
-    return {"id": request_id, "op": "command", "type": "CreateUser", "data": data}
+def create(
+    user_id: str, request_id: Any = None, name: str = "Ann Lee", **fields: Any
+) -> dict[str, Any]:
+    return {"id": request_id, **create_user_request(user_id, name, **fields)}
 
 
 def order(
     user_id: str, order_id: str, request_id: Any = None, amount: float = 10
 ) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "op": "command",
-        "type": "PlaceOrder",
-        "data": {"user_id": user_id, "order_id": order_id, "amount": amount},
-    }
-
-
-class Peer:
-    """One raw protocol connection: JSON lines out, JSON replies in."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self._buffer = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<Peer buffered={len(self._buffer)}>"
-
-    async def send(self, *requests: dict[str, Any] | bytes) -> None:
-        lines = [r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n" for r in requests]
-        await self.stream.send_all(b"".join(lines))
-
-    async def receive(self, timeout: float = 10.0) -> dict[str, Any]:
-        with trio.fail_after(timeout):
-            while (end := self._buffer.find(b"\n")) < 0:
-                data = await self.stream.receive_some(65_536)
-                if not data:
-                    raise EOFError(f"the server closed the connection; unread: {self._buffer!r}")
-                self._buffer += data
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    async def receive_many(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        with trio.fail_after(timeout):
-            return [await self.receive() for _ in range(count)]
-
-    async def request(self, request: dict[str, Any] | bytes) -> dict[str, Any]:
-        await self.send(request)
-        return await self.receive()
-
-    async def wait_closed(self, timeout: float = 10.0) -> bytes:
-        """Read until the server closes the connection; return what came."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        with trio.fail_after(timeout):
-            while data := await self.stream.receive_some(65_536):
-                rest += data
-        return rest
-
-
-@asynccontextmanager
-async def connect(port: int, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Peer]:
-    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
-    if ssl_context is not None:
-        stream = trio.SSLStream(stream, ssl_context, server_hostname="127.0.0.1")
-    async with stream:
-        yield Peer(stream)
+    return {"id": request_id, **place_order_request(user_id, order_id, amount)}
 
 
 def error(reply: dict[str, Any], code: str, request_id: Any) -> str:
@@ -115,18 +57,18 @@ def ok(reply: dict[str, Any], request_id: Any) -> Any:
 async def test_every_op_against_the_real_process(motet_server: Any) -> None:
     server = motet_server()
     async with connect(server.port) as peer, connect(server.port) as other:
-        assert ok(await peer.request({"id": "p", "op": "ping"}), "p") == "pong"
+        assert ok(await peer.ask({"id": "p", "op": "ping"}), "p") == "pong"
 
         # command: the Ack, and a retry with the same command_id gets the same Ack
-        ack = ok(await peer.request({**create("u1", 1), "command_id": "c-1"}), 1)
+        ack = ok(await peer.ask({**create("u1", 1), "command_id": "c-1"}), 1)
         assert ack == {"stream": "User-u1", "version": 1, "position": 1}
-        assert ok(await peer.request({**create("u1", 2), "command_id": "c-1"}), 2) == ack
-        ack = ok(await peer.request({**order("u1", "o1", 3), "expected_version": 1}), 3)
+        assert ok(await peer.ask({**create("u1", 2), "command_id": "c-1"}), 2) == ack
+        ack = ok(await peer.ask({**order("u1", "o1", 3), "expected_version": 1}), 3)
         assert ack == {"stream": "User-u1", "version": 2, "position": 2}
 
         # query after a position sees that write
         user = ok(
-            await peer.request(
+            await peer.ask(
                 {
                     "id": 4,
                     "op": "query",
@@ -150,8 +92,8 @@ async def test_every_op_against_the_real_process(motet_server: Any) -> None:
         assert isinstance(user["last_order_at"], float)
 
         # subscribe: the catch-up events, then live ones
-        await peer.send({"id": "sub", "op": "subscribe", "from": 1})
-        caught_up = await peer.receive()
+        await peer.write({"id": "sub", "op": "subscribe", "from": 1})
+        caught_up = await peer.read()
         assert caught_up["id"] == "sub"
         assert {k: caught_up["event"][k] for k in ("position", "stream", "version", "type")} == {
             "position": 2,
@@ -162,32 +104,30 @@ async def test_every_op_against_the_real_process(motet_server: Any) -> None:
         assert caught_up["event"]["data"]["order_id"] == "o1"
         assert caught_up["event"]["time"].endswith("Z")
         for n in range(2, 5):
-            ok(await other.request(order("u1", f"o{n}", n)), n)
-        live = await peer.receive_many(3)
+            ok(await other.ask(order("u1", f"o{n}", n)), n)
+        live = await peer.read_many(3)
         assert [(e["id"], e["event"]["position"]) for e in live] == [("sub", p) for p in (3, 4, 5)]
         assert [e["event"]["data"]["order_id"] for e in live] == ["o2", "o3", "o4"]
-        assert ok(await peer.request({"id": 9, "op": "unsubscribe", "subscription": "sub"}), 9) == {
+        assert ok(await peer.ask({"id": 9, "op": "unsubscribe", "subscription": "sub"}), 9) == {
             "unsubscribed": True
         }
 
         # read: versions above `from`, at most `limit`, and `next` to page on
         page = ok(
-            await peer.request(
-                {"id": 10, "op": "read", "stream": "User-u1", "from": 1, "limit": 2}
-            ),
+            await peer.ask({"id": 10, "op": "read", "stream": "User-u1", "from": 1, "limit": 2}),
             10,
         )
         assert [e["version"] for e in page["events"]] == [2, 3]
         assert [e["position"] for e in page["events"]] == [2, 3]
         assert page["next"] == 3
-        page = ok(await peer.request({"id": 11, "op": "read", "stream": "User-u1", "from": 3}), 11)
+        page = ok(await peer.ask({"id": 11, "op": "read", "stream": "User-u1", "from": 3}), 11)
         assert [e["version"] for e in page["events"]] == [4, 5]
         assert page["events"][0]["data"]["order_id"] == "o3"
-        empty = ok(await peer.request({"id": 12, "op": "read", "stream": "User-nobody"}), 12)
+        empty = ok(await peer.ask({"id": 12, "op": "read", "stream": "User-nobody"}), 12)
         assert empty == {"events": [], "next": 0}
 
         # status
-        status = ok(await peer.request({"id": 13, "op": "status"}), 13)
+        status = ok(await peer.ask({"id": 13, "op": "status"}), 13)
         assert status["head_position"] == 5
         assert status["durability"] == "sync"
         assert status["commands"] == ["CreateUser", "DeleteUser", "PlaceOrder", "UpdateUser"]
@@ -196,9 +136,9 @@ async def test_every_op_against_the_real_process(motet_server: Any) -> None:
 
         # every JSON scalar is a valid id, echoed as it was sent
         for request_id in ("text", 7, 2.5, 7.0, True, False, None):
-            echoed = (await peer.request({"id": request_id, "op": "ping"}))["id"]
+            echoed = (await peer.ask({"id": request_id, "op": "ping"}))["id"]
             assert (type(echoed), echoed) == (type(request_id), request_id)
-        assert (await peer.request({"op": "ping"}))["id"] is None
+        assert (await peer.ask({"op": "ping"}))["id"] is None
 
     metrics = await trio.to_thread.run_sync(_http_get, server.metrics_port)
     assert "motet_log_head_position 5.0" in metrics
@@ -219,41 +159,39 @@ def _http_get(port: int) -> str:
 async def test_every_error_code_against_the_real_process(motet_server: Any) -> None:
     server = motet_server()
     async with connect(server.port) as peer, connect(server.port) as bystander:
-        ok(await peer.request(create("u1", "setup")), "setup")
+        ok(await peer.ask(create("u1", "setup")), "setup")
         # bad_request: unreadable lines get id null, readable ones their id
-        assert "invalid JSON" in error(
-            await peer.request(b"this is not json\n"), "bad_request", None
-        )
+        assert "invalid JSON" in error(await peer.ask(b"this is not json\n"), "bad_request", None)
         assert "must be a JSON object, got an array" in error(
-            await peer.request(b"[1, 2]\n"), "bad_request", None
+            await peer.ask(b"[1, 2]\n"), "bad_request", None
         )
-        assert "has no op" in error(await peer.request({"id": 1}), "bad_request", 1)
+        assert "has no op" in error(await peer.ask({"id": 1}), "bad_request", 1)
         assert "unknown op 'frob'" in error(
-            await peer.request({"id": 2, "op": "frob"}), "bad_request", 2
+            await peer.ask({"id": 2, "op": "frob"}), "bad_request", 2
         )
         assert "$.from" in error(
-            await peer.request({"id": 3, "op": "read", "stream": "User-u1", "from": -1}),
+            await peer.ask({"id": 3, "op": "read", "stream": "User-u1", "from": -1}),
             "bad_request",
             3,
         )
         assert "$.limit" in error(
-            await peer.request({"id": 4, "op": "read", "stream": "User-u1", "limit": 0}),
+            await peer.ask({"id": 4, "op": "read", "stream": "User-u1", "limit": 0}),
             "bad_request",
             4,
         )
-        error(await peer.request({"id": {"not": "scalar"}, "op": "ping"}), "bad_request", None)
+        error(await peer.ask({"id": {"not": "scalar"}, "op": "ping"}), "bad_request", None)
         assert "expected_versoin" in error(
-            await peer.request({**order("u1", "x", 5), "expected_versoin": 1}), "bad_request", 5
+            await peer.ask({**order("u1", "x", 5), "expected_versoin": 1}), "bad_request", 5
         )
 
         # unknown_type, for commands and queries
         assert "'Frobnicate'" in error(
-            await peer.request({"id": 6, "op": "command", "type": "Frobnicate", "data": {}}),
+            await peer.ask({"id": 6, "op": "command", "type": "Frobnicate", "data": {}}),
             "unknown_type",
             6,
         )
         assert "'GetNothing'" in error(
-            await peer.request({"id": 7, "op": "query", "type": "GetNothing", "data": {}}),
+            await peer.ask({"id": 7, "op": "query", "type": "GetNothing", "data": {}}),
             "unknown_type",
             7,
         )
@@ -261,9 +199,9 @@ async def test_every_error_code_against_the_real_process(motet_server: Any) -> N
         # invalid: the message names the field
         bad = create("u2", 8)
         bad["data"]["user_id"] = 42
-        assert "$.data.user_id" in error(await peer.request(bad), "invalid", 8)
+        assert "$.data.user_id" in error(await peer.ask(bad), "invalid", 8)
         message = error(
-            await peer.request(
+            await peer.ask(
                 {"id": 9, "op": "command", "type": "CreateUser", "data": {"user_id": "u3"}}
             ),
             "invalid",
@@ -271,7 +209,7 @@ async def test_every_error_code_against_the_real_process(motet_server: Any) -> N
         )
         assert "name" in message and "$.data" in message
         assert "$.data.amount" in error(
-            await peer.request(
+            await peer.ask(
                 {**order("u1", "o", 10), "data": {**order("u1", "o")["data"], "amount": "lots"}}
             ),
             "invalid",
@@ -279,15 +217,15 @@ async def test_every_error_code_against_the_real_process(motet_server: Any) -> N
         )
 
         # rejected by the domain
-        assert error(await peer.request(order("ghost", "o", 11)), "rejected", 11) == (
+        assert error(await peer.ask(order("ghost", "o", 11)), "rejected", 11) == (
             "user 'ghost' does not exist"
         )
         assert "amount must be > 0, got -5" in error(
-            await peer.request(order("u1", "o", 12, amount=-5)), "rejected", 12
+            await peer.ask(order("u1", "o", 12, amount=-5)), "rejected", 12
         )
 
         # conflict, with its details
-        reply = await peer.request({**order("u1", "o", 13), "expected_version": 7})
+        reply = await peer.ask({**order("u1", "o", 13), "expected_version": 7})
         error(reply, "conflict", 13)
         assert reply["error"] | {"message": ""} == {
             "code": "conflict",
@@ -299,7 +237,7 @@ async def test_every_error_code_against_the_real_process(motet_server: Any) -> N
 
         # not_found
         assert "'nobody'" in error(
-            await peer.request(
+            await peer.ask(
                 {"id": 14, "op": "query", "type": "GetUserById", "data": {"user_id": "nobody"}}
             ),
             "not_found",
@@ -309,7 +247,7 @@ async def test_every_error_code_against_the_real_process(motet_server: Any) -> N
         # timeout: the projection never reaches that position
         started = time.monotonic()
         error(
-            await peer.request(
+            await peer.ask(
                 {
                     "id": 15,
                     "op": "query",
@@ -325,13 +263,13 @@ async def test_every_error_code_against_the_real_process(motet_server: Any) -> N
         assert 0.2 <= time.monotonic() - started < 5
 
         # too_large: that connection gets one reply and is closed ...
-        await peer.send(b'{"id": 16, "op": "ping", "pad": "' + b"x" * (1 << 20) + b'"}\n')
-        error(await peer.receive(), "too_large", None)
+        await peer.write(b'{"id": 16, "op": "ping", "pad": "' + b"x" * (1 << 20) + b'"}\n')
+        error(await peer.read(), "too_large", None)
         assert await peer.wait_closed() == b""
 
         # ... but nothing of the above disturbed another connection or the server
-        assert ok(await bystander.request({"id": "still", "op": "ping"}), "still") == "pong"
-        status = ok(await bystander.request({"id": "s", "op": "status"}), "s")
+        assert ok(await bystander.ask({"id": "still", "op": "ping"}), "still") == "pong"
+        status = ok(await bystander.ask({"id": "s", "op": "status"}), "s")
         assert status["head_position"] == 1
     assert server.process.poll() is None
 
@@ -344,7 +282,7 @@ async def test_overloaded_beyond_max_connections(motet_server: Any) -> None:
         with trio.fail_after(10):
             while True:
                 stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-                reply = await Peer(stream).request({"id": "in?", "op": "ping"})
+                reply = await Peer(stream).ask({"id": "in?", "op": "ping"})
                 if reply.get("ok"):
                     return stream
                 error(reply, "overloaded", None)
@@ -354,10 +292,10 @@ async def test_overloaded_beyond_max_connections(motet_server: Any) -> None:
     async with await admitted() as first_stream:
         first = Peer(first_stream)
         async with connect(server.port) as second:
-            message = error(await second.receive(), "overloaded", None)
+            message = error(await second.read(), "overloaded", None)
             assert message == "too many connections (max 1)"
             assert await second.wait_closed() == b""
-        assert ok(await first.request({"id": 2, "op": "ping"}), 2) == "pong"
+        assert ok(await first.ask({"id": 2, "op": "ping"}), 2) == "pong"
     async with await admitted():  # the slot is free again
         pass
 
@@ -371,16 +309,16 @@ async def test_token_from_a_file(motet: Any, motet_server: Any, tmp_path: Path) 
     server = motet_server("--token-file", str(token_file))
     async with connect(server.port) as peer:
         assert "authenticate first" in error(
-            await peer.request({"id": 1, "op": "ping"}), "unauthorized", 1
+            await peer.ask({"id": 1, "op": "ping"}), "unauthorized", 1
         )
-        error(await peer.request(create("u1", 2)), "unauthorized", 2)
+        error(await peer.ask(create("u1", 2)), "unauthorized", 2)
         assert (
-            error(await peer.request({"id": 3, "op": "auth", "token": "wrong"}), "unauthorized", 3)
+            error(await peer.ask({"id": 3, "op": "auth", "token": "wrong"}), "unauthorized", 3)
             == "the token is not valid"
         )
         # The trailing newline of the file is not part of the token.
-        assert ok(await peer.request({"id": 4, "op": "auth", "token": "s3cret-token"}), 4) is True
-        assert ok(await peer.request(create("u1", 5)), 5)["position"] == 1
+        assert ok(await peer.ask({"id": 4, "op": "auth", "token": "s3cret-token"}), 4) is True
+        assert ok(await peer.ask(create("u1", 5)), 5)["position"] == 1
 
     port = str(server.port)
     result = await trio.to_thread.run_sync(
@@ -407,8 +345,8 @@ async def test_tls_round_trip(motet: Any, motet_server: Any, tls_files: Any) -> 
     assert " with TLS " in server.log()
     client_context = ssl.create_default_context(cafile=str(tls_files.ca))
     async with connect(server.port, client_context) as peer:
-        assert ok(await peer.request(create("u1", 1)), 1)["position"] == 1
-        assert ok(await peer.request({"id": 2, "op": "ping"}), 2) == "pong"
+        assert ok(await peer.ask(create("u1", 1)), 1)["position"] == 1
+        assert ok(await peer.ask({"id": 2, "op": "ping"}), 2) == "pong"
 
     port = str(server.port)
     result = await trio.to_thread.run_sync(
@@ -448,15 +386,15 @@ async def test_sigterm_answers_requests_in_flight_and_exits_0(
             requests = [create(f"u{n}-{k}", f"{n}-{k}") for k in range(per_connection)]
             # The ping is answered inline, in order: its pong means every
             # command before it has been read and is running.
-            await peer.send(*requests, {"id": "fence", "op": "ping"})
+            await peer.write(*requests, {"id": "fence", "op": "ping"})
         replies: list[list[dict[str, Any]]] = [[] for _ in peers]
         for n, peer in enumerate(peers):
-            while (reply := await peer.receive())["id"] != "fence":
+            while (reply := await peer.read())["id"] != "fence":
                 replies[n].append(reply)
         server.process.send_signal(signal.SIGTERM)
         for n, peer in enumerate(peers):
             while len(replies[n]) < per_connection:
-                replies[n].append(await peer.receive())
+                replies[n].append(await peer.read())
             assert await peer.wait_closed() == b""
     status = await trio.to_thread.run_sync(server.process.wait, 10)
     assert status == 0, server.log()
@@ -488,7 +426,7 @@ async def test_sigterm_answers_requests_in_flight_and_exits_0(
 async def test_sigint_stops_gracefully_too(motet_server: Any) -> None:
     server = motet_server("--durability", "none")
     async with connect(server.port) as peer:
-        ok(await peer.request(create("u1", 1)), 1)
+        ok(await peer.ask(create("u1", 1)), 1)
         server.process.send_signal(signal.SIGINT)
         assert await peer.wait_closed() == b""
     assert await trio.to_thread.run_sync(server.process.wait, 10) == 0
@@ -519,7 +457,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
     async with connect(server.port) as peer:
         for n in range(USERS):
             request = {**create(f"u{n}", n), "command_id": f"create-{n}"}
-            creates[f"create-{n}"] = ok(await peer.request(request), n)
+            creates[f"create-{n}"] = ok(await peer.ask(request), n)
 
     async def load(index: int) -> None:
         async with connect(server.port) as peer:
@@ -532,7 +470,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
                     order_id = f"c{index}-{k}"
                     request = order(f"u{k % USERS}", order_id, order_id, 1 + k % 5)
                     try:
-                        await peer.send({**request, "command_id": order_id})
+                        await peer.write({**request, "command_id": order_id})
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # killed: the receiving side reads what is left
                     k += 1
@@ -541,7 +479,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
                 nursery.start_soon(send_forever)
                 while True:
                     try:
-                        reply = await peer.receive()
+                        reply = await peer.read()
                     except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
                         nursery.cancel_scope.cancel()
                         return
@@ -568,7 +506,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
             after = 0
             while True:
                 page = ok(
-                    await peer.request(
+                    await peer.ask(
                         {"id": n, "op": "read", "stream": f"User-u{n}", "from": after, "limit": 500}
                     ),
                     n,
@@ -578,7 +516,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
                 if not page["events"]:
                     break
                 after = page["next"]
-        status = ok(await peer.request({"id": "s", "op": "status"}), "s")
+        status = ok(await peer.ask({"id": "s", "op": "status"}), "s")
         head = status["head_position"]
 
         # Positions are gap-free and every stream contiguous.
@@ -603,19 +541,19 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
 
         # A retried command gets its first Ack back, even across the crash.
         sample = sorted(acked)[:: max(1, len(acked) // 200)]
-        await peer.send(
+        await peer.write(
             *(
                 {**order(ack["stream"].removeprefix("User-"), cid, cid), "command_id": cid}
                 for cid in sample
                 for ack in [acked[cid]]
             )
         )
-        for reply in await peer.receive_many(len(sample)):
+        for reply in await peer.read_many(len(sample)):
             assert ok(reply, reply["id"]) == acked[reply["id"]]
 
         # New commands continue the versions and the log.
         last_version = max(v for (stream, v) in log if stream == "User-u0")
-        ack = ok(await peer.request(order("u0", "after-crash", "new")), "new")
+        ack = ok(await peer.ask(order("u0", "after-crash", "new")), "new")
         assert ack == {"stream": "User-u0", "version": last_version + 1, "position": head + 1}
     assert restarted.terminate() == 0
 

@@ -24,6 +24,7 @@ from motet.storage import (
     StorageError,
     StoreFormatError,
 )
+from tests.support.logs import read_everything
 
 TS = 1_700_000_000.5
 
@@ -32,13 +33,6 @@ def new_events(count: int, size: int = 8, start: int = 0) -> list[NewEvent]:
     return [
         NewEvent("Created", 1, f"{start + i:08d}".encode().ljust(size, b".")) for i in range(count)
     ]
-
-
-def read_everything(store: LmdbStore) -> list[Any]:
-    log: list[Any] = []
-    while chunk := store.read_all(after_position=log[-1].position if log else 0, limit=1000):
-        log.extend(chunk)
-    return log
 
 
 def fingerprint(directory: Path) -> dict[str, str]:

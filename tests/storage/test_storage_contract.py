@@ -33,6 +33,7 @@ from motet.storage import (
     StoredEvent,
     check_key,
 )
+from tests.support.logs import read_everything
 
 TS = 1_700_000_000.25
 
@@ -54,16 +55,6 @@ def append(
     snapshot: Snapshot | None = None,
 ) -> Append:
     return Append(stream, expected, new_events, Metadata(command_id=command_id), snapshot)
-
-
-def read_everything(store: Any, page: int = 1000) -> list[StoredEvent]:
-    """The whole log, read in pages of ``page`` events."""
-    log: list[StoredEvent] = []
-    while True:
-        chunk = store.read_all(after_position=log[-1].position if log else 0, limit=page)
-        if not chunk:
-            return log
-        log.extend(chunk)
 
 
 # -- an empty store ---------------------------------------------------------------

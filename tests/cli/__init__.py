@@ -1,0 +1,1 @@
+"""Tests of the motet command line and its interactive shell."""

@@ -1,0 +1,1 @@
+"""Tests of the network layer: the protocol server and its clients."""
