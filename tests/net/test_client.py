@@ -29,7 +29,6 @@ from motet.engine import (
     QueryTimeout,
     UnknownMessageType,
 )
-from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
 from motet.engine.example import (
     CreateUser,
     GetUserById,
@@ -39,12 +38,14 @@ from motet.engine.example import (
     UpdateUser,
     UserSummary,
 )
+from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
 from motet.engine.net.protocol import (
     BadRequest,
     ErrorBody,
     InvalidMessage,
     RemoteError,
     Unauthorized,
+    WireMetadata,
     error_from_reply,
 )
 from motet.engine.net.server import Server, open_server, serve_engine
@@ -97,6 +98,23 @@ async def test_send_ask_read_status_ping(client: Client) -> None:
     assert status.head_position == 2 and status.projections[0].name == "users"
     assert 0 <= await client.ping() < 5
     assert "open" in repr(client)
+
+
+async def test_send_passes_correlation_and_causation_to_the_events(client: Client) -> None:
+    ack = await client.send(create("u1"), command_id="c-1", correlation_id="flow")
+    await client.send(
+        PlaceOrder(user_id="u1", order_id="o1", amount=5),
+        correlation_id="flow",
+        causation_id="c-1",
+    )
+    events = await client.read_stream("User-u1")
+    assert [e.metadata for e in events] == [
+        WireMetadata(command_id="c-1", correlation_id="flow"),
+        WireMetadata(correlation_id="flow", causation_id="c-1"),
+    ]
+    async with aclosing(client.subscribe()) as subscription:
+        event = await anext(aiter(subscription))
+    assert event.position == ack.position and event.metadata == events[0].metadata
 
 
 async def test_read_stream_pages_through_a_long_stream(

@@ -186,6 +186,28 @@ async def test_command_query_and_read_round_trip(peer: Peer) -> None:
     assert empty == {"events": [], "next": 7}
 
 
+async def test_commands_carry_correlation_and_causation_into_event_metadata(
+    peer: Peer,
+) -> None:
+    first = {**create("u1"), "command_id": "c-1", "correlation_id": "flow-9"}
+    assert result(await peer.ask({"id": 1, **first}))["position"] == 1
+    second = {**order("u1", "o1"), "correlation_id": "flow-9", "causation_id": "c-1"}
+    assert result(await peer.ask({"id": 2, **second}))["position"] == 2
+
+    read = result(await peer.ask({"id": 3, "op": "read", "stream": "User-u1"}))
+    metadata = [event["metadata"] for event in read["events"]]
+    assert metadata == [
+        {"command_id": "c-1", "correlation_id": "flow-9"},
+        {"correlation_id": "flow-9", "causation_id": "c-1"},
+    ]
+    await peer.write({"id": "s", "op": "subscribe"})
+    subscribed = [(await peer.read())["event"]["metadata"] for _ in range(2)]
+    assert subscribed == metadata
+
+    code, message = error(await peer.ask({"id": 4, **create("u2"), "correlation_id": 7}))
+    assert code == "bad_request" and "$.correlation_id" in message
+
+
 async def test_a_retried_command_id_gets_the_first_ack(peer: Peer, engine: Engine) -> None:
     first = result(await peer.ask({"id": 1, "command_id": "k1", **create("u1")}))
     again = result(await peer.ask({"id": 2, "command_id": "k1", **create("u1")}))
