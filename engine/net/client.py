@@ -11,7 +11,7 @@ Commands and queries are the app's ``msgspec.Struct`` types, sent as
 values (dicts, lists, numbers, strings), or as ``result_type`` when given.
 Errors are raised as the embedded API raises them (``rejected`` →
 :class:`CommandRejected`, ``conflict`` → :class:`Conflict`, ...; see
-:data:`motet.engine.net.protocol.ERROR_CODES`); a lost connection raises
+:func:`motet.storage.errors.error_for_code`); a lost connection raises
 :class:`ConnectionLost`.
 
 For scripts without trio, :func:`motet.engine.net.blocking.connect` returns
@@ -212,7 +212,8 @@ class Client:
         Use it with ``contextlib.aclosing`` so that leaving the loop ends the
         subscription on the server at once. Raises :class:`Overloaded` when
         this side or the server found the subscriber too slow (the message
-        says the position to resubscribe from), and :class:`ConnectionLost`.
+        says the position to resubscribe from), :class:`~motet.storage.errors.Unavailable` when the
+        server is stopping, and :class:`ConnectionLost`.
         """
         self._check_open()
         request_id = next(self._ids)

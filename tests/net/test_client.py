@@ -27,6 +27,7 @@ from motet.engine import (
     NotFound,
     Overloaded,
     QueryTimeout,
+    Unavailable,
     UnknownMessageType,
 )
 from motet.engine.example import (
@@ -231,6 +232,20 @@ async def test_a_subscriber_that_does_not_keep_up_gets_overloaded(server: Server
         assert 1 <= len(received) < 10
         assert received == list(range(1, len(received) + 1))
         assert await client.ping() >= 0
+
+
+async def test_a_subscription_ends_with_unavailable_when_the_server_stops(
+    engine: Engine,
+) -> None:
+    await engine.send(create("u1"))
+    async with open_server(engine, port=0) as server, open_client("127.0.0.1", server.port) as c:
+        seen = []
+        with trio.fail_after(5), pytest.raises(Unavailable, match="shutting down"):
+            async with aclosing(c.subscribe()) as events:  # type: ignore[type-var]
+                async for event in events:
+                    seen.append(event.position)
+                    server.stop()
+        assert seen == [1]
 
 
 async def test_several_subscriptions_on_one_connection(client: Client) -> None:
