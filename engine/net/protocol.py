@@ -515,8 +515,11 @@ class ReplyEncoder:
         body = ErrorBody(code=code, message=message, position=position)
         return self._encoder.encode(_Failed(request_id, False, body)) + b"\n"
 
-    def exception(self, request_id: RequestId, error: BaseException) -> bytes:
-        """The failure reply for ``error`` (its code from :func:`code_for`).
+    def exception(
+        self, request_id: RequestId, error: BaseException, *, position: int | None = None
+    ) -> bytes:
+        """The failure reply for ``error`` (its code from :func:`code_for`);
+        ``position``: the last event a subscription delivered.
 
         Unexpected errors (code ``internal`` without being one of Motet's own
         errors) say only their class, not their text, which may hold data."""
@@ -534,7 +537,7 @@ class ReplyEncoder:
             message = f"internal error ({type(error).__name__}); see the server's log"
         else:
             message = str(error) or type(error).__name__
-        return self.error(request_id, code, message)
+        return self.error(request_id, code, message, position=position)
 
 
 def error_from_reply(error: ErrorBody) -> MotetError:

@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 import trio
 
+from motet.storage.errors import MotetError, Overloaded, Unavailable
 from motet.storage.records import AppendResult
 
 from ..core import Engine
@@ -40,7 +41,6 @@ from .protocol import (
     AuthOp,
     BadRequest,
     CommandOp,
-    ErrorCode,
     PingOp,
     QueryOp,
     ReadOp,
@@ -50,6 +50,7 @@ from .protocol import (
     RequestTooLarge,
     StatusOp,
     SubscribeOp,
+    Unauthorized,
     UnsubscribeOp,
     code_for,
 )
@@ -193,13 +194,13 @@ class Server:
 
     async def _refuse(self, stream: trio.abc.Stream) -> None:
         self._refused += 1
-        code: ErrorCode
+        refusal: MotetError
         if self._stopping:
-            code, message = "unavailable", "the server is shutting down"
+            refusal = Unavailable("the server is shutting down")
         else:
-            code, message = "overloaded", f"too many connections (max {self._max_connections})"
+            refusal = Overloaded(f"too many connections (max {self._max_connections})")
         with trio.move_on_after(5):
-            await stream.send_all(self._encoder.error(None, code, message))
+            await stream.send_all(self._encoder.exception(None, refusal))
         await _close(stream, peer_done=False)
 
     def _authenticate(self, token: str) -> bool:
@@ -256,7 +257,7 @@ class _Connection:
         self._draining = True
         self._read_scope.cancel()
         for subscription in self._subscriptions.values():
-            subscription.end("the server is shutting down", "unavailable")
+            subscription.end(Unavailable("the server is shutting down"))
 
     async def run(self) -> None:
         send, receive = trio.open_memory_channel[bytes](self.server._subscriber_buffer)
@@ -308,7 +309,7 @@ class _Connection:
     async def _too_large(self) -> None:
         self.server._errors += 1
         message = f"the request line is longer than {self.server._max_line} bytes"
-        await self._reply(self._encoder.error(None, "too_large", message))
+        await self._reply(self._encoder.exception(None, RequestTooLarge(message)))
 
     async def _reply(self, line: bytes) -> None:
         assert self._send is not None
@@ -331,18 +332,13 @@ class _Connection:
             else:
                 self.server._errors += 1
                 await self._reply(
-                    self._encoder.error(request.id, "unauthorized", "the token is not valid")
+                    self._encoder.exception(request.id, Unauthorized("the token is not valid"))
                 )
             return
         if not self.authenticated:
             self.server._errors += 1
-            await self._reply(
-                self._encoder.error(
-                    request.id,
-                    "unauthorized",
-                    'authenticate first: send {"op": "auth", "token": "..."}',
-                )
-            )
+            refusal = Unauthorized('authenticate first: send {"op": "auth", "token": "..."}')
+            await self._reply(self._encoder.exception(request.id, refusal))
             return
         if isinstance(request, PingOp):
             await self._reply(self._encoder.ok(request.id, "pong"))
@@ -361,14 +357,10 @@ class _Connection:
             key = _key(request.id)
             if key in self._subscriptions:
                 self.server._errors += 1
-                await self._reply(
-                    self._encoder.error(
-                        request.id,
-                        "bad_request",
-                        f"id {request.id!r} is already used by a live subscription "
-                        "on this connection",
-                    )
+                taken = BadRequest(
+                    f"id {request.id!r} is already used by a live subscription on this connection"
                 )
+                await self._reply(self._encoder.exception(request.id, taken))
                 return
             subscription = _Subscription(request)
             self._subscriptions[key] = subscription
@@ -492,9 +484,11 @@ class _Connection:
                                 except trio.WouldBlock:
                                     server._cut_off += 1
                                     subscription.end(
-                                        f"subscription {request.id!r} was too slow: "
-                                        f"{server._subscriber_buffer} lines were waiting to "
-                                        f"be sent; resubscribe from position {last}"
+                                        Overloaded(
+                                            f"subscription {request.id!r} was too slow: "
+                                            f"{server._subscriber_buffer} lines were waiting "
+                                            f"to be sent; resubscribe from position {last}"
+                                        )
                                     )
                                     break
                             else:
@@ -503,9 +497,7 @@ class _Connection:
                             last = record.position
                 if subscription.reason is not None:
                     await send.send(
-                        self._encoder.error(
-                            request.id, subscription.code, subscription.reason, position=last
-                        )
+                        self._encoder.exception(request.id, subscription.reason, position=last)
                     )
             except Exception as exc:
                 await send.send(self._failure(request.id, exc))
@@ -520,13 +512,12 @@ class _Subscription:
     def __init__(self, request: SubscribeOp) -> None:
         self.request = request
         self.scope = trio.CancelScope()
-        self.reason: str | None = None  # why it ended, for its last reply; None: silently
-        self.code: ErrorCode = "overloaded"
+        # Why it ended, for its last reply; None: it ends silently.
+        self.reason: MotetError | None = None
 
-    def end(self, reason: str | None, code: ErrorCode = "overloaded") -> None:
+    def end(self, reason: MotetError | None) -> None:
         if not self.scope.cancel_called and self.reason is None:
             self.reason = reason
-            self.code = code
         self.scope.cancel()
 
 
