@@ -39,7 +39,8 @@ from motet.engine.example import (
     UpdateUser,
     UserSummary,
 )
-from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
+from motet.engine.net.blocking import BlockingClient, connect
+from motet.engine.net.client import Client, ConnectionLost, open_client
 from motet.engine.net.protocol import (
     BadRequest,
     ErrorBody,
