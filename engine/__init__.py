@@ -8,30 +8,97 @@ Example::
     async with open_engine("./motet-data", app) as engine:
         ack = await engine.send(CreateUser(user_id="u1", name="Ann",
                                            email="ann@example.org", password="pw"))
+
+Each name below is imported when first used (PEP 562, as msgspec defers
+PyYAML), so ``import motet.engine.net.client`` loads neither the runtime, the
+stores nor Prometheus' client, and ``from motet.engine import Client`` loads
+only the client.
 """
 
-from motet.actors.definition import Aggregate
-from motet.actors.errors import (
-    CommandRejected,
-    EngineClosed,
-    InternalError,
-    NotFound,
-    Overloaded,
-    QueryTimeout,
-    UnknownMessageType,
-)
-from motet.actors.projection import Projection, ProjectionFailed, ProjectionStatus, Query
-from motet.actors.read_model import Order, Table
-from motet.storage.codec import Upcaster
-from motet.storage.errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
-from motet.storage.records import Metadata, RecordedEvent
+from __future__ import annotations
 
-from .app import App
-from .net.client import BlockingClient, Client, ConnectionLost, connect, open_client
-from .core import Ack, Engine, EngineStatistics, EngineStatus, open_engine
-from .mediator import Mediator
-from .net.protocol import BadRequest, InvalidMessage, RemoteError, RequestTooLarge, Unauthorized
-from .net.server import Server, ServerStatistics, open_server, serve_engine
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from motet.actors.definition import Aggregate
+    from motet.actors.projection import Projection, ProjectionFailed, ProjectionStatus, Query
+    from motet.actors.read_model import Order, Table
+    from motet.storage.codec import Upcaster
+    from motet.storage.errors import (
+        BadRequest,
+        CodecError,
+        CommandRejected,
+        Conflict,
+        ConnectionLost,
+        EngineClosed,
+        InternalError,
+        InvalidMessage,
+        MotetError,
+        NotFound,
+        Overloaded,
+        QueryTimeout,
+        RemoteError,
+        RequestTooLarge,
+        StorageError,
+        StoreFormatError,
+        Unauthorized,
+        Unavailable,
+        UnknownMessageType,
+    )
+    from motet.storage.records import Metadata, RecordedEvent
+
+    from .app import App
+    from .core import Ack, Engine, open_engine
+    from .mediator import Mediator
+    from .net.blocking import BlockingClient, connect
+    from .net.client import Client, open_client
+    from .net.server import Server, ServerStatistics, open_server, serve_engine
+    from .status import EngineStatistics, EngineStatus
+
+# Each public name and the module that defines it.
+_MODULES: dict[str, str] = {
+    "Aggregate": "motet.actors.definition",
+    **dict.fromkeys(
+        ["Projection", "ProjectionFailed", "ProjectionStatus", "Query"], "motet.actors.projection"
+    ),
+    **dict.fromkeys(["Order", "Table"], "motet.actors.read_model"),
+    "Upcaster": "motet.storage.codec",
+    **dict.fromkeys(
+        [
+            "BadRequest",
+            "CodecError",
+            "CommandRejected",
+            "Conflict",
+            "ConnectionLost",
+            "EngineClosed",
+            "InternalError",
+            "InvalidMessage",
+            "MotetError",
+            "NotFound",
+            "Overloaded",
+            "QueryTimeout",
+            "RemoteError",
+            "RequestTooLarge",
+            "StorageError",
+            "StoreFormatError",
+            "Unauthorized",
+            "Unavailable",
+            "UnknownMessageType",
+        ],
+        "motet.storage.errors",
+    ),
+    **dict.fromkeys(["Metadata", "RecordedEvent"], "motet.storage.records"),
+    "App": "motet.engine.app",
+    **dict.fromkeys(["Ack", "Engine", "open_engine"], "motet.engine.core"),
+    "Mediator": "motet.engine.mediator",
+    **dict.fromkeys(["BlockingClient", "connect"], "motet.engine.net.blocking"),
+    **dict.fromkeys(["Client", "open_client"], "motet.engine.net.client"),
+    **dict.fromkeys(
+        ["Server", "ServerStatistics", "open_server", "serve_engine"], "motet.engine.net.server"
+    ),
+    **dict.fromkeys(["EngineStatistics", "EngineStatus"], "motet.engine.status"),
+}
 
 __all__ = [
     "Ack",
@@ -70,6 +137,7 @@ __all__ = [
     "StoreFormatError",
     "Table",
     "Unauthorized",
+    "Unavailable",
     "UnknownMessageType",
     "Upcaster",
     "connect",
@@ -78,3 +146,16 @@ __all__ = [
     "open_server",
     "serve_engine",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

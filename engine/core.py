@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import trio
 
 from motet.actors.errors import EngineClosed, QueryTimeout, UnknownMessageType
-from motet.actors.projection import ProjectionActor, ProjectionStatus, Query
+from motet.actors.projection import ProjectionActor, Query
 from motet.actors.registry import Registry
 from motet.actors.request import CommandRequest
 from motet.actors.writer import GroupCommitWriter
@@ -26,6 +25,7 @@ from motet.storage.store import Durability, EventStore, check_key
 from .app import App
 from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of, serve_metrics
+from .status import EngineStatistics, EngineStatus
 
 __all__ = ["Ack", "Engine", "EngineStatistics", "EngineStatus", "open_engine"]
 
@@ -36,41 +36,6 @@ Ack = AppendResult
 ``position`` of its last event (pass it as ``after=`` to read your writes)."""
 
 _READ_BATCH = 1000
-
-
-class EngineStatistics(msgspec.Struct, frozen=True):
-    """A snapshot of the engine's counters (see :meth:`Engine.statistics`)."""
-
-    head_position: int
-    commits: int
-    commands_committed: int
-    events_appended: int
-    failed_commits: int
-    snapshots: int
-    actors: int
-    actors_started: int
-    actors_passivated: int
-    actors_evicted: int
-    mailbox_max: int
-
-    @property
-    def mean_batch_size(self) -> float:
-        """Commands per write transaction, on average."""
-        return self.commands_committed / self.commits if self.commits else 0.0
-
-
-class EngineStatus(msgspec.Struct, frozen=True):
-    """What :meth:`Engine.status` reports: the log's head, each projection's
-    position, lag and state, the live actors per aggregate type, and the
-    command and query types the app handles (by tag)."""
-
-    head_position: int
-    projections: list[ProjectionStatus]
-    actors: int
-    actors_by_aggregate: dict[str, int]
-    durability: str
-    commands: list[str] = []
-    queries: list[str] = []
 
 
 class Engine:

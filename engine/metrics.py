@@ -30,13 +30,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 
-from motet.actors.errors import CommandRejected, Overloaded, UnknownMessageType
-from motet.storage.errors import Conflict
+from motet.storage.errors import OUTCOMES, outcome_of
 
 if TYPE_CHECKING:
     from .core import Engine
 
-__all__ = ["COMMAND_BUCKETS", "CONTENT_TYPE", "EngineMetrics", "outcome_of", "serve_metrics"]
+__all__ = [
+    "COMMAND_BUCKETS",
+    "CONTENT_TYPE",
+    "OUTCOMES",
+    "EngineMetrics",
+    "outcome_of",
+    "serve_metrics",
+]
 
 log = logging.getLogger("motet.metrics")
 
@@ -54,23 +60,9 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of ``motet_commit_duration_seconds``."""
 
-OUTCOMES = ("ok", "rejected", "conflict", "overloaded", "invalid", "error")
-"""The values of the ``outcome`` label of ``motet_commands_total``."""
-
-
-def outcome_of(error: BaseException | None) -> str:
-    """The ``outcome`` label for a command that raised ``error`` (``None``: ok)."""
-    if error is None:
-        return "ok"
-    if isinstance(error, CommandRejected):
-        return "rejected"
-    if isinstance(error, Conflict):
-        return "conflict"
-    if isinstance(error, Overloaded):
-        return "overloaded"
-    if isinstance(error, ValueError | UnknownMessageType):
-        return "invalid"
-    return "error"
+# The ``outcome`` label of ``motet_commands_total`` comes from the error table:
+# OUTCOMES lists its values (ok, rejected, conflict, overloaded, invalid,
+# unavailable, error) and outcome_of(error) picks one, as the wire picks a code.
 
 
 class _Durations:

@@ -1,25 +1,60 @@
 """Motet's synchronous storage layer: codec, event stores, records, errors.
 
 Nothing here knows about trio: every call blocks, and the actors layer runs
-the writing ones in a worker thread.
+the writing ones in a worker thread. The names below are imported when first
+used (PEP 562), so ``motet.storage.errors`` costs no codec and only
+:class:`LmdbStore` loads lmdb.
 """
 
-from .codec import Codec, Upcaster, event_version_of, tag_of
-from .errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
-from .lmdb_store import FORMAT, LmdbStore
-from .memory_store import MemoryStore
-from .records import (
-    Append,
-    AppendResult,
-    Checkpoint,
-    Metadata,
-    NewEvent,
-    RecordedEvent,
-    Snapshot,
-    StoredAck,
-    StoredEvent,
-)
-from .store import MAX_KEY_BYTES, Durability, EventStore, check_key, plan_appends
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .codec import Codec, Upcaster, event_version_of, tag_of
+    from .errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
+    from .lmdb_store import FORMAT, LmdbStore
+    from .memory_store import MemoryStore
+    from .records import (
+        Append,
+        AppendResult,
+        Checkpoint,
+        Metadata,
+        NewEvent,
+        RecordedEvent,
+        Snapshot,
+        StoredAck,
+        StoredEvent,
+    )
+    from .store import MAX_KEY_BYTES, Durability, EventStore, check_key, plan_appends
+
+# Each public name and the module that defines it.
+_MODULES: dict[str, str] = {
+    **dict.fromkeys(["Codec", "Upcaster", "event_version_of", "tag_of"], "codec"),
+    **dict.fromkeys(
+        ["CodecError", "Conflict", "MotetError", "StorageError", "StoreFormatError"], "errors"
+    ),
+    **dict.fromkeys(["FORMAT", "LmdbStore"], "lmdb_store"),
+    "MemoryStore": "memory_store",
+    **dict.fromkeys(
+        [
+            "Append",
+            "AppendResult",
+            "Checkpoint",
+            "Metadata",
+            "NewEvent",
+            "RecordedEvent",
+            "Snapshot",
+            "StoredAck",
+            "StoredEvent",
+        ],
+        "records",
+    ),
+    **dict.fromkeys(
+        ["MAX_KEY_BYTES", "Durability", "EventStore", "check_key", "plan_appends"], "store"
+    ),
+}
 
 __all__ = [
     "FORMAT",
@@ -49,3 +84,16 @@ __all__ = [
     "plan_appends",
     "tag_of",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,3 +1,5 @@
-"""The wire: the line protocol's schemas and error codes, the TCP server and
-the Python clients. The clients import nothing of the actor runtime or the
-stores."""
+"""The wire: the line protocol's schemas (``protocol``), its newline framing
+(``framing``), the TCP server (``server``), the trio client (``client``) and
+the blocking client for code without trio (``blocking``). The clients import
+nothing of the actor runtime, the stores or Prometheus' client; the error
+classes and their codes come from :mod:`motet.storage.errors`."""

@@ -11,36 +11,37 @@ Commands and queries are the app's ``msgspec.Struct`` types, sent as
 values (dicts, lists, numbers, strings), or as ``result_type`` when given.
 Errors are raised as the embedded API raises them (``rejected`` →
 :class:`CommandRejected`, ``conflict`` → :class:`Conflict`, ...; see
-:data:`motet.engine.net.protocol.ERROR_CODES`); a lost connection raises
+:func:`motet.storage.errors.error_for_code`); a lost connection raises
 :class:`ConnectionLost`.
 
-For scripts without trio, :func:`connect` returns a :class:`BlockingClient`
-with the same methods, minus subscriptions.
+For scripts without trio, :func:`motet.engine.net.blocking.connect` returns
+a :class:`~motet.engine.net.blocking.BlockingClient` with the same methods,
+minus subscriptions.
+
+This module loads neither the actor runtime nor the stores: a client
+process needs only trio and msgspec.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import queue
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
 import trio
 
-from motet.actors.errors import Overloaded
 from motet.storage.codec import tag_of
-from motet.storage.errors import MotetError
+from motet.storage.errors import ConnectionLost, MotetError, Overloaded, RequestTooLarge
 from motet.storage.records import AppendResult
 
-from ..core import EngineStatus
+from ..status import EngineStatus
+from .framing import LineReader, write_lines
 from .protocol import (
+    DEFAULT_PORT,
     MAX_READ_LIMIT,
     AuthOp,
     CommandOp,
@@ -55,21 +56,10 @@ from .protocol import (
     WireEvent,
     error_from_reply,
 )
-from .server import DEFAULT_PORT
 
-__all__ = ["BlockingClient", "Client", "ConnectionLost", "connect", "open_client"]
+__all__ = ["Client", "ConnectionLost", "open_client"]
 
-T = TypeVar("T")
-
-_RECEIVE_SIZE: Final = 65_536
-_MAX_BATCH: Final = 1 << 20
 _OUTGOING: Final = 1_024
-
-
-class ConnectionLost(MotetError):
-    """The connection to the server is closed or broke, so the request got no
-    answer. A command sent just before may still have committed: retry it
-    with the same ``command_id`` to find out."""
 
 
 class _Slot:
@@ -141,9 +131,18 @@ class Client:
     # -- the API ------------------------------------------------------------------
 
     async def send(
-        self, command: Any, *, command_id: str | None = None, expected_version: int | None = None
+        self,
+        command: Any,
+        *,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
     ) -> AppendResult:
         """Run ``command`` on the server; return its Ack once committed.
+
+        ``correlation_id`` and ``causation_id`` are kept in the metadata of
+        the events it produces (``read_stream`` and ``subscribe`` return it).
 
         Raises what :meth:`engine.Engine.send` raises (:class:`CommandRejected`,
         :class:`Conflict`, :class:`Overloaded`, :class:`UnknownMessageType`,
@@ -156,6 +155,8 @@ class Client:
             data=msgspec.Raw(self._encoder.encode(command)),
             command_id=command_id,
             expected_version=expected_version,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
         )
         ack = self._decode(await self._result(op), _AckResult)
         return AppendResult(ack.stream, ack.version, ack.position)
@@ -211,7 +212,8 @@ class Client:
         Use it with ``contextlib.aclosing`` so that leaving the loop ends the
         subscription on the server at once. Raises :class:`Overloaded` when
         this side or the server found the subscriber too slow (the message
-        says the position to resubscribe from), and :class:`ConnectionLost`.
+        says the position to resubscribe from), :class:`~motet.storage.errors.Unavailable` when the
+        server is stopping, and :class:`ConnectionLost`.
         """
         self._check_open()
         request_id = next(self._ids)
@@ -324,41 +326,18 @@ class Client:
     async def _write_loop(self) -> None:
         try:
             async with self._to_write:
-                async for line in self._to_write:
-                    batch = [line]
-                    size = len(line)
-                    while size < _MAX_BATCH:
-                        try:
-                            more = self._to_write.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        batch.append(more)
-                        size += len(more)
-                    await self._stream.send_all(b"".join(batch))
+                await write_lines(self._stream, self._to_write)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._close(ConnectionLost(f"the connection broke while sending: {_reason(exc)}"))
 
     async def _read_loop(self) -> None:
         reason: MotetError = ConnectionLost("the server closed the connection")
+        reader = LineReader(self._stream, self._max_line)
         try:
-            buffer = bytearray()
-            start = scanned = 0
-            while True:
-                end = buffer.find(b"\n", scanned)
-                if end >= 0:
-                    self._dispatch(bytes(buffer[start:end]))
-                    start = scanned = end + 1
-                    continue
-                if len(buffer) - start > self._max_line:
-                    reason = ConnectionLost(f"a reply is longer than {self._max_line} bytes")
-                    return
-                del buffer[:start]
-                start = 0
-                scanned = len(buffer)
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-                if not data:
-                    return
-                buffer += data
+            while (line := await reader.receive_line()) is not None:
+                self._dispatch(line)
+        except RequestTooLarge:
+            reason = ConnectionLost(f"a reply is longer than {self._max_line} bytes")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = ConnectionLost(f"the connection broke: {_reason(exc)}")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -490,180 +469,11 @@ async def open_client(
             await stream.aclose()
 
 
-# --- The blocking client ----------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The blocking client moved to .blocking; this keeps its old import path
+    # working without loading it (and its threads' machinery) for trio users.
+    if name in ("BlockingClient", "connect"):
+        from . import blocking
 
-
-class _Call:
-    __slots__ = ("function", "future")
-
-    def __init__(self, function: Callable[[Client], Awaitable[Any]]) -> None:
-        self.function = function
-        self.future: Future[Any] = Future()
-
-
-class BlockingClient:
-    """A :class:`Client` for code without trio: each method blocks until its
-    reply. Get one from :func:`connect`; close it (or use ``with``).
-
-    It runs trio and one connection in a background thread; calls from any
-    number of threads are passed to it through a queue and pipelined on that
-    connection. Subscriptions are not offered: use the async client.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        token: str | None = None,
-        ssl_context: Any = None,
-    ) -> None:
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
-        ready: Future[None] = Future()
-        self._thread = threading.Thread(
-            target=self._run_thread,
-            args=(ready, host, port, token, ssl_context),
-            name=f"motet-client-{host}:{port}",
-            daemon=True,
-        )
-        self._thread.start()
-        try:
-            ready.result()
-        except BaseException:
-            self._thread.join()
-            raise
-
-    def __repr__(self) -> str:
-        return f"<BlockingClient {'closed' if self._closed else 'open'}>"
-
-    def __enter__(self) -> BlockingClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection and stop the thread (waits for calls in flight)."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._calls.put(None)
-        self._thread.join()
-
-    def send(
-        self, command: Any, *, command_id: str | None = None, expected_version: int | None = None
-    ) -> AppendResult:
-        """See :meth:`Client.send`."""
-        return self._call(
-            lambda c: c.send(command, command_id=command_id, expected_version=expected_version)
-        )
-
-    def ask(
-        self,
-        query: Any,
-        *,
-        after: int | None = None,
-        timeout: float | None = None,
-        result_type: Any = None,
-    ) -> Any:
-        """See :meth:`Client.ask`."""
-        return self._call(
-            lambda c: c.ask(query, after=after, timeout=timeout, result_type=result_type)
-        )
-
-    def read_stream(
-        self, stream: str, from_version: int = 0, limit: int | None = None
-    ) -> list[WireEvent]:
-        """See :meth:`Client.read_stream`."""
-        return self._call(lambda c: c.read_stream(stream, from_version, limit))
-
-    def status(self) -> EngineStatus:
-        """See :meth:`Client.status`."""
-        return self._call(lambda c: c.status())
-
-    def ping(self) -> float:
-        """See :meth:`Client.ping`."""
-        return self._call(lambda c: c.ping())
-
-    def request(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """See :meth:`Client.request`."""
-        return self._call(lambda c: c.request(request))
-
-    def _call(self, function: Callable[[Client], Awaitable[T]]) -> T:
-        call = _Call(function)
-        with self._lock:
-            if self._closed:
-                raise ConnectionLost("the client is closed")
-            self._calls.put(call)
-        result: T = call.future.result()
-        return result
-
-    def _run_thread(
-        self, ready: Future[None], host: str, port: int, token: str | None, ssl_context: Any
-    ) -> None:
-        try:
-            trio.run(self._serve, ready, host, port, token, ssl_context)
-        except BaseException as exc:  # reported to the callers, never lost in a thread
-            if not ready.done():
-                ready.set_exception(exc)
-        finally:
-            self._fail_waiting()
-
-    async def _serve(
-        self, ready: Future[None], host: str, port: int, token: str | None, ssl_context: Any
-    ) -> None:
-        async with open_client(host, port, token=token, ssl_context=ssl_context) as client:
-            ready.set_result(None)
-            async with trio.open_nursery() as nursery:
-                while True:
-                    call = await trio.to_thread.run_sync(self._calls.get, abandon_on_cancel=True)
-                    if call is None:
-                        break
-                    nursery.start_soon(self._run_call, client, call)
-
-    @staticmethod
-    async def _run_call(client: Client, call: _Call) -> None:
-        try:
-            result = await call.function(client)
-        except Exception as exc:
-            call.future.set_exception(exc)
-        except BaseException:
-            # Cancelled with the loop: the caller must not wait forever.
-            call.future.set_exception(ConnectionLost("the client stopped"))
-            raise
-        else:
-            call.future.set_result(result)
-
-    def _fail_waiting(self) -> None:
-        with self._lock:
-            self._closed = True
-        while True:
-            try:
-                call = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            if call is not None:
-                call.future.set_exception(ConnectionLost("the client is closed"))
-            else:  # wakes a worker thread left waiting for calls, if any
-                self._calls.put(None)
-                return
-
-
-def connect(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    *,
-    token: str | None = None,
-    ssl_context: Any = None,
-) -> BlockingClient:
-    """Connect to a Motet server from code without trio; see
-    :class:`BlockingClient`. Raises ``OSError`` when the server cannot be
-    reached and :class:`~motet.engine.net.protocol.Unauthorized` for a wrong token."""
-    return BlockingClient(host, port, token=token, ssl_context=ssl_context)
+        return getattr(blocking, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,9 @@ structs below and turns error replies back into exceptions with
 
 Requests are a tagged union on ``op``:
 
-- ``command``: ``type`` (a command tag), ``data``, optional ``command_id`` and
-  ``expected_version`` → the Ack ``{"stream", "version", "position"}``;
+- ``command``: ``type`` (a command tag), ``data``, optional ``command_id``,
+  ``expected_version``, ``correlation_id`` and ``causation_id`` (kept in the
+  events' metadata) → the Ack ``{"stream", "version", "position"}``;
 - ``query``: ``type`` (a query tag), ``data``, optional ``after`` and
   ``timeout`` (seconds, default 5) → the query's result as JSON;
 - ``read``: ``stream``, ``from`` (a version, default 0), ``limit`` (1..10,000,
@@ -35,12 +36,20 @@ ignored silently). Which error code a failure gets:
   names the field: ``Expected `str`, got `int` - at `$.data.user_id```), or
   the engine refused an argument with ``ValueError`` (e.g. an empty id);
 - ``unknown_type``, ``rejected``, ``conflict``, ``not_found``, ``overloaded``,
-  ``timeout``, ``unauthorized``, ``too_large``: as the names say (see
-  :data:`ERROR_CODES` for the exception classes);
-- ``internal``: anything else, including :class:`ProjectionFailed`,
+  ``timeout``, ``unauthorized``, ``too_large``: as the names say;
+- ``unavailable``: this node cannot serve it now, e.g. the server is
+  stopping (:class:`EngineClosed`): nothing ran, retry later or elsewhere;
+- ``internal``: anything else, including a projection's failure,
   :class:`InternalError` and :class:`StorageError` (the server's side failed,
-  not the request). :class:`EngineClosed` is reported as ``overloaded``:
-  nothing ran and the client should retry later, possibly elsewhere.
+  not the request).
+
+The codes come from the one error table, :mod:`motet.storage.errors`: each
+exception class carries its code (see :func:`code_for`), and a client raises
+the embedded API's class for each code (see :data:`ERROR_CODES`).
+
+Events (``read``'s ``events``, ``subscribe``'s lines) carry ``metadata``:
+``command_id``, ``correlation_id`` and ``causation_id``, each left out when
+it is null.
 
 Every reply carries the request's ``id`` when it could be read (any JSON
 scalar), else ``null``. Error objects may carry details besides ``code`` and
@@ -52,26 +61,32 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 
-from motet.actors.errors import (
-    CommandRejected,
-    EngineClosed,
-    InternalError,
-    NotFound,
-    Overloaded,
-    QueryTimeout,
+from motet.storage.errors import (
+    CODES,
+    BadRequest,
+    Conflict,
+    ErrorCode,
+    InvalidMessage,
+    MotetError,
+    RemoteError,
+    RequestTooLarge,
+    Unauthorized,
     UnknownMessageType,
+    code_for,
+    error_for_code,
 )
-from motet.actors.projection import ProjectionFailed
-from motet.storage.errors import Conflict, MotetError, StorageError
-from motet.storage.records import AppendResult, RecordedEvent
 
-from ..app import App
+if TYPE_CHECKING:
+    from motet.storage.records import AppendResult, RecordedEvent
+
+    from ..app import App
 
 __all__ = [
+    "DEFAULT_PORT",
     "DEFAULT_QUERY_TIMEOUT",
     "DEFAULT_READ_LIMIT",
     "ERROR_CODES",
@@ -98,24 +113,13 @@ __all__ = [
     "Unauthorized",
     "UnsubscribeOp",
     "WireEvent",
+    "WireMetadata",
     "code_for",
     "error_from_reply",
 ]
 
-ErrorCode = Literal[
-    "bad_request",
-    "too_large",
-    "unknown_type",
-    "invalid",
-    "rejected",
-    "conflict",
-    "not_found",
-    "overloaded",
-    "timeout",
-    "unauthorized",
-    "internal",
-]
-"""The error codes of DESIGN.md; no others are sent."""
+DEFAULT_PORT: Final = 7707
+"""The port ``motet serve`` listens on, and the clients connect to, by default."""
 
 RequestId = str | int | float | bool | None
 """A request's ``id``: any JSON scalar, echoed in every reply to it."""
@@ -141,79 +145,11 @@ _Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_READ_LIMIT)]
 # --- Errors -------------------------------------------------------------------
 
 
-class BadRequest(MotetError):
-    """A request line is not a valid request (``bad_request``): not JSON, not
-    an object, no or an unknown ``op``, or a request field of the wrong type.
-    The client's fault; the message says what is wrong and where."""
-
-    def __init__(self, message: str, request_id: RequestId = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-class RequestTooLarge(BadRequest):
-    """A request line is longer than the server's limit (``too_large``); the
-    server closes that connection after saying so."""
-
-
-class InvalidMessage(MotetError, ValueError):
-    """A message's ``data`` does not match its type's schema, or an argument
-    is out of range (``invalid``). The client's fault; the message names the
-    field. Also a ``ValueError``, as the embedded API raises for bad input."""
-
-
-class Unauthorized(MotetError):
-    """The server needs an ``auth`` request with the right token first
-    (``unauthorized``)."""
-
-
-class RemoteError(MotetError):
-    """An error reply with a code this client does not know; ``code`` holds it."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-
-
-# Checked in order, so subclasses come before their bases.
-_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], ErrorCode], ...] = (
-    (RequestTooLarge, "too_large"),
-    (BadRequest, "bad_request"),
-    (Unauthorized, "unauthorized"),
-    (InvalidMessage, "invalid"),
-    (CommandRejected, "rejected"),
-    (Conflict, "conflict"),
-    (NotFound, "not_found"),
-    ((Overloaded, EngineClosed), "overloaded"),
-    (QueryTimeout, "timeout"),
-    (UnknownMessageType, "unknown_type"),
-    ((ProjectionFailed, InternalError, StorageError), "internal"),
-    ((msgspec.ValidationError, ValueError), "invalid"),
-)
-
 ERROR_CODES: Final[Mapping[str, type[MotetError]]] = {
-    "bad_request": BadRequest,
-    "too_large": RequestTooLarge,
-    "unknown_type": UnknownMessageType,
-    "invalid": InvalidMessage,
-    "rejected": CommandRejected,
-    "conflict": Conflict,
-    "not_found": NotFound,
-    "overloaded": Overloaded,
-    "timeout": QueryTimeout,
-    "unauthorized": Unauthorized,
-    "internal": InternalError,
+    code: cls for code in CODES if (cls := error_for_code(code)) is not None
 }
-"""Each error code and the exception class the client raises for it."""
-
-
-def code_for(error: BaseException) -> ErrorCode:
-    """The error code that reports ``error`` (``internal`` for anything
-    unexpected: a bug, which the server also logs)."""
-    for classes, code in _CODES:
-        if isinstance(error, classes):
-            return code
-    return "internal"
+"""Each error code and the exception class the client raises for it (read
+from the error table; kept for its users)."""
 
 
 # --- Requests -----------------------------------------------------------------
@@ -241,6 +177,8 @@ class CommandOp(_Op, frozen=True, tag="command"):
     data: msgspec.Raw = msgspec.Raw(b"{}")
     command_id: str | None = None
     expected_version: _NonNegative | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
 
 
 class QueryOp(_Op, frozen=True, tag="query"):
@@ -457,6 +395,15 @@ class ErrorBody(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     position: int | None = None
 
 
+class WireMetadata(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Where an event came from, as the protocol sends it: the command's id
+    and its causal chain; null ones are left out."""
+
+    command_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
 class WireEvent(msgspec.Struct, kw_only=True, frozen=True):
     """One event as the protocol sends it (a subscription's ``event``, an
     entry of a read's ``events``); ``time`` is the commit time, ISO 8601 UTC."""
@@ -467,6 +414,7 @@ class WireEvent(msgspec.Struct, kw_only=True, frozen=True):
     type: str
     time: datetime.datetime
     data: Any
+    metadata: WireMetadata = WireMetadata()
 
 
 class Reply(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -517,6 +465,11 @@ def _event_body(record: RecordedEvent) -> WireEvent:
         type=record.type,
         time=datetime.datetime.fromtimestamp(record.timestamp, datetime.UTC),
         data=record.data,
+        metadata=WireMetadata(
+            command_id=record.metadata.command_id,
+            correlation_id=record.metadata.correlation_id,
+            causation_id=record.metadata.causation_id,
+        ),
     )
 
 
@@ -562,8 +515,11 @@ class ReplyEncoder:
         body = ErrorBody(code=code, message=message, position=position)
         return self._encoder.encode(_Failed(request_id, False, body)) + b"\n"
 
-    def exception(self, request_id: RequestId, error: BaseException) -> bytes:
-        """The failure reply for ``error`` (its code from :func:`code_for`).
+    def exception(
+        self, request_id: RequestId, error: BaseException, *, position: int | None = None
+    ) -> bytes:
+        """The failure reply for ``error`` (its code from :func:`code_for`);
+        ``position``: the last event a subscription delivered.
 
         Unexpected errors (code ``internal`` without being one of Motet's own
         errors) say only their class, not their text, which may hold data."""
@@ -581,13 +537,13 @@ class ReplyEncoder:
             message = f"internal error ({type(error).__name__}); see the server's log"
         else:
             message = str(error) or type(error).__name__
-        return self.error(request_id, code, message)
+        return self.error(request_id, code, message, position=position)
 
 
 def error_from_reply(error: ErrorBody) -> MotetError:
     """The exception a client raises for an error reply: the embedded API's
-    class for its code (see :data:`ERROR_CODES`), :class:`RemoteError` for an
-    unknown code."""
+    class for its code (see :func:`error_for_code`), :class:`RemoteError` for
+    an unknown code."""
     if error.code == "conflict":
         if error.stream is not None and error.expected is not None and error.actual is not None:
             return Conflict(error.stream, error.expected, error.actual)
@@ -595,7 +551,7 @@ def error_from_reply(error: ErrorBody) -> MotetError:
         Exception.__init__(conflict, error.message)
         conflict.stream, conflict.expected, conflict.actual = error.stream or "", -1, -1
         return conflict
-    cls = ERROR_CODES.get(error.code)
+    cls = error_for_code(error.code)
     if cls is None:
         return RemoteError(error.code, error.message)
     return cls(error.message)

@@ -24,15 +24,18 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 import trio
 
+from motet.storage.errors import MotetError, Overloaded, Unavailable
 from motet.storage.records import AppendResult
 
 from ..core import Engine
+from .framing import RECEIVE_SIZE, LineReader, write_lines
 from .protocol import (
+    DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,
     AuthOp,
@@ -42,11 +45,12 @@ from .protocol import (
     QueryOp,
     ReadOp,
     ReplyEncoder,
-    Request,
     RequestDecoder,
     RequestId,
+    RequestTooLarge,
     StatusOp,
     SubscribeOp,
+    Unauthorized,
     UnsubscribeOp,
     code_for,
 )
@@ -55,11 +59,6 @@ __all__ = ["DEFAULT_PORT", "Server", "ServerStatistics", "open_server", "serve_e
 
 log = logging.getLogger("motet.server")
 
-DEFAULT_PORT: Final = 7707
-"""The port ``motet serve`` listens on by default."""
-
-_RECEIVE_SIZE = 65_536
-_MAX_BATCH = 1 << 20
 # How long a closing connection keeps reading (and discarding) what the peer
 # still sends, so the peer reads our last reply instead of a reset.
 _LINGER = 1.0
@@ -195,12 +194,13 @@ class Server:
 
     async def _refuse(self, stream: trio.abc.Stream) -> None:
         self._refused += 1
+        refusal: MotetError
         if self._stopping:
-            message = "the server is shutting down"
+            refusal = Unavailable("the server is shutting down")
         else:
-            message = f"too many connections (max {self._max_connections})"
+            refusal = Overloaded(f"too many connections (max {self._max_connections})")
         with trio.move_on_after(5):
-            await stream.send_all(self._encoder.error(None, "overloaded", message))
+            await stream.send_all(self._encoder.exception(None, refusal))
         await _close(stream, peer_done=False)
 
     def _authenticate(self, token: str) -> bool:
@@ -218,7 +218,7 @@ async def _close(stream: trio.abc.Stream, peer_done: bool) -> None:
             if not peer_done and isinstance(stream, trio.abc.HalfCloseableStream):
                 await stream.send_eof()
                 with trio.move_on_after(_LINGER):
-                    while await stream.receive_some(_RECEIVE_SIZE):
+                    while await stream.receive_some(RECEIVE_SIZE):
                         pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
@@ -257,7 +257,7 @@ class _Connection:
         self._draining = True
         self._read_scope.cancel()
         for subscription in self._subscriptions.values():
-            subscription.end("the server is shutting down")
+            subscription.end(Unavailable("the server is shutting down"))
 
     async def run(self) -> None:
         send, receive = trio.open_memory_channel[bytes](self.server._subscriber_buffer)
@@ -281,18 +281,7 @@ class _Connection:
         ``write_timeout`` seconds, the whole connection is cancelled."""
         async with receive:
             try:
-                async for line in receive:
-                    batch = [line]
-                    size = len(line)
-                    while size < _MAX_BATCH:
-                        try:
-                            more = receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        batch.append(more)
-                        size += len(more)
-                    with trio.fail_after(self.server._write_timeout):
-                        await self.stream.send_all(b"".join(batch) if len(batch) > 1 else line)
+                await write_lines(self.stream, receive, timeout=self.server._write_timeout)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
                 log.debug("connection lost while writing: %r", exc)
                 self.peer_done = True
@@ -301,41 +290,26 @@ class _Connection:
                 connection_scope.cancel()
 
     async def _read_loop(self, spawn: Callable[..., object]) -> None:
-        buffer = bytearray()
-        start = 0  # where the current line starts in buffer
-        scanned = 0  # bytes of buffer already searched for a newline
-        max_line = self.server._max_line
+        reader = LineReader(self.stream, self.server._max_line)
         while True:
-            end = buffer.find(b"\n", scanned)
-            if end < 0:
-                if len(buffer) - start > max_line:
-                    await self._too_large()
-                    return
-                del buffer[:start]
-                start = 0
-                scanned = len(buffer)
-                try:
-                    data = await self.stream.receive_some(_RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    self.peer_done = True
-                    if buffer.strip():  # a last line without its newline
-                        await self._dispatch(bytes(buffer), spawn)
-                    return
-                buffer += data
-                continue
-            if end - start > max_line:
+            try:
+                line = await reader.receive_line()
+            except RequestTooLarge:
                 await self._too_large()
                 return
-            line = bytes(buffer[start:end])
-            start = scanned = end + 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                line = None
+            if line is None:
+                self.peer_done = True
+                if reader.rest.strip():  # a last line without its newline
+                    await self._dispatch(reader.rest, spawn)
+                return
             await self._dispatch(line, spawn)
 
     async def _too_large(self) -> None:
         self.server._errors += 1
         message = f"the request line is longer than {self.server._max_line} bytes"
-        await self._reply(self._encoder.error(None, "too_large", message))
+        await self._reply(self._encoder.exception(None, RequestTooLarge(message)))
 
     async def _reply(self, line: bytes) -> None:
         assert self._send is not None
@@ -358,18 +332,13 @@ class _Connection:
             else:
                 self.server._errors += 1
                 await self._reply(
-                    self._encoder.error(request.id, "unauthorized", "the token is not valid")
+                    self._encoder.exception(request.id, Unauthorized("the token is not valid"))
                 )
             return
         if not self.authenticated:
             self.server._errors += 1
-            await self._reply(
-                self._encoder.error(
-                    request.id,
-                    "unauthorized",
-                    'authenticate first: send {"op": "auth", "token": "..."}',
-                )
-            )
+            refusal = Unauthorized('authenticate first: send {"op": "auth", "token": "..."}')
+            await self._reply(self._encoder.exception(request.id, refusal))
             return
         if isinstance(request, PingOp):
             await self._reply(self._encoder.ok(request.id, "pong"))
@@ -388,14 +357,10 @@ class _Connection:
             key = _key(request.id)
             if key in self._subscriptions:
                 self.server._errors += 1
-                await self._reply(
-                    self._encoder.error(
-                        request.id,
-                        "bad_request",
-                        f"id {request.id!r} is already used by a live subscription "
-                        "on this connection",
-                    )
+                taken = BadRequest(
+                    f"id {request.id!r} is already used by a live subscription on this connection"
                 )
+                await self._reply(self._encoder.exception(request.id, taken))
                 return
             subscription = _Subscription(request)
             self._subscriptions[key] = subscription
@@ -453,6 +418,8 @@ class _Connection:
                 done,
                 command_id=request.command_id,
                 expected_version=request.expected_version,
+                correlation_id=request.correlation_id,
+                causation_id=request.causation_id,
             )
         except Exception as exc:
             done(None, exc)
@@ -470,7 +437,7 @@ class _Connection:
             log.error("request %r failed", request_id, exc_info=exc)
         return self._encoder.exception(request_id, exc)
 
-    async def _run(self, request: Request) -> None:
+    async def _run(self, request: QueryOp | ReadOp) -> None:
         try:
             try:
                 line = await self._execute(request)
@@ -480,27 +447,18 @@ class _Connection:
         finally:
             self._in_flight.release()
 
-    async def _execute(self, request: Request) -> bytes:
+    async def _execute(self, request: QueryOp | ReadOp) -> bytes:
+        """Answer a query or a read (commands go through :meth:`_submit`)."""
         engine = self.engine
         encoder = self._encoder
-        if isinstance(request, CommandOp):
-            command = self._decoder.decode_command(request)
-            ack = await engine.send(
-                command,
-                command_id=request.command_id,
-                expected_version=request.expected_version,
-            )
-            return encoder.ack(request.id, ack)
         if isinstance(request, QueryOp):
             query = self._decoder.decode_query(request)
             timeout = DEFAULT_QUERY_TIMEOUT if request.timeout is None else request.timeout
             result = await engine.ask(query, after=request.after, timeout=timeout)
             return encoder.ok(request.id, result)
-        if isinstance(request, ReadOp):
-            limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
-            events = await engine.read_stream(request.stream, request.from_, limit)
-            return encoder.read(request.id, events, request.from_)
-        raise AssertionError(f"unexpected request {request!r}")  # pragma: no cover
+        limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
+        events = await engine.read_stream(request.stream, request.from_, limit)
+        return encoder.read(request.id, events, request.from_)
 
     async def _subscribe(self, subscription: _Subscription) -> None:
         """Stream events to the client: the catch-up part as fast as it reads
@@ -526,9 +484,11 @@ class _Connection:
                                 except trio.WouldBlock:
                                     server._cut_off += 1
                                     subscription.end(
-                                        f"subscription {request.id!r} was too slow: "
-                                        f"{server._subscriber_buffer} lines were waiting to "
-                                        f"be sent; resubscribe from position {last}"
+                                        Overloaded(
+                                            f"subscription {request.id!r} was too slow: "
+                                            f"{server._subscriber_buffer} lines were waiting "
+                                            f"to be sent; resubscribe from position {last}"
+                                        )
                                     )
                                     break
                             else:
@@ -537,9 +497,7 @@ class _Connection:
                             last = record.position
                 if subscription.reason is not None:
                     await send.send(
-                        self._encoder.error(
-                            request.id, "overloaded", subscription.reason, position=last
-                        )
+                        self._encoder.exception(request.id, subscription.reason, position=last)
                     )
             except Exception as exc:
                 await send.send(self._failure(request.id, exc))
@@ -554,9 +512,10 @@ class _Subscription:
     def __init__(self, request: SubscribeOp) -> None:
         self.request = request
         self.scope = trio.CancelScope()
-        self.reason: str | None = None  # why it ended, for its last reply; None: silently
+        # Why it ended, for its last reply; None: it ends silently.
+        self.reason: MotetError | None = None
 
-    def end(self, reason: str | None) -> None:
+    def end(self, reason: MotetError | None) -> None:
         if not self.scope.cancel_called and self.reason is None:
             self.reason = reason
         self.scope.cancel()

@@ -21,15 +21,18 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+import motet.engine.metrics as metrics_module
 from motet.engine import (
     Aggregate,
     App,
     CommandRejected,
     Conflict,
     Engine,
+    EngineClosed,
     Overloaded,
     Projection,
     ProjectionFailed,
+    Unavailable,
     UnknownMessageType,
     open_client,
     open_engine,
@@ -58,7 +61,7 @@ DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "motet_snapshots": ("counter", frozenset({"aggregate"})),
 }
 
-OUTCOMES = {"ok", "rejected", "conflict", "overloaded", "invalid", "error"}
+OUTCOMES = {"ok", "rejected", "conflict", "overloaded", "invalid", "unavailable", "error"}
 
 
 class NotACommand(msgspec.Struct, frozen=True, kw_only=True, tag="NotACommand"):
@@ -198,6 +201,35 @@ async def test_every_design_metric_is_exposed_with_its_type_and_labels(tmp_path:
     assert scraped.value("motet_snapshots_total", aggregate="User") == 0
     outcomes = {outcome for _type, outcome in commands_by_type_and_outcome(scraped)}
     assert outcomes == {"ok", "rejected"} and outcomes <= OUTCOMES
+
+
+def test_the_documented_outcomes_are_the_error_tables() -> None:
+    assert set(metrics_module.OUTCOMES) == OUTCOMES
+    assert metrics_module.outcome_of(None) == "ok"
+    assert metrics_module.outcome_of(EngineClosed("the engine is closing")) == "unavailable"
+    assert metrics_module.outcome_of(ProjectionFailed("stopped")) == "error"
+    assert metrics_module.outcome_of(ValueError("empty id")) == "invalid"
+
+
+async def test_commands_refused_while_closing_count_as_unavailable(tmp_path: Path) -> None:
+    async with open_engine(tmp_path / "db", app, metrics_port=0) as engine:
+        await engine.send(create("ada"))
+        engine._closing = True  # what open_engine's exit does first
+        try:
+            with pytest.raises(EngineClosed):
+                await engine.send(create("bob"))
+            async with (
+                open_server(engine, port=0) as server,
+                open_client("127.0.0.1", server.port) as client,
+            ):
+                with pytest.raises(Unavailable):
+                    await client.send(create("carol"))
+        finally:
+            engine._closing = False
+        counts = commands_by_type_and_outcome(await scrape(engine))
+    assert counts["CreateUser", "ok"] == 1
+    assert counts["CreateUser", "unavailable"] == 2
+    assert counts["CreateUser", "error"] == 0
 
 
 # -- counters and histograms ---------------------------------------------------------

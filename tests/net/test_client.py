@@ -27,6 +27,7 @@ from motet.engine import (
     NotFound,
     Overloaded,
     QueryTimeout,
+    Unavailable,
     UnknownMessageType,
 )
 from motet.engine.example import (
@@ -37,13 +38,15 @@ from motet.engine.example import (
     UpdateUser,
     UserSummary,
 )
-from motet.engine.net.client import BlockingClient, Client, ConnectionLost, connect, open_client
+from motet.engine.net.blocking import BlockingClient, connect
+from motet.engine.net.client import Client, ConnectionLost, open_client
 from motet.engine.net.protocol import (
     BadRequest,
     ErrorBody,
     InvalidMessage,
     RemoteError,
     Unauthorized,
+    WireMetadata,
     error_from_reply,
 )
 from motet.engine.net.server import Server, open_server, serve_engine
@@ -91,6 +94,23 @@ async def test_send_ask_read_status_ping(client: Client) -> None:
     assert status.head_position == 2 and status.projections[0].name == "users"
     assert 0 <= await client.ping() < 5
     assert "open" in repr(client)
+
+
+async def test_send_passes_correlation_and_causation_to_the_events(client: Client) -> None:
+    ack = await client.send(create("u1"), command_id="c-1", correlation_id="flow")
+    await client.send(
+        PlaceOrder(user_id="u1", order_id="o1", amount=5),
+        correlation_id="flow",
+        causation_id="c-1",
+    )
+    events = await client.read_stream("User-u1")
+    assert [e.metadata for e in events] == [
+        WireMetadata(command_id="c-1", correlation_id="flow"),
+        WireMetadata(correlation_id="flow", causation_id="c-1"),
+    ]
+    async with aclosing(client.subscribe()) as subscription:
+        event = await anext(aiter(subscription))
+    assert event.position == ack.position and event.metadata == events[0].metadata
 
 
 async def test_read_stream_pages_through_a_long_stream(
@@ -207,6 +227,20 @@ async def test_a_subscriber_that_does_not_keep_up_gets_overloaded(server: Server
         assert 1 <= len(received) < 10
         assert received == list(range(1, len(received) + 1))
         assert await client.ping() >= 0
+
+
+async def test_a_subscription_ends_with_unavailable_when_the_server_stops(
+    engine: Engine,
+) -> None:
+    await engine.send(create("u1"))
+    async with open_server(engine, port=0) as server, open_client("127.0.0.1", server.port) as c:
+        seen = []
+        with trio.fail_after(5), pytest.raises(Unavailable, match="shutting down"):
+            async with aclosing(c.subscribe()) as events:  # type: ignore[type-var]
+                async for event in events:
+                    seen.append(event.position)
+                    server.stop()
+        assert seen == [1]
 
 
 async def test_several_subscriptions_on_one_connection(client: Client) -> None:

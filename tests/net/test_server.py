@@ -105,7 +105,8 @@ async def test_command_query_and_read_round_trip(peer: Peer) -> None:
     read = result(await peer.ask({"id": "r", "op": "read", "stream": "User-u1"}))
     assert read["next"] == 2
     first, second = read["events"]
-    assert set(first) == {"position", "stream", "version", "type", "time", "data"}
+    assert set(first) == {"position", "stream", "version", "type", "time", "data", "metadata"}
+    assert first["metadata"] == {}  # no command id, correlation or causation: nulls left out
     assert (first["position"], first["stream"], first["version"]) == (1, "User-u1", 1)
     assert first["type"] == "UserCreated" and first["data"]["user_id"] == "u1"
     assert second["type"] == "OrderPlaced" and second["data"]["amount"] == 12.5
@@ -119,6 +120,28 @@ async def test_command_query_and_read_round_trip(peer: Peer) -> None:
     assert [e["version"] for e in page["events"]] == [1] and page["next"] == 1
     empty = result(await peer.ask({"id": 1, "op": "read", "stream": "User-nobody", "from": 7}))
     assert empty == {"events": [], "next": 7}
+
+
+async def test_commands_carry_correlation_and_causation_into_event_metadata(
+    peer: Peer,
+) -> None:
+    first = {**create("u1"), "command_id": "c-1", "correlation_id": "flow-9"}
+    assert result(await peer.ask({"id": 1, **first}))["position"] == 1
+    second = {**order("u1", "o1"), "correlation_id": "flow-9", "causation_id": "c-1"}
+    assert result(await peer.ask({"id": 2, **second}))["position"] == 2
+
+    read = result(await peer.ask({"id": 3, "op": "read", "stream": "User-u1"}))
+    metadata = [event["metadata"] for event in read["events"]]
+    assert metadata == [
+        {"command_id": "c-1", "correlation_id": "flow-9"},
+        {"correlation_id": "flow-9", "causation_id": "c-1"},
+    ]
+    await peer.write({"id": "s", "op": "subscribe"})
+    subscribed = [(await peer.read())["event"]["metadata"] for _ in range(2)]
+    assert subscribed == metadata
+
+    code, message = error(await peer.ask({"id": 4, **create("u2"), "correlation_id": 7}))
+    assert code == "bad_request" and "$.correlation_id" in message
 
 
 async def test_a_retried_command_id_gets_the_first_ack(peer: Peer, engine: Engine) -> None:
@@ -366,12 +389,12 @@ async def test_a_handler_bug_is_internal_and_logged(
         assert result(await peer.ask({"op": "ping"})) == "pong"
 
 
-async def test_the_engine_closing_is_overloaded(tmp_path: Path) -> None:
+async def test_the_engine_closing_is_unavailable(tmp_path: Path) -> None:
     async with open_engine(None, app) as engine, open_server(engine, port=0) as server:
         engine._closing = True  # what open_engine's exit does first
         async with connect(server) as peer:
             code, message = error(await peer.ask({"id": 1, **create("u1")}))
-            assert code == "overloaded" and "closing" in message
+            assert code == "unavailable" and "closing" in message
         engine._closing = False
 
 
@@ -723,7 +746,7 @@ async def test_stop_answers_what_was_read_then_closes(engine: Engine) -> None:
                     acks += 1
             assert acks == 50
             assert last is not None
-            assert error(last) == ("overloaded", "the server is shutting down")
+            assert error(last) == ("unavailable", "the server is shutting down")
     # serve_engine returned by itself: the nursery closed without cancelling it.
     assert engine.head_position == 50
     with pytest.raises(OSError):
