@@ -60,7 +60,7 @@ from typing import Any, NamedTuple
 import trio
 
 from motet.engine import CommandRejected, Engine, Overloaded, open_engine
-from motet.engine.cli import SERVER_GC_THRESHOLDS
+from motet.engine.cli import serve as motet_serve
 from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, app
 from motet.storage import Durability
 
@@ -291,9 +291,7 @@ async def _run_motet_async(
     ]
     async with open_engine(path, app, durability=durability, metrics=metrics) as engine:
         if tune_gc:
-            # What motet serve does once it is up (see engine/cli.py).
-            gc.freeze()
-            gc.set_threshold(*SERVER_GC_THRESHOLDS)
+            motet_serve.tune_gc()  # what motet serve does once it is up
         _log(f"motet: phase A, {len(creates):,} CreateUser from {clients:,} clients")
         phase_a = await _drive(engine, creates, clients)
         before = _engine_statistics(engine)

@@ -10,6 +10,7 @@ Every user mistake must be one line on stderr and exit 2 (usage) or 1
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import os
 import pty
@@ -19,6 +20,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Iterator
@@ -66,7 +68,7 @@ def free_port() -> int:
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
-        ([], ["serve", "client", "status", "inspect", "demo", "bench"]),
+        ([], ["serve", "client", "status", "inspect", "demo", "--version", "benchmarks"]),
         (
             ["serve"],
             [
@@ -96,10 +98,65 @@ def test_help(motet: Any, args: list[str], mentions: list[str]) -> None:
         assert word in result.stdout, word
 
 
+def test_version(motet: Any) -> None:
+    result = motet.run("--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"motet {importlib.metadata.version('motet')}\n"
+
+
+@pytest.mark.parametrize("args", [["bench"], ["bench", "--help"], ["bench", "--users", "10"]])
+def test_bench_is_not_a_command_and_says_where_the_benchmarks_are(
+    motet: Any, args: list[str]
+) -> None:
+    stderr = one_line_error(motet.run(*args), 2)
+    assert stderr.startswith("motet: unknown command 'bench' (choose from: client, demo, ")
+    assert "python -m benchmarks.seed_workload" in stderr
+    assert "make bench" in stderr
+
+
+# What `motet --help` must not need: the runtime, the store, the metrics.
+HEAVY_MODULES = ("trio", "lmdb", "prometheus_client", "motet.actors")
+
+
+def heavy_modules_loaded(*statements: str) -> set[str]:
+    """The :data:`HEAVY_MODULES` a fresh interpreter has loaded after running
+    ``statements`` with stdout silenced."""
+    program = "\n".join(
+        [
+            "import contextlib, io, json, sys",
+            "with contextlib.redirect_stdout(io.StringIO()):",
+            *(f"    {statement}" for statement in statements),
+            f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["serve", "--help"], ["client", "--help"], ["inspect", "--help"]],
+)
+def test_help_and_version_import_no_engine(argv: list[str]) -> None:
+    cli = heavy_modules_loaded("from motet.engine.cli import main", f"main({argv!r})")
+    # Importing motet.engine.cli runs the package face motet.engine first; the
+    # command line itself must add nothing heavy to what that face loads.
+    face = heavy_modules_loaded("import motet.engine")
+    assert cli - face == set()
+    if face:
+        pytest.skip(f"the face motet.engine itself loads {', '.join(sorted(face))}")
+    assert cli == set()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["frob"], "motet: unknown command 'frob' (choose from: bench, client, demo, inspect"),
+        (
+            ["frob"],
+            "motet: unknown command 'frob' (choose from: client, demo, inspect, serve, status)",
+        ),
         ([], "the following arguments are required: COMMAND"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),
         (["serve", "--port", "abc"], "a port must be a number, got 'abc'"),
