@@ -22,9 +22,11 @@ import struct
 import subprocess
 import sys
 import termios
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,6 +244,166 @@ def test_a_second_server_on_the_same_data_is_refused(motet: Any, motet_server: A
     assert (again.returncode, again.stdout) == (1, "error [rejected]: user 'u1' already exists\n")
     result = motet.run("client", "--port", str(second.port), "--json", "status")
     assert json.loads(result.stdout)["result"]["head_position"] == 1
+
+
+# --- serve --app: a domain file in the current folder -----------------------------------
+
+TODO = textwrap.dedent(
+    """
+    import msgspec
+    from motet.engine import Aggregate, App, CommandRejected
+
+
+    class AddTodo(msgspec.Struct, frozen=True, kw_only=True, tag="AddTodo"):
+        list_id: str
+        text: str
+
+
+    class TodoAdded(msgspec.Struct, frozen=True, kw_only=True, tag="TodoAdded"):
+        text: str
+
+
+    class Todos(msgspec.Struct, frozen=True, kw_only=True, tag="Todos"):
+        items: tuple[str, ...] = ()
+
+
+    def decide(state: Todos, command: AddTodo) -> list[TodoAdded]:
+        if not command.text.strip():
+            raise CommandRejected("text is required")
+        return [TodoAdded(text=command.text)]
+
+
+    def evolve(state: Todos, event: TodoAdded) -> Todos:
+        return Todos(items=(*state.items, event.text))
+
+
+    todo = Aggregate(
+        name="Todo",
+        state_type=Todos,
+        initial=Todos(),
+        decide=decide,
+        evolve=evolve,
+        commands={AddTodo: "list_id"},
+        events=(TodoAdded,),
+    )
+    app = App(aggregates=(todo,))
+    """
+)
+
+ADD_MILK = "AddTodo list_id=l1 text=milk"
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("spec", ["todo:app", "./todo.py:app", "todo.py:app", "ABSOLUTE:app"])
+def test_serve_an_app_from_the_current_folder(motet: Any, motet_server: Any, spec: str) -> None:
+    path = write(motet.directory, "todo.py", TODO)
+    spec = spec.replace("ABSOLUTE", str(path))
+    server = motet_server("--app", spec)
+    assert f"serving {spec} from " in server.log()
+    result = motet.run("client", "--port", str(server.port), "--json", ADD_MILK)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout)["result"] == {"stream": "Todo-l1", "version": 1, "position": 1}
+    assert server.terminate() == 0
+    events = motet.run(
+        "inspect", "--data", str(server.data), "--app", spec, "--stream", "Todo-l1", "--json"
+    )
+    assert events.returncode == 0, events.stderr
+    added = [event["data"] for event in json.loads(events.stdout)]
+    assert added == [{"type": "TodoAdded", "text": "milk"}]
+
+
+def test_a_file_elsewhere_imports_its_own_siblings(motet: Any, motet_server: Any) -> None:
+    messages, _, rest = TODO.partition("\n\ndef decide")
+    write(motet.directory, "apps/messages.py", messages)
+    write(
+        motet.directory,
+        "apps/todo.py",
+        "from motet.engine import Aggregate, App, CommandRejected\n"
+        "from messages import AddTodo, TodoAdded, Todos\n\n\ndef decide" + rest,
+    )
+    server = motet_server("--app", "apps/todo.py:app")
+    result = motet.run("client", "--port", str(server.port), ADD_MILK)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("files", "spec", "message"),
+    [
+        (
+            {},
+            "todo:app",
+            "motet: error: cannot import module 'todo' for --app: No module named 'todo' "
+            "(looked in {cwd} and on sys.path; give its file, e.g. --app ./todo.py:app, "
+            "or add its directory to PYTHONPATH)\n",
+        ),
+        (
+            {},
+            "./todo.py:app",
+            "motet: error: no file './todo.py' for --app (the current directory is {cwd})\n",
+        ),
+        (
+            {"todo.py": TODO},
+            "todo.txt:app",
+            "motet: error: cannot import module 'todo.txt' for --app: ",
+        ),
+        (
+            {"todo.py": TODO},
+            "./todo.txt:app",
+            "motet: error: --app ./todo.txt:app: './todo.txt' is not a Python file "
+            "(give FILE.py:ATTR)\n",
+        ),
+        (
+            {"todo.py": TODO},
+            "todo:bank",
+            "motet: error: todo has no attribute 'bank' for --app; Apps in it: app\n",
+        ),
+        (
+            {"todo.py": TODO},
+            "./todo.py:todo",
+            "motet: error: ./todo.py:todo is not a motet App (found Aggregate); Apps in it: app\n",
+        ),
+        (
+            {"todo.py": "import msgspec\n\nclass Broken(\n"},
+            "todo:app",
+            "motet: error: --app todo:app: {cwd}/todo.py line 3: ",
+        ),
+        (
+            {"todo.py": "import msgspec\nimport not_installed_here\n"},
+            "./todo.py:app",
+            "motet: error: --app ./todo.py:app: importing {cwd}/todo.py failed at "
+            "{cwd}/todo.py line 2: ModuleNotFoundError: No module named 'not_installed_here' "
+            "(is 'not_installed_here' installed for ",
+        ),
+        (
+            {"todo.py": "import msgspec\n\nraise RuntimeError('no database configured')\n"},
+            "todo:app",
+            "motet: error: --app todo:app: importing module 'todo' failed at {cwd}/todo.py "
+            "line 3: RuntimeError: no database configured (to see the whole traceback, run: "
+            'python -c "import todo")\n',
+        ),
+        (
+            {"my-todo.py": TODO},
+            "./my-todo.py:app",
+            "motet: error: --app ./my-todo.py:app: a file named 'my-todo.py' cannot be "
+            "imported; rename it to letters, digits and underscores, e.g. todo_app.py\n",
+        ),
+    ],
+)
+def test_an_app_that_cannot_be_imported_is_one_line_and_exit_2(
+    motet: Any, files: dict[str, str], spec: str, message: str
+) -> None:
+    for name, text in files.items():
+        write(motet.directory, name, text)
+    serve = ["serve", "--app", spec, "--port", "0", "--metrics-port", "0"]
+    stderr = one_line_error(motet.run(*serve), 2)
+    assert stderr.startswith(message.format(cwd=motet.directory)), stderr
+    assert not (motet.directory / "motet-data").exists()
 
 
 # --- client ---------------------------------------------------------------------------
