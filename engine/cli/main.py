@@ -166,10 +166,11 @@ def _add_client(commands: Any) -> None:
         help="send requests to a server: interactive, from arguments or from stdin",
         description="Without REQUEST arguments and with a terminal: an interactive prompt "
         "with history. With arguments: each one is a request. Otherwise: one request per "
-        "line of standard input, one JSON reply line each. A request is a JSON object or "
-        "a short form: 'CreateUser user_id=u1 name=Ann email=ann@example.org "
-        "password=pw', 'GetUserById user_id=u1 @after=42', 'read User-u1', "
-        "'subscribe 0', 'status', 'ping'.",
+        "line of standard input, one JSON reply line each (also for a line that cannot "
+        "be understood), whose id is the line's (or argument's) number unless the request "
+        "gives one. A request is a JSON object or a short form: 'CreateUser user_id=u1 "
+        "name=Ann email=ann@example.org password=pw', 'GetUserById user_id=u1 @after=42', "
+        "'read User-u1', 'subscribe 0', 'status', 'ping'.",
     )
     _connection_options(client)
     client.add_argument("requests", nargs="*", metavar="REQUEST", help="requests to send")

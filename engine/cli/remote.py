@@ -43,21 +43,32 @@ def client(args: argparse.Namespace) -> int:
             )
         as_json = args.json or not args.requests
         lines = args.requests or sys.stdin
+        where = "argument" if args.requests else "line"
         failures = 0
         for number, line in enumerate(lines, 1):
             try:
                 request = parse_line(line, commands, queries)
             except ShellError as exc:
-                where = "argument" if args.requests else "line"
                 sys.stderr.write(f"motet: error: {where} {number}: {exc}\n")
+                if as_json:
+                    # A script reading one reply per request gets one for this line too.
+                    print(json.dumps(_refused(number, str(exc))), flush=True)
                 failures += 1
                 continue
             if request is None:
                 continue
+            # Lets a script tell which of its lines a reply answers.
+            request.setdefault("id", number)
             failures += not _send_one(connection, request, args, as_json)
         return 1 if failures else 0
     finally:
         connection.close()
+
+
+def _refused(request_id: int, message: str) -> dict[str, Any]:
+    """The reply line for a request that could not be understood: the one the
+    server sends for a line it cannot parse (DESIGN.md, code ``bad_request``)."""
+    return {"id": request_id, "ok": False, "error": {"code": "bad_request", "message": message}}
 
 
 def status(args: argparse.Namespace) -> int:

@@ -436,13 +436,13 @@ def test_client_one_shot_prints_pretty_json(motet: Any, motet_server: Any) -> No
     assert result.returncode == 1
     assert result.stdout == "error [rejected]: user 'u1' already exists\n"
 
-    # --json: one JSON line per reply, the id as given (null when not).
+    # --json: one JSON line per reply, the id as given (the argument's number when not).
     result = motet.run(
         "client", "--port", port, "--json", "read User-u1 0 1", '{"id": 7, "op": "ping"}'
     )
     assert result.returncode == 0, result.stderr
     read, pong = (json.loads(line) for line in result.stdout.splitlines())
-    assert read["id"] is None and read["ok"] is True
+    assert read["id"] == 1 and read["ok"] is True
     assert [(e["version"], e["type"]) for e in read["result"]["events"]] == [(1, "UserCreated")]
     assert "password" not in read["result"]["events"][0]["data"]
     assert pong == {"id": 7, "ok": True, "result": "pong"}
@@ -450,6 +450,15 @@ def test_client_one_shot_prints_pretty_json(motet: Any, motet_server: Any) -> No
     # A short form it cannot understand: one line naming the argument.
     stderr = one_line_error(motet.run("client", "--port", port, "CreateUser user_id"), 1)
     assert stderr == "motet: error: argument 1: expected key=value, got 'user_id'\n"
+    # With --json, that argument gets its JSON line too.
+    result = motet.run("client", "--port", port, "--json", "ping", "CreateUser user_id")
+    assert result.returncode == 1
+    assert result.stderr == "motet: error: argument 2: expected key=value, got 'user_id'\n"
+    refused = {"code": "bad_request", "message": "expected key=value, got 'user_id'"}
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"id": 1, "ok": True, "result": "pong"},
+        {"id": 2, "ok": False, "error": refused},
+    ]
 
 
 def test_client_script_from_stdin(motet: Any, motet_server: Any) -> None:
@@ -471,24 +480,30 @@ def test_client_script_from_stdin(motet: Any, motet_server: Any) -> None:
     result = motet.run("client", "--port", str(server.port), input=script + "\n")
     assert result.returncode == 1
     assert result.stderr == "motet: error: line 6: expected key=value, got 'user_id'\n"
+    # One reply line per request line, the line's number as its id unless it gave one.
     replies = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["id"], r["ok"]) for r in replies] == [
-        (None, True),
+        (4, True),
         ("mine", True),
-        (None, True),
-        (None, False),
-        (None, True),
+        (6, False),
+        (7, True),
+        (8, False),
+        (9, True),
     ]
     assert replies[0]["result"] == {"stream": "User-u2", "version": 1, "position": 1}
     assert replies[1]["result"]["name"] == "Bo"
-    assert [e["type"] for e in replies[2]["result"]["events"]] == ["UserCreated"]
-    assert replies[3]["error"] == {"code": "not_found", "message": "no user 'ghost'"}
-    assert replies[4]["result"] == "pong"
+    assert replies[2]["error"] == {
+        "code": "bad_request",
+        "message": "expected key=value, got 'user_id'",
+    }
+    assert [e["type"] for e in replies[3]["result"]["events"]] == ["UserCreated"]
+    assert replies[4]["error"] == {"code": "not_found", "message": "no user 'ghost'"}
+    assert replies[5]["result"] == "pong"
 
     # A script without failures exits 0; an empty one prints nothing.
     result = motet.run("client", "--port", str(server.port), input="ping\n# done\n")
     assert (result.returncode, result.stderr) == (0, "")
-    assert json.loads(result.stdout) == {"id": None, "ok": True, "result": "pong"}
+    assert json.loads(result.stdout) == {"id": 1, "ok": True, "result": "pong"}
     result = motet.run("client", "--port", str(server.port), input="")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
@@ -813,4 +828,12 @@ def test_a_bad_request_line_number_counts_every_line(motet: Any, motet_server: A
         "motet: error: line 6: usage: subscribe [FROM_POSITION]",
         "motet: error: line 7: ping takes no arguments",
     ]
-    assert [json.loads(line)["result"] for line in result.stdout.splitlines()] == ["pong"]
+    replies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(reply["id"], reply["ok"]) for reply in replies] == [
+        (1, True),
+        (4, False),
+        (5, False),
+        (6, False),
+        (7, False),
+    ]
+    assert {reply["error"]["code"] for reply in replies[1:]} == {"bad_request"}
