@@ -7,7 +7,7 @@ data directory offline; ``motet demo`` runs a short scripted session of the
 example app through the embedded API.
 
 Each command lives in a module of its own and is imported only when it runs,
-so ``--help``, ``--version`` and usage errors import no engine at all. A user
+so ``--help``, ``--version`` and usage errors import nothing of the engine. A user
 mistake is one line on stderr and a non-zero exit status, never a traceback:
 2 for usage errors, 1 for everything else (see :mod:`.errors`).
 """
