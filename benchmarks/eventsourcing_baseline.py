@@ -10,8 +10,6 @@ when a comparison is asked for, so ``eventsourcing`` stays an optional dependenc
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from pathlib import Path
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -19,19 +17,14 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-__all__ = ["PASSWORD_HASH_ITERATIONS", "User", "Users", "open_users"]
+from motet.engine.example import hash_password
+
+__all__ = ["User", "Users", "open_users"]
 
 
-# The same checks and the same password hashing as motet.engine.example, so that both
-# engines do the same work per command.
-PASSWORD_HASH_ITERATIONS = 1_000
+# The same checks and the same password hashing (the example's own function) as
+# motet.engine.example, so that both engines do the same work per command.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
-
-
-def _hash_password(password: str) -> str:
-    salt = os.urandom(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PASSWORD_HASH_ITERATIONS)
-    return f"pbkdf2_sha256${PASSWORD_HASH_ITERATIONS}${salt.hex()}${digest.hex()}"
 
 
 class User(Aggregate):
@@ -83,7 +76,7 @@ class Users(Application[UUID]):
             user_id=user_id,
             name=name,
             email=email,
-            password_hash=_hash_password(password),
+            password_hash=hash_password(password),
             city=city,
         )
         self.save(user)

@@ -60,7 +60,7 @@ from typing import Any, NamedTuple
 import trio
 
 from motet.engine import CommandRejected, Engine, Overloaded, open_engine
-from motet.engine.cli import SERVER_GC_THRESHOLDS
+from motet.engine.cli import serve as motet_serve
 from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, app
 from motet.storage import Durability
 
@@ -192,27 +192,18 @@ def _base_dir(data: Path | None) -> Iterator[Path]:
 # ---------------------------------------------------------------------------- Motet
 
 
-def _engine_statistics(engine: Engine) -> dict[str, int] | None:
-    # statistics() may not exist in every engine build; the benchmark still runs.
-    statistics = getattr(engine, "statistics", None)
-    if statistics is None:
-        return None
-    snapshot = statistics()
-    figures = {name: getattr(snapshot, name, None) for name in _STAT_FIELDS}
-    return {name: value for name, value in figures.items() if isinstance(value, int)}
+def _engine_statistics(engine: Engine) -> dict[str, int]:
+    snapshot = engine.statistics()
+    return {name: getattr(snapshot, name) for name in _STAT_FIELDS}
 
 
-def _batch_figures(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, Any]:
-    if before is None or after is None:
-        return {}
-    delta = {name: after[name] - before[name] for name in after if name in before}
+def _batch_figures(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    delta = {name: after[name] - before[name] for name in _STAT_FIELDS}
     figures: dict[str, Any] = dict(delta)
-    commits = delta.get("commits")
+    commits = delta["commits"]
     if commits:
-        if "commands_committed" in delta:
-            figures["mean_batch_commands"] = delta["commands_committed"] / commits
-        if "events_appended" in delta:
-            figures["mean_batch_events"] = delta["events_appended"] / commits
+        figures["mean_batch_commands"] = delta["commands_committed"] / commits
+        figures["mean_batch_events"] = delta["events_appended"] / commits
     return figures
 
 
@@ -291,9 +282,7 @@ async def _run_motet_async(
     ]
     async with open_engine(path, app, durability=durability, metrics=metrics) as engine:
         if tune_gc:
-            # What motet serve does once it is up (see engine/cli.py).
-            gc.freeze()
-            gc.set_threshold(*SERVER_GC_THRESHOLDS)
+            motet_serve.tune_gc()  # what motet serve does once it is up
         _log(f"motet: phase A, {len(creates):,} CreateUser from {clients:,} clients")
         phase_a = await _drive(engine, creates, clients)
         before = _engine_statistics(engine)

@@ -1,4 +1,5 @@
-"""The request language of ``motet client``: raw JSON lines or a short form.
+"""The request language of ``motet client`` (raw JSON lines or a short form)
+and its interactive prompt.
 
 A line is either a JSON request object, sent as it is (an ``id`` is added
 when missing), or a short form::
@@ -17,22 +18,42 @@ commands, else a query. A value is read as JSON when it parses (``42``,
 string. Keys starting with ``@`` are options of the request rather than
 fields of the message: ``@command_id``, ``@expected_version`` for commands,
 ``@after`` and ``@timeout`` for queries.
+
+At the prompt, ``help`` (or ``?``) shows this text, ``quit``, ``exit`` or
+Ctrl-D leaves; the history is kept in ``~/.motet_history``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ShellError", "format_reply", "parse_line"]
+from motet.storage.errors import MotetError
+
+__all__ = [
+    "HISTORY_FILE",
+    "HISTORY_LENGTH",
+    "ShellError",
+    "format_reply",
+    "interactive",
+    "parse_line",
+]
+
+HISTORY_FILE = "~/.motet_history"
+"""Where the interactive prompt keeps the lines typed, across sessions."""
+
+HISTORY_LENGTH = 1_000
+"""How many lines of history the prompt keeps."""
 
 _COMMAND_OPTIONS = {"command_id", "expected_version"}
 _QUERY_OPTIONS = {"after", "timeout"}
 
 
-class ShellError(ValueError):
+class ShellError(MotetError, ValueError):
     """A line of the request language could not be understood: the user's
     fault; the message says what is wrong."""
 
@@ -136,3 +157,53 @@ def format_reply(reply: dict[str, Any]) -> str:
         return json.dumps(reply.get("result"), indent=2, sort_keys=True)
     error = reply.get("error") or {}
     return f"error [{error.get('code', '?')}]: {error.get('message', reply)}"
+
+
+def interactive(
+    send: Callable[[dict[str, Any]], object],
+    commands: Collection[str],
+    queries: Collection[str] | None = None,
+    *,
+    greeting: str,
+) -> int:
+    """Read requests at a ``motet>`` prompt with line editing and history, and
+    hand each one to ``send`` (which prints the reply) until Ctrl-D, ``quit``
+    or ``exit``; return the exit status, 0. A line that cannot be understood
+    prints ``error: ...`` and the prompt goes on; Ctrl-C abandons the line."""
+    try:
+        import readline
+    except ImportError:  # not on every platform; the prompt works without history
+        readline = None  # type: ignore[assignment]
+    history = Path(HISTORY_FILE).expanduser()
+    if readline is not None:
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history)
+    print(greeting, flush=True)
+    try:
+        while True:
+            try:
+                line = input("motet> ")
+            except EOFError:
+                print()
+                return 0
+            except KeyboardInterrupt:
+                print()
+                continue
+            if line.strip() in ("help", "?"):
+                print(__doc__)
+                print("Commands of this server:", ", ".join(sorted(commands)) or "none")
+                continue
+            if line.strip() in ("quit", "exit"):
+                return 0
+            try:
+                request = parse_line(line, commands, queries)
+            except ShellError as exc:
+                print(f"error: {exc}", flush=True)
+                continue
+            if request is not None:
+                send(request)
+    finally:
+        if readline is not None:
+            with contextlib.suppress(OSError):
+                readline.set_history_length(HISTORY_LENGTH)
+                readline.write_history_file(history)

@@ -10,6 +10,7 @@ Every user mistake must be one line on stderr and exit 2 (usage) or 1
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import os
 import pty
@@ -19,10 +20,13 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import termios
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,7 +64,7 @@ def documents(text: str) -> list[Any]:
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
-        ([], ["serve", "client", "status", "inspect", "demo", "bench"]),
+        ([], ["serve", "client", "status", "inspect", "demo", "--version", "benchmarks"]),
         (
             ["serve"],
             [
@@ -90,10 +94,65 @@ def test_help(motet: Any, args: list[str], mentions: list[str]) -> None:
         assert word in result.stdout, word
 
 
+def test_version(motet: Any) -> None:
+    result = motet.run("--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"motet {importlib.metadata.version('motet')}\n"
+
+
+@pytest.mark.parametrize("args", [["bench"], ["bench", "--help"], ["bench", "--users", "10"]])
+def test_bench_is_not_a_command_and_says_where_the_benchmarks_are(
+    motet: Any, args: list[str]
+) -> None:
+    stderr = one_line_error(motet.run(*args), 2)
+    assert stderr.startswith("motet: unknown command 'bench' (choose from: client, demo, ")
+    assert "python -m benchmarks.seed_workload" in stderr
+    assert "make bench" in stderr
+
+
+# What `motet --help` must not need: the runtime, the store, the metrics.
+HEAVY_MODULES = ("trio", "lmdb", "prometheus_client", "motet.actors")
+
+
+def heavy_modules_loaded(*statements: str) -> set[str]:
+    """The :data:`HEAVY_MODULES` a fresh interpreter has loaded after running
+    ``statements`` with stdout silenced."""
+    program = "\n".join(
+        [
+            "import contextlib, io, json, sys",
+            "with contextlib.redirect_stdout(io.StringIO()):",
+            *(f"    {statement}" for statement in statements),
+            f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["serve", "--help"], ["client", "--help"], ["inspect", "--help"]],
+)
+def test_help_and_version_import_no_engine(argv: list[str]) -> None:
+    cli = heavy_modules_loaded("from motet.engine.cli import main", f"main({argv!r})")
+    # Importing motet.engine.cli runs the package face motet.engine first; the
+    # command line itself must add nothing heavy to what that face loads.
+    face = heavy_modules_loaded("import motet.engine")
+    assert cli - face == set()
+    if face:
+        pytest.skip(f"the face motet.engine itself loads {', '.join(sorted(face))}")
+    assert cli == set()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["frob"], "motet: unknown command 'frob' (choose from: bench, client, demo, inspect"),
+        (
+            ["frob"],
+            "motet: unknown command 'frob' (choose from: client, demo, inspect, serve, status)",
+        ),
         ([], "the following arguments are required: COMMAND"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),
         (["serve", "--port", "abc"], "a port must be a number, got 'abc'"),
@@ -181,6 +240,166 @@ def test_a_second_server_on_the_same_data_is_refused(motet: Any, motet_server: A
     assert json.loads(result.stdout)["result"]["head_position"] == 1
 
 
+# --- serve --app: a domain file in the current folder -----------------------------------
+
+TODO = textwrap.dedent(
+    """
+    import msgspec
+    from motet.engine import Aggregate, App, CommandRejected
+
+
+    class AddTodo(msgspec.Struct, frozen=True, kw_only=True, tag="AddTodo"):
+        list_id: str
+        text: str
+
+
+    class TodoAdded(msgspec.Struct, frozen=True, kw_only=True, tag="TodoAdded"):
+        text: str
+
+
+    class Todos(msgspec.Struct, frozen=True, kw_only=True, tag="Todos"):
+        items: tuple[str, ...] = ()
+
+
+    def decide(state: Todos, command: AddTodo) -> list[TodoAdded]:
+        if not command.text.strip():
+            raise CommandRejected("text is required")
+        return [TodoAdded(text=command.text)]
+
+
+    def evolve(state: Todos, event: TodoAdded) -> Todos:
+        return Todos(items=(*state.items, event.text))
+
+
+    todo = Aggregate(
+        name="Todo",
+        state_type=Todos,
+        initial=Todos(),
+        decide=decide,
+        evolve=evolve,
+        commands={AddTodo: "list_id"},
+        events=(TodoAdded,),
+    )
+    app = App(aggregates=(todo,))
+    """
+)
+
+ADD_MILK = "AddTodo list_id=l1 text=milk"
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("spec", ["todo:app", "./todo.py:app", "todo.py:app", "ABSOLUTE:app"])
+def test_serve_an_app_from_the_current_folder(motet: Any, motet_server: Any, spec: str) -> None:
+    path = write(motet.directory, "todo.py", TODO)
+    spec = spec.replace("ABSOLUTE", str(path))
+    server = motet_server("--app", spec)
+    assert f"serving {spec} from " in server.log()
+    result = motet.run("client", "--port", str(server.port), "--json", ADD_MILK)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout)["result"] == {"stream": "Todo-l1", "version": 1, "position": 1}
+    assert server.terminate() == 0
+    events = motet.run(
+        "inspect", "--data", str(server.data), "--app", spec, "--stream", "Todo-l1", "--json"
+    )
+    assert events.returncode == 0, events.stderr
+    added = [event["data"] for event in json.loads(events.stdout)]
+    assert added == [{"type": "TodoAdded", "text": "milk"}]
+
+
+def test_a_file_elsewhere_imports_its_own_siblings(motet: Any, motet_server: Any) -> None:
+    messages, _, rest = TODO.partition("\n\ndef decide")
+    write(motet.directory, "apps/messages.py", messages)
+    write(
+        motet.directory,
+        "apps/todo.py",
+        "from motet.engine import Aggregate, App, CommandRejected\n"
+        "from messages import AddTodo, TodoAdded, Todos\n\n\ndef decide" + rest,
+    )
+    server = motet_server("--app", "apps/todo.py:app")
+    result = motet.run("client", "--port", str(server.port), ADD_MILK)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("files", "spec", "message"),
+    [
+        (
+            {},
+            "todo:app",
+            "motet: error: cannot import module 'todo' for --app: No module named 'todo' "
+            "(looked in {cwd} and on sys.path; give its file, e.g. --app ./todo.py:app, "
+            "or add its directory to PYTHONPATH)\n",
+        ),
+        (
+            {},
+            "./todo.py:app",
+            "motet: error: no file './todo.py' for --app (the current directory is {cwd})\n",
+        ),
+        (
+            {"todo.py": TODO},
+            "todo.txt:app",
+            "motet: error: cannot import module 'todo.txt' for --app: ",
+        ),
+        (
+            {"todo.py": TODO},
+            "./todo.txt:app",
+            "motet: error: --app ./todo.txt:app: './todo.txt' is not a Python file "
+            "(give FILE.py:ATTR)\n",
+        ),
+        (
+            {"todo.py": TODO},
+            "todo:bank",
+            "motet: error: todo has no attribute 'bank' for --app; Apps in it: app\n",
+        ),
+        (
+            {"todo.py": TODO},
+            "./todo.py:todo",
+            "motet: error: ./todo.py:todo is not a motet App (found Aggregate); Apps in it: app\n",
+        ),
+        (
+            {"todo.py": "import msgspec\n\nclass Broken(\n"},
+            "todo:app",
+            "motet: error: --app todo:app: {cwd}/todo.py line 3: ",
+        ),
+        (
+            {"todo.py": "import msgspec\nimport not_installed_here\n"},
+            "./todo.py:app",
+            "motet: error: --app ./todo.py:app: importing {cwd}/todo.py failed at "
+            "{cwd}/todo.py line 2: ModuleNotFoundError: No module named 'not_installed_here' "
+            "(is 'not_installed_here' installed for ",
+        ),
+        (
+            {"todo.py": "import msgspec\n\nraise RuntimeError('no database configured')\n"},
+            "todo:app",
+            "motet: error: --app todo:app: importing module 'todo' failed at {cwd}/todo.py "
+            "line 3: RuntimeError: no database configured (to see the whole traceback, run: "
+            'python -c "import todo")\n',
+        ),
+        (
+            {"my-todo.py": TODO},
+            "./my-todo.py:app",
+            "motet: error: --app ./my-todo.py:app: a file named 'my-todo.py' cannot be "
+            "imported; rename it to letters, digits and underscores, e.g. todo_app.py\n",
+        ),
+    ],
+)
+def test_an_app_that_cannot_be_imported_is_one_line_and_exit_2(
+    motet: Any, files: dict[str, str], spec: str, message: str
+) -> None:
+    for name, text in files.items():
+        write(motet.directory, name, text)
+    serve = ["serve", "--app", spec, "--port", "0", "--metrics-port", "0"]
+    stderr = one_line_error(motet.run(*serve), 2)
+    assert stderr.startswith(message.format(cwd=motet.directory)), stderr
+    assert not (motet.directory / "motet-data").exists()
+
+
 # --- client ---------------------------------------------------------------------------
 
 
@@ -211,13 +430,13 @@ def test_client_one_shot_prints_pretty_json(motet: Any, motet_server: Any) -> No
     assert result.returncode == 1
     assert result.stdout == "error [rejected]: user 'u1' already exists\n"
 
-    # --json: one JSON line per reply, the id as given (null when not).
+    # --json: one JSON line per reply, the id as given (the argument's number when not).
     result = motet.run(
         "client", "--port", port, "--json", "read User-u1 0 1", '{"id": 7, "op": "ping"}'
     )
     assert result.returncode == 0, result.stderr
     read, pong = (json.loads(line) for line in result.stdout.splitlines())
-    assert read["id"] is None and read["ok"] is True
+    assert read["id"] == 1 and read["ok"] is True
     assert [(e["version"], e["type"]) for e in read["result"]["events"]] == [(1, "UserCreated")]
     assert "password" not in read["result"]["events"][0]["data"]
     assert pong == {"id": 7, "ok": True, "result": "pong"}
@@ -225,6 +444,15 @@ def test_client_one_shot_prints_pretty_json(motet: Any, motet_server: Any) -> No
     # A short form it cannot understand: one line naming the argument.
     stderr = one_line_error(motet.run("client", "--port", port, "CreateUser user_id"), 1)
     assert stderr == "motet: error: argument 1: expected key=value, got 'user_id'\n"
+    # With --json, that argument gets its JSON line too.
+    result = motet.run("client", "--port", port, "--json", "ping", "CreateUser user_id")
+    assert result.returncode == 1
+    assert result.stderr == "motet: error: argument 2: expected key=value, got 'user_id'\n"
+    refused = {"code": "bad_request", "message": "expected key=value, got 'user_id'"}
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"id": 1, "ok": True, "result": "pong"},
+        {"id": 2, "ok": False, "error": refused},
+    ]
 
 
 def test_client_script_from_stdin(motet: Any, motet_server: Any) -> None:
@@ -246,24 +474,30 @@ def test_client_script_from_stdin(motet: Any, motet_server: Any) -> None:
     result = motet.run("client", "--port", str(server.port), input=script + "\n")
     assert result.returncode == 1
     assert result.stderr == "motet: error: line 6: expected key=value, got 'user_id'\n"
+    # One reply line per request line, the line's number as its id unless it gave one.
     replies = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["id"], r["ok"]) for r in replies] == [
-        (None, True),
+        (4, True),
         ("mine", True),
-        (None, True),
-        (None, False),
-        (None, True),
+        (6, False),
+        (7, True),
+        (8, False),
+        (9, True),
     ]
     assert replies[0]["result"] == {"stream": "User-u2", "version": 1, "position": 1}
     assert replies[1]["result"]["name"] == "Bo"
-    assert [e["type"] for e in replies[2]["result"]["events"]] == ["UserCreated"]
-    assert replies[3]["error"] == {"code": "not_found", "message": "no user 'ghost'"}
-    assert replies[4]["result"] == "pong"
+    assert replies[2]["error"] == {
+        "code": "bad_request",
+        "message": "expected key=value, got 'user_id'",
+    }
+    assert [e["type"] for e in replies[3]["result"]["events"]] == ["UserCreated"]
+    assert replies[4]["error"] == {"code": "not_found", "message": "no user 'ghost'"}
+    assert replies[5]["result"] == "pong"
 
     # A script without failures exits 0; an empty one prints nothing.
     result = motet.run("client", "--port", str(server.port), input="ping\n# done\n")
     assert (result.returncode, result.stderr) == (0, "")
-    assert json.loads(result.stdout) == {"id": None, "ok": True, "result": "pong"}
+    assert json.loads(result.stdout) == {"id": 1, "ok": True, "result": "pong"}
     result = motet.run("client", "--port", str(server.port), input="")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
@@ -588,4 +822,12 @@ def test_a_bad_request_line_number_counts_every_line(motet: Any, motet_server: A
         "motet: error: line 6: usage: subscribe [FROM_POSITION]",
         "motet: error: line 7: ping takes no arguments",
     ]
-    assert [json.loads(line)["result"] for line in result.stdout.splitlines()] == ["pong"]
+    replies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(reply["id"], reply["ok"]) for reply in replies] == [
+        (1, True),
+        (4, False),
+        (5, False),
+        (6, False),
+        (7, False),
+    ]
+    assert {reply["error"]["code"] for reply in replies[1:]} == {"bad_request"}

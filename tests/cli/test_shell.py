@@ -1,4 +1,4 @@
-"""The request language of ``motet client`` (engine/shell.py): pure functions,
+"""The request language of ``motet client`` (engine/cli/shell.py): pure functions,
 no server. A line is a JSON request passed through, or a short form turned
 into one; every mistake is a :class:`ShellError` that says what is wrong."""
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from motet.engine.cli.shell import ShellError, format_reply, parse_line
+from motet.storage.errors import MotetError
 
 COMMANDS = frozenset({"CreateUser", "UpdateUser", "DeleteUser", "PlaceOrder"})
 
@@ -56,9 +57,12 @@ def test_a_broken_json_line_is_refused(line: str, message: str) -> None:
         parse(line)
 
 
-def test_shell_errors_are_value_errors() -> None:
-    # So callers catching ValueError for bad input also catch these.
-    assert issubclass(ShellError, ValueError)
+def test_shell_errors_are_motet_errors_and_value_errors() -> None:
+    # Callers catching Motet's errors, or ValueError for bad input, also catch these.
+    with pytest.raises(MotetError, match=r"^expected key=value, got 'user_id'$"):
+        parse("CreateUser user_id")
+    with pytest.raises(ValueError, match=r"^expected key=value, got 'user_id'$"):
+        parse("CreateUser user_id")
 
 
 # --- short forms of every op ------------------------------------------------------------

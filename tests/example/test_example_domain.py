@@ -351,3 +351,18 @@ def test_user_aggregate_routes_every_command_by_user_id() -> None:
 def test_messages_have_stable_tags() -> None:
     for cls in [*user.commands, *user.events, UserState]:
         assert tag_of(cls) == cls.__name__
+
+
+def test_the_face_exports_both_sides_and_the_app() -> None:
+    from motet.engine import example
+    from motet.engine.example import read, write
+
+    assert sorted(example.__all__) == sorted([*write.__all__, *read.__all__, "app"])
+    for name in example.__all__:
+        assert getattr(example, name) is not None, name
+    for side in (write, read):
+        for name in side.__all__:
+            assert getattr(example, name) is getattr(side, name), name
+    assert {"user", "queries", "users_projection", "decide", "evolve"} <= set(example.__all__)
+    # The demo is what a command runs, not part of the app.
+    assert "demo" not in example.__all__
