@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from motet.storage.codec import tag_of
+from motet.storage.streams import SEPARATOR, stream_id
 
 __all__ = ["Aggregate"]
 
@@ -21,7 +22,8 @@ class Aggregate(Generic[S]):
     raises :class:`~motet.actors.errors.CommandRejected` with a message for the
     caller; ``evolve(state, event)`` returns the next state and never fails.
     ``commands`` maps each command type to the name of its field holding the
-    aggregate id; the aggregate's stream is ``f"{name}-{id}"``. A snapshot is
+    aggregate id; the aggregate's stream is ``f"{name}-{id}"`` (see
+    :mod:`motet.storage.streams`). A snapshot is
     written every ``snapshot_every`` events; bump ``state_version`` whenever
     the state's shape changes, so old snapshots are ignored and rebuilt.
     """
@@ -38,7 +40,7 @@ class Aggregate(Generic[S]):
     tags: Mapping[str, type] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.name or "-" in self.name or "\x00" in self.name:
+        if not self.name or SEPARATOR in self.name or "\x00" in self.name:
             raise ValueError(
                 f"aggregate name must be non-empty without '-' or NUL, got {self.name!r}"
             )
@@ -53,4 +55,4 @@ class Aggregate(Generic[S]):
 
     def stream_of(self, aggregate_id: str) -> str:
         """The stream id of one aggregate of this type."""
-        return f"{self.name}-{aggregate_id}"
+        return stream_id(self.name, aggregate_id)

@@ -34,7 +34,7 @@ from motet.actors.errors import CommandRejected, NotFound
 from motet.actors.projection import Projection, Query
 from motet.actors.read_model import Order, Table
 from motet.engine.app import App
-from motet.storage.records import StoredEvent
+from motet.storage.records import RecordedEvent
 
 __all__ = [
     "MAX_TOP_SPENDERS",
@@ -454,7 +454,7 @@ class UsersModel:
         return f"<UsersModel users={len(self.users)}>"
 
 
-def _on_user_created(model: UsersModel, event: UserCreated, record: StoredEvent) -> None:
+def _on_user_created(model: UsersModel, event: UserCreated, record: RecordedEvent) -> None:
     model.users.insert(
         UserRow(
             user_id=event.user_id,
@@ -466,7 +466,7 @@ def _on_user_created(model: UsersModel, event: UserCreated, record: StoredEvent)
     )
 
 
-def _on_user_updated(model: UsersModel, event: UserUpdated, record: StoredEvent) -> None:
+def _on_user_updated(model: UsersModel, event: UserUpdated, record: RecordedEvent) -> None:
     changes = {
         name: value
         for name in ("name", "email", "city")
@@ -475,11 +475,11 @@ def _on_user_updated(model: UsersModel, event: UserUpdated, record: StoredEvent)
     model.users.update(event.user_id, **changes)
 
 
-def _on_user_deleted(model: UsersModel, event: UserDeleted, record: StoredEvent) -> None:
+def _on_user_deleted(model: UsersModel, event: UserDeleted, record: RecordedEvent) -> None:
     model.users.delete(event.user_id)
 
 
-def _on_order_placed(model: UsersModel, event: OrderPlaced, record: StoredEvent) -> None:
+def _on_order_placed(model: UsersModel, event: OrderPlaced, record: RecordedEvent) -> None:
     row = model.users.get(event.user_id)
     if row is None:  # the aggregate refuses orders of unknown users; be lenient anyway
         return

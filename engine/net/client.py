@@ -37,7 +37,7 @@ import trio
 from motet.actors.errors import Overloaded
 from motet.storage.codec import tag_of
 from motet.storage.errors import MotetError
-from motet.storage.records import AppendResult
+from motet.storage.records import Ack
 
 from ..core import EngineStatus
 from .protocol import (
@@ -142,7 +142,7 @@ class Client:
 
     async def send(
         self, command: Any, *, command_id: str | None = None, expected_version: int | None = None
-    ) -> AppendResult:
+    ) -> Ack:
         """Run ``command`` on the server; return its Ack once committed.
 
         Raises what :meth:`engine.Engine.send` raises (:class:`CommandRejected`,
@@ -158,7 +158,7 @@ class Client:
             expected_version=expected_version,
         )
         ack = self._decode(await self._result(op), _AckResult)
-        return AppendResult(ack.stream, ack.version, ack.position)
+        return Ack(ack.stream, ack.version, ack.position)
 
     async def ask(
         self,
@@ -559,7 +559,7 @@ class BlockingClient:
 
     def send(
         self, command: Any, *, command_id: str | None = None, expected_version: int | None = None
-    ) -> AppendResult:
+    ) -> Ack:
         """See :meth:`Client.send`."""
         return self._call(
             lambda c: c.send(command, command_id=command_id, expected_version=expected_version)

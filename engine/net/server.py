@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from motet.storage.records import AppendResult
+from motet.storage.records import Ack
 
 from ..core import Engine
 from .protocol import (
@@ -423,7 +423,7 @@ class _Connection:
         request_id = request.id
         self._submitted += 1
 
-        def done(ack: AppendResult | None, error: BaseException | None) -> None:
+        def done(ack: Ack | None, error: BaseException | None) -> None:
             if error is None and ack is not None:
                 line = self._encoder.ack(request_id, ack)
             else:

@@ -251,7 +251,7 @@ async def test_the_map_grows_by_itself_through_the_engine(tmp_path: Path) -> Non
     commands = 3_000
     senders = 20
     versions: list[int] = []
-    async with open_engine(path, app, map_size=small) as engine:
+    async with open_engine(path, app, store_options={"map_size": small}) as engine:
         await engine.send(CREATE)
 
         async def sender(task: int) -> None:
@@ -267,7 +267,7 @@ async def test_the_map_grows_by_itself_through_the_engine(tmp_path: Path) -> Non
         live = engine.registry.live(STREAM).state  # type: ignore[union-attr]
         assert live.order_count == commands - 1
 
-    async with open_engine(path, app, map_size=small) as engine:
+    async with open_engine(path, app, store_options={"map_size": small}) as engine:
         assert engine.head_position == commands
         assert await folded(engine) == live
         assert (await engine.send(order(commands))).version == commands + 1

@@ -14,7 +14,6 @@ import pytest
 from motet.storage import (
     FORMAT,
     Append,
-    AppendResult,
     Checkpoint,
     Conflict,
     LmdbStore,
@@ -24,6 +23,7 @@ from motet.storage import (
     StorageError,
     StoreFormatError,
 )
+from motet.storage.records import Ack
 
 TS = 1_700_000_000.5
 
@@ -77,8 +77,8 @@ def test_close_and_reopen_keeps_everything(lmdb_store_factory: Any, durability: 
     assert reopened.streams() == [("User-1", 3), ("User-10", 3)]
     assert reopened.load_snapshot("User-10") == Snapshot(3, 1, b"u10")
     assert reopened.load_snapshot("User-1") is None
-    assert reopened.get_ack("cmd-1") == AppendResult("User-1", 2, 2)
-    assert reopened.get_ack("cmd-2") == AppendResult("User-1", 3, 6)
+    assert reopened.get_ack("cmd-1") == Ack("User-1", 2, 2)
+    assert reopened.get_ack("cmd-2") == Ack("User-1", 3, 6)
     assert reopened.get_checkpoint("users") == Checkpoint(6, 2, b"read-model")
 
 
@@ -98,7 +98,7 @@ def test_a_reopened_store_continues_positions_and_checks_versions(lmdb_store_fac
 
     assert isinstance(results[0], Conflict)
     assert (results[0].expected, results[0].actual) == (0, 2)
-    assert results[1:] == [AppendResult("A", 4, 5), AppendResult("C", 1, 6)]
+    assert results[1:] == [Ack("A", 4, 5), Ack("C", 1, 6)]
     assert [e.position for e in read_everything(reopened)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -118,7 +118,7 @@ def test_an_empty_existing_directory_becomes_a_store(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path, durability="none")
     try:
         assert store.head_position == 0
-        assert store.append_batch([Append("A", 0, new_events(1))], TS) == [AppendResult("A", 1, 1)]
+        assert store.append_batch([Append("A", 0, new_events(1))], TS) == [Ack("A", 1, 1)]
     finally:
         store.close()
 
@@ -142,7 +142,7 @@ def test_a_small_map_grows_to_hold_megabytes_of_events(lmdb_store_factory: Any) 
             ],
             TS,
         )
-        assert isinstance(result, AppendResult)
+        assert isinstance(result, Ack)
 
     # 5,200 events of 1 KiB each: far more than the 64 KiB the store began with.
     assert store.map_size >= 5 * 1024 * 1024
@@ -167,7 +167,7 @@ def test_a_small_map_grows_for_a_large_snapshot_only_append(lmdb_store_factory: 
 
     (result,) = store.append_batch([Append("A", 1, [], snapshot=snapshot)], TS)
 
-    assert result == AppendResult("A", 1, 1)
+    assert result == Ack("A", 1, 1)
     assert store.load_snapshot("A") == snapshot
     assert store.map_size > 1024 * 1024
 
@@ -279,7 +279,7 @@ def test_both_durability_modes_are_accepted(lmdb_store_factory: Any, durability:
     store = lmdb_store_factory(durability=durability)
 
     assert store.durability == durability
-    assert store.append_batch([Append("A", 0, new_events(1))], TS) == [AppendResult("A", 1, 1)]
+    assert store.append_batch([Append("A", 0, new_events(1))], TS) == [Ack("A", 1, 1)]
 
 
 @pytest.mark.parametrize("durability", ["fsync", "SYNC", "", None, True])

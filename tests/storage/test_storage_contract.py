@@ -21,7 +21,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from motet.storage import (
     MAX_KEY_BYTES,
     Append,
-    AppendResult,
     Checkpoint,
     Conflict,
     LmdbStore,
@@ -33,6 +32,7 @@ from motet.storage import (
     StoredEvent,
     check_key,
 )
+from motet.storage.records import Ack
 
 TS = 1_700_000_000.25
 
@@ -95,7 +95,7 @@ def test_appended_events_read_back_exactly(store: Any) -> None:
 
     results = store.append_batch([Append("User-1", 0, new, metadata)], TS)
 
-    assert results == [AppendResult("User-1", 2, 2)]
+    assert results == [Ack("User-1", 2, 2)]
     expected = [
         StoredEvent(1, "User-1", 1, "UserCreated", 1, TS, metadata, b"\x81\xa1a\x01"),
         StoredEvent(2, "User-1", 2, "UserRenamed", 3, TS, metadata, b""),
@@ -145,11 +145,11 @@ def test_each_append_gets_its_own_result(store: Any) -> None:
 
     # The position is that of the append's own last event.
     assert results == [
-        AppendResult("A", 3, 3),
-        AppendResult("B", 1, 4),
-        AppendResult("A", 5, 6),
+        Ack("A", 3, 3),
+        Ack("B", 1, 4),
+        Ack("A", 5, 6),
     ]
-    assert all(type(r) is AppendResult for r in results)
+    assert all(type(r) is Ack for r in results)
 
 
 def test_streams_lists_every_stream_sorted_with_its_version(store: Any) -> None:
@@ -176,13 +176,13 @@ def test_a_conflicting_append_writes_nothing_while_the_others_commit(store: Any)
         TS + 1,
     )
 
-    assert results[0] == AppendResult("A", 1, 3)
+    assert results[0] == Ack("A", 1, 3)
     conflict = results[1]
     assert isinstance(conflict, Conflict)
     assert (conflict.stream, conflict.expected, conflict.actual) == ("B", 5, 2)
     assert str(conflict) == "stream 'B' is at version 2, expected version 5"
     # C's positions follow A's directly: the refused append took none.
-    assert results[2] == AppendResult("C", 2, 5)
+    assert results[2] == Ack("C", 2, 5)
     assert [e.position for e in store.read_all()] == [1, 2, 3, 4, 5]
     assert [e.data for e in store.read_stream("B")] == [b"payload-0", b"payload-1"]
     assert store.stream_version("B") == 2
@@ -217,13 +217,13 @@ def test_later_appends_in_a_batch_are_checked_against_the_running_version(store:
         TS,
     )
 
-    assert results[0] == AppendResult("A", 2, 2)
-    assert results[1] == AppendResult("A", 3, 3)
+    assert results[0] == Ack("A", 2, 2)
+    assert results[1] == Ack("A", 3, 3)
     assert isinstance(results[2], Conflict)
     assert (results[2].expected, results[2].actual) == (0, 3)
     assert isinstance(results[3], Conflict)
     assert (results[3].expected, results[3].actual) == (9, 3)
-    assert results[4] == AppendResult("A", 4, 4)
+    assert results[4] == Ack("A", 4, 4)
     assert [e.data for e in store.read_stream("A")] == [
         b"payload-0",
         b"payload-1",
@@ -251,7 +251,7 @@ def test_a_snapshot_only_append_stores_the_snapshot_and_no_events(store: Any) ->
     (result,) = store.append_batch([append("A", 2, [], snapshot=snapshot)], TS)
 
     # The stream's version and the log's head stay where they were.
-    assert result == AppendResult("A", 2, 3)
+    assert result == Ack("A", 2, 3)
     assert store.head_position == 3
     assert store.stream_version("A") == 2
     assert len(store.read_all()) == 3
@@ -290,7 +290,7 @@ def test_a_conflicting_snapshot_only_append_stores_nothing(store: Any) -> None:
 def test_an_append_with_no_events_and_no_snapshot_writes_nothing(store: Any) -> None:
     (result,) = store.append_batch([append("A", 0, [])], TS)
 
-    assert result == AppendResult("A", 0, 0)
+    assert result == Ack("A", 0, 0)
     assert store.streams() == []
     assert store.head_position == 0
 
@@ -304,8 +304,8 @@ def test_the_command_id_index_returns_the_original_result(store: Any) -> None:
         [append("B", 0, events(1), command_id="cmd-2"), append("A", 2, events(1))], TS
     )
 
-    assert store.get_ack("cmd-1") == first == AppendResult("A", 2, 2)
-    assert store.get_ack("cmd-2") == AppendResult("B", 1, 3)
+    assert store.get_ack("cmd-1") == first == Ack("A", 2, 2)
+    assert store.get_ack("cmd-2") == Ack("B", 1, 3)
     assert store.get_ack("cmd-3") is None
 
 
@@ -554,11 +554,11 @@ new_events = st.lists(
 timestamps = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
 
 
-def outcome(result: AppendResult | Conflict) -> object:
+def outcome(result: Ack | Conflict) -> object:
     """A comparable form of one append's result (exceptions compare by identity)."""
     if isinstance(result, Conflict):
         return ("conflict", result.stream, result.expected, result.actual, str(result))
-    assert type(result) is AppendResult
+    assert type(result) is Ack
     return result
 
 
@@ -575,7 +575,7 @@ class StoresAgree(RuleBasedStateMachine):
         self.lmdb = LmdbStore(self.directory, durability="none")
         self.log: list[StoredEvent] = []
         self.snapshots: dict[str, Snapshot] = {}
-        self.acks: dict[str, AppendResult] = {}
+        self.acks: dict[str, Ack] = {}
         self.checkpoints: dict[str, Checkpoint] = {}
         self.command_ids: list[str] = []
 
@@ -634,7 +634,7 @@ class StoresAgree(RuleBasedStateMachine):
                     )
                 )
             running[stream] = current
-            result = AppendResult(stream, current, head)
+            result = Ack(stream, current, head)
             expected.append(result)
             if snapshot is not None:
                 self.snapshots[stream] = snapshot
@@ -746,7 +746,7 @@ def test_any_stream_ids_stay_separate_and_sort_alike(
                 appends.append(append(stream, written.get(stream, 0), events(count)))
                 written[stream] = written.get(stream, 0) + count
             for store in stores:
-                assert all(type(r) is AppendResult for r in store.append_batch(appends, TS))
+                assert all(type(r) is Ack for r in store.append_batch(appends, TS))
         for store in stores:
             assert store.streams() == sorted(written.items())
             for stream, version in written.items():
