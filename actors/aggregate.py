@@ -268,6 +268,25 @@ class AggregateActor(Generic[S]):
             return
         try:
             events = definition.decide(self.state, request.command)
+            if type(events) is not list and type(events) is not tuple:
+                # A generator would be used up by evolve and leave nothing to
+                # write: refuse anything that is not a materialised sequence.
+                self._refuse_decision(
+                    request,
+                    f"{definition.name}.decide must return a list or tuple of events, "
+                    f"got {type(events).__name__}",
+                )
+                return
+            declared = definition.event_types
+            for event in events:
+                if type(event) not in declared:
+                    self._refuse_decision(
+                        request,
+                        f"{definition.name}.decide returned a {type(event).__name__}, "
+                        f"which is not an event of {definition.name} (its events: "
+                        f"{', '.join(sorted(cls.__name__ for cls in declared))})",
+                    )
+                    return
             state = self.state
             for event in events:
                 state = definition.evolve(state, event)
@@ -300,6 +319,12 @@ class AggregateActor(Generic[S]):
         request.owner = self
         self.pending += 1
         self._writer.submit(request)
+
+    def _refuse_decision(self, request: CommandRequest, problem: str) -> None:
+        """Fail a command whose ``decide`` returned something unusable (a bug
+        in the application); nothing was applied, so the state stays."""
+        log.error("%s on %r", problem, request.command)
+        request.fail(InternalError(problem))
 
 
 _NO_METADATA = Metadata()

@@ -555,6 +555,9 @@ async def open_engine(
             f"set them when opening {store!r}"
         )
     app = _with_snapshot_every(app, snapshot_every)
+    # What the body raised: the nursery wraps it in an ExceptionGroup, but the
+    # caller's ``except CommandRejected`` around the block must still see it.
+    raised: list[BaseException] = []
     try:
         engine = Engine(
             store,
@@ -567,28 +570,40 @@ async def open_engine(
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")
-        async with trio.open_nursery() as nursery:
-            if getattr(store, "shared", False):
-                await nursery.start(serve_commit_watch, store, engine.writer.watch)
-            await nursery.start(engine.writer.serve)
-            await nursery.start(engine.registry.serve)
-            for projection in engine.projections.values():
-                await nursery.start(projection.run)
-            if metrics_port is not None and engine.metrics is not None:
-                engine.metrics_port = await nursery.start(
-                    serve_metrics, engine.metrics, metrics_host, metrics_port
-                )
-            try:
-                yield engine
-            finally:
-                with trio.move_on_after(shutdown_timeout) as scope:
-                    scope.shield = True
-                    await engine._drain()
-                    await engine._save_projections()
-                if scope.cancelled_caught:
-                    log.warning("engine closed with commands still in flight")
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if getattr(store, "shared", False):
+                    await nursery.start(serve_commit_watch, store, engine.writer.watch)
+                await nursery.start(engine.writer.serve)
+                await nursery.start(engine.registry.serve)
+                for projection in engine.projections.values():
+                    await nursery.start(projection.run)
+                if metrics_port is not None and engine.metrics is not None:
+                    engine.metrics_port = await nursery.start(
+                        serve_metrics, engine.metrics, metrics_host, metrics_port
+                    )
+                try:
+                    yield engine
+                except BaseException as exc:
+                    raised.append(exc)
+                    raise
+                finally:
+                    with trio.move_on_after(shutdown_timeout) as scope:
+                        scope.shield = True
+                        await engine._drain()
+                        await engine._save_projections()
+                    if scope.cancelled_caught:
+                        log.warning("engine closed with commands still in flight")
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if not (raised and len(group.exceptions) == 1 and group.exceptions[0] is raised[0]):
+                raise
+        else:
+            raised.clear()
         engine.writer.fail_all(EngineClosed("the engine closed before the command committed"))
+        if raised:
+            # Raised outside the except clause, so its context stays its own.
+            raise raised[0]
     finally:
         if owned:
             await _close_store(store)
