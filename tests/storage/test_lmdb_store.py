@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +314,30 @@ def test_repr_shows_path_head_durability_and_map_size(tmp_path: Path) -> None:
         store.close()
 
     assert repr(store) == f"<LmdbStore {str(tmp_path / 's')!r} closed>"
+
+
+def test_a_read_only_handle_is_shared_and_sees_another_process_commit(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    LmdbStore(path).close()
+    reader = LmdbStore(path, readonly=True)
+    try:
+        assert (reader.shared, reader.blocking, reader.head_position) == (True, False, 0)
+        assert reader.wait_for_commit(0, 0.05) == 0
+        writer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from motet.storage import Append, LmdbStore, NewEvent; "
+                "s = LmdbStore(sys.argv[1]); "
+                "s.append_batch([Append('A', 0, [NewEvent('Created', 1, b'x')] * 2)], 1.0); "
+                "s.close()",
+                str(path),
+            ]
+        )
+        try:
+            assert reader.wait_for_commit(0, 20.0) == 2
+        finally:
+            assert writer.wait(20) == 0
+        assert [e.position for e in reader.read_all()] == [1, 2]
+    finally:
+        reader.close()
