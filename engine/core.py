@@ -124,7 +124,8 @@ class Engine:
 
     @property
     def head_position(self) -> int:
-        """Position of the last committed event."""
+        """Position of the last committed event this engine knows of (on a
+        shared store, including those other processes committed)."""
         return self.writer.head_position
 
     def statistics(self) -> EngineStatistics:
@@ -413,8 +414,9 @@ class Engine:
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
-        one as it is committed (live). Never ends by itself; stop iterating
-        (or cancel) to unsubscribe."""
+        one as it is committed (live), by this engine or, on a shared store,
+        by another process. Never ends by itself; stop iterating (or cancel)
+        to unsubscribe."""
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
         position = from_position

@@ -47,7 +47,7 @@ from motet.engine.example import (
     users_projection,
 )
 from motet.storage import LmdbStore
-from motet.storage.records import Checkpoint, StoredEvent
+from motet.storage.records import Checkpoint, RecordedEvent, StoredEvent
 
 USER_IDS = ["u0", "u1", "u2", "u3"]
 EMAILS = ["a@x.org", "b@x.org", "c@x.org"]
@@ -474,7 +474,7 @@ def audit_app(handler_fixed: list[bool]) -> App:
     """The example app plus an ``audit`` projection whose handler refuses
     orders of 13 until ``handler_fixed[0]`` is set."""
 
-    def on_order(model: Audit, event: OrderPlaced, record: StoredEvent) -> None:
+    def on_order(model: Audit, event: OrderPlaced, record: RecordedEvent) -> None:
         if event.amount == 13 and not handler_fixed[0]:
             raise RuntimeError(f"cannot audit {event.order_id!r}")
         model.amounts.append(event.amount)
