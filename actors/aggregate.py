@@ -278,8 +278,11 @@ class AggregateActor(Generic[S]):
                 )
                 return
             declared = definition.event_types
+            evolve = definition.evolve
+            state = self.state
             for event in events:
                 if type(event) not in declared:
+                    # Nothing is applied yet: self.state is still the old state.
                     self._refuse_decision(
                         request,
                         f"{definition.name}.decide returned a {type(event).__name__}, "
@@ -287,9 +290,7 @@ class AggregateActor(Generic[S]):
                         f"{', '.join(sorted(cls.__name__ for cls in declared))})",
                     )
                     return
-            state = self.state
-            for event in events:
-                state = definition.evolve(state, event)
+                state = evolve(state, event)
             encoded = [self._codec.encode_event(event) for event in events]
         except CommandRejected as exc:
             request.fail(exc)
