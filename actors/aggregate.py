@@ -11,12 +11,13 @@ import trio
 
 from motet.storage.codec import Codec
 from motet.storage.errors import CodecError, Conflict
-from motet.storage.records import Append, Metadata, Snapshot
+from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
 
 from .definition import Aggregate
 from .errors import CommandRejected, EngineClosed, InternalError, Overloaded
 from .request import CommandRequest
+from .store_calls import StoreCalls
 from .writer import GroupCommitWriter
 
 __all__ = ["AggregateActor"]
@@ -47,6 +48,7 @@ class AggregateActor(Generic[S]):
     """
 
     __slots__ = (
+        "_calls",
         "_codec",
         "_mailbox",
         "_settled",
@@ -77,11 +79,13 @@ class AggregateActor(Generic[S]):
         state_decoder: msgspec.msgpack.Decoder[Any],
         mailbox_size: int,
         now: float,
+        calls: StoreCalls | None = None,
     ) -> None:
         self.definition = definition
         self.aggregate_id = aggregate_id
         self.stream = definition.stream_of(aggregate_id)
         self._store = store
+        self._calls = calls if calls is not None else StoreCalls(store)
         self._codec = codec
         self._writer = writer
         self._state_decoder = state_decoder
@@ -127,7 +131,7 @@ class AggregateActor(Generic[S]):
         if self.stopped:
             raise EngineClosed(f"the actor of {self.stream} has stopped")
         mailbox = self._mailbox
-        if not mailbox and not self._stale:
+        if not mailbox and not self._stale and not request.lookup_command_id:
             self._decide(request)
             return False
         if len(mailbox) >= self.mailbox_size:
@@ -169,6 +173,18 @@ class AggregateActor(Generic[S]):
                 mailbox.popleft().fail(error)
 
     async def _handle(self, request: CommandRequest) -> None:
+        if request.lookup_command_id:
+            # The engine could not look the command id up on the event loop's
+            # thread (a blocking store); the actor can wait for it.
+            try:
+                ack = await self._calls.run(self._store.get_ack, request.command_id)
+            except Exception as exc:
+                log.exception("looking up command id %r failed", request.command_id)
+                request.fail(InternalError(f"command id {request.command_id!r}: {exc}"))
+                return
+            if ack is not None:
+                request.succeed(ack)
+                return
         if self._stale:
             try:
                 await self._reload()
@@ -182,14 +198,18 @@ class AggregateActor(Generic[S]):
         while self.pending:
             self._settled = trio.Event()
             await self._settled.wait()
-        self.state, self.version, replace_snapshot = self._load()
+        self.state, self.version, replace_snapshot = self._load(
+            *await self._calls.run(self._read_history)
+        )
         self._stale = False
         if replace_snapshot:
             self._write_snapshot()
 
-    def _load(self) -> tuple[S, int, bool]:
-        """Latest usable snapshot plus later events. Returns (state, version,
-        whether the stored snapshot should be replaced)."""
+    def _read_history(self) -> tuple[S, int, bool, list[StoredEvent]]:
+        """The store reads of a load, in one call (one thread hop for a
+        blocking store): the latest usable snapshot's state and version,
+        whether the stored snapshot should be replaced, and the events
+        after it (evolved by :meth:`_load`)."""
         definition = self.definition
         state, version = definition.initial, 0
         replace = False
@@ -215,9 +235,16 @@ class AggregateActor(Generic[S]):
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
                     replace = True
-        evolve = definition.evolve
+        return state, version, replace, self._store.read_stream(self.stream, after_version=version)
+
+    def _load(
+        self, state: S, version: int, replace: bool, stored_events: list[StoredEvent]
+    ) -> tuple[S, int, bool]:
+        """Evolve what :meth:`_read_history` read. Returns (state, version,
+        whether the stored snapshot should be replaced)."""
+        evolve = self.definition.evolve
         decode = self._codec.decode_event
-        for stored in self._store.read_stream(self.stream, after_version=version):
+        for stored in stored_events:
             state = evolve(state, decode(stored))
             version = stored.version
         return state, version, replace and version > 0
@@ -241,9 +268,29 @@ class AggregateActor(Generic[S]):
             return
         try:
             events = definition.decide(self.state, request.command)
+            if type(events) is not list and type(events) is not tuple:
+                # A generator would be used up by evolve and leave nothing to
+                # write: refuse anything that is not a materialised sequence.
+                self._refuse_decision(
+                    request,
+                    f"{definition.name}.decide must return a list or tuple of events, "
+                    f"got {type(events).__name__}",
+                )
+                return
+            declared = definition.event_types
+            evolve = definition.evolve
             state = self.state
             for event in events:
-                state = definition.evolve(state, event)
+                if type(event) not in declared:
+                    # Nothing is applied yet: self.state is still the old state.
+                    self._refuse_decision(
+                        request,
+                        f"{definition.name}.decide returned a {type(event).__name__}, "
+                        f"which is not an event of {definition.name} (its events: "
+                        f"{', '.join(sorted(cls.__name__ for cls in declared))})",
+                    )
+                    return
+                state = evolve(state, event)
             encoded = [self._codec.encode_event(event) for event in events]
         except CommandRejected as exc:
             request.fail(exc)
@@ -273,6 +320,12 @@ class AggregateActor(Generic[S]):
         request.owner = self
         self.pending += 1
         self._writer.submit(request)
+
+    def _refuse_decision(self, request: CommandRequest, problem: str) -> None:
+        """Fail a command whose ``decide`` returned something unusable (a bug
+        in the application); nothing was applied, so the state stays."""
+        log.error("%s on %r", problem, request.command)
+        request.fail(InternalError(problem))
 
 
 _NO_METADATA = Metadata()

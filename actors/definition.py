@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from motet.storage.codec import tag_of
+from motet.storage.streams import SEPARATOR, stream_id
 
 __all__ = ["Aggregate"]
 
@@ -17,11 +18,13 @@ S = TypeVar("S")
 class Aggregate(Generic[S]):
     """An aggregate type: its pure domain functions and the messages it handles.
 
-    ``decide(state, command)`` returns the events a command produces, or
+    ``decide(state, command)`` returns the events a command produces (a
+    list or tuple of instances of ``events``), or
     raises :class:`~motet.actors.errors.CommandRejected` with a message for the
     caller; ``evolve(state, event)`` returns the next state and never fails.
     ``commands`` maps each command type to the name of its field holding the
-    aggregate id; the aggregate's stream is ``f"{name}-{id}"``. A snapshot is
+    aggregate id; the aggregate's stream is ``f"{name}-{id}"`` (see
+    :mod:`motet.storage.streams`). A snapshot is
     written every ``snapshot_every`` events; bump ``state_version`` whenever
     the state's shape changes, so old snapshots are ignored and rebuilt.
     """
@@ -36,9 +39,10 @@ class Aggregate(Generic[S]):
     snapshot_every: int = 100
     state_version: int = 1
     tags: Mapping[str, type] = field(init=False, repr=False, compare=False)
+    event_types: frozenset[type] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.name or "-" in self.name or "\x00" in self.name:
+        if not self.name or SEPARATOR in self.name or "\x00" in self.name:
             raise ValueError(
                 f"aggregate name must be non-empty without '-' or NUL, got {self.name!r}"
             )
@@ -50,7 +54,8 @@ class Aggregate(Generic[S]):
                 raise ValueError(f"{command.__qualname__} has no field {id_field!r} to route it by")
         tags = {tag_of(cls): cls for cls in self.commands}
         object.__setattr__(self, "tags", tags)
+        object.__setattr__(self, "event_types", frozenset(self.events))
 
     def stream_of(self, aggregate_id: str) -> str:
         """The stream id of one aggregate of this type."""
-        return f"{self.name}-{aggregate_id}"
+        return stream_id(self.name, aggregate_id)

@@ -21,9 +21,11 @@ import trio
 
 from motet.storage.codec import Codec, tag_of
 from motet.storage.errors import CodecError, MotetError
-from motet.storage.records import Checkpoint, StoredEvent
+from motet.storage.records import Checkpoint, RecordedEvent, StoredEvent
+from motet.storage.status import ProjectionStatus
 from motet.storage.store import EventStore
 
+from .store_calls import StoreCalls
 from .writer import GroupCommitWriter
 
 __all__ = [
@@ -39,9 +41,11 @@ log = logging.getLogger("motet.projections")
 M = TypeVar("M")
 Q = TypeVar("Q")
 
-Handler = Callable[[Any, Any, StoredEvent], None]
+Handler = Callable[[Any, Any, RecordedEvent], None]
 """``handler(model, event, record)``: apply one decoded event to the model;
-``record`` carries its position, stream, version and timestamp."""
+``record`` is the :class:`~motet.storage.records.RecordedEvent` (its
+position, stream, version, timestamp and metadata; ``record.data`` is
+``event``)."""
 
 
 class ProjectionFailed(MotetError):
@@ -92,18 +96,6 @@ class Query(Generic[M, Q]):
     handler: Callable[[M, Q], Any]
 
 
-class ProjectionStatus(msgspec.Struct, frozen=True):
-    """Where a projection stands (see :meth:`ProjectionActor.status`)."""
-
-    name: str
-    state: Literal["running", "failed", "rebuilding"]
-    position: int
-    lag_events: int
-    lag_seconds: float
-    error: str | None = None
-    failed_position: int | None = None
-
-
 class ProjectionActor(Generic[M]):
     """Runs one :class:`Projection`; see the module docstring."""
 
@@ -114,11 +106,13 @@ class ProjectionActor(Generic[M]):
         store: EventStore,
         codec: Codec,
         writer: GroupCommitWriter,
+        calls: StoreCalls | None = None,
         batch_size: int = 2_000,
     ) -> None:
         self.definition = definition
         self.name = definition.name
         self._store = store
+        self._calls = calls if calls is not None else StoreCalls(store)
         self._codec = codec
         self._writer = writer
         self._batch_size = batch_size
@@ -156,6 +150,12 @@ class ProjectionActor(Generic[M]):
         behind = self._writer.head_position - self.position
         if behind <= 0:
             return 0, 0.0
+        now = time.time() if now is None else now
+        if self._calls.blocking:
+            # No store read on the event loop's thread: the head watch knows
+            # when the commit holding the next position was seen.
+            seen = self._writer.watch.committed_at(self.position + 1)
+            return behind, 0.0 if seen is None else max(0.0, now - seen)
         try:
             oldest = self._store.read_all(self.position, 1)
         except CodecError:
@@ -164,7 +164,7 @@ class ProjectionActor(Generic[M]):
             return behind, 0.0
         if not oldest:
             return behind, 0.0
-        return behind, max(0.0, (time.time() if now is None else now) - oldest[0].timestamp)
+        return behind, max(0.0, now - oldest[0].timestamp)
 
     def status(self) -> ProjectionStatus:
         """A snapshot of the projection's state and lag."""
@@ -226,11 +226,11 @@ class ProjectionActor(Generic[M]):
 
     # -- running ------------------------------------------------------------
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
         """Load the saved read-model snapshot, if it is usable (else start empty)."""
         definition = self.definition
         try:
-            checkpoint = self._store.get_checkpoint(self.name)
+            checkpoint = await self._calls.run(self._store.get_checkpoint, self.name)
         except CodecError as exc:
             # A checkpoint is derived data: an unreadable one costs a replay.
             log.warning("projection %s: %s; rebuilding from the log", self.name, exc)
@@ -264,10 +264,12 @@ class ProjectionActor(Generic[M]):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Restore, then apply the log forever (until cancelled)."""
-        self.restore()
+        await self.restore()
         task_status.started()
         writer = self._writer
         read_all = self._store.read_all
+        calls = self._calls
+        blocking = calls.blocking
         while True:
             if self._paused or self.error is not None:
                 await self._resume.wait()
@@ -277,10 +279,11 @@ class ProjectionActor(Generic[M]):
                 await writer.wait_head_beyond(self.position)
                 continue
             try:
-                if head - self.position > self._batch_size:
-                    # Far behind: decode the envelopes off the event loop.
-                    events = await trio.to_thread.run_sync(
-                        read_all, self.position, self._batch_size
+                if blocking or head - self.position > self._batch_size:
+                    # Far behind: decode the envelopes off the event loop
+                    # (and a blocking store is never called on it).
+                    events = await calls.run(
+                        read_all, self.position, self._batch_size, offload=True
                     )
                     if self._paused or self.error is not None:
                         continue
@@ -326,18 +329,19 @@ class ProjectionActor(Generic[M]):
         """Apply ``events`` past ``after`` to ``model``. Returns the last position
         applied and, on a failure, the error and the failing position."""
         handlers = self._handlers
-        decode = self._codec.decode_payload
+        decode = self._codec.decode_record
         position = after
-        for record in events:
-            if record.position <= position:
+        for stored in events:
+            if stored.position <= position:
                 continue
-            handler = handlers.get(record.type)
+            handler = handlers.get(stored.type)
             if handler is not None:
                 try:
-                    handler(model, decode(record.type, record.event_version, record.data), record)
+                    record = decode(stored)
+                    handler(model, record.data, record)
                 except Exception as exc:
-                    return position, f"{type(exc).__name__}: {exc}", record.position
-            position = record.position
+                    return position, f"{type(exc).__name__}: {exc}", stored.position
+            position = stored.position
         return position, None, None
 
     async def save(self) -> None:
@@ -365,8 +369,8 @@ class ProjectionActor(Generic[M]):
         self.rebuilding = True
         try:
             while position < max(self.position, self._writer.head_position if self.error else 0):
-                events = await trio.to_thread.run_sync(
-                    self._store.read_all, position, self._batch_size
+                events = await self._calls.run(
+                    self._store.read_all, position, self._batch_size, offload=True
                 )
                 if not events:
                     break

@@ -17,6 +17,7 @@ from .aggregate import AggregateActor
 from .definition import Aggregate
 from .errors import EngineClosed
 from .request import CommandRequest
+from .store_calls import StoreCalls
 from .writer import GroupCommitWriter
 
 __all__ = ["Registry", "RegistryStatistics"]
@@ -58,6 +59,7 @@ class Registry:
         mailbox_size: int = 64,
         max_actors: int = 100_000,
         passivate_after: float = 300.0,
+        calls: StoreCalls | None = None,
     ) -> None:
         if mailbox_size < 1:
             raise ValueError(f"mailbox_size must be >= 1, got {mailbox_size}")
@@ -66,6 +68,7 @@ class Registry:
         if passivate_after <= 0:
             raise ValueError(f"passivate_after must be > 0 seconds, got {passivate_after}")
         self._store = store
+        self._calls = calls if calls is not None else StoreCalls(store)
         self._codec = codec
         self._writer = writer
         self.mailbox_size = mailbox_size
@@ -136,6 +139,7 @@ class Registry:
             state_decoder=decoder,
             mailbox_size=self.mailbox_size,
             now=now,
+            calls=self._calls,
         )
         self._actors[stream] = actor
         self._started += 1

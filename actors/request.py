@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import trio
 
-from motet.storage.records import Append, AppendResult
+from motet.storage.records import Ack, Append
 
 __all__ = ["AppendOwner", "CommandRequest"]
 
@@ -50,6 +50,7 @@ class CommandRequest:
         "error",
         "expected_version",
         "finished",
+        "lookup_command_id",
         "owner",
         "received_at",
     )
@@ -69,7 +70,10 @@ class CommandRequest:
         self.correlation_id = correlation_id
         self.causation_id = causation_id
         self.received_at = received_at
-        self.ack: AppendResult | None = None
+        # Set when the store's command-id index is still to be asked (by the
+        # actor, which may wait) whether this command already ran.
+        self.lookup_command_id = False
+        self.ack: Ack | None = None
         # Set by the actor when the command produced an append for the writer.
         self.append: Append | None = None
         self.owner: AppendOwner = _NO_OWNER
@@ -100,7 +104,7 @@ class CommandRequest:
         else:
             self._callbacks.append(callback)
 
-    def succeed(self, ack: AppendResult) -> None:
+    def succeed(self, ack: Ack) -> None:
         """Answer with the Ack; ignored when already answered."""
         if not self._done:
             self.ack = ack
@@ -142,7 +146,7 @@ class CommandRequest:
         while not self._done:
             await self.next_event().wait()
 
-    async def wait(self) -> AppendResult:
+    async def wait(self) -> Ack:
         """Wait for the answer; return the Ack or raise the error.
 
         Cancelling the wait does not cancel the command: it may still commit.

@@ -25,8 +25,10 @@ import trio
 from motet.storage.errors import Conflict, MotetError, StorageError
 from motet.storage.records import Append
 from motet.storage.store import EventStore
+from motet.storage.streams import category_of
 
 from .errors import InternalError
+from .head_watch import HeadWatch
 from .request import AppendOwner, CommandRequest
 
 __all__ = ["AppendOwner", "GroupCommitWriter", "WriterStatistics"]
@@ -53,10 +55,14 @@ CommitListener = Callable[[int, int, float, int], None]
 class GroupCommitWriter:
     """Commits queued appends in batches; see the module docstring."""
 
-    def __init__(self, store: EventStore, *, max_batch: int = 10_000) -> None:
+    def __init__(
+        self, store: EventStore, *, watch: HeadWatch | None = None, max_batch: int = 10_000
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._store = store
+        # Told of every commit; projections and subscribers wait on it.
+        self.watch = watch if watch is not None else HeadWatch(store.head_position)
         self._max_batch = max_batch
         # Requests whose ``append`` and ``owner`` are set (see :meth:`submit`).
         self._queue: list[CommandRequest] = []
@@ -66,12 +72,10 @@ class GroupCommitWriter:
         # them; each request's ``batch`` (see CommandRequest).
         self._next_commit = trio.Event()
         self._committing: trio.Event | None = None
-        self._head_changed = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
-        self.head_position = store.head_position
         self.listeners: list[CommitListener] = []
         self._commits = 0
         self._failed_commits = 0
@@ -84,6 +88,11 @@ class GroupCommitWriter:
             f"<GroupCommitWriter head={self.head_position} queued={len(self._queue)} "
             f"inflight={len(self._inflight)} commits={self._commits}>"
         )
+
+    @property
+    def head_position(self) -> int:
+        """Position of the last committed event this process knows of."""
+        return self.watch.head_position
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -126,9 +135,8 @@ class GroupCommitWriter:
             await self._idle.wait()
 
     async def wait_head_beyond(self, position: int) -> None:
-        """Wait until the log's head is past ``position``."""
-        while self.head_position <= position:
-            await self._head_changed.wait()
+        """Wait until the log's head is past ``position`` (see :class:`HeadWatch`)."""
+        await self.watch.wait_beyond(position)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches forever. Cancelling it leaves queued appends
@@ -158,11 +166,12 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[CommandRequest]) -> None:
         started = time.perf_counter()
+        timestamp = time.time()
         try:
             results = await trio.to_thread.run_sync(
                 self._store.append_batch,
                 cast("list[Append]", [request.append for request in batch]),
-                time.time(),
+                timestamp,
                 limiter=self._limiter,
             )
         except Exception as exc:
@@ -185,7 +194,7 @@ class GroupCommitWriter:
             appends += 1
             events += len(append.events)
             if append.snapshot is not None:
-                kind = append.stream.partition("-")[0]
+                kind = category_of(append.stream)
                 self._snapshots[kind] = self._snapshots.get(kind, 0) + 1
             request.succeed(result)
             request.owner.append_settled(True)
@@ -193,10 +202,7 @@ class GroupCommitWriter:
         self._appends_committed += appends
         self._events_appended += events
         head = self._store.head_position
-        if head != self.head_position:
-            self.head_position = head
-            self._head_changed.set()
-            self._head_changed = trio.Event()
+        self.watch.advance(head, timestamp)
         for listener in self.listeners:
             listener(len(batch), events, seconds, head)
 

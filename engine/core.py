@@ -12,14 +12,15 @@ from typing import Any
 import trio
 
 from motet.actors.errors import EngineClosed, QueryTimeout, UnknownMessageType
+from motet.actors.head_watch import HeadWatch, serve_commit_watch
 from motet.actors.projection import ProjectionActor, Query
 from motet.actors.registry import Registry
 from motet.actors.request import CommandRequest
+from motet.actors.store_calls import StoreCalls
 from motet.actors.writer import GroupCommitWriter
 from motet.storage.codec import Codec
-from motet.storage.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore
 from motet.storage.memory_store import MemoryStore
-from motet.storage.records import AppendResult, RecordedEvent
+from motet.storage.records import Ack, RecordedEvent
 from motet.storage.store import Durability, EventStore, check_key
 
 from .app import App
@@ -30,10 +31,6 @@ from .status import EngineStatistics, EngineStatus
 __all__ = ["Ack", "Engine", "EngineStatistics", "EngineStatus", "open_engine"]
 
 log = logging.getLogger("motet.engine")
-
-Ack = AppendResult
-"""A command's acknowledgement: ``stream``, its new ``version``, and the global
-``position`` of its last event (pass it as ``after=`` to read your writes)."""
 
 _READ_BATCH = 1000
 
@@ -56,7 +53,10 @@ class Engine:
         self.store = store
         self.codec: Codec = app.codec()
         self.mediator = Mediator(app, self.send)
-        self.writer = GroupCommitWriter(store, max_batch=max_batch)
+        self._calls = calls = StoreCalls(store)
+        self.writer = GroupCommitWriter(
+            store, watch=HeadWatch(store.head_position), max_batch=max_batch
+        )
         self.registry = Registry(
             store=store,
             codec=self.codec,
@@ -64,10 +64,11 @@ class Engine:
             mailbox_size=mailbox_size,
             max_actors=max_actors,
             passivate_after=passivate_after,
+            calls=calls,
         )
         self.projections: dict[str, ProjectionActor[Any]] = {
             projection.name: ProjectionActor(
-                projection, store=store, codec=self.codec, writer=self.writer
+                projection, store=store, codec=self.codec, writer=self.writer, calls=calls
             )
             for projection in app.projections
         }
@@ -88,7 +89,8 @@ class Engine:
 
     @property
     def head_position(self) -> int:
-        """Position of the last committed event."""
+        """Position of the last committed event this engine knows of (on a
+        shared store, including those other processes committed)."""
         return self.writer.head_position
 
     def statistics(self) -> EngineStatistics:
@@ -119,7 +121,7 @@ class Engine:
             projections=[actor.status() for actor in self.projections.values()],
             actors=registry.actors,
             actors_by_aggregate=registry.by_aggregate,
-            durability=str(getattr(self.store, "durability", "none")),
+            durability=self.store.durability,
             commands=sorted(self.app.command_types()),
             queries=sorted(self.app.query_types()),
         )
@@ -176,12 +178,15 @@ class Engine:
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> Ack:
-        """Run ``command`` on its aggregate and return the :data:`Ack` once its
+        """Run ``command`` on its aggregate and return the :class:`Ack` once its
         events are committed (durably, in ``sync`` mode).
 
         A retry with the same ``command_id`` returns the first attempt's Ack
         and appends nothing. ``expected_version`` makes the command fail with
         :class:`Conflict` unless the aggregate is at that version.
+        ``correlation_id`` and ``causation_id`` (strings) are stored in the
+        metadata of the events the command produces, and come back in
+        :meth:`read_stream` and :meth:`subscribe`.
 
         Raises :class:`CommandRejected` (the domain refused it),
         :class:`Conflict`, :class:`Overloaded` (mailbox full: nothing ran),
@@ -190,38 +195,19 @@ class Engine:
         Cancelling the call does not cancel the command: it may still commit;
         retry with the same ``command_id`` to find out.
         """
-        started = trio.current_time()
+        waiting = self._accept(command, command_id, expected_version, correlation_id, causation_id)
+        if isinstance(waiting, Ack):
+            return waiting
+        # Awaited here, not through a helper coroutine: every extra level is
+        # paid again each time this task is resumed.
         try:
-            waiting = self._accept(
-                command, command_id, expected_version, correlation_id, causation_id, started
-            )
-            if isinstance(waiting, AppendResult):
-                ack = waiting
-            else:
-                # Awaited here, not through a helper coroutine: every extra
-                # level is paid again each time this task is resumed.
-                if self._outstanding == 0:
-                    self._quiet = trio.Event()
-                self._outstanding += 1
-                try:
-                    while not waiting.done:
-                        await waiting.next_event().wait()
-                finally:
-                    self._settle(waiting)
-                if waiting.error is not None:
-                    raise waiting.error
-                ack = waiting.ack  # type: ignore[assignment]
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:
-            if self.metrics is not None:
-                self.metrics.command_done(
-                    self._command_type(command), outcome_of(exc), trio.current_time() - started
-                )
-            raise
-        if self.metrics is not None:
-            self.metrics.command_ok(self._command_type(command), trio.current_time() - started)
-        return ack
+            while not waiting.done:
+                await waiting.next_event().wait()
+        finally:
+            self._complete(waiting, command)
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.ack  # type: ignore[return-value]
 
     def submit(
         self,
@@ -244,25 +230,13 @@ class Engine:
         (:class:`Overloaded`, :class:`UnknownMessageType`, ``ValueError``,
         :class:`EngineClosed`); ``on_done`` is then not called.
         """
-        started = trio.current_time()
-        try:
-            waiting = self._accept(
-                command, command_id, expected_version, correlation_id, causation_id, started
-            )
-        except BaseException as exc:
-            self._count(command, exc, started)
-            raise
-        if isinstance(waiting, AppendResult):
-            self._count(command, None, started)
+        waiting = self._accept(command, command_id, expected_version, correlation_id, causation_id)
+        if isinstance(waiting, Ack):
             on_done(waiting, None)
             return
-        if self._outstanding == 0:
-            self._quiet = trio.Event()
-        self._outstanding += 1
 
         def finished(request: CommandRequest) -> None:
-            self._settle(request)
-            self._count(command, request.error, started)
+            self._complete(request, command)
             on_done(request.ack, request.error)
 
         waiting.add_done_callback(finished)
@@ -276,7 +250,47 @@ class Engine:
             known = command_type if command_type in self._command_types else "unknown"
             self.metrics.command_done(known, outcome_of(error), None)
 
+    # -- the one command path: accept, then complete ------------------------
+
+    def _accept(
+        self,
+        command: Any,
+        command_id: str | None,
+        expected_version: int | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> CommandRequest | Ack:
+        """Validate and route a command and hand it to its actor, for
+        :meth:`send` and :meth:`submit` alike. Returns the request to wait
+        for (counted as outstanding until :meth:`_complete`), or the Ack of
+        an earlier run of the same command id (counted here). A refusal is
+        counted here and raised."""
+        started = trio.current_time()
+        try:
+            waiting = self._route(
+                command, command_id, expected_version, correlation_id, causation_id, started
+            )
+        except BaseException as exc:
+            self._count(command, exc, started)
+            raise
+        if isinstance(waiting, Ack):
+            self._count(command, None, started)
+            return waiting
+        if self._outstanding == 0:
+            self._quiet = trio.Event()
+        self._outstanding += 1
+        return waiting
+
+    def _complete(self, request: CommandRequest, command: Any) -> None:
+        """The sender of an accepted ``request`` stops waiting: count its
+        outcome if it has one (a sender cancelled before the answer counts
+        nothing) and settle it."""
+        if request.done:
+            self._count(command, request.error, request.received_at)
+        self._settle(request)
+
     def _count(self, command: Any, error: BaseException | None, started: float) -> None:
+        """The one place commands are counted in the metrics."""
         if self.metrics is None:
             return
         seconds = trio.current_time() - started
@@ -288,7 +302,7 @@ class Engine:
     def _command_type(self, command: Any) -> str:
         return self._command_tags.get(type(command)) or type(command).__name__
 
-    def _accept(
+    def _route(
         self,
         command: Any,
         command_id: str | None,
@@ -296,27 +310,33 @@ class Engine:
         correlation_id: str | None,
         causation_id: str | None,
         started: float,
-    ) -> CommandRequest | AppendResult:
-        """Validate and route a command and hand it to its actor. Returns the
-        request to wait for, or the Ack of an earlier run of the same command id."""
+    ) -> CommandRequest | Ack:
         if self._closing:
             raise EngineClosed("the engine is closing and takes no more commands")
         aggregate, aggregate_id = self.mediator.route(command)
         if expected_version is not None and (
-            not isinstance(expected_version, int) or expected_version < 0
+            type(expected_version) is not int or expected_version < 0
         ):
             raise ValueError(f"expected_version must be an int >= 0, got {expected_version!r}")
+        if correlation_id is not None and type(correlation_id) is not str:
+            raise ValueError(f"correlation_id must be a string or None, got {correlation_id!r}")
+        if causation_id is not None and type(causation_id) is not str:
+            raise ValueError(f"causation_id must be a string or None, got {causation_id!r}")
+        request = CommandRequest(
+            command, command_id, expected_version, correlation_id, causation_id, started
+        )
         if command_id is not None:
             check_key("command_id", command_id)
             earlier = self._by_command_id.get(command_id)
             if earlier is not None:
                 return earlier
-            ack = self.store.get_ack(command_id)
-            if ack is not None:
-                return ack
-        request = CommandRequest(
-            command, command_id, expected_version, correlation_id, causation_id, started
-        )
+            if self._calls.blocking:
+                # Not on the event loop's thread: the actor asks the store.
+                request.lookup_command_id = True
+            else:
+                ack = self.store.get_ack(command_id)
+                if ack is not None:
+                    return ack
         self.registry.tell(aggregate, aggregate_id, request)
         if command_id is not None:
             self._by_command_id[command_id] = request
@@ -348,7 +368,9 @@ class Engine:
         (0: the whole stream), oldest first, at most ``limit`` of them (to read
         a long stream page by page); an unknown stream gives ``[]``."""
         check_key("stream", stream)
-        stored = await trio.to_thread.run_sync(self.store.read_stream, stream, from_version, limit)
+        stored = await self._calls.run(
+            self.store.read_stream, stream, from_version, limit, offload=True
+        )
         decode = self.codec.decode_record
         return [decode(event) for event in stored]
 
@@ -357,20 +379,22 @@ class Engine:
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
-        one as it is committed (live). Never ends by itself; stop iterating
-        (or cancel) to unsubscribe."""
+        one as it is committed (live), by this engine or, on a shared store,
+        by another process. Never ends by itself; stop iterating (or cancel)
+        to unsubscribe."""
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
         position = from_position
         decode = self.codec.decode_record
         read_all = self.store.read_all
+        run = self._calls.run
+        watch = self.writer.watch
         while True:
-            if self.writer.head_position <= position:
-                await self.writer.wait_head_beyond(position)
-            if self.writer.head_position - position > batch_size:
-                stored = await trio.to_thread.run_sync(read_all, position, batch_size)
-            else:
-                stored = read_all(position, batch_size)
+            if watch.head_position <= position:
+                await watch.wait_beyond(position)
+            # Far behind: decode off the event loop; near the head, inline.
+            far = watch.head_position - position > batch_size
+            stored = await run(read_all, position, batch_size, offload=far)
             for event in stored:
                 yield decode(event)
                 position = event.position
@@ -403,26 +427,69 @@ def _with_snapshot_every(app: App, snapshot_every: int | Mapping[str, int] | Non
     return dataclasses.replace(app, aggregates=tuple(aggregates))
 
 
+def _open_store(
+    where: str | os.PathLike[str] | None,
+    durability: Durability | None,
+    store_options: Mapping[str, Any] | None,
+) -> EventStore:
+    """The store named by a path or URL (see :func:`open_engine`)."""
+    if where is None or where == "memory:":
+        if store_options:
+            raise ValueError(f"an in-memory store takes no store_options, got {store_options!r}")
+        return MemoryStore()
+    if isinstance(where, str) and "://" in where:
+        scheme = where.partition("://")[0]
+        if scheme in ("postgresql", "postgres"):
+            raise ValueError(
+                f"PostgreSQL stores are not supported yet: cannot open {where!r}; "
+                "use a directory path (LMDB) or 'memory:'"
+            )
+        raise ValueError(
+            f"unknown store URL scheme {scheme!r} in {where!r}; "
+            "give a directory path (LMDB), 'memory:' or None"
+        )
+    if not isinstance(where, (str, os.PathLike)):
+        raise TypeError(f"open_engine needs a path, a URL or a store, got {where!r}")
+    # Imported here: an engine on another store never loads lmdb.
+    from motet.storage.lmdb_store import LmdbStore
+
+    return LmdbStore(where, durability=durability or "sync", **(store_options or {}))
+
+
 @asynccontextmanager
 async def open_engine(
-    path: str | os.PathLike[str] | None,
-    app: App,
+    path_or_store: str | os.PathLike[str] | EventStore | None = None,
+    app: App | None = None,
     *,
-    durability: Durability = "sync",
+    store: EventStore | None = None,
+    durability: Durability | None = None,
+    store_options: Mapping[str, Any] | None = None,
     mailbox_size: int = 64,
     max_actors: int = 100_000,
     passivate_after: float = 300.0,
     snapshot_every: int | Mapping[str, int] | None = None,
-    map_size: int = DEFAULT_MAP_SIZE,
     shutdown_timeout: float = 10.0,
     metrics: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     max_batch: int = 10_000,
 ) -> AsyncIterator[Engine]:
-    """Open the store at ``path`` (an LMDB directory, created when missing;
-    ``None`` for an in-memory store), start the engine's tasks, and yield the
+    """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
+
+    The store is given as ``path_or_store`` or ``store=``: a directory path
+    (``str`` or ``Path``; an LMDB store, created when missing), ``None`` or
+    ``"memory:"`` (in memory), or a store object implementing
+    :class:`~motet.storage.store.EventStore` (e.g. ``LmdbStore(path,
+    map_size=...)``). A ``postgresql://`` URL raises ``ValueError``: not
+    supported yet. ``durability`` (``"sync"``, the default, or ``"none"``)
+    and ``store_options`` (keyword arguments of
+    :class:`~motet.storage.lmdb_store.LmdbStore`, e.g. ``{"map_size": ...}``)
+    apply to a store opened from a path; a store object comes with its own,
+    so they are refused with it. The engine closes a store it opened, never
+    one it was given. A store whose log others append to as well
+    (``store.shared``) is watched for their commits, so projections and
+    subscribers see them too.
 
     On exit, new commands are refused, accepted ones are committed (for at
     most ``shutdown_timeout`` seconds), the tasks stop and the store closes.
@@ -432,16 +499,32 @@ async def open_engine(
     commands in one write transaction. With ``metrics_port`` (0 picks a free
     port, then in ``engine.metrics_port``) the engine serves Prometheus
     metrics at ``http://metrics_host:port/metrics`` while it runs. Raises
-    :class:`~motet.storage.errors.StoreFormatError` when ``path`` is not a Motet
-    store, ``OSError`` when the metrics port cannot be bound and
-    ``ValueError`` for invalid options.
+    :class:`~motet.storage.errors.StoreFormatError` when the path is not a
+    Motet store, ``OSError`` when the metrics port cannot be bound,
+    ``TypeError`` without an app and ``ValueError`` for invalid options.
     """
+    if app is None:
+        raise TypeError("open_engine needs the app to run: open_engine(path, app)")
+    if (
+        store is None
+        and path_or_store is not None
+        and not isinstance(path_or_store, (str, os.PathLike))
+    ):
+        store, path_or_store = path_or_store, None
+    owned = store is None
+    if store is None:
+        store = _open_store(path_or_store, durability, store_options)  # type: ignore[arg-type]
+    elif path_or_store is not None:
+        raise ValueError(f"give a path or a store, not both (got {path_or_store!r} and {store!r})")
+    elif durability is not None or store_options:
+        raise ValueError(
+            "durability and store_options apply to a store opened from a path; "
+            f"set them when opening {store!r}"
+        )
     app = _with_snapshot_every(app, snapshot_every)
-    store: EventStore
-    if path is None:
-        store = MemoryStore()
-    else:
-        store = LmdbStore(path, durability=durability, map_size=map_size)
+    # What the body raised: the nursery wraps it in an ExceptionGroup, but the
+    # caller's ``except CommandRejected`` around the block must still see it.
+    raised: list[BaseException] = []
     try:
         engine = Engine(
             store,
@@ -454,25 +537,51 @@ async def open_engine(
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(engine.writer.serve)
-            await nursery.start(engine.registry.serve)
-            for projection in engine.projections.values():
-                await nursery.start(projection.run)
-            if metrics_port is not None and engine.metrics is not None:
-                engine.metrics_port = await nursery.start(
-                    serve_metrics, engine.metrics, metrics_host, metrics_port
-                )
-            try:
-                yield engine
-            finally:
-                with trio.move_on_after(shutdown_timeout) as scope:
-                    scope.shield = True
-                    await engine._drain()
-                    await engine._save_projections()
-                if scope.cancelled_caught:
-                    log.warning("engine closed with commands still in flight")
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if getattr(store, "shared", False):
+                    await nursery.start(serve_commit_watch, store, engine.writer.watch)
+                await nursery.start(engine.writer.serve)
+                await nursery.start(engine.registry.serve)
+                for projection in engine.projections.values():
+                    await nursery.start(projection.run)
+                if metrics_port is not None and engine.metrics is not None:
+                    engine.metrics_port = await nursery.start(
+                        serve_metrics, engine.metrics, metrics_host, metrics_port
+                    )
+                try:
+                    yield engine
+                except BaseException as exc:
+                    raised.append(exc)
+                    raise
+                finally:
+                    with trio.move_on_after(shutdown_timeout) as scope:
+                        scope.shield = True
+                        await engine._drain()
+                        await engine._save_projections()
+                    if scope.cancelled_caught:
+                        log.warning("engine closed with commands still in flight")
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if not (raised and len(group.exceptions) == 1 and group.exceptions[0] is raised[0]):
+                raise
+        else:
+            raised.clear()
         engine.writer.fail_all(EngineClosed("the engine closed before the command committed"))
+        if raised:
+            # Raised outside the except clause, so its context stays its own.
+            raise raised[0]
     finally:
+        if owned:
+            await _close_store(store)
+
+
+async def _close_store(store: EventStore) -> None:
+    """Close a store the engine opened: in a worker thread for a blocking
+    one, shielded and time-limited because the engine is on its way out."""
+    if not getattr(store, "blocking", False):
         store.close()
+        return
+    with trio.move_on_after(10.0) as scope:
+        scope.shield = True
+        await trio.to_thread.run_sync(store.close)

@@ -7,7 +7,7 @@ from typing import Any
 
 from motet.actors.definition import Aggregate
 from motet.actors.errors import UnknownMessageType
-from motet.storage.records import AppendResult
+from motet.storage.records import Ack
 
 from .app import App
 
@@ -21,9 +21,7 @@ class Mediator:
     mediator is what routes it (see :meth:`route`).
     """
 
-    def __init__(
-        self, app: App, send: Callable[..., Awaitable[AppendResult]] | None = None
-    ) -> None:
+    def __init__(self, app: App, send: Callable[..., Awaitable[Ack]] | None = None) -> None:
         self._send = send
         self._routes: dict[type, tuple[Aggregate[Any], str]] = {
             command: (aggregate, id_field)
@@ -34,12 +32,26 @@ class Mediator:
     def __repr__(self) -> str:
         return f"<Mediator commands={len(self._routes)}>"
 
-    async def send(self, command: Any, **options: Any) -> AppendResult:
+    async def send(
+        self,
+        command: Any,
+        *,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Ack:
         """Route ``command`` to its aggregate and return its Ack; takes and
         raises what :meth:`engine.Engine.send` does."""
         if self._send is None:
             raise RuntimeError("this mediator is not attached to an engine")
-        return await self._send(command, **options)
+        return await self._send(
+            command,
+            command_id=command_id,
+            expected_version=expected_version,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
 
     def route(self, command: Any) -> tuple[Aggregate[Any], str]:
         """Return the aggregate type and aggregate id ``command`` goes to.

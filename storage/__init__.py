@@ -17,14 +17,13 @@ if TYPE_CHECKING:
     from .lmdb_store import FORMAT, LmdbStore
     from .memory_store import MemoryStore
     from .records import (
+        Ack,
         Append,
-        AppendResult,
         Checkpoint,
         Metadata,
         NewEvent,
         RecordedEvent,
         Snapshot,
-        StoredAck,
         StoredEvent,
     )
     from .store import MAX_KEY_BYTES, Durability, EventStore, check_key, plan_appends
@@ -40,13 +39,12 @@ _MODULES: dict[str, str] = {
     **dict.fromkeys(
         [
             "Append",
-            "AppendResult",
+            "Ack",
             "Checkpoint",
             "Metadata",
             "NewEvent",
             "RecordedEvent",
             "Snapshot",
-            "StoredAck",
             "StoredEvent",
         ],
         "records",
@@ -59,8 +57,8 @@ _MODULES: dict[str, str] = {
 __all__ = [
     "FORMAT",
     "MAX_KEY_BYTES",
+    "Ack",
     "Append",
-    "AppendResult",
     "Checkpoint",
     "Codec",
     "CodecError",
@@ -76,7 +74,6 @@ __all__ = [
     "Snapshot",
     "StorageError",
     "StoreFormatError",
-    "StoredAck",
     "StoredEvent",
     "Upcaster",
     "check_key",

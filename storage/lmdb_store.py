@@ -5,7 +5,7 @@ Layout (see DESIGN.md, "Storage"):
 ``log``          8-byte big-endian position → msgpack :class:`StoredEvent`
 ``streams``      stream id + NUL + 8-byte big-endian version → position
 ``snapshots``    stream id → msgpack :class:`Snapshot`
-``commands``     command id → msgpack :class:`AppendResult` (the original Ack)
+``commands``     command id → msgpack :class:`Ack` (the original Ack)
 ``checkpoints``  projection name → msgpack :class:`Checkpoint`
 ``meta``         ``format`` → the store format name
 
@@ -22,6 +22,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,7 @@ import lmdb
 import msgspec
 
 from .errors import CodecError, Conflict, StorageError, StoreFormatError
-from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
 from .store import Durability, plan_appends
 
 if sys.platform != "win32":
@@ -68,8 +69,18 @@ class LmdbStore:
     (no fsync: a process crash loses nothing, an OS crash or power loss may
     lose the last commits). ``readonly`` opens an existing store for reading
     only, safely beside a running server (appends fail), e.g. for
-    ``motet inspect``.
+    ``motet inspect``; such a handle is :attr:`shared`: the server's commits
+    show up through :meth:`wait_for_commit`. ``map_size`` is the initial
+    map size (it doubles whenever the map is full); it is an LMDB option,
+    so :func:`motet.engine.open_engine` passes it here through its
+    ``store_options``.
+
+    Its calls do not block on I/O beyond the page cache (``blocking`` is
+    ``False``): reads are served from the memory map, and writes run in
+    the engine's writer thread anyway.
     """
+
+    blocking = False
 
     def __init__(
         self,
@@ -82,8 +93,11 @@ class LmdbStore:
         if durability not in ("sync", "none"):
             raise ValueError(f"durability must be 'sync' or 'none', got {durability!r}")
         self.path = Path(path)
-        self.durability = durability
+        self.durability: Durability = durability
         self.readonly = readonly
+        # A writer holds the store's lock, so only a read-only handle sees
+        # commits it did not make.
+        self.shared = readonly
         if readonly and not (self.path / "data.mdb").is_file():
             raise StoreFormatError(f"{self.path} holds no Motet store (no data.mdb)")
         existing = readonly or self._check_directory(self.path)
@@ -119,12 +133,15 @@ class LmdbStore:
         self._encode = msgspec.msgpack.Encoder().encode
         self._event_decoder = msgspec.msgpack.Decoder(StoredEvent)
         self._snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
-        self._ack_decoder = msgspec.msgpack.Decoder(AppendResult)
+        self._ack_decoder = msgspec.msgpack.Decoder(Ack)
         self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
         self._closed = False
-        with self._env.begin(db=self._log) as txn:
-            cursor = txn.cursor()
-            self._head = _U64.unpack(cursor.key())[0] if cursor.last() else 0
+        self._head = self._read_head()
+
+    def _read_head(self) -> int:
+        with self._read() as txn:
+            cursor = txn.cursor(self._log)
+            return int(_U64.unpack(cursor.key())[0]) if cursor.last() else 0
 
     @staticmethod
     def _check_directory(path: Path) -> bool:
@@ -189,6 +206,22 @@ class LmdbStore:
     def head_position(self) -> int:
         return self._head
 
+    def wait_for_commit(self, after_position: int, timeout: float) -> int:
+        """See :meth:`EventStore.wait_for_commit`. LMDB has no notification
+        across processes, so a shared (read-only) handle polls the log's
+        last key every few milliseconds; a writer's own head is exact."""
+        deadline = time.monotonic() + timeout
+        while not self._closed:
+            if self.shared:
+                try:
+                    self._head = max(self._head, self._read_head())
+                except StorageError:
+                    break  # closed meanwhile
+            if self._head > after_position or time.monotonic() >= deadline:
+                break
+            time.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return self._head
+
     @property
     def map_size(self) -> int:
         """The current map size in bytes (grows by itself)."""
@@ -203,9 +236,7 @@ class LmdbStore:
 
     # -- writes -------------------------------------------------------------
 
-    def append_batch(
-        self, appends: Sequence[Append], timestamp: float
-    ) -> list[AppendResult | Conflict]:
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
         while True:
@@ -221,7 +252,7 @@ class LmdbStore:
 
     def _append_once(
         self, appends: Sequence[Append], timestamp: float
-    ) -> tuple[list[AppendResult | Conflict], int]:
+    ) -> tuple[list[Ack | Conflict], int]:
         with self._env.begin(write=True) as txn:
             index = txn.cursor(self._index)
 
@@ -358,7 +389,7 @@ class LmdbStore:
             self._snapshots, stream, self._snapshot_decoder, f"the snapshot of stream {stream!r}"
         )
 
-    def get_ack(self, command_id: str) -> AppendResult | None:
+    def get_ack(self, command_id: str) -> Ack | None:
         return self._get(
             self._commands,
             command_id,
@@ -446,6 +477,9 @@ def _translate(exc: BaseException, doing: str, path: Path) -> StorageError:
         )
     return StorageError(f"storage failure while {doing}: {text}")
 
+
+_POLL_SECONDS = 0.005
+"""How often a shared handle looks for commits another process made."""
 
 _FULL_BELOW = 1 << 20
 """Free bytes under which a failed write is put down to a full disk."""

@@ -6,27 +6,38 @@ ends. Tests run the same contract suite against it and the LMDB store.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 
 from .errors import Conflict, StorageError
-from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
-from .store import plan_appends
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
+from .store import Durability, plan_appends
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """An :class:`~motet.storage.store.EventStore` held in memory."""
+    """An :class:`~motet.storage.store.EventStore` held in memory.
 
-    durability = "none"
+    With ``shared=True`` it stands for a log that others append to as well
+    (e.g. from another thread, as a test of what a shared network store
+    does): an engine on it then watches :meth:`wait_for_commit` for commits
+    its own writer did not make. Appends from several threads must not
+    overlap (one writer at a time, as for every store).
+    """
 
-    def __init__(self) -> None:
+    blocking = False
+
+    def __init__(self, *, shared: bool = False) -> None:
+        self.shared = shared
         self._log: list[StoredEvent] = []
         self._streams: dict[str, list[int]] = {}
         self._snapshots: dict[str, Snapshot] = {}
-        self._acks: dict[str, AppendResult] = {}
+        self._acks: dict[str, Ack] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
         self._closed = False
+        self._committed = threading.Condition()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"head={self.head_position}"
@@ -37,16 +48,31 @@ class MemoryStore:
             raise StorageError("the store is closed")
 
     @property
+    def durability(self) -> Durability:
+        """Always ``"none"``: nothing here survives the process."""
+        return "none"
+
+    @property
     def head_position(self) -> int:
         return len(self._log)
 
-    def append_batch(
-        self, appends: Sequence[Append], timestamp: float
-    ) -> list[AppendResult | Conflict]:
+    def wait_for_commit(self, after_position: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        with self._committed:
+            while len(self._log) <= after_position and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._committed.wait(left)
+        return len(self._log)
+
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
         self._check_open()
         results, records, _ = plan_appends(appends, len(self._log), timestamp, self.stream_version)
+        # One extend: a reader in another thread sees the whole batch or none
+        # of it, and the log before the stream index that points into it.
+        self._log.extend(records)
         for record in records:
-            self._log.append(record)
             self._streams.setdefault(record.stream, []).append(record.position)
         for append, result in zip(appends, results, strict=True):
             if isinstance(result, Conflict):
@@ -55,6 +81,9 @@ class MemoryStore:
                 self._snapshots[append.stream] = append.snapshot
             if append.metadata.command_id is not None and append.events:
                 self._acks[append.metadata.command_id] = result
+        if records:
+            with self._committed:
+                self._committed.notify_all()
         return results
 
     def read_stream(
@@ -83,7 +112,7 @@ class MemoryStore:
         self._check_open()
         return self._snapshots.get(stream)
 
-    def get_ack(self, command_id: str) -> AppendResult | None:
+    def get_ack(self, command_id: str) -> Ack | None:
         self._check_open()
         return self._acks.get(command_id)
 
@@ -95,5 +124,11 @@ class MemoryStore:
         self._check_open()
         self._checkpoints[name] = checkpoint
 
+    def checkpoint_names(self) -> list[str]:
+        self._check_open()
+        return sorted(self._checkpoints)
+
     def close(self) -> None:
-        self._closed = True
+        with self._committed:
+            self._closed = True
+            self._committed.notify_all()

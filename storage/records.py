@@ -11,14 +11,13 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "Ack",
     "Append",
-    "AppendResult",
     "Checkpoint",
     "Metadata",
     "NewEvent",
     "RecordedEvent",
     "Snapshot",
-    "StoredAck",
     "StoredEvent",
 ]
 
@@ -64,17 +63,16 @@ class Append(msgspec.Struct, gc=False):
     snapshot: Snapshot | None = None
 
 
-class AppendResult(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """Where an append landed: the stream's new version and the global
-    position of its last event (both unchanged for a snapshot-only append)."""
+class Ack(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A command's acknowledgement, and where its append landed: the
+    ``stream``, its new ``version``, and the global ``position`` of its last
+    event (pass it as ``after=`` to read your writes). For a snapshot-only
+    append both stay where they were. The command-id index keeps this same
+    record, so a retried command gets its original Ack back."""
 
     stream: str
     version: int
     position: int
-
-
-StoredAck = AppendResult
-"""What the command-id index keeps for a command: the Ack it was given."""
 
 
 class StoredEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):

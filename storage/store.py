@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from .errors import Conflict
-from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
 
 __all__ = ["MAX_KEY_BYTES", "Durability", "EventStore", "check_key", "plan_appends"]
 
@@ -21,19 +21,47 @@ class EventStore(Protocol):
 
     Implementations are not thread-safe for writers: one writer at a time
     (the engine's group-commit writer). Reads may run concurrently with it.
+
+    A new backend implements every member below and joins the contract
+    suite in ``tests/storage/contract.py`` with one subclass.
     """
+
+    blocking: bool
+    """Whether calls may block on I/O (a network round trip). ``False`` for
+    stores that answer from memory (the in-memory store; LMDB, whose reads
+    are mmap'd): the runtime then calls their reads on the event loop's
+    thread. ``True``: every call runs in a worker thread."""
+
+    shared: bool
+    """Whether other processes (or other handles) may append to this log, so
+    the engine must watch it with :meth:`wait_for_commit` to see their
+    commits; ``False`` when this handle is the log's only writer."""
+
+    @property
+    def durability(self) -> Durability:
+        """``"sync"`` when each commit is durable (fsynced) before
+        :meth:`append_batch` returns, ``"none"`` otherwise."""
+        ...
 
     @property
     def head_position(self) -> int:
-        """Position of the last committed event (0 for an empty log)."""
+        """Position of the last committed event (0 for an empty log), as this
+        handle last saw it; never blocks. Other processes' commits show up
+        after :meth:`wait_for_commit` returns."""
         ...
 
-    def append_batch(
-        self, appends: Sequence[Append], timestamp: float
-    ) -> list[AppendResult | Conflict]:
+    def wait_for_commit(self, after_position: int, timeout: float) -> int:
+        """Block until the log's head is past ``after_position`` or
+        ``timeout`` seconds pass; return the head. Commits made through
+        any handle count (the in-memory store and LMDB poll or use a
+        condition; a network store listens for a notification). Called in a
+        worker thread; on a closed store it returns at once."""
+        ...
+
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
         """Commit all ``appends`` in one transaction, in order.
 
-        Each append gets its own result: an :class:`AppendResult`, or a
+        Each append gets its own result: an :class:`Ack`, or a
         :class:`Conflict` when its expected version does not match (that append
         writes nothing; the others are unaffected). Raises
         :class:`~motet.storage.errors.StorageError` when nothing could be committed.
@@ -67,12 +95,16 @@ class EventStore(Protocol):
         """The latest snapshot of ``stream``, if any."""
         ...
 
-    def get_ack(self, command_id: str) -> AppendResult | None:
+    def get_ack(self, command_id: str) -> Ack | None:
         """The result recorded for a command id, if that command was committed."""
         ...
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         """A projection's saved checkpoint, if any."""
+        ...
+
+    def checkpoint_names(self) -> list[str]:
+        """Names of the projections that saved a checkpoint, sorted."""
         ...
 
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
@@ -89,14 +121,14 @@ def plan_appends(
     head: int,
     timestamp: float,
     version_of: Callable[[str], int],
-) -> tuple[list[AppendResult | Conflict], list[StoredEvent], int]:
+) -> tuple[list[Ack | Conflict], list[StoredEvent], int]:
     """Check expected versions and assign positions and versions for a batch.
 
     ``version_of`` gives a stream's committed version; appends earlier in the
     same batch count too. Returns the per-append results, the events to write
     in position order, and the new head position.
     """
-    results: list[AppendResult | Conflict] = []
+    results: list[Ack | Conflict] = []
     records: list[StoredEvent] = []
     versions: dict[str, int] = {}
     for append in appends:
@@ -125,7 +157,7 @@ def plan_appends(
                 )
             )
         versions[stream] = current
-        results.append(AppendResult(stream, current, head))
+        results.append(Ack(stream, current, head))
     return results, records, head
 
 

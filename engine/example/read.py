@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from motet.engine import NotFound, Order, Projection, Query, Table
-from motet.storage.records import StoredEvent
+from motet.storage.records import RecordedEvent
 
 from .write import OrderPlaced, UserCreated, UserDeleted, UserUpdated
 
@@ -81,7 +81,7 @@ class UsersModel:
         return f"<UsersModel users={len(self.users)}>"
 
 
-def _on_user_created(model: UsersModel, event: UserCreated, record: StoredEvent) -> None:
+def _on_user_created(model: UsersModel, event: UserCreated, record: RecordedEvent) -> None:
     model.users.insert(
         UserRow(
             user_id=event.user_id,
@@ -93,7 +93,7 @@ def _on_user_created(model: UsersModel, event: UserCreated, record: StoredEvent)
     )
 
 
-def _on_user_updated(model: UsersModel, event: UserUpdated, record: StoredEvent) -> None:
+def _on_user_updated(model: UsersModel, event: UserUpdated, record: RecordedEvent) -> None:
     changes = {
         name: value
         for name in ("name", "email", "city")
@@ -102,11 +102,11 @@ def _on_user_updated(model: UsersModel, event: UserUpdated, record: StoredEvent)
     model.users.update(event.user_id, **changes)
 
 
-def _on_user_deleted(model: UsersModel, event: UserDeleted, record: StoredEvent) -> None:
+def _on_user_deleted(model: UsersModel, event: UserDeleted, record: RecordedEvent) -> None:
     model.users.delete(event.user_id)
 
 
-def _on_order_placed(model: UsersModel, event: OrderPlaced, record: StoredEvent) -> None:
+def _on_order_placed(model: UsersModel, event: OrderPlaced, record: RecordedEvent) -> None:
     row = model.users.get(event.user_id)
     if row is None:  # the aggregate refuses orders of unknown users; be lenient anyway
         return

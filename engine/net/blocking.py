@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import trio
 
 from motet.storage.errors import ConnectionLost
-from motet.storage.records import AppendResult
+from motet.storage.records import Ack
 
 from ..status import EngineStatus
 from .client import Client, open_client
@@ -105,7 +105,7 @@ class BlockingClient:
         expected_version: int | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-    ) -> AppendResult:
+    ) -> Ack:
         """See :meth:`Client.send`."""
         return self._call(
             lambda c: c.send(

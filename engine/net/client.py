@@ -36,7 +36,7 @@ import trio
 
 from motet.storage.codec import tag_of
 from motet.storage.errors import ConnectionLost, MotetError, Overloaded, RequestTooLarge
-from motet.storage.records import AppendResult
+from motet.storage.records import Ack
 
 from ..status import EngineStatus
 from .framing import LineReader, write_lines
@@ -138,7 +138,7 @@ class Client:
         expected_version: int | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-    ) -> AppendResult:
+    ) -> Ack:
         """Run ``command`` on the server; return its Ack once committed.
 
         ``correlation_id`` and ``causation_id`` are kept in the metadata of
@@ -159,7 +159,7 @@ class Client:
             causation_id=causation_id,
         )
         ack = self._decode(await self._result(op), _AckResult)
-        return AppendResult(ack.stream, ack.version, ack.position)
+        return Ack(ack.stream, ack.version, ack.position)
 
     async def ask(
         self,

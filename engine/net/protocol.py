@@ -81,7 +81,7 @@ from motet.storage.errors import (
 )
 
 if TYPE_CHECKING:
-    from motet.storage.records import AppendResult, RecordedEvent
+    from motet.storage.records import Ack, RecordedEvent
 
     from ..app import App
 
@@ -489,7 +489,7 @@ class ReplyEncoder:
         ``result`` is not JSON-encodable (the caller reports ``internal``)."""
         return self._encoder.encode(_Ok(request_id, True, result)) + b"\n"
 
-    def ack(self, request_id: RequestId, ack: AppendResult) -> bytes:
+    def ack(self, request_id: RequestId, ack: Ack) -> bytes:
         """A command's success reply: ``{"stream", "version", "position"}``."""
         return self.ok(request_id, _AckBody(ack.stream, ack.version, ack.position))
 

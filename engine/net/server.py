@@ -30,7 +30,7 @@ import msgspec
 import trio
 
 from motet.storage.errors import MotetError, Overloaded, Unavailable
-from motet.storage.records import AppendResult
+from motet.storage.records import Ack
 
 from ..core import Engine
 from .framing import RECEIVE_SIZE, LineReader, write_lines
@@ -388,7 +388,7 @@ class _Connection:
         request_id = request.id
         self._submitted += 1
 
-        def done(ack: AppendResult | None, error: BaseException | None) -> None:
+        def done(ack: Ack | None, error: BaseException | None) -> None:
             if error is None and ack is not None:
                 line = self._encoder.ack(request_id, ack)
             else:

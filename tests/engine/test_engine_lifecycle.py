@@ -246,7 +246,7 @@ async def test_the_map_grows_by_itself_through_the_engine(tmp_path: Path) -> Non
     commands = 3_000
     senders = 20
     versions: list[int] = []
-    async with open_engine(path, app, map_size=small) as engine:
+    async with open_engine(path, app, store_options={"map_size": small}) as engine:
         await engine.send(CREATE)
 
         async def sender(task: int) -> None:
@@ -262,7 +262,22 @@ async def test_the_map_grows_by_itself_through_the_engine(tmp_path: Path) -> Non
         live = engine.registry.live(STREAM).state  # type: ignore[union-attr]
         assert live.order_count == commands - 1
 
-    async with open_engine(path, app, map_size=small) as engine:
+    async with open_engine(path, app, store_options={"map_size": small}) as engine:
         assert engine.head_position == commands
         assert await folded(engine) == live
         assert (await engine.send(order(commands))).version == commands + 1
+
+
+async def test_an_error_raised_in_the_body_comes_out_as_itself() -> None:
+    caught: CommandRejected | None = None
+    try:
+        async with open_engine(None, app) as engine:
+            await engine.send(UpdateUser(user_id="nobody", name="N"))
+    except CommandRejected as exc:
+        caught = exc
+    assert caught is not None
+    assert str(caught) == "user 'nobody' does not exist"
+
+    with pytest.raises(KeyError, match="mine"):
+        async with open_engine(None, app):
+            raise KeyError("mine")

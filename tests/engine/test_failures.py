@@ -45,7 +45,7 @@ from motet.engine.example import (
     UserUpdated,
     app,
 )
-from motet.storage import Append, AppendResult, Conflict, LmdbStore, NewEvent, StoredEvent
+from motet.storage import Append, Conflict, LmdbStore, NewEvent, StoredEvent
 from tests.support.commands import create_user
 from tests.support.commands import place_order as order
 
@@ -137,7 +137,9 @@ async def test_a_full_disk_fails_commands_clearly_and_loses_nothing_acknowledged
     errors: list[BaseException] = []
 
     with trio.fail_after(20):
-        async with open_engine(path, app, durability="sync", map_size=256 * 1024) as engine:
+        async with open_engine(
+            path, app, durability="sync", store_options={"map_size": 256 * 1024}
+        ) as engine:
             for user in users:
                 acks.append(await engine.send(create(user)))
 
@@ -233,7 +235,7 @@ def test_the_store_reports_a_full_disk_and_works_again_once_space_is_freed(
     store = LmdbStore(small_disk / "store", map_size=16 << 20)
     try:
         first = store.append_batch([Append("s", 0, [NewEvent("E", 1, b"first")])], 1.0)
-        assert first == [AppendResult("s", 1, 1)]
+        assert first == [Ack("s", 1, 1)]
         # Another file leaves 64 KiB free, and a commit needs about 1 MiB: the
         # file system takes part of the write (LMDB calls that an I/O error).
         filler = small_disk / "filler"
@@ -246,7 +248,7 @@ def test_the_store_reports_a_full_disk_and_works_again_once_space_is_freed(
         assert [(e.position, e.data) for e in store.read_all(0, 10)] == [(1, b"first")]
 
         filler.unlink()
-        assert store.append_batch(big, 3.0) == [AppendResult("s", 251, 251)]
+        assert store.append_batch(big, 3.0) == [Ack("s", 251, 251)]
     finally:
         store.close()
     store = LmdbStore(small_disk / "store")
@@ -274,9 +276,7 @@ class FaultyStore(LmdbStore):
         self.held_streams: list[str] = []
         self.loads: Counter[str] = Counter()
 
-    def append_batch(
-        self, appends: Sequence[Append], timestamp: float
-    ) -> list[AppendResult | Conflict]:
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
         if self.fail_next or self.hold_next:
             fail, self.fail_next, self.hold_next = self.fail_next, False, False
             self.held_streams = [append.stream for append in appends]
@@ -298,7 +298,7 @@ class FaultyStore(LmdbStore):
 def faulty_store(monkeypatch: pytest.MonkeyPatch) -> type[FaultyStore]:
     """Makes :func:`open_engine` build a :class:`FaultyStore` (the engine code
     is unchanged; only the store class it instantiates is swapped)."""
-    monkeypatch.setattr("motet.engine.core.LmdbStore", FaultyStore)
+    monkeypatch.setattr("motet.storage.lmdb_store.LmdbStore", FaultyStore)
     return FaultyStore
 
 

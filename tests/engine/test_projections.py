@@ -47,7 +47,7 @@ from motet.engine.example import (
     users_projection,
 )
 from motet.storage import LmdbStore
-from motet.storage.records import Checkpoint, StoredEvent
+from motet.storage.records import Checkpoint, RecordedEvent, StoredEvent
 from tests.support.commands import create_user as create
 from tests.support.commands import place_order
 
@@ -466,7 +466,7 @@ def audit_app(handler_fixed: list[bool]) -> App:
     """The example app plus an ``audit`` projection whose handler refuses
     orders of 13 until ``handler_fixed[0]`` is set."""
 
-    def on_order(model: Audit, event: OrderPlaced, record: StoredEvent) -> None:
+    def on_order(model: Audit, event: OrderPlaced, record: RecordedEvent) -> None:
         if event.amount == 13 and not handler_fixed[0]:
             raise RuntimeError(f"cannot audit {event.order_id!r}")
         model.amounts.append(event.amount)

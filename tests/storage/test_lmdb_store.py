@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,6 @@ import pytest
 from motet.storage import (
     FORMAT,
     Append,
-    AppendResult,
     Checkpoint,
     Conflict,
     LmdbStore,
@@ -24,6 +25,7 @@ from motet.storage import (
     StorageError,
     StoreFormatError,
 )
+from motet.storage.records import Ack
 from tests.support.logs import read_everything
 
 TS = 1_700_000_000.5
@@ -71,8 +73,8 @@ def test_close_and_reopen_keeps_everything(lmdb_store_factory: Any, durability: 
     assert reopened.streams() == [("User-1", 3), ("User-10", 3)]
     assert reopened.load_snapshot("User-10") == Snapshot(3, 1, b"u10")
     assert reopened.load_snapshot("User-1") is None
-    assert reopened.get_ack("cmd-1") == AppendResult("User-1", 2, 2)
-    assert reopened.get_ack("cmd-2") == AppendResult("User-1", 3, 6)
+    assert reopened.get_ack("cmd-1") == Ack("User-1", 2, 2)
+    assert reopened.get_ack("cmd-2") == Ack("User-1", 3, 6)
     assert reopened.get_checkpoint("users") == Checkpoint(6, 2, b"read-model")
 
 
@@ -92,7 +94,7 @@ def test_a_reopened_store_continues_positions_and_checks_versions(lmdb_store_fac
 
     assert isinstance(results[0], Conflict)
     assert (results[0].expected, results[0].actual) == (0, 2)
-    assert results[1:] == [AppendResult("A", 4, 5), AppendResult("C", 1, 6)]
+    assert results[1:] == [Ack("A", 4, 5), Ack("C", 1, 6)]
     assert [e.position for e in read_everything(reopened)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -112,7 +114,7 @@ def test_an_empty_existing_directory_becomes_a_store(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path, durability="none")
     try:
         assert store.head_position == 0
-        assert store.append_batch([Append("A", 0, new_events(1))], TS) == [AppendResult("A", 1, 1)]
+        assert store.append_batch([Append("A", 0, new_events(1))], TS) == [Ack("A", 1, 1)]
     finally:
         store.close()
 
@@ -136,7 +138,7 @@ def test_a_small_map_grows_to_hold_megabytes_of_events(lmdb_store_factory: Any) 
             ],
             TS,
         )
-        assert isinstance(result, AppendResult)
+        assert isinstance(result, Ack)
 
     # 5,200 events of 1 KiB each: far more than the 64 KiB the store began with.
     assert store.map_size >= 5 * 1024 * 1024
@@ -161,7 +163,7 @@ def test_a_small_map_grows_for_a_large_snapshot_only_append(lmdb_store_factory: 
 
     (result,) = store.append_batch([Append("A", 1, [], snapshot=snapshot)], TS)
 
-    assert result == AppendResult("A", 1, 1)
+    assert result == Ack("A", 1, 1)
     assert store.load_snapshot("A") == snapshot
     assert store.map_size > 1024 * 1024
 
@@ -273,7 +275,7 @@ def test_both_durability_modes_are_accepted(lmdb_store_factory: Any, durability:
     store = lmdb_store_factory(durability=durability)
 
     assert store.durability == durability
-    assert store.append_batch([Append("A", 0, new_events(1))], TS) == [AppendResult("A", 1, 1)]
+    assert store.append_batch([Append("A", 0, new_events(1))], TS) == [Ack("A", 1, 1)]
 
 
 @pytest.mark.parametrize("durability", ["fsync", "SYNC", "", None, True])
@@ -306,3 +308,30 @@ def test_repr_shows_path_head_durability_and_map_size(tmp_path: Path) -> None:
         store.close()
 
     assert repr(store) == f"<LmdbStore {str(tmp_path / 's')!r} closed>"
+
+
+def test_a_read_only_handle_is_shared_and_sees_another_process_commit(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    LmdbStore(path).close()
+    reader = LmdbStore(path, readonly=True)
+    try:
+        assert (reader.shared, reader.blocking, reader.head_position) == (True, False, 0)
+        assert reader.wait_for_commit(0, 0.05) == 0
+        writer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from motet.storage import Append, LmdbStore, NewEvent; "
+                "s = LmdbStore(sys.argv[1]); "
+                "s.append_batch([Append('A', 0, [NewEvent('Created', 1, b'x')] * 2)], 1.0); "
+                "s.close()",
+                str(path),
+            ]
+        )
+        try:
+            assert reader.wait_for_commit(0, 20.0) == 2
+        finally:
+            assert writer.wait(20) == 0
+        assert [e.position for e in reader.read_all()] == [1, 2]
+    finally:
+        reader.close()
