@@ -31,9 +31,10 @@ class StoreFactory:
     :class:`LmdbStore` and are ignored for memory stores.
     """
 
-    def __init__(self, kind: str, directory: Path) -> None:
+    def __init__(self, kind: str, directory: Path, postgres: Any = None) -> None:
         self.kind = kind
         self._directory = directory
+        self._postgres = postgres
         self._stores: list[Any] = []
         self._made = 0
 
@@ -60,6 +61,12 @@ class StoreFactory:
             else:
                 path = self._directory / f"store-{self._made}"
             store = LmdbStore(path, **options)
+        elif self.kind == "postgres":
+            if reopen_of is not None:
+                raise ValueError("reopening is not supported for postgres stores here")
+            from tests.support.postgres import new_store
+
+            store = new_store(self._postgres, **options)
         else:
             raise ValueError(f"unknown store kind {self.kind!r}")
         self._stores.append(store)
@@ -70,10 +77,20 @@ class StoreFactory:
             store.close()
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (tests/support/postgres.py)."""
+    from tests.support.postgres import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "lmdb", "postgres"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A :class:`StoreFactory` for each store implementation."""
-    factory = StoreFactory(request.param, tmp_path)
+    postgres = request.getfixturevalue("postgres_cluster") if request.param == "postgres" else None
+    factory = StoreFactory(request.param, tmp_path, postgres)
     try:
         yield factory
     finally:
