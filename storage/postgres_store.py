@@ -285,7 +285,7 @@ class PostgresStore:
             self._abandon(conn)
             raise
         try:
-            conn.execute("COMMIT")
+            conn.execute("COMMIT", prepare=False)
         except psycopg.Error as exc:
             if not (conn.closed or conn.broken):
                 # The server answered: the transaction was rolled back.
@@ -303,7 +303,7 @@ class PostgresStore:
     ) -> tuple[list[Ack | Conflict], tuple[int, bytes] | None, int]:
         """Every statement of one append transaction but the COMMIT; returns the
         results, the first planned event (position, envelope) and the new head."""
-        conn.execute("BEGIN")
+        conn.execute("BEGIN", prepare=False)
         head = int(_one(conn.execute(sql.LOCK_HEAD)))
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
@@ -391,7 +391,7 @@ class PostgresStore:
             self._writer = None
             return
         try:
-            conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK", prepare=False)
         except psycopg.Error:
             conn.close()
             self._writer = None
