@@ -12,7 +12,9 @@ from __future__ import annotations
 
 __all__ = [
     "APPEND_ACKS",
+    "APPEND_ACKS_TYPES",
     "APPEND_EVENTS",
+    "APPEND_EVENTS_TYPES",
     "CREATE_SCHEMA",
     "FIND_ACKS",
     "FIND_EVENT",
@@ -161,18 +163,17 @@ SELECT s.stream, (
 FROM unnest(%s::text[]) AS s(stream)
 """
 
-# The batch's events in one statement (never a loop of INSERTs).
-APPEND_EVENTS = """
-INSERT INTO motet_events (position, stream, version, envelope)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bytea[])
-"""
+# The batch's events in one statement (never a loop of INSERTs): binary COPY,
+# measured at twice the rate of INSERT ... SELECT FROM unnest(...).
+APPEND_EVENTS = "COPY motet_events (position, stream, version, envelope) FROM STDIN (FORMAT BINARY)"
+APPEND_EVENTS_TYPES = ("int8", "text", "int8", "bytea")
 
 # The Acks of the batch's command ids, in the same transaction as the events:
 # an Ack is recorded if and only if its events are.
-APPEND_ACKS = """
-INSERT INTO motet_commands (command_id, stream, version, position)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
-"""
+APPEND_ACKS = (
+    "COPY motet_commands (command_id, stream, version, position) FROM STDIN (FORMAT BINARY)"
+)
+APPEND_ACKS_TYPES = ("text", "text", "int8", "int8")
 
 # The batch's snapshots (at most one per stream: ON CONFLICT cannot touch a row
 # twice in one statement), replacing earlier ones.

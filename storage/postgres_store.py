@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -331,13 +331,16 @@ class PostgresStore:
         encode = self._encode
         envelopes = [encode(r) for r in records]
         if records:
-            conn.execute(
+            _copy(
+                conn,
                 sql.APPEND_EVENTS,
-                (
+                sql.APPEND_EVENTS_TYPES,
+                zip(
                     [r.position for r in records],
                     [r.stream for r in records],
                     [r.version for r in records],
                     envelopes,
+                    strict=True,
                 ),
             )
         acks: dict[str, Ack] = {}
@@ -350,14 +353,11 @@ class PostgresStore:
             if append.metadata.command_id is not None and append.events:
                 acks[append.metadata.command_id] = result
         if acks:
-            conn.execute(
+            _copy(
+                conn,
                 sql.APPEND_ACKS,
-                (
-                    list(acks),
-                    [a.stream for a in acks.values()],
-                    [a.version for a in acks.values()],
-                    [a.position for a in acks.values()],
-                ),
+                sql.APPEND_ACKS_TYPES,
+                ((c, a.stream, a.version, a.position) for c, a in acks.items()),
             )
         if snapshots:
             conn.execute(
@@ -628,6 +628,16 @@ class PostgresStore:
                 self._listener.close()
                 self._listener = None
         self._pool.close()
+
+
+def _copy(
+    conn: _Connection, statement: str, types: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Send ``rows`` with one binary ``COPY ... FROM STDIN`` statement."""
+    with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _one(cursor: psycopg.Cursor[Any]) -> Any:
