@@ -111,7 +111,7 @@ class PostgresStore:
         self._closed = False
         self._head = 0
         self._where = "PostgreSQL"
-        self._notices: list[psycopg.errors.Diagnostic] = []
+        self._notices: list[str] = []
         self._encode = msgspec.msgpack.Encoder().encode
         self._event_decoder = msgspec.msgpack.Decoder(StoredEvent)
         self._writer: _Connection | None = None
@@ -132,8 +132,18 @@ class PostgresStore:
                 name="motet-readers",
                 open=False,
             )
-            self._pool.open(wait=True, timeout=10.0)
-            self._head = self._read(lambda conn: _one(conn.execute(sql.READ_HEAD)))
+            try:
+                self._pool.open(wait=True, timeout=10.0)
+                self._head = self._read(lambda conn: _one(conn.execute(sql.READ_HEAD)))
+            except BaseException:
+                self._pool.close()
+                raise
+        except psycopg.Error as exc:
+            writer.close()
+            self._writer = None
+            raise StorageError(
+                f"cannot open the reader connections to {self._where}: {exc}"
+            ) from exc
         except BaseException:
             writer.close()
             self._writer = None
@@ -167,9 +177,13 @@ class PostgresStore:
         except psycopg.Error as exc:
             conn.close()
             raise StorageError(f"cannot configure the writer connection: {exc}") from exc
-        conn.add_notice_handler(self._notices.append)
+        conn.add_notice_handler(self._on_notice)
         self._writer = conn
         return conn
+
+    def _on_notice(self, notice: psycopg.errors.Diagnostic) -> None:
+        # A Diagnostic is only readable during the callback: keep its text.
+        self._notices.append(notice.message_primary or "")
 
     def _writer_connection(self) -> _Connection:
         """The writer connection, opened again when the last one was lost."""
@@ -429,8 +443,7 @@ class PostgresStore:
         """PostgreSQL reports a commit whose wait for a synchronous standby was
         cancelled as a WARNING and still says COMMIT: it is durable on the
         primary only, so it is not acknowledged."""
-        for notice in self._notices:
-            message = notice.message_primary or ""
+        for message in self._notices:
             if "synchronous replication" in message:
                 self._notices.clear()
                 raise StorageError(
@@ -576,12 +589,15 @@ class PostgresStore:
         with self._listener_lock:
             if self._listener is not None:
                 return
+            conn: _Connection | None = None
             try:
                 conn = psycopg.connect(
                     self._conninfo, autocommit=True, application_name="motet listener", **_CONNECT
                 )
                 conn.execute(sql.LISTEN)
             except psycopg.Error:
+                if conn is not None:
+                    conn.close()
                 # Polling covers for it; try again after one poll interval.
                 self._listener_retry_at = time.monotonic() + self._poll_interval
                 return

@@ -255,6 +255,7 @@ class _CutAfterCommit:
         self.armed = threading.Event()
         self.cut = threading.Event()
         self._sockets: list[socket.socket] = []
+        self.errors: list[BaseException] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -262,8 +263,13 @@ class _CutAfterCommit:
             try:
                 client, _ = self._listener.accept()
             except OSError:
-                return
-            server = socket.create_connection(self._target)
+                return  # closed
+            try:
+                server = socket.create_connection(self._target)
+            except OSError as exc:
+                self.errors.append(exc)
+                client.close()
+                continue
             self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
@@ -274,15 +280,14 @@ class _CutAfterCommit:
                 sink.sendall(data)
                 if upstream and self.armed.is_set() and b"COMMIT\x00" in data:
                     self.armed.clear()
-                    reply = sink.recv(65536)  # the server's answer: committed
-                    assert reply
+                    sink.recv(65536)  # the server's answer: committed
                     self.cut.set()
-                    for sock in (source, sink):
-                        sock.shutdown(socket.SHUT_RDWR)
-                        sock.close()
+                    source.shutdown(socket.SHUT_RDWR)
                     return
         except OSError:
-            pass
+            pass  # one side closed: the connection is over
+        except BaseException as exc:
+            self.errors.append(exc)
         finally:
             for sock in (source, sink):
                 sock.close()
@@ -304,7 +309,7 @@ def test_a_commit_whose_answer_is_lost_is_resolved_by_reading_the_log(
 
         results = store.append_batch([command("A", 1, 2, "c"), command("B", 0, 1)], TS)
 
-        assert proxy.cut.is_set()
+        assert proxy.cut.is_set() and not proxy.errors
         assert results == [AppendResult("A", 3, 3), AppendResult("B", 1, 4)]
         assert [e.position for e in store.read_all()] == [1, 2, 3, 4]
         assert store.get_ack("c") == AppendResult("A", 3, 3)
@@ -321,15 +326,20 @@ def test_writers_killed_at_random_acknowledge_exactly_what_is_in_the_log(
     stop = threading.Event()
     kills = 0
 
+    killer_errors: list[BaseException] = []
+
     def kill_writers() -> None:
         nonlocal kills
         rng = random.Random(7)
-        with admin(postgres_cluster, url) as conn:
-            while not stop.is_set():
-                time.sleep(rng.uniform(0.002, 0.03))
-                for pid in backends(conn, "application_name = 'motet writer'"):
-                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    kills += 1
+        try:
+            with admin(postgres_cluster, url) as conn:
+                while not stop.is_set():
+                    time.sleep(rng.uniform(0.002, 0.03))
+                    for pid in backends(conn, "application_name = 'motet writer'"):
+                        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                        kills += 1
+        except BaseException as exc:
+            killer_errors.append(exc)
 
     killer = threading.Thread(target=kill_writers)
     killer.start()
@@ -353,6 +363,7 @@ def test_writers_killed_at_random_acknowledge_exactly_what_is_in_the_log(
         stop.set()
         killer.join()
 
+    assert not killer_errors
     assert kills > 0 and failed and acknowledged
     log = store.read_all(limit=100_000)
     assert [e.position for e in log] == list(range(1, len(log) + 1))
@@ -366,6 +377,45 @@ def test_writers_killed_at_random_acknowledge_exactly_what_is_in_the_log(
         assert stream not in in_log
         assert store.get_ack(command_id) is None
     assert len(log) == 3 * len(acknowledged)
+
+
+def test_a_commit_cut_short_waiting_for_a_synchronous_standby_is_not_acknowledged(
+    postgres_cluster: Cluster, url: str, open_store: Any
+) -> None:
+    store = open_store()
+    store.append_batch([command("A", 0, 1)], TS)
+    with postgres_cluster.connect() as conn:
+        # A standby that never connects: every synchronous COMMIT waits for it.
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            deadline = time.monotonic() + 10
+            while store._writer.execute("SHOW synchronous_standby_names").fetchone() != ("nobody",):
+                assert time.monotonic() < deadline, "the setting never arrived"
+                time.sleep(0.05)
+            outcome: list[object] = []
+            thread = threading.Thread(
+                target=lambda: outcome.append(
+                    _call(store.append_batch, [command("A", 1, 1, "c")], TS)
+                )
+            )
+            thread.start()
+            while not (pids := backends(conn, "wait_event = 'SyncRep'")):
+                assert time.monotonic() < deadline, "the commit never waited for the standby"
+                time.sleep(0.01)
+            # Cancelling the wait makes PostgreSQL answer COMMIT with only a WARNING.
+            conn.execute("SELECT pg_cancel_backend(%s)", (pids[0],))
+            thread.join(10)
+        finally:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("SELECT pg_reload_conf()")
+
+    (error,) = outcome
+    assert isinstance(error, StorageError)
+    assert "not confirmed by the synchronous standby" in str(error)
+    assert "not acknowledged" in str(error)
+    # It is committed on the primary (a reader there sees it), just not acknowledged.
+    assert store.head_position == 2
 
 
 # -- concurrent writers and a tailing reader ------------------------------------------
