@@ -15,6 +15,9 @@ __all__ = [
     "APPEND_ACKS_TYPES",
     "APPEND_EVENTS",
     "APPEND_EVENTS_TYPES",
+    "BEGIN",
+    "COMMIT",
+    "CONFIGURE_SESSION",
     "CREATE_SCHEMA",
     "FIND_ACKS",
     "FIND_EVENT",
@@ -32,12 +35,14 @@ __all__ = [
     "READ_CHECKPOINT_NAMES",
     "READ_FORMAT",
     "READ_HEAD",
+    "READ_SCHEMA",
     "READ_SNAPSHOT",
     "READ_STREAM",
     "READ_STREAMS",
     "READ_STREAM_LIMITED",
     "READ_STREAM_VERSION",
     "READ_STREAM_VERSIONS",
+    "ROLLBACK",
     "SET_HEAD",
     "TABLES",
     "TABLES_PRESENT",
@@ -62,6 +67,19 @@ NOTIFY_CHANNEL = "motet_commit"
 """The LISTEN/NOTIFY channel every append transaction notifies (payload: the new head)."""
 
 # -- opening ------------------------------------------------------------------
+
+# Every connection: synchronous_commit from the durability ("on": a commit is
+# flushed before it is answered); lock_timeout bounds the wait for another
+# process's head lock; idle_in_transaction_session_timeout makes the server
+# end a session that stalls inside a transaction, so its head lock is freed.
+CONFIGURE_SESSION = """
+SELECT set_config('synchronous_commit', %s, false),
+       set_config('lock_timeout', %s, false),
+       set_config('idle_in_transaction_session_timeout', %s, false)
+"""
+
+# The schema our tables live in: the first existing one on the search_path.
+READ_SCHEMA = "SELECT current_schema()"
 
 # Two processes opening an empty schema at once must not both create it: the
 # transaction-scoped advisory lock serializes opening (released at COMMIT).
@@ -138,6 +156,12 @@ CREATE_SCHEMA = [
 WRITE_FORMAT = "INSERT INTO motet_meta (key, value) VALUES ('format', %s)"
 
 # -- one append transaction (each step its own statement) ----------------------
+
+# Sent unprepared (prepare=False): there is nothing to plan, and COMMIT stays
+# visible as itself on the wire and in pg_stat_activity.
+BEGIN = "BEGIN"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
 
 # Takes the head row lock and reads the head. It must be a statement of its
 # own: in READ COMMITTED each statement takes a new snapshot, so the statements

@@ -153,9 +153,7 @@ class PostgresStore:
 
     def _configure(self, conn: _Connection) -> None:
         conn.execute(
-            "SELECT set_config('synchronous_commit', %s, false), "
-            "set_config('lock_timeout', %s, false), "
-            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            sql.CONFIGURE_SESSION,
             ("on" if self._durability == "sync" else "off", _LOCK_TIMEOUT, _IDLE_IN_TRANSACTION),
         )
 
@@ -166,8 +164,9 @@ class PostgresStore:
             )
         except psycopg.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL for the {role}: {exc}") from exc
-        info = conn.info
-        self._where = f"database {info.dbname!r} on {info.host}:{info.port}"
+        if self._where == "PostgreSQL":
+            info = conn.info
+            self._where = f"database {info.dbname!r} on {info.host}:{info.port}"
         return conn
 
     def _connect_writer(self) -> _Connection:
@@ -201,7 +200,7 @@ class PostgresStore:
         try:
             with conn.transaction():
                 conn.execute(sql.LOCK_SCHEMA)
-                schema = _one(conn.execute("SELECT current_schema()"))
+                schema = _one(conn.execute(sql.READ_SCHEMA))
                 if schema is None:
                     raise StoreFormatError(
                         f"the connection to {self._where} has no current schema to hold "
@@ -299,7 +298,7 @@ class PostgresStore:
             self._abandon(conn)
             raise
         try:
-            conn.execute("COMMIT", prepare=False)
+            conn.execute(sql.COMMIT, prepare=False)
         except psycopg.Error as exc:
             if not (conn.closed or conn.broken):
                 # The server answered: the transaction was rolled back.
@@ -317,7 +316,7 @@ class PostgresStore:
     ) -> tuple[list[Ack | Conflict], tuple[int, bytes] | None, int]:
         """Every statement of one append transaction but the COMMIT; returns the
         results, the first planned event (position, envelope) and the new head."""
-        conn.execute("BEGIN", prepare=False)
+        conn.execute(sql.BEGIN, prepare=False)
         head = int(_one(conn.execute(sql.LOCK_HEAD)))
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
@@ -405,7 +404,7 @@ class PostgresStore:
             self._writer = None
             return
         try:
-            conn.execute("ROLLBACK", prepare=False)
+            conn.execute(sql.ROLLBACK, prepare=False)
         except psycopg.Error:
             conn.close()
             self._writer = None

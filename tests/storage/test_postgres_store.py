@@ -462,6 +462,35 @@ def test_a_tailing_reader_sees_every_position_once_while_two_writers_append(
     assert len(seen) == len(set(seen)) and len(reader.streams()) == 2 * batches
 
 
+def test_two_writers_on_one_stream_conflict_instead_of_forking_it(open_store: Any) -> None:
+    stores = [open_store(durability="none"), open_store(durability="none")]
+    outcomes: list[list[str]] = [[], []]
+
+    def write(index: int) -> None:
+        store = stores[index]
+        for _ in range(60):
+            # Deliberately stale half the time: the version read before the lock.
+            expected = store.stream_version("A")
+            try:
+                (result,) = store.append_batch([command("A", expected, 2)], TS)
+            except StorageError as exc:
+                outcomes[index].append(f"error: {exc}")
+                continue
+            outcomes[index].append("ok" if isinstance(result, AppendResult) else "conflict")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    everything = outcomes[0] + outcomes[1]
+    assert [o for o in everything if o.startswith("error")] == []
+    committed = everything.count("ok")
+    assert stores[0].stream_version("A") == 2 * committed
+    assert [e.version for e in stores[1].read_stream("A")] == list(range(1, 2 * committed + 1))
+
+
 # -- waiting for commits ----------------------------------------------------------------
 
 
