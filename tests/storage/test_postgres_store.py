@@ -418,6 +418,20 @@ def test_a_commit_cut_short_waiting_for_a_synchronous_standby_is_not_acknowledge
     assert store.head_position == 2
 
 
+def test_a_command_id_committed_by_another_process_gets_its_ack_and_appends_nothing(
+    open_store: Any,
+) -> None:
+    first, second = open_store(), open_store()
+    (ack,) = first.append_batch([command("A", 0, 2, "cmd-1")], TS)
+
+    # The other process decided the same command before it saw the first commit.
+    results = second.append_batch([command("A", 0, 2, "cmd-1"), command("B", 0, 1, "cmd-2")], TS)
+
+    assert results == [ack, AppendResult("B", 1, 3)]
+    assert [(e.stream, e.version) for e in second.read_all()] == [("A", 1), ("A", 2), ("B", 1)]
+    assert second.get_ack("cmd-1") == ack == AppendResult("A", 2, 2)
+
+
 # -- concurrent writers and a tailing reader ------------------------------------------
 
 
