@@ -35,7 +35,8 @@ def find_bin_dir() -> Path:
     PATH). Raises ``FileNotFoundError`` when there is none."""
     found = shutil.which("initdb")
     if found:
-        return Path(found).parent
+        # A symlink on PATH (e.g. /usr/local/bin/initdb): the other programs sit beside its target.
+        return Path(found).resolve().parent
     candidates = [
         Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if (Path(p) / "initdb").exists()
     ]
