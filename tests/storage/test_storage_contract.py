@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 
 from motet.storage import MAX_KEY_BYTES, check_key
+from motet.storage.postgres_store import PostgresStore
+from motet.storage.store import EventStore
 from tests.storage.contract import (
     LmdbStoreFactory,
     MemoryStoreFactory,
     StoreContract,
     StoreFactory,
 )
+from tests.support.postgres import Cluster, new_schema_url
 
 
 class TestMemoryStore(StoreContract):
@@ -25,6 +28,38 @@ class TestMemoryStore(StoreContract):
 class TestLmdbStore(StoreContract):
     def new_factory(self, directory: Path) -> StoreFactory:
         return LmdbStoreFactory(directory)
+
+
+class PostgresStoreFactory(StoreFactory):
+    """Makes :class:`PostgresStore` instances, each in a fresh schema of the
+    session's throwaway cluster; a reopened store connects to the same schema."""
+
+    persistent = True
+    durability = "sync"
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
+        self._cluster = cluster
+        self._urls: dict[int, str] = {}
+
+    def _open(self, number: int, reopen_of: Any, options: dict[str, Any]) -> EventStore:
+        if reopen_of is not None:
+            url = self._urls[id(reopen_of)]
+            reopen_of.close()
+        else:
+            url = new_schema_url(self._cluster)
+        store = PostgresStore(url, **{k: v for k, v in options.items() if k != "map_size"})
+        self._urls[id(store)] = url
+        return store
+
+
+class TestPostgresStore(StoreContract):
+    @pytest.fixture(autouse=True)
+    def _cluster(self, postgres_cluster: Cluster) -> None:
+        self.cluster = postgres_cluster
+
+    def new_factory(self, directory: Path) -> StoreFactory:
+        return PostgresStoreFactory(self.cluster)
 
 
 # -- key validation -----------------------------------------------------------------------------

@@ -1,0 +1,668 @@
+"""The PostgreSQL event store: the log shared by several Motet processes.
+
+Tables (see :mod:`motet.storage.postgres_sql` for every statement):
+
+``motet_meta``         ``format`` → the schema version (``motet-postgres/1``)
+``motet_head``         one row: the last committed position, locked by every append
+``motet_events``       position → stream, version, envelope (the msgpack
+                       :class:`StoredEvent`, the same bytes as the LMDB log value)
+``motet_commands``     command id → the Ack it was given
+``motet_snapshots``    stream → version, state schema version, state
+``motet_checkpoints``  projection name → position, model schema version, model
+
+Every append batch is one transaction on the single writer connection. It
+locks the head row first, so appends from any number of processes run one at
+a time and positions are gap-free and commit-ordered: a reader that follows
+the last position it saw never skips an event. In ``sync`` durability the
+commit is flushed (``synchronous_commit = on``) before
+:meth:`PostgresStore.append_batch` returns.
+
+An unknown commit outcome (the connection dropped during COMMIT) is resolved
+by reading: the batch committed if and only if its first planned event is in
+the log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from . import postgres_sql as sql
+from .errors import CodecError, Conflict, StorageError, StoreFormatError
+from .records import Append, Checkpoint, Snapshot, StoredEvent
+from .records import AppendResult as Ack
+from .store import Durability, plan_appends
+
+__all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
+
+T = TypeVar("T")
+
+FORMAT = sql.FORMAT
+"""The schema version this code reads and writes, recorded in ``motet_meta``."""
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+"""Store locations starting with one of these name a PostgreSQL store."""
+
+_Connection = psycopg.Connection[tuple[Any, ...]]
+
+# Connection settings for every connection of a store. Keepalives find a dead
+# peer (a crashed host, a dropped NAT entry) instead of waiting forever.
+_CONNECT: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+_LOCK_TIMEOUT = "10s"
+"""How long an append waits for the head row lock held by another process."""
+_IDLE_IN_TRANSACTION = "60s"
+"""A writer that stalls inside a transaction is cut off by the server, so its
+head row lock cannot block the other processes' appends for longer."""
+
+
+def is_postgres_url(location: object) -> bool:
+    """Whether ``location`` is a ``postgresql://`` (or ``postgres://``) URL."""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+class PostgresStore:
+    """An :class:`~motet.storage.store.EventStore` in a PostgreSQL database.
+
+    ``conninfo`` is a ``postgresql://user:password@host:port/dbname`` URL or
+    a libpq ``key=value`` string; the tables live in the connection's current
+    schema (pass ``options=-csearch_path=NAME`` to pick one), created on first
+    use. A schema that holds tables named like Motet's but is not a Motet
+    store, or a store of an unknown format, raises
+    :class:`~motet.storage.errors.StoreFormatError` and changes nothing.
+
+    ``durability`` is ``"sync"`` (``synchronous_commit = on``: a returned
+    result survives a server crash) or ``"none"`` (``off``: a server crash may
+    lose the last acknowledged commits, never corrupt the log). Every call
+    blocks on the network (``blocking``) and other processes may append to the
+    same log (``shared``). Every failure of PostgreSQL or of the connection is
+    raised as :class:`~motet.storage.errors.StorageError` naming what failed.
+    """
+
+    blocking = True
+    shared = True
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        durability: Durability = "sync",
+        readers: int = 4,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if durability not in ("sync", "none"):
+            raise ValueError(f"durability must be 'sync' or 'none', got {durability!r}")
+        if readers < 1:
+            raise ValueError(f"readers must be >= 1, got {readers!r}")
+        self._conninfo = conninfo
+        self._durability: Durability = durability
+        self._poll_interval = poll_interval
+        self._closed = False
+        self._head = 0
+        self._where = "PostgreSQL"
+        self._notices: list[str] = []
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._event_decoder = msgspec.msgpack.Decoder(StoredEvent)
+        self._writer: _Connection | None = None
+        self._listener: _Connection | None = None
+        self._listener_lock = threading.Lock()
+        self._listener_retry_at = 0.0
+        writer = self._connect_writer()
+        try:
+            self._open_schema(writer)
+            self._pool: ConnectionPool[_Connection] = ConnectionPool(
+                conninfo,
+                min_size=1,
+                max_size=readers,
+                kwargs={"autocommit": True, "application_name": "motet reader", **_CONNECT},
+                configure=self._configure,
+                check=ConnectionPool.check_connection,
+                timeout=10.0,
+                name="motet-readers",
+                open=False,
+            )
+            try:
+                self._pool.open(wait=True, timeout=10.0)
+                self._head = self._read(lambda conn: _one(conn.execute(sql.READ_HEAD)))
+            except BaseException:
+                self._pool.close()
+                raise
+        except psycopg.Error as exc:
+            writer.close()
+            self._writer = None
+            raise StorageError(
+                f"cannot open the reader connections to {self._where}: {exc}"
+            ) from exc
+        except BaseException:
+            writer.close()
+            self._writer = None
+            raise
+
+    # -- connections ------------------------------------------------------------
+
+    def _configure(self, conn: _Connection) -> None:
+        conn.execute(
+            sql.CONFIGURE_SESSION,
+            ("on" if self._durability == "sync" else "off", _LOCK_TIMEOUT, _IDLE_IN_TRANSACTION),
+        )
+
+    def _connect(self, role: str) -> _Connection:
+        try:
+            conn = psycopg.connect(
+                self._conninfo, autocommit=True, application_name=f"motet {role}", **_CONNECT
+            )
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot connect to PostgreSQL for the {role}: {exc}") from exc
+        if self._where == "PostgreSQL":
+            info = conn.info
+            self._where = f"database {info.dbname!r} on {info.host}:{info.port}"
+        return conn
+
+    def _connect_writer(self) -> _Connection:
+        conn = self._connect("writer")
+        try:
+            self._configure(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot configure the writer connection: {exc}") from exc
+        conn.add_notice_handler(self._on_notice)
+        self._writer = conn
+        return conn
+
+    def _on_notice(self, notice: psycopg.errors.Diagnostic) -> None:
+        # A Diagnostic is only readable during the callback: keep its text.
+        self._notices.append(notice.message_primary or "")
+
+    def _writer_connection(self) -> _Connection:
+        """The writer connection, opened again when the last one was lost."""
+        conn = self._writer
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._writer = None
+            conn = self._connect_writer()
+        return conn
+
+    def _open_schema(self, conn: _Connection) -> None:
+        """Create the tables in an empty schema, or check the format of ours;
+        refuse anything else without changing it."""
+        try:
+            with conn.transaction():
+                conn.execute(sql.LOCK_SCHEMA)
+                schema = _one(conn.execute(sql.READ_SCHEMA))
+                if schema is None:
+                    raise StoreFormatError(
+                        f"the connection to {self._where} has no current schema to hold "
+                        "a Motet store (check search_path)"
+                    )
+                self._where += f", schema {schema!r}"
+                present = {row[0] for row in conn.execute(sql.TABLES_PRESENT, (list(sql.TABLES),))}
+                if not present:
+                    for statement in sql.CREATE_SCHEMA:
+                        conn.execute(statement)
+                    conn.execute(sql.WRITE_FORMAT, (FORMAT,))
+                    return
+                self._check_format(conn, present)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open the store in {self._where}: {exc}") from exc
+
+    def _check_format(self, conn: _Connection, present: set[str]) -> None:
+        names = ", ".join(sorted(present))
+        if "motet_meta" not in present:
+            raise StoreFormatError(
+                f"{self._where} holds tables named like Motet's ({names}) but no Motet "
+                "format record: it is not a Motet store"
+            )
+        try:
+            with conn.transaction():
+                found = _one(conn.execute(sql.READ_FORMAT))
+        except psycopg.Error as exc:
+            raise StoreFormatError(
+                f"{self._where} holds a table motet_meta that is not Motet's: {exc}"
+            ) from exc
+        if found != FORMAT:
+            raise StoreFormatError(
+                f"{self._where} holds store format {found!r}; this version reads {FORMAT!r} only"
+            )
+        missing = sorted(set(sql.TABLES) - present)
+        if missing:
+            raise StoreFormatError(
+                f"{self._where} is a Motet store with tables missing: {', '.join(missing)}"
+            )
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<PostgresStore {self._where} closed>"
+        return f"<PostgresStore {self._where} head={self._head} durability={self._durability}>"
+
+    @property
+    def durability(self) -> Durability:
+        """``"sync"`` or ``"none"`` (see the class docstring)."""
+        return self._durability
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"the store in {self._where} is closed")
+
+    def _read(self, work: Callable[[_Connection], T], doing: str = "reading") -> T:
+        """Run ``work`` on a reader connection; translate PostgreSQL's errors."""
+        self._check_open()
+        try:
+            with self._pool.connection() as conn:
+                return work(conn)
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL failed while {doing} in {self._where}: {exc}") from exc
+
+    @property
+    def head_position(self) -> int:
+        """The last committed position, read from the database (other
+        processes may have appended since this one did)."""
+        head = int(self._read(lambda conn: _one(conn.execute(sql.READ_HEAD)), "reading the head"))
+        self._head = max(self._head, head)
+        return head
+
+    # -- writes -------------------------------------------------------------------
+
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
+        """See :meth:`EventStore.append_batch`. An append whose command id
+        already has an Ack (committed by another process) writes nothing and
+        gets that Ack. Raises :class:`StorageError` when the batch did not
+        commit, including when the connection dropped during COMMIT and the
+        batch's first event is not in the log, and when the commit was cut
+        short waiting for a synchronous standby."""
+        self._check_open()
+        if not appends:
+            return []
+        conn = self._writer_connection()
+        self._notices.clear()
+        try:
+            results, first, new_head = self._write_batch(conn, appends, timestamp)
+        except psycopg.Error as exc:
+            self._abandon(conn)
+            raise StorageError(
+                f"PostgreSQL failed while appending {len(appends)} appends in {self._where}; "
+                f"nothing was committed: {exc}"
+            ) from exc
+        except BaseException:
+            self._abandon(conn)
+            raise
+        try:
+            conn.execute(sql.COMMIT, prepare=False)
+        except psycopg.Error as exc:
+            if not (conn.closed or conn.broken):
+                # The server answered: the transaction was rolled back.
+                self._abandon(conn)
+                raise StorageError(
+                    f"PostgreSQL refused to commit {len(appends)} appends in {self._where}: {exc}"
+                ) from exc
+            self._resolve_lost_commit(first, exc)
+        self._refuse_unreplicated()
+        self._head = max(self._head, new_head)
+        return results
+
+    def _write_batch(
+        self, conn: _Connection, appends: Sequence[Append], timestamp: float
+    ) -> tuple[list[Ack | Conflict], tuple[int, bytes] | None, int]:
+        """Every statement of one append transaction but the COMMIT; returns the
+        results, the first planned event (position, envelope) and the new head."""
+        conn.execute(sql.BEGIN, prepare=False)
+        head = int(_one(conn.execute(sql.LOCK_HEAD)))
+        command_ids = [
+            a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
+        ]
+        recorded: dict[str, Ack] = {}
+        if command_ids:
+            for command_id, stream, version, position in conn.execute(
+                sql.FIND_ACKS, (command_ids,)
+            ):
+                recorded[command_id] = Ack(stream, version, position)
+        fresh = [
+            a
+            for a in appends
+            if not (
+                a.events and a.metadata.command_id is not None and a.metadata.command_id in recorded
+            )
+        ]
+        versions: dict[str, int] = {}
+        if fresh:
+            stream_ids = sorted({a.stream for a in fresh})
+            for stream, version in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
+                versions[stream] = version or 0
+        planned, records, new_head = plan_appends(fresh, head, timestamp, versions.__getitem__)
+
+        encode = self._encode
+        envelopes = [encode(r) for r in records]
+        if records:
+            _copy(
+                conn,
+                sql.APPEND_EVENTS,
+                sql.APPEND_EVENTS_TYPES,
+                zip(
+                    [r.position for r in records],
+                    [r.stream for r in records],
+                    [r.version for r in records],
+                    envelopes,
+                    strict=True,
+                ),
+            )
+        acks: dict[str, Ack] = {}
+        snapshots: dict[str, Snapshot] = {}
+        for append, result in zip(fresh, planned, strict=True):
+            if isinstance(result, Conflict):
+                continue
+            if append.snapshot is not None:
+                snapshots[append.stream] = append.snapshot
+            if append.metadata.command_id is not None and append.events:
+                acks[append.metadata.command_id] = result
+        if acks:
+            _copy(
+                conn,
+                sql.APPEND_ACKS,
+                sql.APPEND_ACKS_TYPES,
+                ((c, a.stream, a.version, a.position) for c, a in acks.items()),
+            )
+        if snapshots:
+            conn.execute(
+                sql.PUT_SNAPSHOTS,
+                (
+                    list(snapshots),
+                    [s.version for s in snapshots.values()],
+                    [s.schema_version for s in snapshots.values()],
+                    [s.state for s in snapshots.values()],
+                ),
+            )
+        if new_head != head:
+            conn.execute(sql.SET_HEAD, (new_head,))
+            conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
+
+        results: list[Ack | Conflict] = []
+        planned_iter = iter(planned)
+        for append in appends:
+            command_id = append.metadata.command_id
+            if append.events and command_id is not None and command_id in recorded:
+                results.append(recorded[command_id])
+            else:
+                results.append(next(planned_iter))
+        first = (records[0].position, envelopes[0]) if records else None
+        return results, first, new_head
+
+    def _abandon(self, conn: _Connection) -> None:
+        """Roll back what the writer connection holds; drop it when it is broken."""
+        if conn.closed or conn.broken:
+            conn.close()
+            self._writer = None
+            return
+        try:
+            conn.execute(sql.ROLLBACK, prepare=False)
+        except psycopg.Error:
+            conn.close()
+            self._writer = None
+
+    def _resolve_lost_commit(self, first: tuple[int, bytes] | None, exc: psycopg.Error) -> None:
+        """The connection dropped during COMMIT, so the outcome is unknown:
+        read the log on another connection. Returns when the batch committed;
+        raises :class:`StorageError` when it did not or cannot be told."""
+        if self._writer is not None:
+            self._abandon(self._writer)
+        self._refuse_unreplicated()
+        if first is None:
+            raise StorageError(
+                f"the connection to {self._where} dropped during COMMIT of a batch without "
+                f"events; its snapshots may or may not be saved: {exc}"
+            ) from exc
+        position, envelope = first
+        try:
+            found = self._read(
+                lambda conn: _one_or_none(conn.execute(sql.FIND_EVENT, (position,), binary=True)),
+                f"checking whether the commit of position {position} happened",
+            )
+        except StorageError as unknown:
+            raise StorageError(
+                f"the connection to {self._where} dropped during COMMIT and the log cannot be "
+                f"read to tell whether the batch from position {position} committed: {unknown}"
+            ) from exc
+        if found is None or bytes(found) != envelope:
+            raise StorageError(
+                f"the connection to {self._where} dropped during COMMIT; the batch from "
+                f"position {position} was not committed: {exc}"
+            ) from exc
+
+    def _refuse_unreplicated(self) -> None:
+        """PostgreSQL reports a commit whose wait for a synchronous standby was
+        cancelled as a WARNING and still says COMMIT: it is durable on the
+        primary only, so it is not acknowledged."""
+        for message in self._notices:
+            if "synchronous replication" in message:
+                self._notices.clear()
+                raise StorageError(
+                    f"the commit in {self._where} was not confirmed by the synchronous "
+                    f"standby ({message}); it is not acknowledged"
+                )
+
+    def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        def put(conn: _Connection) -> None:
+            conn.execute(
+                sql.PUT_CHECKPOINT,
+                (name, checkpoint.position, checkpoint.schema_version, checkpoint.model),
+            )
+
+        self._read(put, f"saving checkpoint {name!r}")
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _decode(self, envelope: bytes, which: str) -> StoredEvent:
+        try:
+            return self._event_decoder.decode(envelope)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CodecError(
+                f"the log record {which} in {self._where} is corrupt and cannot be read: {exc}"
+            ) from exc
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """See :meth:`EventStore.read_all`. A record that does not decode ends
+        the batch: the events before it are returned, and the call that starts
+        with it raises :class:`CodecError` naming its position."""
+        if limit <= 0:
+            self._check_open()
+            return []
+        after = max(after_position, 0)
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_ALL, (after, limit), binary=True).fetchall(),
+            f"reading the log after position {after}",
+        )
+        events: list[StoredEvent] = []
+        decode = self._event_decoder.decode
+        for (envelope,) in rows:
+            try:
+                events.append(decode(envelope))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                if events:
+                    break
+                # Positions are gap-free: the first row is at after + 1.
+                self._decode(envelope, f"at position {after + 1}")
+        return events
+
+    def read_stream(
+        self, stream: str, after_version: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        if limit is not None and limit <= 0:
+            self._check_open()
+            return []
+        after = max(after_version, 0)
+
+        def read(conn: _Connection) -> list[Any]:
+            if limit is None:
+                return conn.execute(sql.READ_STREAM, (stream, after), binary=True).fetchall()
+            return conn.execute(
+                sql.READ_STREAM_LIMITED, (stream, after, limit), binary=True
+            ).fetchall()
+
+        rows = self._read(read, f"reading stream {stream!r}")
+        return [
+            self._decode(envelope, f"of stream {stream!r} at version {after + i + 1}")
+            for i, (envelope,) in enumerate(rows)
+        ]
+
+    def stream_version(self, stream: str) -> int:
+        found = self._read(
+            lambda conn: _one_or_none(conn.execute(sql.READ_STREAM_VERSION, (stream,))),
+            f"reading the version of stream {stream!r}",
+        )
+        return 0 if found is None else int(found)
+
+    def streams(self) -> list[tuple[str, int]]:
+        rows = self._read(lambda conn: conn.execute(sql.READ_STREAMS).fetchall(), "listing streams")
+        return [(stream, int(version)) for stream, version in rows]
+
+    def load_snapshot(self, stream: str) -> Snapshot | None:
+        row = self._read(
+            lambda conn: conn.execute(sql.READ_SNAPSHOT, (stream,), binary=True).fetchone(),
+            f"loading the snapshot of stream {stream!r}",
+        )
+        return None if row is None else Snapshot(row[0], row[1], bytes(row[2]))
+
+    def get_ack(self, command_id: str) -> Ack | None:
+        row = self._read(
+            lambda conn: conn.execute(sql.READ_ACK, (command_id,)).fetchone(),
+            f"reading the Ack of command id {command_id!r}",
+        )
+        return None if row is None else Ack(row[0], row[1], row[2])
+
+    def get_checkpoint(self, name: str) -> Checkpoint | None:
+        row = self._read(
+            lambda conn: conn.execute(sql.READ_CHECKPOINT, (name,), binary=True).fetchone(),
+            f"reading checkpoint {name!r}",
+        )
+        if row is None:
+            return None
+        return Checkpoint(row[0], row[1], None if row[2] is None else bytes(row[2]))
+
+    def checkpoint_names(self) -> list[str]:
+        """Names of the projections that saved a checkpoint, sorted."""
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_CHECKPOINT_NAMES).fetchall(),
+            "listing checkpoints",
+        )
+        return [name for (name,) in rows]
+
+    # -- waiting for other processes' commits ------------------------------------------
+
+    def wait_for_commit(self, after_position: int, timeout: float) -> int:
+        """Block until the head is past ``after_position`` or ``timeout``
+        seconds have passed; return the head.
+
+        Woken by the NOTIFY every append transaction sends at COMMIT, on a
+        dedicated LISTEN connection; the head is also polled every
+        ``poll_interval`` seconds, so a lost LISTEN connection (reopened on a
+        later call) delays a wake-up but never stalls the caller past its
+        timeout. Meant for a worker thread; raises :class:`StorageError` when
+        the head cannot be read.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        # LISTEN before reading the head: a commit between the two is then
+        # already queued on the listener and wakes the first wait at once.
+        self._ensure_listener()
+        head = self.head_position
+        while head <= after_position:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wait_for_notification(min(remaining, self._poll_interval))
+            head = self.head_position
+        return head
+
+    def _ensure_listener(self) -> None:
+        if self._listener is not None or time.monotonic() < self._listener_retry_at:
+            return
+        with self._listener_lock:
+            if self._listener is not None:
+                return
+            conn: _Connection | None = None
+            try:
+                conn = psycopg.connect(
+                    self._conninfo, autocommit=True, application_name="motet listener", **_CONNECT
+                )
+                conn.execute(sql.LISTEN)
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                # Polling covers for it; try again after one poll interval.
+                self._listener_retry_at = time.monotonic() + self._poll_interval
+                return
+            self._listener = conn
+
+    def _wait_for_notification(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for a commit notification (or just sleep
+        when there is no listener, or another thread is using it)."""
+        started = time.monotonic()
+        self._ensure_listener()
+        if self._listener is not None and self._listener_lock.acquire(timeout=seconds):
+            try:
+                conn = self._listener
+                if conn is not None:
+                    left = max(seconds - (time.monotonic() - started), 0.0)
+                    try:
+                        for _ in conn.notifies(timeout=left, stop_after=1):
+                            pass
+                        # Drain what else is queued: one wake-up covers them all.
+                        for _ in conn.notifies(timeout=0):
+                            pass
+                        return
+                    except psycopg.Error:
+                        conn.close()
+                        self._listener = None
+                        self._listener_retry_at = time.monotonic() + self._poll_interval
+            finally:
+                self._listener_lock.release()
+        left = seconds - (time.monotonic() - started)
+        if left > 0:
+            time.sleep(left)
+
+    def close(self) -> None:
+        """Close every connection; later calls raise :class:`StorageError`.
+        Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        with self._listener_lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        self._pool.close()
+
+
+def _copy(
+    conn: _Connection, statement: str, types: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Send ``rows`` with one binary ``COPY ... FROM STDIN`` statement."""
+    with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
+def _one(cursor: psycopg.Cursor[Any]) -> Any:
+    """The single value of a statement that returns exactly one row."""
+    row = cursor.fetchone()
+    if row is None:
+        raise StorageError("a statement that returns one row returned none")
+    return row[0]
+
+
+def _one_or_none(cursor: psycopg.Cursor[Any]) -> Any:
+    row = cursor.fetchone()
+    return None if row is None else row[0]

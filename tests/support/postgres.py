@@ -1,0 +1,171 @@
+"""A throwaway PostgreSQL cluster for tests: initdb into a temporary
+directory, started with pg_ctl on a free port of 127.0.0.1, fsync on, stopped
+and removed at the end.
+
+PostgreSQL refuses to run as root, so when the tests run as root the cluster
+belongs to the ``postgres`` user and every server program runs through
+``runuser -u postgres``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from motet.storage.postgres_store import PostgresStore
+
+__all__ = ["Cluster", "find_bin_dir", "new_schema_url", "new_store", "running_cluster"]
+
+_SERVER_USER = "postgres"
+
+
+def find_bin_dir() -> Path:
+    """The folder of the PostgreSQL server programs: where ``initdb`` is on
+    PATH, else the newest ``/usr/lib/postgresql/*/bin`` (Debian keeps them off
+    PATH). Raises ``FileNotFoundError`` when there is none."""
+    found = shutil.which("initdb")
+    if found:
+        # A symlink on PATH (e.g. /usr/local/bin/initdb): the other programs sit beside its target.
+        return Path(found).resolve().parent
+    candidates = [
+        Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if (Path(p) / "initdb").exists()
+    ]
+    if not candidates:
+        raise FileNotFoundError(
+            "PostgreSQL is not installed: no initdb on PATH or in /usr/lib/postgresql/*/bin"
+        )
+    return max(candidates, key=lambda p: _version_key(p.parent.name))
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Cluster:
+    """A running cluster: ``conninfo(dbname)`` connects to one of its
+    databases; ``create_database()`` makes a fresh, empty one."""
+
+    def __init__(self, bin_dir: Path, root: Path, port: int) -> None:
+        self.bin_dir = bin_dir
+        self.root = root
+        self.data = root / "data"
+        self.port = port
+        self._databases = 0
+        self._schemas = 0
+
+    def __repr__(self) -> str:
+        return f"<Cluster 127.0.0.1:{self.port} data={str(self.data)!r}>"
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        """A ``postgresql://`` URL for ``dbname`` as the superuser."""
+        return f"postgresql://{_SERVER_USER}@127.0.0.1:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        """An autocommit superuser connection (for administration in tests)."""
+        return psycopg.connect(self.conninfo(dbname), autocommit=True)
+
+    def create_database(self) -> str:
+        """Create an empty database; return its ``postgresql://`` URL."""
+        self._databases += 1
+        name = f"motet_{self._databases}"
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.conninfo(name)
+
+    def run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a server program as the cluster's owner; raise on failure."""
+        command = [str(self.bin_dir / program), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", _SERVER_USER, "--", *command]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+
+    def init(self) -> None:
+        """Create the cluster's files (``initdb``); fsync is on once it runs."""
+        self.run("initdb", "-D", str(self.data), "-U", _SERVER_USER, "--auth=trust",
+                 "-E", "UTF8", "--locale=C", "--no-sync")  # fmt: skip
+
+    def start(self) -> None:
+        """Start the server on ``self.port`` and wait until it accepts connections."""
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c fsync=on "
+            "-c max_connections=100 -c shared_buffers=64MB"
+        )
+        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
+                 "-o", options, "-w", "-t", "30", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        # The files are deleted next: no shutdown checkpoint is worth waiting for.
+        self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def log(self) -> str:
+        """The server's log so far (for a failing test's message)."""
+        try:
+            return (self.root / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@contextmanager
+def running_cluster() -> Iterator[Cluster]:
+    """Start a fresh cluster; stop it and delete its files when done."""
+    bin_dir = find_bin_dir()
+    root = Path(tempfile.mkdtemp(prefix="motet-pg-"))
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(root, _SERVER_USER, _SERVER_USER)
+        cluster = Cluster(bin_dir, root, _free_port())
+        try:
+            cluster.init()
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"initdb failed: {exc.stderr}") from exc
+        for attempt in range(3):
+            try:
+                cluster.start()
+                break
+            except subprocess.CalledProcessError as exc:
+                # Another process may have taken the port between the probe and
+                # the start: try a new one.
+                if attempt == 2:
+                    raise RuntimeError(
+                        f"PostgreSQL did not start: {exc.stderr}\n{cluster.log()}"
+                    ) from exc
+                cluster.port = _free_port()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_schema_url(cluster: Cluster, dbname: str = "postgres") -> str:
+    """Create an empty schema in ``dbname``; return a URL whose connections
+    use it (one throwaway store per schema is much faster than one database
+    per store)."""
+    cluster._schemas += 1
+    name = f"store_{cluster._schemas}"
+    with cluster.connect(dbname) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return f"{cluster.conninfo(dbname)}?options=-csearch_path%3D{name}"
+
+
+def new_store(cluster: Cluster, **options: Any) -> PostgresStore:
+    """A :class:`PostgresStore` in a fresh, empty schema of ``cluster``."""
+    return PostgresStore(new_schema_url(cluster), **options)
