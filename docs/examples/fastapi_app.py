@@ -67,6 +67,16 @@ class NewOrder(BaseModel):
     amount: float
 
 
+def engine_of(request: Request) -> Engine:
+    """The engine the app's lifespan opened (a FastAPI dependency)."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+# At module level: FastAPI resolves the routes' annotations in this namespace.
+EngineDep = Annotated[Engine, Depends(engine_of)]
+
+
 def create_app(data: str | None = None, **engine_options: Any) -> FastAPI:
     """The FastAPI app, with its engine on the LMDB store in ``data`` (in
     memory when None). ``engine_options`` go to ``open_engine``."""
@@ -78,12 +88,6 @@ def create_app(data: str | None = None, **engine_options: Any) -> FastAPI:
             yield
 
     api = FastAPI(title="Motet users", lifespan=lifespan)
-
-    def engine_of(request: Request) -> Engine:
-        engine: Engine = request.app.state.engine
-        return engine
-
-    EngineDep = Annotated[Engine, Depends(engine_of)]
 
     @api.exception_handler(MotetError)
     async def motet_error(request: Request, error: MotetError) -> JSONResponse:
@@ -105,10 +109,14 @@ def create_app(data: str | None = None, **engine_options: Any) -> FastAPI:
 
     @api.get("/users/{user_id}")
     async def get_user(
-        user_id: str, engine: EngineDep, after: Annotated[int | None, Query(ge=0)] = None
+        user_id: str,
+        engine: EngineDep,
+        after: Annotated[int | None, Query(ge=0)] = None,
+        timeout: Annotated[float, Query(ge=0, le=60)] = 5.0,
     ) -> dict[str, Any]:
-        # ``after`` (a position from an earlier answer) reads your own writes.
-        summary = await engine.ask(GetUserById(user_id=user_id), after=after)
+        # ``after`` (a position from an earlier answer) reads your own writes,
+        # waiting up to ``timeout`` seconds for the read model to get there.
+        summary = await engine.ask(GetUserById(user_id=user_id), after=after, timeout=timeout)
         result: dict[str, Any] = msgspec.to_builtins(summary)
         return result
 
