@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import outcome
 import trio
@@ -27,6 +27,8 @@ from .guest import start_guest_run
 __all__ = ["Engine", "ProjectionHandle", "open_engine"]
 
 _READ_BATCH = 1000
+
+T = TypeVar("T")
 
 
 class ProjectionHandle:
@@ -254,7 +256,7 @@ class Engine:
         if self._closed is not None:
             raise self._closed
 
-    async def _call(self, function: Any, what: str) -> Any:
+    async def _call(self, function: Callable[[], Awaitable[T]], what: str) -> T:
         return await self._calls.run(function, what)
 
     def _close(self, reason: EngineClosed) -> None:
@@ -276,7 +278,8 @@ def _settle(future: asyncio.Future[Ack], ack: Ack | None, error: BaseException |
     if error is not None:
         fail(future, error)
     else:
-        resolve(future, ack)  # type: ignore[arg-type]
+        assert ack is not None
+        resolve(future, ack)
 
 
 async def _serve(
@@ -335,7 +338,8 @@ async def open_engine(
     scope = trio.CancelScope()
     done = start_guest_run(_serve, ready, stop, scope, path, app, dict(options))
     try:
-        await asyncio.wait([ready, done], return_when=asyncio.FIRST_COMPLETED)
+        starting: list[asyncio.Future[Any]] = [ready, done]
+        await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         scope.cancel()
         await _wait_uncancellable(done)
