@@ -320,8 +320,10 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Open the engine in an asyncio program: ``async with open_engine(path,
     app) as engine`` inside ``asyncio.run`` (or uvicorn, uvloop). ``path`` and
-    the keyword options are those of :func:`motet.engine.open_engine`, and so
-    are the errors (:class:`StoreFormatError`, ``ValueError``, ``OSError``).
+    the keyword options (``durability``, ``mailbox_size``, ``metrics_port``,
+    ``shutdown_timeout``, ...) are passed as they are to
+    :func:`motet.engine.open_engine`, and its errors come out unchanged
+    (:class:`StoreFormatError`, ``ValueError``, ``OSError``).
 
     The runtime runs on trio, as a guest of the asyncio loop in the same
     thread (one such engine per event loop at a time; a second one raises

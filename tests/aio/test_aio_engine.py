@@ -319,3 +319,37 @@ def test_a_runtime_failure_cancels_the_block_and_is_raised_from_it() -> None:
     with pytest.raises(BaseExceptionGroup) as failed:
         asyncio.run(guarded())
     assert failed.group_contains(ZeroDivisionError, match="the runtime broke")
+
+
+def test_a_slow_subscriber_slows_its_producer_and_misses_nothing() -> None:
+    async def main() -> None:
+        async with open_engine(None, app) as engine:
+            await engine.send(create("u1"))
+            for n in range(40):
+                await engine.send(PlaceOrder(user_id="u1", order_id=f"o{n}", amount=1))
+            positions = []
+            async with contextlib.aclosing(engine.subscribe(batch_size=3)) as stream:
+                async for event in stream:
+                    positions.append(event.position)
+                    if len(positions) % 10 == 0:
+                        await asyncio.sleep(0.01)  # the producer waits for room
+                    if event.position == 41:
+                        break
+            assert positions == list(range(1, 42))
+
+    asyncio.run(main())
+
+
+def test_metrics_are_served_over_http_from_the_guest_run() -> None:
+    httpx = pytest.importorskip("httpx")
+
+    async def main() -> None:
+        async with open_engine(None, app, metrics_port=0) as engine:
+            await engine.send(create("u1"))
+            assert engine.metrics_port
+            async with httpx.AsyncClient() as http:
+                reply = await http.get(f"http://127.0.0.1:{engine.metrics_port}/metrics")
+            assert reply.status_code == 200
+            assert "motet_log_head_position 1.0" in reply.text
+
+    asyncio.run(main())
