@@ -70,7 +70,9 @@ async def create_users(engine: Engine) -> list[tuple[Any, Ack]]:
     return list(zip(commands, acks, strict=True))
 
 
-def test_a_thousand_asyncio_tasks_match_a_sequential_model(tmp_path: Path) -> None:
+def test_a_thousand_asyncio_tasks_match_a_sequential_model(
+    tmp_path: Path, run_on_loop: Any
+) -> None:
     path = tmp_path / "store"
 
     async def main() -> tuple[int, dict[str, Any]]:
@@ -128,7 +130,7 @@ def test_a_thousand_asyncio_tasks_match_a_sequential_model(tmp_path: Path) -> No
                 assert len(await engine.ask(GetUsersByCity(city=city))) == count
             return total, expected
 
-    total, expected = asyncio.run(main())
+    total, expected = run_on_loop(main)
 
     async def reopened() -> None:
         async with open_engine(path, app) as engine:
@@ -142,7 +144,7 @@ def test_a_thousand_asyncio_tasks_match_a_sequential_model(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("durability", ["sync", "none"])
 def test_cancelled_senders_lose_no_acknowledged_command_and_leave_no_half_command(
-    tmp_path: Path, durability: str
+    tmp_path: Path, durability: str, run_on_loop: Any
 ) -> None:
     path = tmp_path / "store"
     rng = random.Random(SEED)
@@ -180,7 +182,7 @@ def test_cancelled_senders_lose_no_acknowledged_command_and_leave_no_half_comman
             assert sum(isinstance(r, asyncio.CancelledError) for r in results) > 100
             assert len(cancelled) > 100, "too few cancellations hit a waiting send"
 
-    asyncio.run(main())
+    run_on_loop(main)
 
     async def check() -> None:
         async with open_engine(path, app, durability=durability) as engine:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +39,6 @@ from motet.engine.example import (
 )
 from motet.storage.records import StoredEvent
 
-LOOPS = ["asyncio", "uvloop"]
-
-
-def run(loop: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    """``main()`` under ``asyncio.run`` with the default loop or uvloop's."""
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main())
-    return asyncio.run(main())
-
 
 def create(user_id: str) -> CreateUser:
     return CreateUser(
@@ -58,8 +46,7 @@ def create(user_id: str) -> CreateUser:
     )
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_commands_queries_streams_and_subscriptions(loop: str, tmp_path: Path) -> None:
+def test_commands_queries_streams_and_subscriptions(run_on_loop: Any, tmp_path: Path) -> None:
     async def main() -> None:
         async with open_engine(tmp_path / "data", app, durability="none") as engine:
             assert isinstance(engine, Engine)
@@ -100,7 +87,7 @@ def test_commands_queries_streams_and_subscriptions(loop: str, tmp_path: Path) -
             assert "running" in repr(engine)
         assert "closed" in repr(engine)
 
-    run(loop, main)
+    run_on_loop(main)
 
 
 def test_errors_are_the_embedded_api_classes(tmp_path: Path) -> None:
@@ -189,7 +176,7 @@ def test_closing_ends_waits_and_commits_what_was_accepted(tmp_path: Path) -> Non
     asyncio.run(main())
 
 
-def test_cancelling_a_wait_cancels_only_the_wait(tmp_path: Path) -> None:
+def test_cancelling_a_wait_cancels_only_the_wait(run_on_loop: Any) -> None:
     async def main() -> None:
         async with open_engine(None, app) as engine:
             ack = await engine.send(create("u1"))
@@ -209,7 +196,7 @@ def test_cancelling_a_wait_cancels_only_the_wait(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
             assert "running=0" in repr(engine._calls)
 
-    asyncio.run(main())
+    run_on_loop(main)
 
 
 # -- projections under control --------------------------------------------------------
