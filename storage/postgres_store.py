@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 from . import postgres_sql as sql
 from .errors import CodecError, Conflict, StorageError, StoreFormatError
 from .records import Append, Checkpoint, Snapshot, StoredEvent
-from .records import AppendResult as Ack
+from .records import Ack
 from .store import Durability, plan_appends
 
 __all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from motet.storage import Append, AppendResult, Metadata, NewEvent, StorageError, StoreFormatError
+from motet.storage import Ack, Append, Metadata, NewEvent, StorageError, StoreFormatError
 from motet.storage.postgres_sql import FORMAT, TABLES
 from motet.storage.postgres_store import PostgresStore, is_postgres_url
 from tests.support.postgres import Cluster, new_schema_url
@@ -97,8 +97,8 @@ def test_reopening_keeps_everything_and_continues_positions(open_store: Any) -> 
     again = open_store()
     (result,) = again.append_batch([command("A", 2, 1)], TS)
 
-    assert result == AppendResult("A", 3, 3)
-    assert again.get_ack("cmd-1") == AppendResult("A", 2, 2)
+    assert result == Ack("A", 3, 3)
+    assert again.get_ack("cmd-1") == Ack("A", 2, 2)
     assert [e.position for e in again.read_all()] == [1, 2, 3]
 
 
@@ -232,7 +232,7 @@ def test_a_writer_killed_inside_commit_acknowledges_nothing_and_recovers(
     assert "dropped during COMMIT" in str(error) and "was not committed" in str(error)
     assert store.read_all() == [] and store.get_ack("c") is None and store.head_position == 0
     # The writer reconnects; positions stay gap-free.
-    assert store.append_batch([command("A", 0, 1, "d")], TS) == [AppendResult("A", 1, 1)]
+    assert store.append_batch([command("A", 0, 1, "d")], TS) == [Ack("A", 1, 1)]
 
 
 def _call(function: Any, *args: Any) -> object:
@@ -310,11 +310,11 @@ def test_a_commit_whose_answer_is_lost_is_resolved_by_reading_the_log(
         results = store.append_batch([command("A", 1, 2, "c"), command("B", 0, 1)], TS)
 
         assert proxy.cut.is_set() and not proxy.errors
-        assert results == [AppendResult("A", 3, 3), AppendResult("B", 1, 4)]
+        assert results == [Ack("A", 3, 3), Ack("B", 1, 4)]
         assert [e.position for e in store.read_all()] == [1, 2, 3, 4]
-        assert store.get_ack("c") == AppendResult("A", 3, 3)
+        assert store.get_ack("c") == Ack("A", 3, 3)
         # The writer reconnected through the proxy and goes on.
-        assert store.append_batch([command("B", 1, 1)], TS) == [AppendResult("B", 2, 5)]
+        assert store.append_batch([command("B", 1, 1)], TS) == [Ack("B", 2, 5)]
     finally:
         proxy.close()
 
@@ -343,7 +343,7 @@ def test_writers_killed_at_random_acknowledge_exactly_what_is_in_the_log(
 
     killer = threading.Thread(target=kill_writers)
     killer.start()
-    acknowledged: dict[str, AppendResult] = {}
+    acknowledged: dict[str, Ack] = {}
     failed: list[str] = []
     try:
         for batch in range(150):
@@ -357,7 +357,7 @@ def test_writers_killed_at_random_acknowledge_exactly_what_is_in_the_log(
                 failed.extend(a.metadata.command_id for a in appends)  # type: ignore[misc]
                 continue
             for append, result in zip(appends, results, strict=True):
-                assert isinstance(result, AppendResult)
+                assert isinstance(result, Ack)
                 acknowledged[append.metadata.command_id] = result  # type: ignore[index]
     finally:
         stop.set()
@@ -427,9 +427,9 @@ def test_a_command_id_committed_by_another_process_gets_its_ack_and_appends_noth
     # The other process decided the same command before it saw the first commit.
     results = second.append_batch([command("A", 0, 2, "cmd-1"), command("B", 0, 1, "cmd-2")], TS)
 
-    assert results == [ack, AppendResult("B", 1, 3)]
+    assert results == [ack, Ack("B", 1, 3)]
     assert [(e.stream, e.version) for e in second.read_all()] == [("A", 1), ("A", 2), ("B", 1)]
-    assert second.get_ack("cmd-1") == ack == AppendResult("A", 2, 2)
+    assert second.get_ack("cmd-1") == ack == Ack("A", 2, 2)
 
 
 # -- concurrent writers and a tailing reader ------------------------------------------
@@ -450,7 +450,7 @@ def test_a_tailing_reader_sees_every_position_once_while_two_writers_append(
             for n in range(batches):
                 size = rng.randint(1, 40)
                 (result,) = store.append_batch([command(f"{name}-{n}", 0, size)], TS)
-                assert isinstance(result, AppendResult)
+                assert isinstance(result, Ack)
         except BaseException as exc:
             errors.append(exc)
 
@@ -490,7 +490,7 @@ def test_two_writers_on_one_stream_conflict_instead_of_forking_it(open_store: An
             except StorageError as exc:
                 outcomes[index].append(f"error: {exc}")
                 continue
-            outcomes[index].append("ok" if isinstance(result, AppendResult) else "conflict")
+            outcomes[index].append("ok" if isinstance(result, Ack) else "conflict")
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
     for thread in threads:
