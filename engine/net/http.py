@@ -1,0 +1,986 @@
+"""The HTTP/JSON API and the admin page, on trio beside the line protocol.
+
+Routes (see DESIGN.md, "HTTP API"; every JSON body is the line protocol's
+reply ``result`` for the same request, so both wires send the same JSON):
+
+- ``POST /commands/{Type}``: the body is the command's data; headers
+  ``Idempotency-Key`` (the command id), ``If-Match`` (the expected stream
+  version, ``3`` or ``"3"``), ``Correlation-Id`` and ``Causation-Id`` →
+  ``{"stream", "version", "position"}``, with ``ETag: "<version>"``;
+- ``POST /queries/{Type}`` (body = the query's data) and
+  ``GET /queries/{Type}?field=value`` (each value read as the field's type),
+  both with optional ``after`` and ``timeout`` parameters → the result;
+- ``GET /streams/{stream}?from=&limit=`` → ``{"events": [...], "next": n}``;
+- ``GET /events?from=`` → Server-Sent Events, catch-up then live: ``id:`` is
+  the event's position, ``data:`` the event as the line protocol sends it; a
+  ``Last-Event-ID`` header resumes after that position. A stream that ends
+  (the server stops) ends with ``event: error`` whose data is the error
+  object with ``position``, the last event delivered;
+- ``GET /status`` (the engine's status), ``GET /metrics`` (Prometheus text
+  from the engine's own registry), ``GET /openapi.json`` (generated from the
+  app's msgspec types, see :mod:`motet.engine.net.openapi`);
+- ``GET /projections`` and ``GET /projections/{name}``: each projection's
+  status and whether it is paused; ``POST /projections/{name}/{action}`` with
+  ``action`` one of ``pause``, ``resume``, ``retry``, ``skip``, ``rebuild``
+  → that projection's status after the action;
+- ``GET /`` and ``GET /admin/{file}``: the admin page (static files shipped in
+  the package; no build step, nothing fetched from elsewhere).
+
+Failures answer ``{"error": {"code", "message", ...}}`` (the line protocol's
+error object) with the status :data:`HTTP_STATUS` gives the wire code, which
+comes from the one classifier, :func:`~motet.engine.net.protocol.code_for`.
+A request to a known path with the wrong method answers 405 (code
+``bad_request``) with an ``Allow`` header.
+
+With a ``token``, every route but the admin page's static files needs
+``Authorization: Bearer <token>`` (compared in constant time); the page asks
+for the token and sends it with each of its requests.
+
+HTTP/1.1 is parsed by h11 (the sans-I/O parser under hypercorn and httpcore);
+this module drives it with one trio task per connection, so TLS, the
+connection cap and the command path are the line protocol server's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing, asynccontextmanager, suppress
+from functools import partial
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote
+
+import h11
+import msgspec
+import trio
+
+from motet.actors.errors import NotFound, UnknownMessageType
+
+from ..core import Engine
+from .openapi import openapi_document
+from .protocol import (
+    DEFAULT_QUERY_TIMEOUT,
+    DEFAULT_READ_LIMIT,
+    BadRequest,
+    CommandOp,
+    QueryOp,
+    ReadOp,
+    ReplyEncoder,
+    RequestDecoder,
+    RequestTooLarge,
+    SubscribeOp,
+    Unauthorized,
+    code_for,
+)
+
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "HTTP_STATUS",
+    "HttpServer",
+    "HttpStatistics",
+    "open_http_server",
+    "serve_http",
+]
+
+log = logging.getLogger("motet.http")
+
+DEFAULT_HTTP_PORT: Final = 8707
+"""The port ``motet serve --http-port`` is documented with."""
+
+HTTP_STATUS: Final[Mapping[str, int]] = {
+    "bad_request": 400,
+    "invalid": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "unknown_type": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "rejected": 422,
+    "overloaded": 429,
+    "internal": 500,
+    "unavailable": 503,
+    "timeout": 504,
+}
+"""The HTTP status of each wire error code (DESIGN.md, "HTTP API")."""
+
+_REASONS: Final = {
+    100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized",
+    404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
+    413: b"Content Too Large", 422: b"Unprocessable Content", 429: b"Too Many Requests",
+    500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+}  # fmt: skip
+
+_JSON: Final = b"application/json"
+_RECEIVE_SIZE: Final = 65_536
+_SSE_FLUSH: Final = 65_536  # bytes of catch-up events gathered into one write
+_LINGER: Final = 1.0
+_PROJECTION_ACTIONS: Final = ("pause", "resume", "retry", "skip", "rebuild")
+_STATIC: Final = {
+    "index.html": b"text/html; charset=utf-8",
+    "admin.js": b"text/javascript; charset=utf-8",
+    "admin.css": b"text/css; charset=utf-8",
+}
+
+
+class HttpStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the HTTP server's counters (see :meth:`HttpServer.statistics`)."""
+
+    connections: int
+    accepted: int
+    refused: int
+    requests: int
+    errors: int
+    event_streams: int
+
+
+class _MethodNotAllowed(BadRequest):
+    """A known path asked with a method it does not serve (405)."""
+
+    def __init__(self, method: str, path: str, allow: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allow)}")
+        self.allow = allow
+
+
+class _Response:
+    """What a route answers: status, body and content type, extra headers."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        status: int = 200,
+        content_type: bytes = _JSON,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+
+class _EventStream:
+    """A route's answer that is a Server-Sent Events stream after ``after``."""
+
+    __slots__ = ("after",)
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+
+class _Unwrapped(msgspec.Struct):
+    """A line protocol reply with its envelope removed: the parts stay raw."""
+
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: msgspec.Raw = msgspec.Raw(b"null")
+    event: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class HttpServer:
+    """A running HTTP server, as :func:`serve_http` reports it to ``nursery.start``.
+
+    ``port`` is the bound port (useful with port 0); :meth:`stop` ends
+    :func:`serve_http` gracefully.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        token: str | None,
+        max_body: int,
+        max_head: int,
+        max_connections: int,
+        keep_alive_timeout: float,
+        request_timeout: float,
+        write_timeout: float,
+        heartbeat: float,
+    ) -> None:
+        if max_body < 1 or max_head < 1 or max_connections < 1:
+            raise ValueError(
+                "max_body, max_head and max_connections must be >= 1, "
+                f"got {max_body}, {max_head}, {max_connections}"
+            )
+        for name, value in (
+            ("keep_alive_timeout", keep_alive_timeout),
+            ("request_timeout", request_timeout),
+            ("write_timeout", write_timeout),
+            ("heartbeat", heartbeat),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        self.engine = engine
+        self.listeners: list[trio.abc.Listener[Any]] = []
+        self._token = None if token is None else token.encode()
+        self._max_body = max_body
+        self._max_head = max_head
+        self._max_connections = max_connections
+        self._keep_alive_timeout = keep_alive_timeout
+        self._request_timeout = request_timeout
+        self._write_timeout = write_timeout
+        self._heartbeat = heartbeat
+        self._decoder = RequestDecoder(engine.app)
+        self._encoder = ReplyEncoder()
+        self._json = msgspec.json.Encoder()
+        self._unwrap = msgspec.json.Decoder(_Unwrapped)
+        self._query_types = engine.app.query_types()
+        self._string_fields = {tag: _string_fields(cls) for tag, cls in self._query_types.items()}
+        self._openapi = self._json.encode(openapi_document(engine.app))
+        self._static = _load_static()
+        self._connections: set[_Connection] = set()
+        self._no_connections = trio.Event()
+        self._no_connections.set()
+        self._stop_requested = trio.Event()
+        self._stop_timeout = 10.0
+        self.stopping = False
+        self._accepted = 0
+        self._refused = 0
+        self._requests = 0
+        self._errors = 0
+        self._event_streams = 0
+
+    def __repr__(self) -> str:
+        state = "stopping" if self.stopping else "serving"
+        return (
+            f"<HttpServer {state} port={self.port} connections={len(self._connections)} "
+            f"requests={self._requests}>"
+        )
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (0 before it listens)."""
+        for listener in self.listeners:
+            transport = getattr(listener, "transport_listener", listener)
+            socket = getattr(transport, "socket", None)
+            if socket is not None:
+                return int(socket.getsockname()[1])
+        return 0
+
+    def statistics(self) -> HttpStatistics:
+        """The server's counters, as a frozen snapshot."""
+        return HttpStatistics(
+            connections=len(self._connections),
+            accepted=self._accepted,
+            refused=self._refused,
+            requests=self._requests,
+            errors=self._errors,
+            event_streams=self._event_streams,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully; returns at once, :func:`serve_http` returns when done.
+
+        The listeners close, idle keep-alive connections close, event streams
+        end with an ``error`` event, requests being answered finish (with
+        ``Connection: close``), and whatever still runs after ``timeout``
+        seconds is cancelled. Calling it again changes nothing.
+        """
+        if not self._stop_requested.is_set():
+            self._stop_timeout = timeout
+            self._stop_requested.set()
+
+    # -- connections ---------------------------------------------------------------
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        """One connection, from accept to close. Never raises (an exception
+        here would cancel every other connection)."""
+        try:
+            refusal = None
+            if self.stopping:
+                refusal = ("unavailable", "the server is shutting down")
+            elif len(self._connections) >= self._max_connections:
+                refusal = ("overloaded", f"too many connections (max {self._max_connections})")
+            connection = _Connection(self, stream)
+            if refusal is not None:
+                self._refused += 1
+                await connection.refuse(*refusal)
+                return
+            self._accepted += 1
+            self._connections.add(connection)
+            if len(self._connections) == 1:
+                self._no_connections = trio.Event()
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
+                if not self._connections:
+                    self._no_connections.set()
+                await _close(stream, connection.peer_done)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass  # the peer went away or stopped reading: nothing to tell it
+        except Exception:
+            log.exception("HTTP connection failed unexpectedly")
+
+    def _authorized(self, headers: Mapping[bytes, bytes]) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(self._token, credentials.strip())
+
+    # -- replies -------------------------------------------------------------------
+
+    def _result(self, line: bytes) -> bytes:
+        """The ``result`` of a line protocol reply line, as raw JSON."""
+        return bytes(self._unwrap.decode(line).result)
+
+    def ok(self, result: Any) -> _Response:
+        """A 200 answer whose body is ``result`` as the line protocol encodes it."""
+        return _Response(self._result(self._encoder.ok(None, result)))
+
+    def failure(self, error: BaseException) -> _Response:
+        """The error answer for ``error``: the line protocol's error object,
+        with the status of its wire code."""
+        self._errors += 1
+        code = code_for(error)
+        if code == "internal":
+            log.error("HTTP request failed", exc_info=error)
+        unwrapped = self._unwrap.decode(self._encoder.exception(None, error))
+        body = b'{"error":' + bytes(unwrapped.error) + b"}"
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        status = HTTP_STATUS.get(code, 500)
+        if isinstance(error, _MethodNotAllowed):
+            status = 405
+            headers = ((b"allow", ", ".join(error.allow).encode()),)
+        elif code == "unauthorized":
+            headers = ((b"www-authenticate", b'Bearer realm="motet"'),)
+        elif code == "overloaded":
+            headers = ((b"retry-after", b"1"),)
+        return _Response(body, status=status, headers=headers)
+
+    def error_event(self, code: str, message: str, position: int) -> bytes:
+        """The error object that ends an event stream (raw JSON)."""
+        line = self._encoder.error(None, code, message, position=position)  # type: ignore[arg-type]
+        return bytes(self._unwrap.decode(line).error)
+
+    def event_data(self, record: Any) -> bytes:
+        """One event as the line protocol's subscriptions send it (raw JSON)."""
+        return bytes(self._unwrap.decode(self._encoder.event(None, record)).event)
+
+    # -- routes --------------------------------------------------------------------
+
+    async def route(
+        self, method: str, target: bytes, headers: Mapping[bytes, bytes], body: bytes
+    ) -> _Response | _EventStream:
+        """Answer one request (raises what :meth:`failure` reports)."""
+        path_bytes, _, query_bytes = target.partition(b"?")
+        path = path_bytes.decode("latin-1")
+        if path == "/" or path.startswith("/admin/"):
+            _allow(method, path, "GET")
+            name = "index.html" if path == "/" else path[len("/admin/") :]
+            if name not in self._static:
+                raise NotFound(f"no admin file {name!r}")
+            return _Response(self._static[name], content_type=_STATIC[name])
+        if not self._authorized(headers):
+            raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
+        params = _params(query_bytes)
+        first, _, rest = path[1:].partition("/")
+        if first == "commands" and rest:
+            _allow(method, path, "POST")
+            return await self._command(_segment(rest), headers, body, params)
+        if first == "queries" and rest:
+            _allow(method, path, "GET", "POST")
+            return await self._query(_segment(rest), method, body, params)
+        if first == "streams" and rest:
+            _allow(method, path, "GET")
+            return await self._read(_segment(rest), params)
+        if first == "projections":
+            return await self._projections(method, path, rest, params)
+        if rest:
+            raise NotFound(f"no route {path!r}")
+        if first == "events":
+            _allow(method, path, "GET")
+            return self._events(headers, params)
+        if first == "status":
+            _allow(method, path, "GET")
+            _no_params(params)
+            return self.ok(self.engine.status())
+        if first == "metrics":
+            _allow(method, path, "GET")
+            return self._metrics()
+        if first == "openapi.json":
+            _allow(method, path, "GET")
+            return _Response(self._openapi)
+        raise NotFound(f"no route {path!r}; see /openapi.json")
+
+    async def _command(
+        self, type_: str, headers: Mapping[bytes, bytes], body: bytes, params: dict[str, str]
+    ) -> _Response:
+        _no_params(params)
+        expected_version = _if_match(headers.get(b"if-match"))
+        op = CommandOp(
+            type=type_,
+            data=msgspec.Raw(body or b"{}"),
+            command_id=_header_text(headers, b"idempotency-key"),
+            expected_version=expected_version,
+        )
+        try:
+            command = self._decoder.decode_command(op)
+        except Exception as exc:
+            self.engine.count_refused(type_, exc)
+            raise
+        ack = await self.engine.send(
+            command,
+            command_id=op.command_id,
+            expected_version=op.expected_version,
+            correlation_id=_header_text(headers, b"correlation-id"),
+            causation_id=_header_text(headers, b"causation-id"),
+        )
+        return _Response(
+            self._result(self._encoder.ack(None, ack)),
+            headers=((b"etag", b'"%d"' % ack.version),),
+        )
+
+    async def _query(
+        self, type_: str, method: str, body: bytes, params: dict[str, str]
+    ) -> _Response:
+        options: dict[str, Any] = {
+            name: params.pop(name) for name in ("after", "timeout") if name in params
+        }
+        if method == "GET":
+            data = self._query_data(type_, params)
+        else:
+            _no_params(params)
+            data = body or b"{}"
+        op = _convert(QueryOp, {"type": type_, **options})
+        query = self._decoder.decode_query(msgspec.structs.replace(op, data=msgspec.Raw(data)))
+        timeout = DEFAULT_QUERY_TIMEOUT if op.timeout is None else op.timeout
+        return self.ok(await self.engine.ask(query, after=op.after, timeout=timeout))
+
+    def _query_data(self, type_: str, params: dict[str, str]) -> bytes:
+        """The JSON data of a query asked with GET: a parameter is a string
+        when its field takes strings, else its value read as JSON (``5``,
+        ``true``); the protocol's decoder then checks it like any data."""
+        if type_ not in self._query_types:
+            raise UnknownMessageType(
+                f"unknown query type {type_!r}; known: {', '.join(sorted(self._query_types))}"
+            )
+        strings = self._string_fields[type_]
+        data: dict[str, Any] = {}
+        for name, value in params.items():
+            if name in strings:
+                data[name] = value
+            else:
+                try:
+                    data[name] = msgspec.json.decode(value)
+                except msgspec.DecodeError:
+                    data[name] = value  # the decoder names the field and its type
+        return self._json.encode(data)
+
+    async def _read(self, stream: str, params: dict[str, str]) -> _Response:
+        op = _convert(ReadOp, {"stream": stream, **params})
+        limit = DEFAULT_READ_LIMIT if op.limit is None else op.limit
+        events = await self.engine.read_stream(op.stream, op.from_, limit)
+        return _Response(self._result(self._encoder.read(None, events, op.from_)))
+
+    def _events(self, headers: Mapping[bytes, bytes], params: dict[str, str]) -> _EventStream:
+        op = _convert(SubscribeOp, params)
+        after = op.from_
+        last_event_id = headers.get(b"last-event-id")
+        if last_event_id is not None:
+            after = _convert(SubscribeOp, {"from": last_event_id.decode("latin-1")}).from_
+        return _EventStream(after)
+
+    def _metrics(self) -> _Response:
+        metrics = self.engine.metrics
+        if metrics is None:
+            raise NotFound("this engine collects no metrics (opened with metrics=False)")
+        # Imported here: prometheus_client is only needed once metrics are served.
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        return _Response(
+            generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.encode()
+        )
+
+    async def _projections(
+        self, method: str, path: str, rest: str, params: dict[str, str]
+    ) -> _Response:
+        _no_params(params)
+        name, _, action = rest.partition("/")
+        if not name:
+            _allow(method, path, "GET")
+            return self.ok(
+                {
+                    "head_position": self.engine.head_position,
+                    "projections": [_projection_view(p) for p in self.engine.projections.values()],
+                }
+            )
+        projection = self.engine.projections.get(unquote(name))
+        if projection is None:
+            raise NotFound(
+                f"no projection {unquote(name)!r}; known: "
+                f"{', '.join(sorted(self.engine.projections)) or 'none'}"
+            )
+        if not action:
+            _allow(method, path, "GET")
+            return self.ok(_projection_view(projection))
+        if action not in _PROJECTION_ACTIONS:
+            raise NotFound(
+                f"no projection action {action!r}; "
+                f"expected one of: {', '.join(_PROJECTION_ACTIONS)}"
+            )
+        _allow(method, path, "POST")
+        if action == "rebuild":
+            await projection.rebuild()
+        else:
+            getattr(projection, action)()
+        return self.ok(_projection_view(projection))
+
+
+def _projection_view(projection: Any) -> dict[str, Any]:
+    """A projection's status plus whether it is paused (which
+    ``ProjectionStatus`` does not say yet)."""
+    view = msgspec.structs.asdict(projection.status())
+    view["paused"] = bool(getattr(projection, "_paused", False))
+    return view
+
+
+def _allow(method: str, path: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise _MethodNotAllowed(method, path, allowed)
+
+
+def _segment(text: str) -> str:
+    """A path's last part, percent-decoded (so a stream id may hold ``/`` as ``%2F``)."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(f"the path part {text!r} is not percent-encoded UTF-8") from None
+
+
+def _params(query: bytes) -> dict[str, str]:
+    """The query string's parameters; each may be given once."""
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the query string is not valid: {exc}") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise BadRequest(f"the query parameter {name!r} is given more than once")
+        params[name] = value
+    return params
+
+
+def _no_params(params: dict[str, str]) -> None:
+    if params:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(params))}")
+
+
+def _convert(op_type: type[Any], fields: dict[str, Any]) -> Any:
+    """Check request options against the line protocol's request struct, so
+    both wires accept the same values (``from`` ≥ 0, ``limit`` 1..10,000...)."""
+    try:
+        return msgspec.convert(fields, op_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid parameter: {exc}") from None
+
+
+def _header_text(headers: Mapping[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise BadRequest(f"the {name.decode()} header is not UTF-8") from None
+
+
+def _if_match(value: bytes | None) -> int | None:
+    """The expected version an ``If-Match`` header gives: ``3`` or ``"3"``."""
+    if value is None:
+        return None
+    text = value.strip().removeprefix(b"W/").strip(b'"')
+    if not text.isdigit() or len(text) > 18:
+        raise BadRequest(
+            'If-Match must be the expected stream version (e.g. "3"), '
+            f"got {value.decode('latin-1')!r}"
+        )
+    return int(text)
+
+
+def _string_fields(cls: type) -> frozenset[str]:
+    """The fields of a query type whose values may be strings."""
+    info = msgspec.inspect.type_info(cls)
+    fields = getattr(info, "fields", ())
+    return frozenset(f.encode_name for f in fields if _takes_string(f.type))
+
+
+def _takes_string(info: msgspec.inspect.Type) -> bool:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(_takes_string(t) for t in info.types)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return any(isinstance(value, str) for value in info.values)
+    return isinstance(info, msgspec.inspect.StrType | msgspec.inspect.AnyType)
+
+
+def _load_static() -> dict[str, bytes]:
+    folder = resources.files(__package__).joinpath("admin")
+    return {name: folder.joinpath(name).read_bytes() for name in _STATIC}
+
+
+async def _close(stream: trio.abc.Stream, peer_done: bool) -> None:
+    """Close ``stream``; unless the peer already closed its side, first send
+    EOF and discard what it still sends, briefly, so our last answer is read
+    instead of reset."""
+    with trio.move_on_after(_LINGER * 2) as scope:
+        scope.shield = True
+        try:
+            if not peer_done and isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+                with trio.move_on_after(_LINGER):
+                    while await stream.receive_some(_RECEIVE_SIZE):
+                        pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+class _Connection:
+    """One HTTP/1.1 connection: requests one after another (keep-alive)."""
+
+    def __init__(self, server: HttpServer, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=server._max_head)
+        self.peer_done = False
+        self.idle_scope: trio.CancelScope | None = None
+        self.streaming: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<HttpConnection our_state={self.conn.our_state} streaming={bool(self.streaming)}>"
+
+    def drain(self) -> None:
+        """The server stops: close at once if idle, end an event stream."""
+        if self.idle_scope is not None:
+            self.idle_scope.cancel()
+        if self.streaming is not None:
+            self.streaming.cancel()
+
+    async def _send(self, data: bytes) -> None:
+        with trio.fail_after(self.server._write_timeout):
+            await self.stream.send_all(data)
+
+    async def _next_event(self) -> Any:
+        """The next h11 event, reading from the socket as h11 needs."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.peer_done = True
+            self.conn.receive_data(data)
+
+    async def _next_request(self) -> h11.Request | None:
+        """Wait for the next request's head; ``None`` when the connection is
+        done: the peer closed it, or it stayed idle for ``keep_alive_timeout``
+        (the limit also bounds a head that arrives slowly), or the server
+        stops while it waits."""
+        with trio.move_on_after(self.server._keep_alive_timeout) as idle:
+            self.idle_scope = idle
+            if self.server.stopping:
+                return None
+            event = await self._next_event()
+        self.idle_scope = None
+        if idle.cancelled_caught or not isinstance(event, h11.Request):
+            return None
+        return event
+
+    async def _read_body(self, request_headers: Mapping[bytes, bytes]) -> bytes:
+        limit = self.server._max_body
+        length = request_headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise RequestTooLarge(f"the request body is {int(length)} bytes, over {limit}")
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        chunks: list[bytes] = []
+        size = 0
+        with trio.fail_after(self.server._request_timeout):
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        raise RequestTooLarge(f"the request body is over {limit} bytes")
+                    chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                else:  # the peer closed mid-body
+                    raise trio.BrokenResourceError("the connection closed in a request body")
+
+    async def run(self) -> None:
+        server = self.server
+        while True:
+            try:
+                request = await self._next_request()
+            except h11.RemoteProtocolError as exc:
+                await self._protocol_error(exc)
+                return
+            except trio.TooSlowError:
+                return
+            if request is None:
+                return
+            server._requests += 1
+            headers = {name.lower(): value for name, value in request.headers}
+            method = request.method.decode("latin-1")
+            try:
+                body = await self._read_body(headers)
+                answer = await server.route(method, request.target, headers, body)
+            except h11.RemoteProtocolError as exc:
+                await self._protocol_error(exc)
+                return
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            except Exception as exc:
+                answer = server.failure(exc)
+                if isinstance(exc, RequestTooLarge):
+                    # The rest of the body is not read, so the connection cannot go on.
+                    await self._respond(answer, close=True)
+                    return
+            if isinstance(answer, _EventStream):
+                await self._stream_events(answer.after)
+                return
+            await self._respond(answer, close=server.stopping)
+            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return  # the request's body was not read to its end (e.g. a GET with one)
+
+    async def refuse(self, code: str, message: str) -> None:
+        """Answer the first request with ``code`` and close (too many
+        connections, or the server is stopping)."""
+        try:
+            with trio.move_on_after(self.server._request_timeout):
+                request = await self._next_event()
+                if isinstance(request, h11.Request):
+                    body = self.server._json.encode({"error": {"code": code, "message": message}})
+                    response = _Response(
+                        body, status=HTTP_STATUS[code], headers=((b"retry-after", b"1"),)
+                    )
+                    await self._respond(response, close=True)
+        except h11.ProtocolError:
+            pass
+        finally:
+            await _close(self.stream, self.peer_done)
+
+    async def _protocol_error(self, error: h11.RemoteProtocolError) -> None:
+        """Answer what h11 could not parse with 400 (or its hint), then close."""
+        self.server._errors += 1
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = error.error_status_hint
+        code = "too_large" if status in (413, 431) else "bad_request"
+        body = self.server._json.encode(
+            {"error": {"code": code, "message": f"not a valid HTTP/1.1 request: {error}"}}
+        )
+        response = _Response(body, status=HTTP_STATUS[code])
+        with suppress(h11.LocalProtocolError):
+            await self._respond(response, close=True)
+
+    async def _respond(self, response: _Response, *, close: bool) -> None:
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", b"%d" % len(response.body)),
+            (b"cache-control", b"no-store"),
+            *response.headers,
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        conn = self.conn
+        reason = _REASONS.get(response.status, b"")
+        data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        data += conn.send(h11.Data(data=response.body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        await self._send(data)
+
+    async def _stream_events(self, after: int) -> None:
+        """Send every event after ``after`` as Server-Sent Events until the
+        peer goes away or the server stops; the connection then closes."""
+        server = self.server
+        engine = server.engine
+        server._event_streams += 1
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        conn = self.conn
+        await self._send(
+            conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+            + (conn.send(h11.Data(data=b"retry: 1000\n\n")) or b"")
+        )
+        last = after
+        lock = trio.Lock()  # the heartbeat and the events share the socket
+
+        async def send(data: bytes | None) -> None:
+            async with lock:
+                await self._send(data or b"")
+
+        sent = trio.Event()  # set on every write, so the heartbeat knows
+        stopping = trio.CancelScope()
+        self.streaming = stopping
+
+        async def heartbeat() -> None:
+            # Comments keep proxies from timing out and find dead peers.
+            nonlocal sent
+            while True:
+                with trio.move_on_after(server._heartbeat) as quiet:
+                    await sent.wait()
+                if quiet.cancelled_caught:
+                    await send(conn.send(h11.Data(data=b": keep-alive\n\n")))
+                sent = trio.Event()
+
+        async def watch_peer(scope: trio.CancelScope) -> None:
+            # The peer sends nothing more on an event stream; EOF means it left.
+            try:
+                while await self.stream.receive_some(_RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            self.peer_done = True
+            scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_peer, nursery.cancel_scope)
+                nursery.start_soon(heartbeat)
+                with stopping:
+                    if server.stopping:
+                        stopping.cancel()
+                    events = engine.subscribe(after)
+                    async with aclosing(events):  # type: ignore[type-var]
+                        buffer = bytearray()
+                        async for record in events:
+                            buffer += b"id: %d\ndata: %s\n\n" % (
+                                record.position,
+                                server.event_data(record),
+                            )
+                            last = record.position
+                            if len(buffer) >= _SSE_FLUSH or last >= engine.head_position:
+                                await send(conn.send(h11.Data(data=bytes(buffer))))
+                                buffer.clear()
+                                sent.set()
+                # The server stops: say where the stream ended, then close.
+                error = server.error_event("unavailable", "the server is shutting down", last)
+                await send(conn.send(h11.Data(data=b"event: error\ndata: %s\n\n" % error)))
+                await send(conn.send(h11.EndOfMessage()))
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            self.peer_done = True
+        finally:
+            self.streaming = None
+
+
+async def serve_http(
+    engine: Engine,
+    *,
+    host: str | None = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    token: str | None = None,
+    ssl_context: Any = None,
+    max_body: int = 1 << 20,
+    max_head: int = 16_384,
+    max_connections: int = 1000,
+    keep_alive_timeout: float = 60.0,
+    request_timeout: float = 30.0,
+    write_timeout: float = 60.0,
+    heartbeat: float = 15.0,
+    task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``engine``'s HTTP API and admin page until :meth:`HttpServer.stop`
+    is called (then return) or the task is cancelled (then stop at once).
+
+    Start it with ``server = await nursery.start(partial(serve_http, engine,
+    port=0))``: the :class:`HttpServer` is reported once the listeners are
+    bound (``server.port`` is the real port).
+
+    ``token``: every API request needs ``Authorization: Bearer <token>``
+    (else 401). ``ssl_context`` (an ``ssl.SSLContext``): serve HTTPS.
+    ``max_body``: largest request body in bytes (else 413, and the connection
+    closes). ``max_head``: largest request line plus headers. ``max_connections``:
+    beyond it a new connection's request gets 429 and the connection closes.
+    ``keep_alive_timeout``: an idle connection is closed after that long;
+    ``request_timeout``: a started request must arrive within it;
+    ``write_timeout``: a peer that accepts no data for that long is
+    dropped; ``heartbeat``: seconds between comments on a quiet event stream.
+    Raises ``OSError`` when the address cannot be bound and ``ValueError``
+    for invalid limits.
+    """
+    server = HttpServer(
+        engine,
+        token=token,
+        max_body=max_body,
+        max_head=max_head,
+        max_connections=max_connections,
+        keep_alive_timeout=keep_alive_timeout,
+        request_timeout=request_timeout,
+        write_timeout=write_timeout,
+        heartbeat=heartbeat,
+    )
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as accepting:
+            serve: Callable[..., Awaitable[object]]
+            if ssl_context is None:
+                serve = partial(
+                    trio.serve_tcp, server._handle, port, host=host, handler_nursery=connections
+                )
+            else:
+                serve = partial(
+                    trio.serve_ssl_over_tcp,
+                    server._handle,
+                    port,
+                    ssl_context,
+                    host=host,
+                    handler_nursery=connections,
+                )
+            server.listeners = await accepting.start(serve)
+            scheme = "http" if ssl_context is None else "https"
+            log.info("serving the HTTP API on %s://%s:%d/", scheme, host, server.port)
+            task_status.started(server)
+            await server._stop_requested.wait()
+            server.stopping = True
+            accepting.cancel_scope.cancel()
+        started = time.monotonic()
+        for connection in list(server._connections):
+            connection.drain()
+        with trio.move_on_after(server._stop_timeout):
+            await server._no_connections.wait()
+        log.info("HTTP server stopped in %.1f s", time.monotonic() - started)
+        connections.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_http_server(
+    engine: Engine,
+    *,
+    host: str | None = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    stop_timeout: float = 10.0,
+    **options: Any,
+) -> AsyncIterator[HttpServer]:
+    """Run :func:`serve_http` (with ``options``) for the duration of the block
+    and yield its :class:`HttpServer`. Leaving the block normally stops the
+    server gracefully; leaving it with an exception cancels it at once."""
+    async with trio.open_nursery() as nursery:
+        server: HttpServer = await nursery.start(
+            partial(serve_http, engine, host=host, port=port, **options)
+        )
+        try:
+            yield server
+        except BaseException:
+            nursery.cancel_scope.cancel()
+            raise
+        server.stop(stop_timeout)
