@@ -86,41 +86,54 @@ function stateOf(projection) {
   return projection.paused ? "paused" : "running";
 }
 
+function projectionRow(name) {
+  // Rows are made once and updated in place, so a button is never replaced
+  // under the pointer between a poll and a click.
+  const existing = document.querySelector(`#projections tr[data-name="${CSS.escape(name)}"]`);
+  if (existing) return existing;
+  const actions = element("td");
+  for (const action of ACTIONS) {
+    const button = element("button", {
+      type: "button",
+      "data-projection": name,
+      "data-action": action,
+      text: action,
+    });
+    button.addEventListener("click", () => control(name, action));
+    actions.append(button, " ");
+  }
+  const row = element(
+    "tr",
+    { "data-name": name },
+    element("td", { text: name }),
+    element("td", { class: "state" }),
+    element("td", { class: "num position" }),
+    element("td", { class: "num lag-events" }),
+    element("td", { class: "num lag-seconds" }),
+    element("td", { class: "error projection-error" }),
+    actions,
+  );
+  $("#projections tbody").append(row);
+  return row;
+}
+
 function renderProjections(projections) {
-  const body = $("#projections tbody");
-  body.replaceChildren();
   for (const projection of projections) {
     const history = lagHistory.get(projection.name) || [];
     history.push(projection.lag_events);
     if (history.length > HISTORY) history.shift();
     lagHistory.set(projection.name, history);
 
+    const row = projectionRow(projection.name);
     const state = stateOf(projection);
-    const actions = element("td");
-    for (const action of ACTIONS) {
-      const button = element("button", {
-        type: "button",
-        "data-projection": projection.name,
-        "data-action": action,
-        text: action,
-      });
-      button.addEventListener("click", () => control(projection.name, action));
-      actions.append(button, " ");
-    }
     const failed = projection.failed_position == null ? "" : ` (at ${projection.failed_position})`;
-    body.append(
-      element(
-        "tr",
-        { "data-name": projection.name },
-        element("td", { text: projection.name }),
-        element("td", { class: `state state-${state}`, text: state }),
-        element("td", { class: "num position", text: projection.position }),
-        element("td", { class: "num lag-events", text: projection.lag_events }),
-        element("td", { class: "num lag-seconds", text: projection.lag_seconds.toFixed(1) }),
-        element("td", { class: "error", text: (projection.error || "") + failed }),
-        actions,
-      ),
-    );
+    const stateCell = row.querySelector(".state");
+    stateCell.textContent = state;
+    stateCell.className = `state state-${state}`;
+    row.querySelector(".position").textContent = projection.position;
+    row.querySelector(".lag-events").textContent = projection.lag_events;
+    row.querySelector(".lag-seconds").textContent = projection.lag_seconds.toFixed(1);
+    row.querySelector(".projection-error").textContent = (projection.error || "") + failed;
   }
   drawChart();
 }
