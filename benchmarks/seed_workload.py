@@ -60,7 +60,7 @@ from typing import Any, NamedTuple
 import trio
 
 from motet.engine import CommandRejected, Engine, Overloaded, open_engine
-from motet.engine.cli import SERVER_GC_THRESHOLDS
+from motet.engine.cli.main import SERVER_GC_THRESHOLDS
 from motet.engine.example import CreateUser, PlaceOrder, UpdateUser, app
 from motet.storage import Durability
 
