@@ -36,9 +36,10 @@ With a ``token``, every route but the admin page's static files needs
 ``Authorization: Bearer <token>`` (compared in constant time); the page asks
 for the token and sends it with each of its requests.
 
-HTTP/1.1 is parsed by h11 (the sans-I/O parser under hypercorn and httpcore);
-this module drives it with one trio task per connection, so TLS, the
-connection cap and the command path are the line protocol server's.
+HTTP/1.1 is parsed by h11 (the sans-I/O parser under hypercorn and httpcore),
+driven by :mod:`motet.engine.net.http_connection` with one trio task per
+connection, so TLS, the connection cap and the command path are the line
+protocol server's.
 """
 
 from __future__ import annotations
@@ -47,19 +48,19 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing, asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote
 
-import h11
 import msgspec
 import trio
 
 from motet.actors.errors import NotFound, UnknownMessageType
 
 from ..core import Engine
+from .http_connection import EventStream, HttpConnection, Response, close_stream
 from .openapi import openapi_document
 from .protocol import (
     DEFAULT_QUERY_TIMEOUT,
@@ -70,7 +71,6 @@ from .protocol import (
     ReadOp,
     ReplyEncoder,
     RequestDecoder,
-    RequestTooLarge,
     SubscribeOp,
     Unauthorized,
     code_for,
@@ -106,17 +106,6 @@ HTTP_STATUS: Final[Mapping[str, int]] = {
 }
 """The HTTP status of each wire error code (DESIGN.md, "HTTP API")."""
 
-_REASONS: Final = {
-    100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized",
-    404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
-    413: b"Content Too Large", 422: b"Unprocessable Content", 429: b"Too Many Requests",
-    500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-}  # fmt: skip
-
-_JSON: Final = b"application/json"
-_RECEIVE_SIZE: Final = 65_536
-_SSE_FLUSH: Final = 65_536  # bytes of catch-up events gathered into one write
-_LINGER: Final = 1.0
 _PROJECTION_ACTIONS: Final = ("pause", "resume", "retry", "skip", "rebuild")
 _STATIC: Final = {
     "index.html": b"text/html; charset=utf-8",
@@ -142,34 +131,6 @@ class _MethodNotAllowed(BadRequest):
     def __init__(self, method: str, path: str, allow: tuple[str, ...]) -> None:
         super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allow)}")
         self.allow = allow
-
-
-class _Response:
-    """What a route answers: status, body and content type, extra headers."""
-
-    __slots__ = ("body", "content_type", "headers", "status")
-
-    def __init__(
-        self,
-        body: bytes,
-        *,
-        status: int = 200,
-        content_type: bytes = _JSON,
-        headers: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers
-
-
-class _EventStream:
-    """A route's answer that is a Server-Sent Events stream after ``after``."""
-
-    __slots__ = ("after",)
-
-    def __init__(self, after: int) -> None:
-        self.after = after
 
 
 class _Unwrapped(msgspec.Struct):
@@ -199,6 +160,7 @@ class HttpServer:
         request_timeout: float,
         write_timeout: float,
         heartbeat: float,
+        metrics_only: bool = False,
     ) -> None:
         if max_body < 1 or max_head < 1 or max_connections < 1:
             raise ValueError(
@@ -223,6 +185,7 @@ class HttpServer:
         self._request_timeout = request_timeout
         self._write_timeout = write_timeout
         self._heartbeat = heartbeat
+        self.metrics_only = metrics_only
         self._decoder = RequestDecoder(engine.app)
         self._encoder = ReplyEncoder()
         self._json = msgspec.json.Encoder()
@@ -231,7 +194,7 @@ class HttpServer:
         self._string_fields = {tag: _string_fields(cls) for tag, cls in self._query_types.items()}
         self._openapi = self._json.encode(openapi_document(engine.app))
         self._static = _load_static()
-        self._connections: set[_Connection] = set()
+        self._connections: set[HttpConnection] = set()
         self._no_connections = trio.Event()
         self._no_connections.set()
         self._stop_requested = trio.Event()
@@ -294,7 +257,7 @@ class HttpServer:
                 refusal = ("unavailable", "the server is shutting down")
             elif len(self._connections) >= self._max_connections:
                 refusal = ("overloaded", f"too many connections (max {self._max_connections})")
-            connection = _Connection(self, stream)
+            connection = HttpConnection(self, stream)
             if refusal is not None:
                 self._refused += 1
                 await connection.refuse(*refusal)
@@ -309,7 +272,7 @@ class HttpServer:
                 self._connections.discard(connection)
                 if not self._connections:
                     self._no_connections.set()
-                await _close(stream, connection.peer_done)
+                await close_stream(stream, connection.peer_done)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the peer went away or stopped reading: nothing to tell it
         except Exception:
@@ -329,11 +292,15 @@ class HttpServer:
         """The ``result`` of a line protocol reply line, as raw JSON."""
         return bytes(self._unwrap.decode(line).result)
 
-    def ok(self, result: Any) -> _Response:
-        """A 200 answer whose body is ``result`` as the line protocol encodes it."""
-        return _Response(self._result(self._encoder.ok(None, result)))
+    def status_of(self, code: str) -> int:
+        """The HTTP status that answers the wire error ``code``."""
+        return HTTP_STATUS.get(code, 500)
 
-    def failure(self, error: BaseException) -> _Response:
+    def ok(self, result: Any) -> Response:
+        """A 200 answer whose body is ``result`` as the line protocol encodes it."""
+        return Response(self._result(self._encoder.ok(None, result)))
+
+    def failure(self, error: BaseException) -> Response:
         """The error answer for ``error``: the line protocol's error object,
         with the status of its wire code."""
         self._errors += 1
@@ -343,7 +310,7 @@ class HttpServer:
         unwrapped = self._unwrap.decode(self._encoder.exception(None, error))
         body = b'{"error":' + bytes(unwrapped.error) + b"}"
         headers: tuple[tuple[bytes, bytes], ...] = ()
-        status = HTTP_STATUS.get(code, 500)
+        status = self.status_of(code)
         if isinstance(error, _MethodNotAllowed):
             status = 405
             headers = ((b"allow", ", ".join(error.allow).encode()),)
@@ -351,7 +318,7 @@ class HttpServer:
             headers = ((b"www-authenticate", b'Bearer realm="motet"'),)
         elif code == "overloaded":
             headers = ((b"retry-after", b"1"),)
-        return _Response(body, status=status, headers=headers)
+        return Response(body, status=status, headers=headers)
 
     def error_event(self, code: str, message: str, position: int) -> bytes:
         """The error object that ends an event stream (raw JSON)."""
@@ -366,16 +333,22 @@ class HttpServer:
 
     async def route(
         self, method: str, target: bytes, headers: Mapping[bytes, bytes], body: bytes
-    ) -> _Response | _EventStream:
+    ) -> Response | EventStream:
         """Answer one request (raises what :meth:`failure` reports)."""
         path_bytes, _, query_bytes = target.partition(b"?")
         path = path_bytes.decode("latin-1")
+        if self.metrics_only:
+            # A port for Prometheus alone: no API, no page, no token.
+            if path != "/metrics":
+                raise NotFound(f"no route {path!r}: this port serves only /metrics")
+            _allow(method, path, "GET")
+            return self._metrics()
         if path == "/" or path.startswith("/admin/"):
             _allow(method, path, "GET")
             name = "index.html" if path == "/" else path[len("/admin/") :]
             if name not in self._static:
                 raise NotFound(f"no admin file {name!r}")
-            return _Response(self._static[name], content_type=_STATIC[name])
+            return Response(self._static[name], content_type=_STATIC[name])
         if not self._authorized(headers):
             raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
         params = _params(query_bytes)
@@ -405,12 +378,12 @@ class HttpServer:
             return self._metrics()
         if first == "openapi.json":
             _allow(method, path, "GET")
-            return _Response(self._openapi)
+            return Response(self._openapi)
         raise NotFound(f"no route {path!r}; see /openapi.json")
 
     async def _command(
         self, type_: str, headers: Mapping[bytes, bytes], body: bytes, params: dict[str, str]
-    ) -> _Response:
+    ) -> Response:
         _no_params(params)
         expected_version = _if_match(headers.get(b"if-match"))
         op = CommandOp(
@@ -431,14 +404,14 @@ class HttpServer:
             correlation_id=_header_text(headers, b"correlation-id"),
             causation_id=_header_text(headers, b"causation-id"),
         )
-        return _Response(
+        return Response(
             self._result(self._encoder.ack(None, ack)),
             headers=((b"etag", b'"%d"' % ack.version),),
         )
 
     async def _query(
         self, type_: str, method: str, body: bytes, params: dict[str, str]
-    ) -> _Response:
+    ) -> Response:
         options: dict[str, Any] = {
             name: params.pop(name) for name in ("after", "timeout") if name in params
         }
@@ -472,34 +445,34 @@ class HttpServer:
                     data[name] = value  # the decoder names the field and its type
         return self._json.encode(data)
 
-    async def _read(self, stream: str, params: dict[str, str]) -> _Response:
+    async def _read(self, stream: str, params: dict[str, str]) -> Response:
         op = _convert(ReadOp, {"stream": stream, **params})
         limit = DEFAULT_READ_LIMIT if op.limit is None else op.limit
         events = await self.engine.read_stream(op.stream, op.from_, limit)
-        return _Response(self._result(self._encoder.read(None, events, op.from_)))
+        return Response(self._result(self._encoder.read(None, events, op.from_)))
 
-    def _events(self, headers: Mapping[bytes, bytes], params: dict[str, str]) -> _EventStream:
+    def _events(self, headers: Mapping[bytes, bytes], params: dict[str, str]) -> EventStream:
         op = _convert(SubscribeOp, params)
         after = op.from_
         last_event_id = headers.get(b"last-event-id")
         if last_event_id is not None:
             after = _convert(SubscribeOp, {"from": last_event_id.decode("latin-1")}).from_
-        return _EventStream(after)
+        return EventStream(after)
 
-    def _metrics(self) -> _Response:
+    def _metrics(self) -> Response:
         metrics = self.engine.metrics
         if metrics is None:
             raise NotFound("this engine collects no metrics (opened with metrics=False)")
         # Imported here: prometheus_client is only needed once metrics are served.
         from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-        return _Response(
+        return Response(
             generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.encode()
         )
 
     async def _projections(
         self, method: str, path: str, rest: str, params: dict[str, str]
-    ) -> _Response:
+    ) -> Response:
         _no_params(params)
         name, _, action = rest.partition("/")
         if not name:
@@ -624,266 +597,6 @@ def _load_static() -> dict[str, bytes]:
     return {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
 
-async def _close(stream: trio.abc.Stream, peer_done: bool) -> None:
-    """Close ``stream``; unless the peer already closed its side, first send
-    EOF and discard what it still sends, briefly, so our last answer is read
-    instead of reset."""
-    with trio.move_on_after(_LINGER * 2) as scope:
-        scope.shield = True
-        try:
-            if not peer_done and isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
-                with trio.move_on_after(_LINGER):
-                    while await stream.receive_some(_RECEIVE_SIZE):
-                        pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass
-        finally:
-            await stream.aclose()
-
-
-class _Connection:
-    """One HTTP/1.1 connection: requests one after another (keep-alive)."""
-
-    def __init__(self, server: HttpServer, stream: trio.abc.Stream) -> None:
-        self.server = server
-        self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=server._max_head)
-        self.peer_done = False
-        self.idle_scope: trio.CancelScope | None = None
-        self.streaming: trio.CancelScope | None = None
-
-    def __repr__(self) -> str:
-        return f"<HttpConnection our_state={self.conn.our_state} streaming={bool(self.streaming)}>"
-
-    def drain(self) -> None:
-        """The server stops: close at once if idle, end an event stream."""
-        if self.idle_scope is not None:
-            self.idle_scope.cancel()
-        if self.streaming is not None:
-            self.streaming.cancel()
-
-    async def _send(self, data: bytes) -> None:
-        with trio.fail_after(self.server._write_timeout):
-            await self.stream.send_all(data)
-
-    async def _next_event(self) -> Any:
-        """The next h11 event, reading from the socket as h11 needs."""
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                self.peer_done = True
-            self.conn.receive_data(data)
-
-    async def _next_request(self) -> h11.Request | None:
-        """Wait for the next request's head; ``None`` when the connection is
-        done: the peer closed it, or it stayed idle for ``keep_alive_timeout``
-        (the limit also bounds a head that arrives slowly), or the server
-        stops while it waits."""
-        with trio.move_on_after(self.server._keep_alive_timeout) as idle:
-            self.idle_scope = idle
-            if self.server.stopping:
-                return None
-            event = await self._next_event()
-        self.idle_scope = None
-        if idle.cancelled_caught or not isinstance(event, h11.Request):
-            return None
-        return event
-
-    async def _read_body(self, request_headers: Mapping[bytes, bytes]) -> bytes:
-        limit = self.server._max_body
-        length = request_headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise RequestTooLarge(f"the request body is {int(length)} bytes, over {limit}")
-        if self.conn.they_are_waiting_for_100_continue:
-            await self._send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        chunks: list[bytes] = []
-        size = 0
-        with trio.fail_after(self.server._request_timeout):
-            while True:
-                event = await self._next_event()
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > limit:
-                        raise RequestTooLarge(f"the request body is over {limit} bytes")
-                    chunks.append(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    return b"".join(chunks)
-                else:  # the peer closed mid-body
-                    raise trio.BrokenResourceError("the connection closed in a request body")
-
-    async def run(self) -> None:
-        server = self.server
-        while True:
-            try:
-                request = await self._next_request()
-            except h11.RemoteProtocolError as exc:
-                await self._protocol_error(exc)
-                return
-            except trio.TooSlowError:
-                return
-            if request is None:
-                return
-            server._requests += 1
-            headers = {name.lower(): value for name, value in request.headers}
-            method = request.method.decode("latin-1")
-            try:
-                body = await self._read_body(headers)
-                answer = await server.route(method, request.target, headers, body)
-            except h11.RemoteProtocolError as exc:
-                await self._protocol_error(exc)
-                return
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            except Exception as exc:
-                answer = server.failure(exc)
-                if isinstance(exc, RequestTooLarge):
-                    # The rest of the body is not read, so the connection cannot go on.
-                    await self._respond(answer, close=True)
-                    return
-            if isinstance(answer, _EventStream):
-                await self._stream_events(answer.after)
-                return
-            await self._respond(answer, close=server.stopping)
-            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
-                return
-            try:
-                self.conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return  # the request's body was not read to its end (e.g. a GET with one)
-
-    async def refuse(self, code: str, message: str) -> None:
-        """Answer the first request with ``code`` and close (too many
-        connections, or the server is stopping)."""
-        try:
-            with trio.move_on_after(self.server._request_timeout):
-                request = await self._next_event()
-                if isinstance(request, h11.Request):
-                    body = self.server._json.encode({"error": {"code": code, "message": message}})
-                    response = _Response(
-                        body, status=HTTP_STATUS[code], headers=((b"retry-after", b"1"),)
-                    )
-                    await self._respond(response, close=True)
-        except h11.ProtocolError:
-            pass
-        finally:
-            await _close(self.stream, self.peer_done)
-
-    async def _protocol_error(self, error: h11.RemoteProtocolError) -> None:
-        """Answer what h11 could not parse with 400 (or its hint), then close."""
-        self.server._errors += 1
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        status = error.error_status_hint
-        code = "too_large" if status in (413, 431) else "bad_request"
-        body = self.server._json.encode(
-            {"error": {"code": code, "message": f"not a valid HTTP/1.1 request: {error}"}}
-        )
-        response = _Response(body, status=HTTP_STATUS[code])
-        with suppress(h11.LocalProtocolError):
-            await self._respond(response, close=True)
-
-    async def _respond(self, response: _Response, *, close: bool) -> None:
-        headers = [
-            (b"content-type", response.content_type),
-            (b"content-length", b"%d" % len(response.body)),
-            (b"cache-control", b"no-store"),
-            *response.headers,
-        ]
-        if close:
-            headers.append((b"connection", b"close"))
-        conn = self.conn
-        reason = _REASONS.get(response.status, b"")
-        data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-        data += conn.send(h11.Data(data=response.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        await self._send(data)
-
-    async def _stream_events(self, after: int) -> None:
-        """Send every event after ``after`` as Server-Sent Events until the
-        peer goes away or the server stops; the connection then closes."""
-        server = self.server
-        engine = server.engine
-        server._event_streams += 1
-        headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-store"),
-            (b"connection", b"close"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        conn = self.conn
-        await self._send(
-            conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
-            + (conn.send(h11.Data(data=b"retry: 1000\n\n")) or b"")
-        )
-        last = after
-        lock = trio.Lock()  # the heartbeat and the events share the socket
-
-        async def send(data: bytes | None) -> None:
-            async with lock:
-                await self._send(data or b"")
-
-        sent = trio.Event()  # set on every write, so the heartbeat knows
-        stopping = trio.CancelScope()
-        self.streaming = stopping
-
-        async def heartbeat() -> None:
-            # Comments keep proxies from timing out and find dead peers.
-            nonlocal sent
-            while True:
-                with trio.move_on_after(server._heartbeat) as quiet:
-                    await sent.wait()
-                if quiet.cancelled_caught:
-                    await send(conn.send(h11.Data(data=b": keep-alive\n\n")))
-                sent = trio.Event()
-
-        async def watch_peer(scope: trio.CancelScope) -> None:
-            # The peer sends nothing more on an event stream; EOF means it left.
-            try:
-                while await self.stream.receive_some(_RECEIVE_SIZE):
-                    pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            self.peer_done = True
-            scope.cancel()
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_peer, nursery.cancel_scope)
-                nursery.start_soon(heartbeat)
-                with stopping:
-                    if server.stopping:
-                        stopping.cancel()
-                    events = engine.subscribe(after)
-                    async with aclosing(events):  # type: ignore[type-var]
-                        buffer = bytearray()
-                        async for record in events:
-                            buffer += b"id: %d\ndata: %s\n\n" % (
-                                record.position,
-                                server.event_data(record),
-                            )
-                            last = record.position
-                            if len(buffer) >= _SSE_FLUSH or last >= engine.head_position:
-                                await send(conn.send(h11.Data(data=bytes(buffer))))
-                                buffer.clear()
-                                sent.set()
-                # The server stops: say where the stream ended, then close.
-                error = server.error_event("unavailable", "the server is shutting down", last)
-                await send(conn.send(h11.Data(data=b"event: error\ndata: %s\n\n" % error)))
-                await send(conn.send(h11.EndOfMessage()))
-                nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            self.peer_done = True
-        finally:
-            self.streaming = None
-
-
 async def serve_http(
     engine: Engine,
     *,
@@ -898,6 +611,7 @@ async def serve_http(
     request_timeout: float = 30.0,
     write_timeout: float = 60.0,
     heartbeat: float = 15.0,
+    metrics_only: bool = False,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``engine``'s HTTP API and admin page until :meth:`HttpServer.stop`
@@ -916,6 +630,8 @@ async def serve_http(
     ``request_timeout``: a started request must arrive within it;
     ``write_timeout``: a peer that accepts no data for that long is
     dropped; ``heartbeat``: seconds between comments on a quiet event stream.
+    ``metrics_only``: serve only ``GET /metrics``, without a token (a port
+    for Prometheus alone, as ``--metrics-port`` gives).
     Raises ``OSError`` when the address cannot be bound and ``ValueError``
     for invalid limits.
     """
@@ -929,6 +645,7 @@ async def serve_http(
         request_timeout=request_timeout,
         write_timeout=write_timeout,
         heartbeat=heartbeat,
+        metrics_only=metrics_only,
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:

@@ -367,3 +367,15 @@ async def test_openapi_document_validates_and_names_everything(http: Http, engin
         assert route in paths
     for action in ("pause", "resume", "retry", "skip", "rebuild"):
         assert f"/projections/{{name}}/{action}" in paths
+
+
+async def test_a_metrics_only_port_serves_metrics_alone(engine: Engine) -> None:
+    async with open_http_server(engine, port=0, metrics_only=True, token="t") as server:
+        http = Http(server.port)
+        metrics = await http.get("/metrics")
+        assert metrics.status == 200
+        assert "motet_log_head_position" in metrics.body.decode()
+        for path in ("/status", "/", "/openapi.json"):
+            answer = await http.get(path)
+            assert (answer.status, answer.code) == (404, "not_found")
+        assert (await http.post("/metrics")).status == 405
