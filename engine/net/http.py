@@ -67,6 +67,7 @@ from .protocol import (
     DEFAULT_READ_LIMIT,
     BadRequest,
     CommandOp,
+    ErrorBody,
     QueryOp,
     ReadOp,
     ReplyEncoder,
@@ -320,10 +321,23 @@ class HttpServer:
             headers = ((b"retry-after", b"1"),)
         return Response(body, status=status, headers=headers)
 
-    def error_event(self, code: str, message: str, position: int) -> bytes:
-        """The error object that ends an event stream (raw JSON)."""
-        line = self._encoder.error(None, code, message, position=position)  # type: ignore[arg-type]
-        return bytes(self._unwrap.decode(line).error)
+    def error_event(self, error: BaseException | None, position: int) -> bytes:
+        """The error object that ends an event stream (raw JSON) with
+        ``position``, the last event sent: the server stops (``error`` is
+        ``None``) or ``error`` ended it (counted and logged as a failure)."""
+        if error is None:
+            line = self._encoder.error(
+                None,
+                "unavailable",  # type: ignore[arg-type]
+                "the server is shutting down",
+                position=position,
+            )
+            return bytes(self._unwrap.decode(line).error)
+        self.failure(error)
+        body = msgspec.json.decode(
+            self._unwrap.decode(self._encoder.exception(None, error)).error, type=ErrorBody
+        )
+        return self._json.encode(msgspec.structs.replace(body, position=position))
 
     def event_data(self, record: Any) -> bytes:
         """One event as the line protocol's subscriptions send it (raw JSON)."""

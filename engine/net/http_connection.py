@@ -297,25 +297,31 @@ class HttpConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_peer, nursery.cancel_scope)
                 nursery.start_soon(heartbeat)
-                with stopping:
-                    if server.stopping:
-                        stopping.cancel()
-                    events = engine.subscribe(after)
-                    async with aclosing(events):  # type: ignore[type-var]
-                        buffer = bytearray()
-                        async for record in events:
-                            buffer += b"id: %d\ndata: %s\n\n" % (
-                                record.position,
-                                server.event_data(record),
-                            )
-                            last = record.position
-                            if len(buffer) >= _SSE_FLUSH or last >= engine.head_position:
-                                await send(conn.send(h11.Data(data=bytes(buffer))))
-                                buffer.clear()
-                                sent.set()
-                # The server stops: say where the stream ended, then close.
-                error = server.error_event("unavailable", "the server is shutting down", last)
-                await send(conn.send(h11.Data(data=b"event: error\ndata: %s\n\n" % error)))
+                buffer = bytearray()
+                failure: Exception | None = None
+                try:
+                    with stopping:
+                        if server.stopping:
+                            stopping.cancel()
+                        events = engine.subscribe(after)
+                        async with aclosing(events):  # type: ignore[type-var]
+                            async for record in events:
+                                buffer += b"id: %d\ndata: %s\n\n" % (
+                                    record.position,
+                                    server.event_data(record),
+                                )
+                                last = record.position
+                                if len(buffer) >= _SSE_FLUSH or last >= engine.head_position:
+                                    await send(conn.send(h11.Data(data=bytes(buffer))))
+                                    buffer.clear()
+                                    sent.set()
+                except Exception as exc:  # e.g. an unreadable record: say so, then close
+                    failure = exc
+                # Whole events still gathered go first, so that the error's
+                # position is the last event the peer has.
+                error = server.error_event(failure, last)
+                buffer += b"event: error\ndata: %s\n\n" % error
+                await send(conn.send(h11.Data(data=bytes(buffer))))
                 await send(conn.send(h11.EndOfMessage()))
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):

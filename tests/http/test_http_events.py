@@ -139,3 +139,24 @@ async def test_quiet_streams_get_heartbeats(engine: Engine) -> None:
                 while b": keep-alive" not in seen:
                     seen += await stream.receive_some(65536)
             assert b"text/event-stream" in seen
+
+
+async def test_the_error_position_is_the_last_event_delivered(engine: Engine) -> None:
+    from motet.engine.example import PlaceOrder
+
+    await engine.send(_command("u1"))
+    for n in range(2000):
+        await engine.send(PlaceOrder(user_id="u1", order_id=f"o{n}", amount=1.0))
+    async with trio.open_nursery() as nursery:
+        server: HttpServer = await nursery.start(partial(serve_http, engine, port=0))
+        async with Http(server.port).connect() as connection:
+            received = []
+            with trio.fail_after(10):
+                async for event in connection.events("/events"):
+                    received.append(event)
+                    if len(received) == 1:
+                        server.stop()  # in the middle of the catch-up
+    ids = [int(event["id"]) for event in received if "id" in event]
+    assert ids == list(range(1, len(ids) + 1))
+    assert received[-1]["event"] == "error"
+    assert json.loads(received[-1]["data"])["position"] == ids[-1]
