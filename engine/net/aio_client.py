@@ -32,19 +32,19 @@ from ..status import EngineStatus
 from .protocol import (
     DEFAULT_PORT,
     MAX_READ_LIMIT,
+    AckBody,
     AuthOp,
     CommandOp,
     ErrorBody,
     PingOp,
     QueryOp,
+    ReadBody,
     ReadOp,
     Reply,
     StatusOp,
     SubscribeOp,
     UnsubscribeOp,
     WireEvent,
-    _AckBody,
-    _ReadBody,
     error_from_reply,
 )
 
@@ -128,7 +128,7 @@ class Client:
             command_id=command_id,
             expected_version=expected_version,
         )
-        ack = self._decode(await self._result(op), _AckBody)
+        ack = self._decode(await self._result(op), AckBody)
         return Ack(ack.stream, ack.version, ack.position)
 
     async def ask(
@@ -164,7 +164,7 @@ class Client:
         while limit is None or len(events) < limit:
             page = MAX_READ_LIMIT if limit is None else min(limit - len(events), MAX_READ_LIMIT)
             op = ReadOp(id=next(self._ids), stream=stream, from_=after, limit=page)
-            result = self._decode(await self._result(op), _ReadBody)
+            result = self._decode(await self._result(op), ReadBody)
             events.extend(result.events)
             after = result.next
             if len(result.events) < page:

@@ -43,11 +43,13 @@ from .framing import LineReader, write_lines
 from .protocol import (
     DEFAULT_PORT,
     MAX_READ_LIMIT,
+    AckBody,
     AuthOp,
     CommandOp,
     ErrorBody,
     PingOp,
     QueryOp,
+    ReadBody,
     ReadOp,
     Reply,
     StatusOp,
@@ -71,17 +73,6 @@ class _Slot:
         self.done = trio.Event()
         self.reply: Reply | None = None
         self.line = b""
-
-
-class _AckResult(msgspec.Struct):
-    stream: str
-    version: int
-    position: int
-
-
-class _ReadResult(msgspec.Struct):
-    events: list[WireEvent]
-    next: int
 
 
 class Client:
@@ -158,7 +149,7 @@ class Client:
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        ack = self._decode(await self._result(op), _AckResult)
+        ack = self._decode(await self._result(op), AckBody)
         return Ack(ack.stream, ack.version, ack.position)
 
     async def ask(
@@ -198,7 +189,7 @@ class Client:
         while limit is None or len(events) < limit:
             page = MAX_READ_LIMIT if limit is None else min(limit - len(events), MAX_READ_LIMIT)
             op = ReadOp(id=next(self._ids), stream=stream, from_=after, limit=page)
-            result = self._decode(await self._result(op), _ReadResult)
+            result = self._decode(await self._result(op), ReadBody)
             events.extend(result.events)
             after = result.next
             if len(result.events) < page:

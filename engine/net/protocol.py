@@ -92,6 +92,7 @@ __all__ = [
     "ERROR_CODES",
     "MAX_QUERY_TIMEOUT",
     "MAX_READ_LIMIT",
+    "AckBody",
     "AuthOp",
     "BadRequest",
     "CommandOp",
@@ -100,6 +101,7 @@ __all__ = [
     "InvalidMessage",
     "PingOp",
     "QueryOp",
+    "ReadBody",
     "ReadOp",
     "RemoteError",
     "Reply",
@@ -446,13 +448,17 @@ class _Event(msgspec.Struct):
     event: WireEvent
 
 
-class _AckBody(msgspec.Struct):
+class AckBody(msgspec.Struct):
+    """The ``result`` of a command reply: the Ack as JSON."""
+
     stream: str
     version: int
     position: int
 
 
-class _ReadBody(msgspec.Struct):
+class ReadBody(msgspec.Struct):
+    """The ``result`` of a ``read`` reply: a page of events and the last version in it."""
+
     events: list[WireEvent]
     next: int
 
@@ -491,13 +497,13 @@ class ReplyEncoder:
 
     def ack(self, request_id: RequestId, ack: Ack) -> bytes:
         """A command's success reply: ``{"stream", "version", "position"}``."""
-        return self.ok(request_id, _AckBody(ack.stream, ack.version, ack.position))
+        return self.ok(request_id, AckBody(ack.stream, ack.version, ack.position))
 
     def read(self, request_id: RequestId, events: list[RecordedEvent], after: int) -> bytes:
         """A read's reply: the events and ``next``, the last version returned
         (``after`` when there are none), to pass as the next ``from``."""
         next_version = events[-1].version if events else after
-        return self.ok(request_id, _ReadBody([_event_body(e) for e in events], next_version))
+        return self.ok(request_id, ReadBody([_event_body(e) for e in events], next_version))
 
     def event(self, request_id: RequestId, record: RecordedEvent) -> bytes:
         """A subscription's event line."""
