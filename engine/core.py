@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -25,7 +26,7 @@ from motet.storage.store import Durability, EventStore, check_key
 
 from .app import App
 from .mediator import Mediator
-from .metrics import EngineMetrics, outcome_of, serve_metrics
+from .metrics import EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus
 
 __all__ = ["Ack", "Engine", "EngineStatistics", "EngineStatus", "open_engine"]
@@ -77,6 +78,7 @@ class Engine:
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
         self.metrics = EngineMetrics(self) if metrics else None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self._closing = False
         self._outstanding = 0
         self._quiet = trio.Event()
@@ -440,10 +442,15 @@ def _open_store(
     if isinstance(where, str) and "://" in where:
         scheme = where.partition("://")[0]
         if scheme in ("postgresql", "postgres"):
-            raise ValueError(
-                f"PostgreSQL stores are not supported yet: cannot open {where!r}; "
-                "use a directory path (LMDB) or 'memory:'"
-            )
+            # Imported here: psycopg is an optional dependency (motet[postgres]).
+            try:
+                from motet.storage.postgres_store import PostgresStore
+            except ImportError as exc:
+                raise ValueError(
+                    f"cannot open {where!r}: the PostgreSQL store needs psycopg "
+                    f"(pip install 'motet[postgres]'): {exc}"
+                ) from None
+            return PostgresStore(where, durability=durability or "sync", **(store_options or {}))
         raise ValueError(
             f"unknown store URL scheme {scheme!r} in {where!r}; "
             "give a directory path (LMDB), 'memory:' or None"
@@ -472,6 +479,9 @@ async def open_engine(
     metrics: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    http_port: int | None = None,
+    http_host: str = "127.0.0.1",
+    http_token: str | None = None,
     max_batch: int = 10_000,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
@@ -479,10 +489,11 @@ async def open_engine(
 
     The store is given as ``path_or_store`` or ``store=``: a directory path
     (``str`` or ``Path``; an LMDB store, created when missing), ``None`` or
-    ``"memory:"`` (in memory), or a store object implementing
+    ``"memory:"`` (in memory), a ``postgresql://`` URL (a
+    :class:`~motet.storage.postgres_store.PostgresStore`; needs the
+    ``postgres`` extra), or a store object implementing
     :class:`~motet.storage.store.EventStore` (e.g. ``LmdbStore(path,
-    map_size=...)``). A ``postgresql://`` URL raises ``ValueError``: not
-    supported yet. ``durability`` (``"sync"``, the default, or ``"none"``)
+    map_size=...)``). ``durability`` (``"sync"``, the default, or ``"none"``)
     and ``store_options`` (keyword arguments of
     :class:`~motet.storage.lmdb_store.LmdbStore`, e.g. ``{"map_size": ...}``)
     apply to a store opened from a path; a store object comes with its own,
@@ -498,9 +509,13 @@ async def open_engine(
     collection (``engine.metrics`` is then ``None``). ``max_batch`` caps the
     commands in one write transaction. With ``metrics_port`` (0 picks a free
     port, then in ``engine.metrics_port``) the engine serves Prometheus
-    metrics at ``http://metrics_host:port/metrics`` while it runs. Raises
+    metrics at ``http://metrics_host:port/metrics`` while it runs. With
+    ``http_port`` (0 picks a free port, then in ``engine.http_port``) it also
+    serves the HTTP API and the admin page on ``http_host`` (requests need
+    ``Authorization: Bearer <http_token>`` when a token is given); that
+    server stops taking requests before the engine drains. Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
-    Motet store, ``OSError`` when the metrics port cannot be bound,
+    Motet store, ``OSError`` when a port cannot be bound,
     ``TypeError`` without an app and ``ValueError`` for invalid options.
     """
     if app is None:
@@ -545,16 +560,36 @@ async def open_engine(
                 await nursery.start(engine.registry.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
+                http = None
+                if metrics_port is not None or http_port is not None:
+                    # Imported here: an engine without ports loads no HTTP code.
+                    from .net.http import serve_http
                 if metrics_port is not None and engine.metrics is not None:
-                    engine.metrics_port = await nursery.start(
-                        serve_metrics, engine.metrics, metrics_host, metrics_port
+                    metrics_server = await nursery.start(
+                        partial(
+                            serve_http,
+                            engine,
+                            host=metrics_host,
+                            port=metrics_port,
+                            metrics_only=True,
+                        )
                     )
+                    engine.metrics_port = metrics_server.port
+                if http_port is not None:
+                    http = await nursery.start(
+                        partial(
+                            serve_http, engine, host=http_host, port=http_port, token=http_token
+                        )
+                    )
+                    engine.http_port = http.port
                 try:
                     yield engine
                 except BaseException as exc:
                     raised.append(exc)
                     raise
                 finally:
+                    if http is not None:
+                        http.stop()
                     with trio.move_on_after(shutdown_timeout) as scope:
                         scope.shield = True
                         await engine._drain()

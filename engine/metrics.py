@@ -1,8 +1,8 @@
-"""Prometheus metrics of one engine, and the HTTP endpoint that serves them.
+"""Prometheus metrics of one engine (served over HTTP by :mod:`motet.engine.net.http`).
 
 Every engine has its own ``CollectorRegistry`` (never prometheus-client's
 global one), so two engines in one process do not collide. The names are
-the contract of DESIGN.md ("Metrics").
+the contract of docs/design.md ("Metrics").
 
 The per-command figures are counted in plain dictionaries and lists and
 turned into metric families only when scraped: a labelled prometheus-client
@@ -17,10 +17,8 @@ import bisect
 import logging
 import time
 from collections.abc import Iterator
-from functools import partial
 from typing import TYPE_CHECKING
 
-import trio
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -41,7 +39,6 @@ __all__ = [
     "OUTCOMES",
     "EngineMetrics",
     "outcome_of",
-    "serve_metrics",
 ]
 
 log = logging.getLogger("motet.metrics")
@@ -218,74 +215,3 @@ class EngineMetrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
-
-
-_MAX_REQUEST_HEAD = 8192
-_REQUEST_TIMEOUT = 10.0
-
-
-async def _handle_http(stream: trio.SocketStream, metrics: EngineMetrics) -> None:
-    try:
-        with trio.move_on_after(_REQUEST_TIMEOUT):
-            head = b""
-            while b"\r\n\r\n" not in head and b"\n\n" not in head:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                head += chunk
-                if len(head) > _MAX_REQUEST_HEAD:
-                    await _respond(stream, 431, "text/plain", b"request header too large\n")
-                    return
-            parts = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
-            if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-                await _respond(stream, 400, "text/plain", b"bad request\n")
-                return
-            method, target = parts[0], parts[1].split(b"?", 1)[0]
-            if target not in (b"/metrics", b"/"):
-                await _respond(stream, 404, "text/plain", b"not found: try /metrics\n")
-            elif method not in (b"GET", b"HEAD"):
-                await _respond(stream, 405, "text/plain", b"method not allowed\n")
-            else:
-                body = metrics.exposition()
-                await _respond(stream, 200, CONTENT_TYPE, body, send_body=method == b"GET")
-    except trio.BrokenResourceError:
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large"}  # fmt: skip
-
-
-async def _respond(
-    stream: trio.abc.Stream, status: int, content_type: str, body: bytes, *, send_body: bool = True
-) -> None:
-    header = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    await stream.send_all(header + body if send_body else header)
-
-
-async def serve_metrics(
-    metrics: EngineMetrics,
-    host: str = "127.0.0.1",
-    port: int = 9707,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``GET /metrics`` over HTTP/1.1 on ``host:port`` until cancelled.
-
-    Runs on the event loop (no thread), so a scrape sees a consistent view of
-    the engine. Reports the bound port through ``task_status`` (useful with
-    ``port=0``). Raises ``OSError`` when the address cannot be bound.
-    """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    log.info("serving metrics on http://%s:%d/metrics", host, bound)
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(
-            partial(_handle_http, metrics=metrics), listeners, handler_nursery=nursery
-        )

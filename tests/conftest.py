@@ -52,6 +52,7 @@ def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 _SERVING = re.compile(
     r"serving \S+ from .* on (?P<host>\S+):(?P<port>\d+)(?: with TLS)? "
     r"\(metrics: (?:http://\S+:(?P<metrics>\d+)/metrics|off)"
+    r"(?:, http: (?:https?://\S+:(?P<http>\d+)/|off))?"
 )
 
 
@@ -77,6 +78,7 @@ class MotetServer:
         self.host = match["host"]
         self.port = int(match["port"])
         self.metrics_port = int(match["metrics"]) if match["metrics"] else None
+        self.http_port = int(match["http"]) if match["http"] else None
 
     def __repr__(self) -> str:
         state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"

@@ -121,6 +121,12 @@ def _add_serve(commands: Any) -> None:
         "--data", default=DEFAULT_DATA, help="store directory (default: %(default)s)"
     )
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="the store instead of --data: a postgresql:// URL (needs motet[postgres]), "
+        "'memory:' or a directory",
+    )
+    serve.add_argument(
         "--app", default=DEFAULT_APP, help="the App to serve, as MODULE:ATTR (default: %(default)s)"
     )
     serve.add_argument(
@@ -142,6 +148,13 @@ def _add_serve(commands: Any) -> None:
         help="address of the metrics endpoint (default: %(default)s)",
     )
     serve.add_argument("--no-metrics", action="store_true", help="serve no /metrics endpoint")
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        default=None,
+        help="also serve the HTTP/JSON API and the admin page on this port, on --host, "
+        "with the same token and TLS (default: off)",
+    )
     serve.add_argument(
         "--durability",
         choices=("sync", "none"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .apps import load_app
@@ -29,6 +30,15 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Addresses only this machine reaches: serving elsewhere without a token is warned about."""
 
 _log = logging.getLogger("motet.cli")
+
+
+def _redacted(url: str) -> str:
+    """``url`` without the password it may carry, for the log."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{location}"
 
 
 def tune_gc() -> None:
@@ -87,7 +97,7 @@ async def _run_server(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             engine_cm = open_engine(
-                args.data,
+                args.store or args.data,
                 app,
                 durability=args.durability,
                 metrics_port=None if args.no_metrics else args.metrics_port,
@@ -105,25 +115,44 @@ async def _run_server(
                         task_status=task_status,
                     )
                 )
+                http = None
+                if args.http_port is not None:
+                    from motet.engine.net.http import serve_http
+
+                    http = await nursery.start(
+                        partial(
+                            serve_http,
+                            engine,
+                            host=args.host,
+                            port=args.http_port,
+                            token=token,
+                            ssl_context=ssl_context,
+                            max_connections=args.max_connections,
+                        )
+                    )
                 tune_gc()
                 metrics = (
                     f"http://{args.metrics_host}:{engine.metrics_port}/metrics"
                     if engine.metrics_port is not None
                     else "off"
                 )
+                scheme = "https" if ssl_context else "http"
                 _log.info(
-                    "serving %s from %s on %s:%d%s (metrics: %s, durability: %s)",
+                    "serving %s from %s on %s:%d%s (metrics: %s, http: %s, durability: %s)",
                     args.app,
-                    args.data,
+                    _redacted(args.store) if args.store else args.data,
                     args.host,
                     server.port,
                     " with TLS" if ssl_context else "",
                     metrics,
+                    f"{scheme}://{args.host}:{http.port}/" if http is not None else "off",
                     args.durability,
                 )
                 async for signum in signals:
                     _log.info("%s received: draining and closing", signal.Signals(signum).name)
                     server.stop()
+                    if http is not None:
+                        http.stop()
                     break
         except StorageError as exc:
             fail(str(exc))

@@ -461,12 +461,9 @@ class HttpServer:
         metrics = self.engine.metrics
         if metrics is None:
             raise NotFound("this engine collects no metrics (opened with metrics=False)")
-        # Imported here: prometheus_client is only needed once metrics are served.
-        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+        from ..metrics import CONTENT_TYPE
 
-        return Response(
-            generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.encode()
-        )
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE.encode())
 
     async def _projections(
         self, method: str, path: str, rest: str, params: dict[str, str]

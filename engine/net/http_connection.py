@@ -173,9 +173,13 @@ class HttpConnection:
             server._requests += 1
             headers = {name.lower(): value for name, value in request.headers}
             method = request.method.decode("latin-1")
+            # HEAD is GET without the body (h11 leaves the body out).
+            head = method == "HEAD"
             try:
                 body = await self._read_body(headers)
-                answer = await server.route(method, request.target, headers, body)
+                answer = await server.route(
+                    "GET" if head else method, request.target, headers, body
+                )
             except h11.RemoteProtocolError as exc:
                 await self._protocol_error(exc)
                 return
@@ -187,10 +191,12 @@ class HttpConnection:
                     # The rest of the body is not read, so the connection cannot go on.
                     await self._respond(answer, close=True)
                     return
-            if isinstance(answer, EventStream):
+            if isinstance(answer, EventStream) and not head:
                 await self._stream_events(answer.after)
                 return
-            await self._respond(answer, close=server.stopping)
+            if isinstance(answer, EventStream):
+                answer = Response(b"", content_type=b"text/event-stream")
+            await self._respond(answer, close=server.stopping, head=head)
             if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -229,7 +235,7 @@ class HttpConnection:
         with suppress(h11.LocalProtocolError):
             await self._respond(response, close=True)
 
-    async def _respond(self, response: Response, *, close: bool) -> None:
+    async def _respond(self, response: Response, *, close: bool, head: bool = False) -> None:
         headers = [
             (b"content-type", response.content_type),
             (b"content-length", b"%d" % len(response.body)),
@@ -241,7 +247,8 @@ class HttpConnection:
         conn = self.conn
         reason = _REASONS.get(response.status, b"")
         data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-        data += conn.send(h11.Data(data=response.body)) or b""
+        if not head:
+            data += conn.send(h11.Data(data=response.body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         await self._send(data)
 
