@@ -11,6 +11,7 @@ import trio
 
 from motet.storage.codec import Codec
 from motet.storage.errors import CodecError, Conflict
+from motet.storage.idempotency import fingerprint_of
 from motet.storage.records import Append, Metadata, Snapshot
 from motet.storage.store import EventStore
 
@@ -269,7 +270,10 @@ class AggregateActor(Generic[S]):
             if request.command_id or request.correlation_id or request.causation_id
             else _NO_METADATA
         )
-        request.append = Append(self.stream, expected, encoded, metadata, snapshot)
+        fingerprint = (
+            fingerprint_of(request.command, request.command_id) if request.command_id else None
+        )
+        request.append = Append(self.stream, expected, encoded, metadata, snapshot, fingerprint)
         request.owner = self
         self.pending += 1
         self._writer.submit(request)

@@ -6,7 +6,15 @@ application can catch Motet's failures without catching its own bugs.
 
 from __future__ import annotations
 
-__all__ = ["CodecError", "Conflict", "MotetError", "StorageError", "StoreFormatError"]
+__all__ = [
+    "CodecError",
+    "CommandIdReused",
+    "Conflict",
+    "InvalidKey",
+    "MotetError",
+    "StorageError",
+    "StoreFormatError",
+]
 
 
 class MotetError(Exception):
@@ -42,3 +50,30 @@ class Conflict(MotetError):
 class CodecError(MotetError):
     """Bytes could not be turned back into a registered message type: an
     unknown type tag, a version newer than the code, or corrupt data."""
+
+
+class InvalidKey(MotetError, ValueError):
+    """A stream id, aggregate id or command id that cannot be a store key:
+    empty, not text, holding NUL, or longer than its limit in UTF-8 bytes.
+    The caller's fault (a ``ValueError``, so the wire says ``invalid``)."""
+
+
+class CommandIdReused(MotetError, ValueError):
+    """A command id already taken by a different command. A retry must be the
+    same command (same type, same stream, same data); anything else needs its
+    own command id. The caller's fault (a ``ValueError``: ``invalid``)."""
+
+    def __init__(self, command_id: str, stream: str, command_type: str | None, got: str) -> None:
+        first = f"a {command_type} command" if command_type else "a command"
+        super().__init__(
+            f"command_id {command_id!r} was already used by {first} on stream {stream!r}; "
+            f"a retry must be the same command, got {got} (use a new command id for a new "
+            "command)"
+        )
+        self.command_id = command_id
+        self.stream = stream
+        self.command_type = command_type
+        self.got = got
+
+    def __reduce__(self) -> tuple[type[CommandIdReused], tuple[str, str, str | None, str]]:
+        return (type(self), (self.command_id, self.stream, self.command_type, self.got))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import Conflict, StorageError
+from .errors import StorageError
+from .idempotency import AckRecord
 from .records import Append, AppendResult, Checkpoint, Snapshot, StoredEvent
-from .store import plan_appends
+from .store import AppendError, plan_appends
 
 __all__ = ["MemoryStore"]
 
@@ -24,7 +25,7 @@ class MemoryStore:
         self._log: list[StoredEvent] = []
         self._streams: dict[str, list[int]] = {}
         self._snapshots: dict[str, Snapshot] = {}
-        self._acks: dict[str, AppendResult] = {}
+        self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
         self._closed = False
 
@@ -42,20 +43,15 @@ class MemoryStore:
 
     def append_batch(
         self, appends: Sequence[Append], timestamp: float
-    ) -> list[AppendResult | Conflict]:
+    ) -> list[AppendResult | AppendError]:
         self._check_open()
-        results, records, _ = plan_appends(appends, len(self._log), timestamp, self.stream_version)
-        for record in records:
+        plan = plan_appends(appends, len(self._log), timestamp, self.stream_version, self._acks.get)
+        for record in plan.records:
             self._log.append(record)
             self._streams.setdefault(record.stream, []).append(record.position)
-        for append, result in zip(appends, results, strict=True):
-            if isinstance(result, Conflict):
-                continue
-            if append.snapshot is not None:
-                self._snapshots[append.stream] = append.snapshot
-            if append.metadata.command_id is not None and append.events:
-                self._acks[append.metadata.command_id] = result
-        return results
+        self._snapshots.update(plan.snapshots)
+        self._acks.update(plan.acks)
+        return plan.results
 
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None
@@ -85,7 +81,10 @@ class MemoryStore:
 
     def get_ack(self, command_id: str) -> AppendResult | None:
         self._check_open()
-        return self._acks.get(command_id)
+        record = self._acks.get(command_id)
+        return (
+            None if record is None else AppendResult(record.stream, record.version, record.position)
+        )
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         self._check_open()
