@@ -5,7 +5,15 @@ the writing ones in a worker thread.
 """
 
 from .codec import Codec, Upcaster, event_version_of, tag_of
-from .errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
+from .errors import (
+    CodecError,
+    CommandIdReused,
+    Conflict,
+    InvalidKey,
+    MotetError,
+    StorageError,
+    StoreFormatError,
+)
 from .lmdb_store import FORMAT, LmdbStore
 from .memory_store import MemoryStore
 from .records import (
@@ -19,19 +27,31 @@ from .records import (
     StoredAck,
     StoredEvent,
 )
-from .store import MAX_KEY_BYTES, Durability, EventStore, check_key, plan_appends
+from .store import (
+    MAX_COMMAND_ID_BYTES,
+    MAX_KEY_BYTES,
+    MAX_STREAM_BYTES,
+    Durability,
+    EventStore,
+    check_key,
+    plan_appends,
+)
 
 __all__ = [
     "FORMAT",
+    "MAX_COMMAND_ID_BYTES",
     "MAX_KEY_BYTES",
+    "MAX_STREAM_BYTES",
     "Append",
     "AppendResult",
     "Checkpoint",
     "Codec",
     "CodecError",
+    "CommandIdReused",
     "Conflict",
     "Durability",
     "EventStore",
+    "InvalidKey",
     "LmdbStore",
     "MemoryStore",
     "Metadata",

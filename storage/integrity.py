@@ -154,18 +154,28 @@ def prepare_lock_file(directory: Path) -> None:
     """
     if not hasattr(os, "posix_fallocate"):
         return
+    path = directory / "lock.mdb"
     try:
-        fd = os.open(directory / "lock.mdb", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        created = True
+    except FileExistsError:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return  # e.g. read-only: LMDB will say what it needs
+        created = False
     except OSError:
-        return  # e.g. a read-only directory: LMDB will say what it needs
+        return
     try:
         os.posix_fallocate(fd, 0, _LOCK_FILE_BYTES)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        # An existing lock file has at least the pages LMDB wrote so far, so it
+        # may go on; a new one would be all holes.
+        if exc.errno == errno.ENOSPC and created:
+            os.unlink(path)
             raise StorageError(
                 f"the disk is full (no space left on device) while opening the store at "
                 f"{directory}: nothing was changed"
             ) from None
-        # Not supported by the file system: LMDB's own sparse file it is.
     finally:
         os.close(fd)

@@ -191,17 +191,26 @@ class LmdbStore:
         self._checkpoints = dbs[b"checkpoints"]
 
     def _open_existing(self) -> dict[bytes, Any]:
-        """Open the databases of an existing store. LMDB hands out database
-        handles in a write transaction when the environment is writable; one
-        that changes nothing commits without writing to the disk."""
-        with self._env.begin(write=not self.readonly) as txn:
+        """Open the databases of an existing store without writing to it.
+
+        In a writable environment LMDB hands out database handles in a write
+        transaction; one that changes nothing commits without touching the
+        disk. In a read-only one py-lmdb opens them in its own read
+        transaction (a handle from a transaction of ours would close with it).
+        """
+        txn = None if self.readonly else self._env.begin(write=True)
+        try:
             try:
                 meta = self._env.open_db(b"meta", txn=txn, create=False)
             except lmdb.NotFoundError:
                 raise StoreFormatError(
                     f"{self.path} is an LMDB environment but not a Motet store (no meta record)"
                 ) from None
-            found = txn.get(b"format", db=meta)
+            if txn is None:
+                with self._env.begin(db=meta) as reader:
+                    found = reader.get(b"format")
+            else:
+                found = txn.get(b"format", db=meta)
             if found not in READABLE_FORMATS:
                 raise StoreFormatError(
                     f"{self.path} holds store format {found!r}; this version reads "
@@ -213,6 +222,12 @@ class LmdbStore:
                 raise StoreFormatError(
                     f"{self.path} is a Motet store with databases missing (damaged?)"
                 ) from None
+            if txn is not None:
+                txn.commit()
+                txn = None
+        finally:
+            if txn is not None:
+                txn.abort()
         self._format_written = found == FORMAT
         return dbs
 
@@ -391,8 +406,16 @@ class LmdbStore:
         with self._read() as txn:
             cursor = txn.cursor(self._index)
             more = cursor.first()
+            previous = b""
             while more:
-                prefix = bytes(cursor.key()[:-8])
+                key = bytes(cursor.key())
+                prefix = key[:-8]
+                # A damaged key must not send the jump from stream to stream backwards.
+                if len(key) < 10 or prefix[-1] != 0 or prefix <= previous:
+                    raise CodecError(
+                        f"the stream index in {self.path} is damaged at key {key[:60].hex()}"
+                    )
+                previous = prefix
                 found.append((prefix[:-1].decode(), _last_version(cursor, prefix)))
                 more = cursor.set_range(prefix[:-1] + b"\x01")
         return found

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
+from . import verify as verify_cli
+
 if TYPE_CHECKING:
     import ssl
 
@@ -213,6 +215,8 @@ def _build_parser() -> tuple[_Parser, list[str]]:
         help="store events in this directory (default: in memory, discarded on exit)",
     )
 
+    verify_cli.add_parser(commands, DEFAULT_DATA)
+
     commands.add_parser(
         "bench",
         help="run the headline benchmark (source checkout only; see benchmarks/)",
@@ -246,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": _status,
             "inspect": _inspect,
             "demo": _demo,
+            "verify": verify_cli.run,
         }[args.command]
         return handler(args)
     except _Exit as exit_:
@@ -627,6 +632,8 @@ def _inspect(args: argparse.Namespace) -> int:
         if args.stream:
             return _inspect_stream(store, args)
         return _inspect_store(store, args)
+    except MotetError as exc:
+        _fail(str(exc))
     finally:
         store.close()
 
