@@ -146,7 +146,7 @@ def plan_appends(
         stream = append.stream
         command_id = append.metadata.command_id if append.events else None
         try:
-            check_stream_id(stream)
+            check_stream_id(stream, "stream id")
             if command_id is not None:
                 check_command_id(command_id)
         except InvalidKey as exc:
@@ -230,10 +230,10 @@ def check_key(kind: str, value: str, max_bytes: int = MAX_KEY_BYTES) -> None:
         )
 
 
-def check_stream_id(stream: str) -> None:
+def check_stream_id(stream: str, kind: str = "stream") -> None:
     """Raise :class:`InvalidKey` unless ``stream`` can be a stream id
-    (at most :data:`MAX_STREAM_BYTES` bytes)."""
-    check_key("stream id", stream, MAX_STREAM_BYTES)
+    (at most :data:`MAX_STREAM_BYTES` bytes); ``kind`` names it in the message."""
+    check_key(kind, stream, MAX_STREAM_BYTES)
 
 
 def check_command_id(command_id: str) -> None:
