@@ -86,6 +86,12 @@ class MemoryStore:
             None if record is None else AppendResult(record.stream, record.version, record.position)
         )
 
+    def get_ack_record(self, command_id: str) -> AckRecord | None:
+        """The Ack recorded for ``command_id`` with the fingerprint of the
+        command that earned it (see :mod:`motet.storage.idempotency`)."""
+        self._check_open()
+        return self._acks.get(command_id)
+
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         self._check_open()
         return self._checkpoints.get(name)

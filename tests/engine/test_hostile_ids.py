@@ -93,7 +93,15 @@ async def test_the_aggregate_id_limit_follows_from_the_name(engine: Engine) -> N
         )
 
 
-async def test_a_command_id_reused_for_another_command_is_refused(engine: Engine) -> None:
+@pytest.fixture(params=["lmdb", "memory"])
+async def any_engine(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    path = tmp_path / "data" if request.param == "lmdb" else None
+    async with open_engine(path, example_app, durability="none") as engine:
+        yield engine
+
+
+async def test_a_command_id_reused_for_another_command_is_refused(any_engine: Engine) -> None:
+    engine = any_engine
     first = await engine.send(
         CreateUser(user_id="u1", name="A", email="a@example.com", password="pw"), command_id="k1"
     )
