@@ -11,6 +11,7 @@ import trio
 
 from motet.storage.codec import Codec
 from motet.storage.errors import CodecError, Conflict
+from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
 
@@ -176,13 +177,21 @@ class AggregateActor(Generic[S]):
         if request.lookup_command_id:
             # The engine could not look the command id up on the event loop's
             # thread (a blocking store); the actor can wait for it.
+            command_id = request.command_id
+            assert command_id is not None
             try:
-                ack = await self._calls.run(self._store.get_ack, request.command_id)
+                ack = await self._calls.run(stored_ack, self._store, command_id)
             except Exception as exc:
-                log.exception("looking up command id %r failed", request.command_id)
-                request.fail(InternalError(f"command id {request.command_id!r}: {exc}"))
+                log.exception("looking up command id %r failed", command_id)
+                request.fail(InternalError(f"command id {command_id!r}: {exc}"))
                 return
             if ack is not None:
+                try:
+                    fingerprint = fingerprint_of(request.command, command_id)
+                    ack = retried_ack(command_id, ack, None, self.stream, fingerprint)
+                except ValueError as exc:  # the command id names another command
+                    request.fail(exc)
+                    return
                 request.succeed(ack)
                 return
         if self._stale:
@@ -316,7 +325,10 @@ class AggregateActor(Generic[S]):
             if request.command_id or request.correlation_id or request.causation_id
             else _NO_METADATA
         )
-        request.append = Append(self.stream, expected, encoded, metadata, snapshot)
+        fingerprint = (
+            fingerprint_of(request.command, request.command_id) if request.command_id else None
+        )
+        request.append = Append(self.stream, expected, encoded, metadata, snapshot, fingerprint)
         request.owner = self
         self.pending += 1
         self._writer.submit(request)

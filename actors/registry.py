@@ -11,7 +11,7 @@ import msgspec
 import trio
 
 from motet.storage.codec import Codec
-from motet.storage.store import EventStore, check_key
+from motet.storage.store import EventStore, check_aggregate_id
 
 from .aggregate import AggregateActor
 from .definition import Aggregate
@@ -124,7 +124,7 @@ class Registry:
             return actor
         if self._nursery is None:
             raise EngineClosed("the engine is not running")
-        check_key("aggregate id", aggregate_id)
+        check_aggregate_id(definition.name, aggregate_id)
         decoder = self._decoders.get(definition.name)
         if decoder is None:
             decoder = self._decoders[definition.name] = msgspec.msgpack.Decoder(

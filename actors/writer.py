@@ -22,7 +22,7 @@ from typing import cast
 import msgspec
 import trio
 
-from motet.storage.errors import Conflict, MotetError, StorageError
+from motet.storage.errors import MotetError, StorageError
 from motet.storage.records import Append
 from motet.storage.store import EventStore
 from motet.storage.streams import category_of
@@ -185,7 +185,7 @@ class GroupCommitWriter:
         events = 0
         appends = 0
         for request, result in zip(batch, results, strict=True):
-            if isinstance(result, Conflict):
+            if isinstance(result, Exception):  # this append alone was refused
                 request.fail(result)
                 request.owner.append_settled(False)
                 continue

@@ -22,17 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from motet.actors.definition import Aggregate
-    from motet.actors.projection import Projection, ProjectionFailed, ProjectionStatus, Query
+    from motet.actors.projection import Projection, ProjectionFailed, Query
     from motet.actors.read_model import Order, Table
     from motet.storage.codec import Upcaster
     from motet.storage.errors import (
         BadRequest,
         CodecError,
+        CommandIdReused,
         CommandRejected,
         Conflict,
         ConnectionLost,
         EngineClosed,
         InternalError,
+        InvalidKey,
         InvalidMessage,
         MotetError,
         NotFound,
@@ -46,10 +48,11 @@ if TYPE_CHECKING:
         Unavailable,
         UnknownMessageType,
     )
-    from motet.storage.records import Metadata, RecordedEvent
+    from motet.storage.records import Ack, Metadata, RecordedEvent
+    from motet.storage.status import ProjectionStatus
 
     from .app import App
-    from .core import Ack, Engine, open_engine
+    from .core import Engine, open_engine
     from .mediator import Mediator
     from .net.blocking import BlockingClient, connect
     from .net.client import Client, open_client
@@ -59,20 +62,21 @@ if TYPE_CHECKING:
 # Each public name and the module that defines it.
 _MODULES: dict[str, str] = {
     "Aggregate": "motet.actors.definition",
-    **dict.fromkeys(
-        ["Projection", "ProjectionFailed", "ProjectionStatus", "Query"], "motet.actors.projection"
-    ),
+    **dict.fromkeys(["Projection", "ProjectionFailed", "Query"], "motet.actors.projection"),
+    "ProjectionStatus": "motet.storage.status",
     **dict.fromkeys(["Order", "Table"], "motet.actors.read_model"),
     "Upcaster": "motet.storage.codec",
     **dict.fromkeys(
         [
             "BadRequest",
             "CodecError",
+            "CommandIdReused",
             "CommandRejected",
             "Conflict",
             "ConnectionLost",
             "EngineClosed",
             "InternalError",
+            "InvalidKey",
             "InvalidMessage",
             "MotetError",
             "NotFound",
@@ -88,9 +92,9 @@ _MODULES: dict[str, str] = {
         ],
         "motet.storage.errors",
     ),
-    **dict.fromkeys(["Metadata", "RecordedEvent"], "motet.storage.records"),
+    **dict.fromkeys(["Ack", "Metadata", "RecordedEvent"], "motet.storage.records"),
     "App": "motet.engine.app",
-    **dict.fromkeys(["Ack", "Engine", "open_engine"], "motet.engine.core"),
+    **dict.fromkeys(["Engine", "open_engine"], "motet.engine.core"),
     "Mediator": "motet.engine.mediator",
     **dict.fromkeys(["BlockingClient", "connect"], "motet.engine.net.blocking"),
     **dict.fromkeys(["Client", "open_client"], "motet.engine.net.client"),
@@ -108,6 +112,7 @@ __all__ = [
     "BlockingClient",
     "Client",
     "CodecError",
+    "CommandIdReused",
     "CommandRejected",
     "Conflict",
     "ConnectionLost",
@@ -116,6 +121,7 @@ __all__ = [
     "EngineStatistics",
     "EngineStatus",
     "InternalError",
+    "InvalidKey",
     "InvalidMessage",
     "Mediator",
     "Metadata",

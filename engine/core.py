@@ -20,9 +20,10 @@ from motet.actors.request import CommandRequest
 from motet.actors.store_calls import StoreCalls
 from motet.actors.writer import GroupCommitWriter
 from motet.storage.codec import Codec
+from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
 from motet.storage.records import Ack, RecordedEvent
-from motet.storage.store import Durability, EventStore, check_key
+from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
 
 from .app import App
 from .mediator import Mediator
@@ -328,17 +329,23 @@ class Engine:
             command, command_id, expected_version, correlation_id, causation_id, started
         )
         if command_id is not None:
-            check_key("command_id", command_id)
+            check_command_id(command_id)
+            stream = aggregate.stream_of(aggregate_id)
+            fingerprint = fingerprint_of(command, command_id)
             earlier = self._by_command_id.get(command_id)
             if earlier is not None:
+                first, first_id = self.mediator.route(earlier.command)
+                first_ack = Ack(first.stream_of(first_id), 0, 0)
+                first_print = fingerprint_of(earlier.command, command_id)
+                retried_ack(command_id, first_ack, first_print, stream, fingerprint)
                 return earlier
             if self._calls.blocking:
                 # Not on the event loop's thread: the actor asks the store.
                 request.lookup_command_id = True
             else:
-                ack = self.store.get_ack(command_id)
+                ack = stored_ack(self.store, command_id)
                 if ack is not None:
-                    return ack
+                    return retried_ack(command_id, ack, None, stream, fingerprint)
         self.registry.tell(aggregate, aggregate_id, request)
         if command_id is not None:
             self._by_command_id[command_id] = request
@@ -369,7 +376,7 @@ class Engine:
         """The events of ``stream`` with a version greater than ``from_version``
         (0: the whole stream), oldest first, at most ``limit`` of them (to read
         a long stream page by page); an unknown stream gives ``[]``."""
-        check_key("stream", stream)
+        check_stream_id(stream)
         stored = await self._calls.run(
             self.store.read_stream, stream, from_version, limit, offload=True
         )

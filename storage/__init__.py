@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .codec import Codec, Upcaster, event_version_of, tag_of
-    from .errors import CodecError, Conflict, MotetError, StorageError, StoreFormatError
+    from .errors import (
+        CodecError,
+        CommandIdReused,
+        Conflict,
+        InvalidKey,
+        MotetError,
+        StorageError,
+        StoreFormatError,
+    )
     from .lmdb_store import FORMAT, LmdbStore
     from .memory_store import MemoryStore
     from .records import (
@@ -26,13 +34,30 @@ if TYPE_CHECKING:
         Snapshot,
         StoredEvent,
     )
-    from .store import MAX_KEY_BYTES, Durability, EventStore, check_key, plan_appends
+    from .store import (
+        MAX_COMMAND_ID_BYTES,
+        MAX_KEY_BYTES,
+        MAX_STREAM_BYTES,
+        Durability,
+        EventStore,
+        check_key,
+        plan_appends,
+    )
 
 # Each public name and the module that defines it.
 _MODULES: dict[str, str] = {
     **dict.fromkeys(["Codec", "Upcaster", "event_version_of", "tag_of"], "codec"),
     **dict.fromkeys(
-        ["CodecError", "Conflict", "MotetError", "StorageError", "StoreFormatError"], "errors"
+        [
+            "CodecError",
+            "CommandIdReused",
+            "Conflict",
+            "InvalidKey",
+            "MotetError",
+            "StorageError",
+            "StoreFormatError",
+        ],
+        "errors",
     ),
     **dict.fromkeys(["FORMAT", "LmdbStore"], "lmdb_store"),
     "MemoryStore": "memory_store",
@@ -50,21 +75,34 @@ _MODULES: dict[str, str] = {
         "records",
     ),
     **dict.fromkeys(
-        ["MAX_KEY_BYTES", "Durability", "EventStore", "check_key", "plan_appends"], "store"
+        [
+            "MAX_COMMAND_ID_BYTES",
+            "MAX_KEY_BYTES",
+            "MAX_STREAM_BYTES",
+            "Durability",
+            "EventStore",
+            "check_key",
+            "plan_appends",
+        ],
+        "store",
     ),
 }
 
 __all__ = [
     "FORMAT",
+    "MAX_COMMAND_ID_BYTES",
     "MAX_KEY_BYTES",
+    "MAX_STREAM_BYTES",
     "Ack",
     "Append",
     "Checkpoint",
     "Codec",
     "CodecError",
+    "CommandIdReused",
     "Conflict",
     "Durability",
     "EventStore",
+    "InvalidKey",
     "LmdbStore",
     "MemoryStore",
     "Metadata",

@@ -23,12 +23,14 @@ __all__ = [
     "OUTCOMES",
     "BadRequest",
     "CodecError",
+    "CommandIdReused",
     "CommandRejected",
     "Conflict",
     "ConnectionLost",
     "EngineClosed",
     "ErrorCode",
     "InternalError",
+    "InvalidKey",
     "InvalidMessage",
     "MotetError",
     "NotFound",
@@ -62,10 +64,10 @@ ErrorCode = Literal[
     "unavailable",
     "internal",
 ]
-"""The line protocol's error codes (DESIGN.md); no others are sent."""
+"""The line protocol's error codes (docs/design.md); no others are sent."""
 
 CODES: Final[tuple[ErrorCode, ...]] = ErrorCode.__args__
-"""Every error code, in DESIGN.md's order."""
+"""Every error code, in docs/design.md's order."""
 
 Outcome = Literal["ok", "rejected", "conflict", "overloaded", "invalid", "unavailable", "error"]
 """A value of the ``outcome`` label of ``motet_commands_total``."""
@@ -231,6 +233,34 @@ class InvalidMessage(MotetError, ValueError):
     code = "invalid"
     outcome = "invalid"
     http_status = 400
+
+
+class InvalidKey(InvalidMessage):
+    """A stream id, aggregate id or command id that cannot be a store key:
+    empty, not text, holding NUL, or longer than its limit in UTF-8 bytes.
+    The caller's fault (``invalid``; also a ``ValueError``)."""
+
+
+class CommandIdReused(InvalidMessage):
+    """A command id already taken by a different command. A retry must be the
+    same command (same type, same stream, same data); anything else needs its
+    own command id. The caller's fault (``invalid``: retrying cannot help, unlike
+    a ``conflict``)."""
+
+    def __init__(self, command_id: str, stream: str, command_type: str | None, got: str) -> None:
+        first = f"a {command_type} command" if command_type else "a command"
+        super().__init__(
+            f"command_id {command_id!r} was already used by {first} on stream {stream!r}; "
+            f"a retry must be the same command, got {got} (use a new command id for a new "
+            "command)"
+        )
+        self.command_id = command_id
+        self.stream = stream
+        self.command_type = command_type
+        self.got = got
+
+    def __reduce__(self) -> tuple[type[CommandIdReused], tuple[str, str, str | None, str]]:
+        return (type(self), (self.command_id, self.stream, self.command_type, self.got))
 
 
 class Unauthorized(MotetError):

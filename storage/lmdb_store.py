@@ -1,6 +1,6 @@
 """The LMDB event store: one LMDB environment, six named databases.
 
-Layout (see DESIGN.md, "Storage"):
+Layout (see docs/design.md, "Storage"):
 
 ``log``          8-byte big-endian position → msgpack :class:`StoredEvent`
 ``streams``      stream id + NUL + 8-byte big-endian version → position
@@ -8,6 +8,9 @@ Layout (see DESIGN.md, "Storage"):
 ``commands``     command id → msgpack :class:`Ack` (the original Ack)
 ``checkpoints``  projection name → msgpack :class:`Checkpoint`
 ``meta``         ``format`` → the store format name
+
+Each log value is checksummed (see :mod:`motet.storage.integrity`); a record
+whose checksum does not match raises :class:`CodecError` naming its position.
 
 Every append batch is one write transaction; in ``sync`` durability LMDB
 fsyncs it before :meth:`LmdbStore.append_batch` returns, so a result returned
@@ -31,19 +34,26 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
-from .errors import CodecError, Conflict, StorageError, StoreFormatError
+from .errors import CodecError, StorageError, StoreFormatError
+from .idempotency import AckRecord
+from .integrity import check_data_file, prepare_lock_file, seal, unseal
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import Durability, plan_appends
+from .store import AppendError, Durability, plan_appends
 
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["FORMAT", "LmdbStore"]
+__all__ = ["FORMAT", "READABLE_FORMATS", "LmdbStore"]
 
 T = TypeVar("T")
 
-FORMAT = b"motet-store/1"
-"""The on-disk format this code reads and writes, recorded in ``meta``."""
+FORMAT = b"motet-store/2"
+"""The on-disk format this code writes, recorded in ``meta``: ``/2`` log
+records carry a checksum. A ``/1`` store is read as it is and becomes ``/2``
+with its first commit (its old records stay readable, without a checksum)."""
+
+READABLE_FORMATS = (b"motet-store/1", FORMAT)
+"""The formats this code opens."""
 
 _U64 = struct.Struct(">Q")
 _pack = _U64.pack
@@ -101,6 +111,10 @@ class LmdbStore:
         if readonly and not (self.path / "data.mdb").is_file():
             raise StoreFormatError(f"{self.path} holds no Motet store (no data.mdb)")
         existing = readonly or self._check_directory(self.path)
+        if existing:
+            # Before LMDB maps it: a truncated file would kill us with SIGBUS.
+            check_data_file(self.path / "data.mdb")
+        prepare_lock_file(self.path)
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -114,6 +128,8 @@ class LmdbStore:
                 max_readers=512,
                 create=not readonly,
             )
+        except lmdb.DiskError as exc:
+            raise _translate(exc, "opening the store", self.path) from exc
         except lmdb.Error as exc:
             raise StoreFormatError(f"{self.path} is not a readable LMDB store: {exc}") from exc
         self._writer_lock: int | None = None
@@ -133,10 +149,15 @@ class LmdbStore:
         self._encode = msgspec.msgpack.Encoder().encode
         self._event_decoder = msgspec.msgpack.Decoder(StoredEvent)
         self._snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
-        self._ack_decoder = msgspec.msgpack.Decoder(Ack)
+        self._ack_decoder = msgspec.msgpack.Decoder(AckRecord)
         self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
         self._closed = False
-        self._head = self._read_head()
+        self._head = 0
+        try:
+            self._head = self._read_head()
+        except BaseException:
+            self.close()
+            raise
 
     def _read_head(self) -> int:
         with self._read() as txn:
@@ -163,36 +184,69 @@ class LmdbStore:
         return False
 
     def _open_databases(self, existing: bool) -> None:
-        if existing:
-            try:
-                meta = self._env.open_db(b"meta", create=False)
-            except lmdb.NotFoundError:
-                raise StoreFormatError(
-                    f"{self.path} is an LMDB environment but not a Motet store (no meta record)"
-                ) from None
-            except lmdb.Error as exc:
-                raise StoreFormatError(f"{self.path} cannot be opened: {exc}") from exc
-            with self._env.begin(db=meta) as txn:
-                found = txn.get(b"format")
-            if found != FORMAT:
-                raise StoreFormatError(
-                    f"{self.path} holds store format {found!r}; this version reads "
-                    f"{FORMAT.decode()!r} only"
-                )
-        dbs = {}
-        if self.readonly:
-            for name in _DATABASES:
-                dbs[name] = self._env.open_db(name, create=False)
-        else:
-            with self._env.begin(write=True) as txn:
-                for name in _DATABASES:
-                    dbs[name] = self._env.open_db(name, txn=txn, create=True)
-                txn.put(b"format", FORMAT, db=dbs[b"meta"])
+        """Open the named databases; write only when creating a new store."""
+        try:
+            found = self._open_existing() if existing else None
+            if found is None:
+                if self.readonly:
+                    raise StoreFormatError(f"{self.path} holds no Motet store")
+                with self._env.begin(write=True) as txn:
+                    dbs = {
+                        name: self._env.open_db(name, txn=txn, create=True) for name in _DATABASES
+                    }
+                    txn.put(b"format", FORMAT, db=dbs[b"meta"])
+                self._format_written = True
+            else:
+                dbs = found
+        except lmdb.Error as exc:
+            raise _translate(exc, "opening the store", self.path) from exc
+        self._meta = dbs[b"meta"]
         self._log = dbs[b"log"]
         self._index = dbs[b"streams"]
         self._snapshots = dbs[b"snapshots"]
         self._commands = dbs[b"commands"]
         self._checkpoints = dbs[b"checkpoints"]
+
+    def _open_existing(self) -> dict[bytes, Any]:
+        """Open the databases of an existing store without writing to it.
+
+        In a writable environment LMDB hands out database handles in a write
+        transaction; one that changes nothing commits without touching the
+        disk. In a read-only one py-lmdb opens them in its own read
+        transaction (a handle from a transaction of ours would close with it).
+        """
+        txn = None if self.readonly else self._env.begin(write=True)
+        try:
+            try:
+                meta = self._env.open_db(b"meta", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                raise StoreFormatError(
+                    f"{self.path} is an LMDB environment but not a Motet store (no meta record)"
+                ) from None
+            if txn is None:
+                with self._env.begin(db=meta) as reader:
+                    found = reader.get(b"format")
+            else:
+                found = txn.get(b"format", db=meta)
+            if found not in READABLE_FORMATS:
+                raise StoreFormatError(
+                    f"{self.path} holds store format {found!r}; this version reads "
+                    f"{', '.join(repr(f.decode()) for f in READABLE_FORMATS)} only"
+                )
+            try:
+                dbs = {name: self._env.open_db(name, txn=txn, create=False) for name in _DATABASES}
+            except lmdb.NotFoundError:
+                raise StoreFormatError(
+                    f"{self.path} is a Motet store with databases missing (damaged?)"
+                ) from None
+            if txn is not None:
+                txn.commit()
+                txn = None
+        finally:
+            if txn is not None:
+                txn.abort()
+        self._format_written = found == FORMAT
+        return dbs
 
     def __repr__(self) -> str:
         if self._closed:
@@ -229,14 +283,20 @@ class LmdbStore:
 
     @contextmanager
     def _read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; LMDB's errors leave it as Motet's."""
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
-        with self._resize_lock, self._env.begin(buffers=True) as txn:
-            yield txn
+        try:
+            with self._resize_lock, self._env.begin(buffers=True) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise _translate(exc, "reading the store", self.path) from exc
+        except (UnicodeDecodeError, struct.error) as exc:
+            raise CodecError(f"an index record in {self.path} is damaged: {exc}") from exc
 
     # -- writes -------------------------------------------------------------
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
         while True:
@@ -252,35 +312,42 @@ class LmdbStore:
 
     def _append_once(
         self, appends: Sequence[Append], timestamp: float
-    ) -> tuple[list[Ack | Conflict], int]:
+    ) -> tuple[list[Ack | AppendError], int]:
         with self._env.begin(write=True) as txn:
             index = txn.cursor(self._index)
+            commands = self._commands
+            decode_ack = self._ack_decoder.decode
 
             def version_of(stream: str) -> int:
                 return _last_version(index, _stream_prefix(stream))
 
-            results, records, head = plan_appends(appends, self._head, timestamp, version_of)
+            def ack_of(command_id: str) -> AckRecord | None:
+                raw = txn.get(command_id.encode(), db=commands)
+                return None if raw is None else decode_ack(raw)
+
+            plan = plan_appends(appends, self._head, timestamp, version_of, ack_of)
             encode = self._encode
-            if records:
+            if plan.records:
                 txn.cursor(self._log).putmulti(
-                    [(_pack(r.position), encode(r)) for r in records], append=True
+                    [(_pack(r.position), seal(encode(r))) for r in plan.records], append=True
                 )
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
                 index.putmulti(
                     sorted(
                         (_stream_prefix(r.stream) + _pack(r.version), _pack(r.position))
-                        for r in records
+                        for r in plan.records
                     )
                 )
-            for append, result in zip(appends, results, strict=True):
-                if isinstance(result, Conflict):
-                    continue
-                if append.snapshot is not None:
-                    txn.put(append.stream.encode(), encode(append.snapshot), db=self._snapshots)
-                command_id = append.metadata.command_id
-                if command_id is not None and append.events:
-                    txn.put(command_id.encode(), encode(result), db=self._commands)
-        return results, head
+            for stream, snapshot in plan.snapshots:
+                txn.put(stream.encode(), encode(snapshot), db=self._snapshots)
+            for command_id, record in plan.acks:
+                txn.put(command_id.encode(), encode(record), db=commands)
+            if not self._format_written and plan.records:
+                # The first checksummed record makes a /1 store a /2 store.
+                txn.put(b"format", FORMAT, db=self._meta)
+        if plan.records:
+            self._format_written = True
+        return plan.results, plan.head
 
     def _grow(self) -> None:
         with self._resize_lock:
@@ -317,10 +384,14 @@ class LmdbStore:
             for key, position in cursor:
                 if bytes(key[: len(prefix)]) != prefix:
                     break
-                log.set_key(position)
+                if not log.set_key(position):
+                    raise CodecError(
+                        f"the stream index of {stream!r} in {self.path} points at position "
+                        f"{_position_text(bytes(position))}, which is not in the log"
+                    )
                 try:
-                    events.append(decode(log.value()))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    events.append(decode(unseal(log.value())))
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                     raise self._corrupt(bytes(position), exc, f" (event of {stream!r})") from exc
                 if limit is not None and len(events) >= limit:
                     break
@@ -341,8 +412,8 @@ class LmdbStore:
                 return events
             for value in cursor.iternext(keys=False, values=True):
                 try:
-                    events.append(decode(value))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    events.append(decode(unseal(value)))
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                     if events:
                         break
                     raise self._corrupt(bytes(cursor.key()), exc) from exc
@@ -351,7 +422,7 @@ class LmdbStore:
         return events
 
     def _corrupt(self, key: bytes, exc: Exception, what: str = "") -> CodecError:
-        position = _U64.unpack(key)[0] if len(key) == 8 else key.hex()
+        position = _position_text(key)
         return CodecError(
             f"the log record at position {position}{what} in {self.path} is corrupt "
             f"and cannot be read: {exc}"
@@ -366,8 +437,16 @@ class LmdbStore:
         with self._read() as txn:
             cursor = txn.cursor(self._index)
             more = cursor.first()
+            previous = b""
             while more:
-                prefix = bytes(cursor.key()[:-8])
+                key = bytes(cursor.key())
+                prefix = key[:-8]
+                # A damaged key must not send the jump from stream to stream backwards.
+                if len(key) < 10 or prefix[-1] != 0 or prefix <= previous:
+                    raise CodecError(
+                        f"the stream index in {self.path} is damaged at key {key[:60].hex()}"
+                    )
+                previous = prefix
                 found.append((prefix[:-1].decode(), _last_version(cursor, prefix)))
                 more = cursor.set_range(prefix[:-1] + b"\x01")
         return found
@@ -390,6 +469,12 @@ class LmdbStore:
         )
 
     def get_ack(self, command_id: str) -> Ack | None:
+        record = self.get_ack_record(command_id)
+        return None if record is None else Ack(record.stream, record.version, record.position)
+
+    def get_ack_record(self, command_id: str) -> AckRecord | None:
+        """The Ack recorded for ``command_id`` with the fingerprint of the
+        command that earned it (see :mod:`motet.storage.idempotency`)."""
         return self._get(
             self._commands,
             command_id,
@@ -416,12 +501,16 @@ class LmdbStore:
         if self._closed:
             return
         self._closed = True
-        with self._resize_lock:
-            if self.durability != "sync":
-                self._env.sync(True)
+        try:
+            with self._resize_lock:
+                if self.durability != "sync" and not self.readonly:
+                    self._env.sync(True)
+        except lmdb.Error as exc:
+            raise _translate(exc, "closing the store", self.path) from exc
+        finally:
             self._env.close()
-        if self._writer_lock is not None:
-            os.close(self._writer_lock)
+            if self._writer_lock is not None:
+                os.close(self._writer_lock)
 
 
 def _lock_for_writing(path: Path) -> int | None:
@@ -445,6 +534,10 @@ def _lock_for_writing(path: Path) -> int | None:
             ) from None
         raise StorageError(f"cannot lock the store {path} for writing: {exc}") from exc
     return fd
+
+
+def _position_text(key: bytes) -> str:
+    return str(_U64.unpack(key)[0]) if len(key) == 8 else key.hex()
 
 
 def _last_version(cursor: lmdb.Cursor, prefix: bytes) -> int:

@@ -10,9 +10,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from .errors import Conflict, StorageError
+from .errors import StorageError
+from .idempotency import AckRecord
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import Durability, plan_appends
+from .store import AppendError, Durability, plan_appends
 
 __all__ = ["MemoryStore"]
 
@@ -34,7 +35,7 @@ class MemoryStore:
         self._log: list[StoredEvent] = []
         self._streams: dict[str, list[int]] = {}
         self._snapshots: dict[str, Snapshot] = {}
-        self._acks: dict[str, Ack] = {}
+        self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
         self._closed = False
         self._committed = threading.Condition()
@@ -66,25 +67,20 @@ class MemoryStore:
                 self._committed.wait(left)
         return len(self._log)
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
         self._check_open()
-        results, records, _ = plan_appends(appends, len(self._log), timestamp, self.stream_version)
+        plan = plan_appends(appends, len(self._log), timestamp, self.stream_version, self._acks.get)
         # One extend: a reader in another thread sees the whole batch or none
         # of it, and the log before the stream index that points into it.
-        self._log.extend(records)
-        for record in records:
+        self._log.extend(plan.records)
+        for record in plan.records:
             self._streams.setdefault(record.stream, []).append(record.position)
-        for append, result in zip(appends, results, strict=True):
-            if isinstance(result, Conflict):
-                continue
-            if append.snapshot is not None:
-                self._snapshots[append.stream] = append.snapshot
-            if append.metadata.command_id is not None and append.events:
-                self._acks[append.metadata.command_id] = result
-        if records:
+        self._snapshots.update(plan.snapshots)
+        self._acks.update(plan.acks)
+        if plan.records:
             with self._committed:
                 self._committed.notify_all()
-        return results
+        return plan.results
 
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None
@@ -113,6 +109,13 @@ class MemoryStore:
         return self._snapshots.get(stream)
 
     def get_ack(self, command_id: str) -> Ack | None:
+        self._check_open()
+        record = self._acks.get(command_id)
+        return None if record is None else Ack(record.stream, record.version, record.position)
+
+    def get_ack_record(self, command_id: str) -> AckRecord | None:
+        """The Ack recorded for ``command_id`` with the fingerprint of the
+        command that earned it (see :mod:`motet.storage.idempotency`)."""
         self._check_open()
         return self._acks.get(command_id)
 

@@ -34,10 +34,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import postgres_sql as sql
-from .errors import CodecError, Conflict, StorageError, StoreFormatError
-from .records import Append, Checkpoint, Snapshot, StoredEvent
-from .records import Ack
-from .store import Durability, plan_appends
+from .errors import CodecError, StorageError, StoreFormatError
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
+from .store import AppendError, Durability, plan_appends
 
 __all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
 
@@ -274,7 +273,7 @@ class PostgresStore:
 
     # -- writes -------------------------------------------------------------------
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
         """See :meth:`EventStore.append_batch`. An append whose command id
         already has an Ack (committed by another process) writes nothing and
         gets that Ack. Raises :class:`StorageError` when the batch did not
@@ -313,7 +312,7 @@ class PostgresStore:
 
     def _write_batch(
         self, conn: _Connection, appends: Sequence[Append], timestamp: float
-    ) -> tuple[list[Ack | Conflict], tuple[int, bytes] | None, int]:
+    ) -> tuple[list[Ack | AppendError], tuple[int, bytes] | None, int]:
         """Every statement of one append transaction but the COMMIT; returns the
         results, the first planned event (position, envelope) and the new head."""
         conn.execute(sql.BEGIN, prepare=False)
@@ -339,7 +338,8 @@ class PostgresStore:
             stream_ids = sorted({a.stream for a in fresh})
             for stream, version in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
                 versions[stream] = version or 0
-        planned, records, new_head = plan_appends(fresh, head, timestamp, versions.__getitem__)
+        plan = plan_appends(fresh, head, timestamp, versions.__getitem__)
+        planned, records, new_head = plan.results, plan.records, plan.head
 
         encode = self._encode
         envelopes = [encode(r) for r in records]
@@ -359,7 +359,7 @@ class PostgresStore:
         acks: dict[str, Ack] = {}
         snapshots: dict[str, Snapshot] = {}
         for append, result in zip(fresh, planned, strict=True):
-            if isinstance(result, Conflict):
+            if not isinstance(result, Ack):  # refused alone (a conflict, a bad key)
                 continue
             if append.snapshot is not None:
                 snapshots[append.stream] = append.snapshot
@@ -386,7 +386,7 @@ class PostgresStore:
             conn.execute(sql.SET_HEAD, (new_head,))
             conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
 
-        results: list[Ack | Conflict] = []
+        results: list[Ack | AppendError] = []
         planned_iter = iter(planned)
         for append in appends:
             command_id = append.metadata.command_id
@@ -569,6 +569,8 @@ class PostgresStore:
         timeout. Meant for a worker thread; raises :class:`StorageError` when
         the head cannot be read.
         """
+        if self._closed:
+            return self._head
         deadline = time.monotonic() + max(timeout, 0.0)
         # LISTEN before reading the head: a commit between the two is then
         # already queued on the listener and wakes the first wait at once.

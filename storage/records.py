@@ -14,6 +14,7 @@ __all__ = [
     "Ack",
     "Append",
     "Checkpoint",
+    "CommandFingerprint",
     "Metadata",
     "NewEvent",
     "RecordedEvent",
@@ -28,6 +29,14 @@ class Metadata(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True,
     command_id: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+
+
+class CommandFingerprint(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What tells a command apart for its command id: its type tag and a
+    digest of its encoding (see :mod:`motet.storage.idempotency`)."""
+
+    type: str
+    digest: bytes
 
 
 class NewEvent(msgspec.Struct, frozen=True, gc=False):
@@ -54,6 +63,8 @@ class Append(msgspec.Struct, gc=False):
     ``expected_version`` is the stream version the events were decided on; the
     append is refused with :class:`~motet.storage.errors.Conflict` when the stream
     is elsewhere. ``events`` may be empty when only ``snapshot`` is written.
+    ``fingerprint`` identifies the command behind a ``metadata.command_id``,
+    kept beside its Ack so that a retry can be told from another command.
     """
 
     stream: str
@@ -61,6 +72,7 @@ class Append(msgspec.Struct, gc=False):
     events: list[NewEvent]
     metadata: Metadata = Metadata()
     snapshot: Snapshot | None = None
+    fingerprint: CommandFingerprint | None = None
 
 
 class Ack(msgspec.Struct, frozen=True, array_like=True, gc=False):

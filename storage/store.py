@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
-from .errors import Conflict
+from .errors import CommandIdReused, Conflict, InvalidKey
+from .idempotency import AckRecord, ack_record, retried_ack
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
 
-__all__ = ["MAX_KEY_BYTES", "Durability", "EventStore", "check_key", "plan_appends"]
+AppendError = Conflict | InvalidKey | CommandIdReused
+"""The per-append errors of a batch (each refuses its append alone)."""
+
+__all__ = [
+    "MAX_COMMAND_ID_BYTES",
+    "MAX_KEY_BYTES",
+    "MAX_STREAM_BYTES",
+    "AppendError",
+    "AppendPlan",
+    "Durability",
+    "EventStore",
+    "check_aggregate_id",
+    "check_command_id",
+    "check_key",
+    "check_stream_id",
+    "plan_appends",
+]
 
 Durability = Literal["sync", "none"]
 """``"sync"``: fsync each commit before it is acknowledged; ``"none"``: no fsync
@@ -116,23 +133,67 @@ class EventStore(Protocol):
         ...
 
 
+class AppendPlan(NamedTuple):
+    """What :func:`plan_appends` decided for a batch: what each store writes."""
+
+    results: list[Ack | AppendError]
+    """One per append, in order: its Ack, or the error that refused it alone."""
+    records: list[StoredEvent]
+    """The events to write, in position order."""
+    head: int
+    """The head position once the batch is written."""
+    acks: list[tuple[str, AckRecord]]
+    """(command id, record) for each append whose command id is new."""
+    snapshots: list[tuple[str, Snapshot]]
+    """(stream, snapshot) for each accepted append that carries one."""
+
+
 def plan_appends(
     appends: Sequence[Append],
     head: int,
     timestamp: float,
     version_of: Callable[[str], int],
-) -> tuple[list[Ack | Conflict], list[StoredEvent], int]:
-    """Check expected versions and assign positions and versions for a batch.
+    ack_of: Callable[[str], Ack | None] = lambda command_id: None,
+) -> AppendPlan:
+    """Check every append of a batch and assign positions and versions.
 
-    ``version_of`` gives a stream's committed version; appends earlier in the
-    same batch count too. Returns the per-append results, the events to write
-    in position order, and the new head position.
+    An append fails alone, with its own error as its result, when its stream
+    is elsewhere than its expected version (:class:`Conflict`), when its stream
+    id or command id cannot be a key (:class:`InvalidKey`), or when its command
+    id already belongs to a different command (:class:`CommandIdReused`); the
+    rest of the batch is unaffected. An append whose command id already has
+    the same command's Ack gets that Ack and writes nothing.
+
+    ``version_of`` gives a stream's committed version and ``ack_of`` the
+    stored record of a command id (an :class:`Ack`, possibly an
+    :class:`AckRecord`); appends earlier in the same batch count too.
     """
-    results: list[Ack | Conflict] = []
+    results: list[Ack | AppendError] = []
     records: list[StoredEvent] = []
+    acks: list[tuple[str, AckRecord]] = []
+    snapshots: list[tuple[str, Snapshot]] = []
     versions: dict[str, int] = {}
+    batch_acks: dict[str, AckRecord] = {}
     for append in appends:
         stream = append.stream
+        command_id = append.metadata.command_id if append.events else None
+        try:
+            check_stream_id(stream, "stream id")
+            if command_id is not None:
+                check_command_id(command_id)
+        except InvalidKey as exc:
+            results.append(exc)
+            continue
+        if command_id is not None:
+            earlier = batch_acks.get(command_id) or ack_of(command_id)
+            if earlier is not None:
+                try:
+                    results.append(
+                        retried_ack(command_id, earlier, None, stream, append.fingerprint)
+                    )
+                except CommandIdReused as exc:
+                    results.append(exc)
+                continue
         current = versions.get(stream)
         if current is None:
             current = version_of(stream)
@@ -157,24 +218,64 @@ def plan_appends(
                 )
             )
         versions[stream] = current
-        results.append(Ack(stream, current, head))
-    return results, records, head
+        result = Ack(stream, current, head)
+        results.append(result)
+        if append.snapshot is not None:
+            snapshots.append((stream, append.snapshot))
+        if command_id is not None:
+            record = ack_record(result, append.fingerprint)
+            batch_acks[command_id] = record
+            acks.append((command_id, record))
+    return AppendPlan(results, records, head, acks, snapshots)
 
 
-MAX_KEY_BYTES = 500
-"""Longest stream id or command id, in UTF-8 bytes (LMDB keys are at most 511)."""
+LMDB_MAX_KEY_BYTES = 511
+"""The longest key LMDB takes (its compile-time default, which py-lmdb keeps)."""
+
+MAX_KEY_BYTES = LMDB_MAX_KEY_BYTES
+"""The longest key a store takes, in UTF-8 bytes."""
+
+MAX_STREAM_BYTES = MAX_KEY_BYTES - 1 - 8
+"""The longest stream id, in UTF-8 bytes: the stream index's key is the stream
+id, a NUL and an 8-byte version, and must fit in :data:`MAX_KEY_BYTES`."""
+
+MAX_COMMAND_ID_BYTES = MAX_KEY_BYTES
+"""The longest command id, in UTF-8 bytes (the command-id index's key)."""
 
 
-def check_key(kind: str, value: str) -> None:
-    """Raise ``ValueError`` naming the problem when ``value`` cannot be used as
-    a stream id or command id (``kind`` names which, for the message)."""
+def check_key(kind: str, value: str, max_bytes: int = MAX_KEY_BYTES) -> None:
+    """Raise :class:`InvalidKey` (a ``ValueError``) naming the problem when
+    ``value`` cannot be used as a key of at most ``max_bytes`` UTF-8 bytes
+    (``kind`` names which key, for the message)."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{kind} must be a non-empty string, got {value!r}")
+        raise InvalidKey(f"{kind} must be a non-empty string, got {value!r}")
     if "\x00" in value:
-        raise ValueError(f"{kind} must not contain NUL characters, got {value!r}")
+        raise InvalidKey(f"{kind} must not contain NUL characters, got {value!r}")
     try:
         size = len(value.encode())
     except UnicodeEncodeError:
-        raise ValueError(f"{kind} must be valid Unicode text, got {value!r}") from None
-    if size > MAX_KEY_BYTES:
-        raise ValueError(f"{kind} is longer than {MAX_KEY_BYTES} bytes: {value[:40]!r}...")
+        raise InvalidKey(f"{kind} must be valid Unicode text, got {value!r}") from None
+    if size > max_bytes:
+        raise InvalidKey(
+            f"{kind} is {size} bytes of UTF-8, longer than the limit of {max_bytes} bytes: "
+            f"{value[:40]!r}..."
+        )
+
+
+def check_stream_id(stream: str, kind: str = "stream") -> None:
+    """Raise :class:`InvalidKey` unless ``stream`` can be a stream id
+    (at most :data:`MAX_STREAM_BYTES` bytes); ``kind`` names it in the message."""
+    check_key(kind, stream, MAX_STREAM_BYTES)
+
+
+def check_command_id(command_id: str) -> None:
+    """Raise :class:`InvalidKey` unless ``command_id`` can be a command id
+    (at most :data:`MAX_COMMAND_ID_BYTES` bytes)."""
+    check_key("command_id", command_id, MAX_COMMAND_ID_BYTES)
+
+
+def check_aggregate_id(aggregate: str, aggregate_id: str) -> None:
+    """Raise :class:`InvalidKey` unless ``aggregate_id`` can name an aggregate
+    of type ``aggregate``: its stream id ``"<aggregate>-<id>"`` must fit in
+    :data:`MAX_STREAM_BYTES`, so the id may take that minus the name and the dash."""
+    check_key(f"{aggregate} id", aggregate_id, MAX_STREAM_BYTES - len(aggregate.encode()) - 1)

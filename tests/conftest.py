@@ -36,6 +36,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (tests/support/postgres.py),
+    started only by the tests that ask for it."""
+    from tests.support.postgres import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """``(server_context, client_context)`` for TLS to 127.0.0.1, made from
     :func:`tls_files`."""

@@ -42,7 +42,7 @@ from motet.engine.example import app as users_app
 
 __all__ = ["app", "create_app"]
 
-# The HTTP statuses of DESIGN.md's error table, for the errors these routes raise.
+# The HTTP statuses of docs/design.md's error table, for the errors these routes raise.
 _STATUS: dict[type[MotetError], int] = {
     CommandRejected: 422,
     Conflict: 409,

@@ -37,6 +37,8 @@ def inspect(args: argparse.Namespace) -> int:
         if args.stream:
             return _print_stream(store, args)
         return _print_store(store, args)
+    except MotetError as exc:  # e.g. a damaged record: one line, not a traceback
+        fail(str(exc))
     finally:
         store.close()
 

@@ -1,6 +1,6 @@
 """The ``motet`` command line: its parser and its entry point, :func:`main`.
 
-``motet serve`` runs the TCP server (DESIGN.md, "CLI"); ``motet client`` talks
+``motet serve`` runs the TCP server (docs/design.md, "CLI"); ``motet client`` talks
 to it (interactive, one-shot from arguments, or line by line from standard
 input); ``motet status`` prints a server's status; ``motet inspect`` reads a
 data directory offline; ``motet demo`` runs a short scripted session of the
@@ -236,11 +236,18 @@ def _add_demo(commands: Any) -> None:
     )
 
 
+def _add_verify(commands: Any) -> None:
+    from .verify import add_parser
+
+    add_parser(commands, DEFAULT_DATA)
+
+
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_serve,
     _add_client,
     _add_status,
     _add_inspect,
+    _add_verify,
     _add_demo,
 )
 
@@ -274,6 +281,8 @@ def _run(args: argparse.Namespace) -> int:
             from .remote import status as run
         case "inspect":
             from .inspect import inspect as run
+        case "verify":
+            from .verify import run
         case "demo":
             from ..example.demo import demo
 

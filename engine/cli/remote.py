@@ -67,7 +67,7 @@ def client(args: argparse.Namespace) -> int:
 
 def _refused(request_id: int, message: str) -> dict[str, Any]:
     """The reply line for a request that could not be understood: the one the
-    server sends for a line it cannot parse (DESIGN.md, code ``bad_request``)."""
+    server sends for a line it cannot parse (docs/design.md, code ``bad_request``)."""
     return {"id": request_id, "ok": False, "error": {"code": "bad_request", "message": message}}
 
 

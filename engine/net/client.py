@@ -244,7 +244,7 @@ class Client:
         await self._result(AuthOp(id=next(self._ids), token=token))
 
     async def request(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Send one raw request (a dict as in DESIGN.md) and return the reply
+        """Send one raw request (a dict as in docs/design.md) and return the reply
         as a dict, ``{"ok": false, "error": ...}`` included: nothing is raised
         for an error reply. The reply's ``id`` is the request's. Subscriptions
         need :meth:`subscribe`; raises ``ValueError`` for one."""

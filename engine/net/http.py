@@ -1,6 +1,6 @@
 """The HTTP/JSON API and the admin page, on trio beside the line protocol.
 
-Routes (see DESIGN.md, "HTTP API"; every JSON body is the line protocol's
+Routes (see docs/design.md, "HTTP API"; every JSON body is the line protocol's
 reply ``result`` for the same request, so both wires send the same JSON):
 
 - ``POST /commands/{Type}``: the body is the command's data; headers

@@ -1,6 +1,6 @@
 """The TCP line protocol's wire format: pure functions, no sockets.
 
-One JSON object per line in each direction (see DESIGN.md, "TCP line
+One JSON object per line in each direction (see docs/design.md, "TCP line
 protocol"). The server decodes a line with :class:`RequestDecoder` and answers
 with lines made by :class:`ReplyEncoder`; the client encodes the request
 structs below and turns error replies back into exceptions with
@@ -20,7 +20,7 @@ Requests are a tagged union on ``op``:
   catch-up then live, until the subscription ends with an error line (too
   slow, ``unsubscribe``d, or the server stopping);
 - ``unsubscribe``: ``subscription`` (the id of a subscribe request on the same
-  connection) → ``{"unsubscribed": true|false}``; an addition to DESIGN.md's
+  connection) → ``{"unsubscribed": true|false}``; an addition to docs/design.md's
   list so one subscription can end without closing the connection;
 - ``status`` → the engine's status; ``ping`` → ``"pong"``;
 - ``auth``: ``token`` → ``true`` (needed first when the server has a token).

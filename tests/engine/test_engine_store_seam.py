@@ -141,9 +141,8 @@ async def test_store_options_reach_the_lmdb_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://motet@127.0.0.1:5432/motet", r"PostgreSQL stores are not supported yet"),
-        ("postgres://h/db", r"PostgreSQL stores are not supported yet"),
         ("redis://127.0.0.1", r"unknown store URL scheme 'redis'"),
+        ("lmdb://./data", r"unknown store URL scheme 'lmdb'"),
     ],
 )
 async def test_a_url_of_an_unsupported_store_is_refused_clearly(url: str, message: str) -> None:

@@ -1,6 +1,6 @@
 """The Prometheus endpoint, scraped over real HTTP on 127.0.0.1.
 
-Every metric of DESIGN.md ("Metrics") is there with its type and labels;
+Every metric of docs/design.md ("Metrics") is there with its type and labels;
 counters move by exactly what was done, per outcome; projection lag is
 computed when scraped; each engine has its own registry and port; the
 endpoint answers only ``GET /metrics``, listens on loopback by default, and
@@ -44,7 +44,7 @@ from motet.engine.example import users_projection as users
 from tests.support.commands import create_user as create
 from tests.support.commands import place_order
 
-# The contract of DESIGN.md, as prometheus_client's parser names the families:
+# The contract of docs/design.md, as prometheus_client's parser names the families:
 # a counter family drops the "_total" its samples carry, a histogram's samples
 # are <name>_bucket / _count / _sum.
 DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
@@ -186,7 +186,7 @@ async def test_every_design_metric_is_exposed_with_its_type_and_labels(tmp_path:
     for name, (kind, label_names) in DESIGN_METRICS.items():
         family = scraped.families.get(name)
         assert family is not None, f"{name} is missing from:\n{scraped.text}"
-        assert family.type == kind, f"{name} is a {family.type}, DESIGN.md says {kind}"
+        assert family.type == kind, f"{name} is a {family.type}, docs/design.md says {kind}"
         assert family.samples, f"{name} has no samples"
         for sample in family.samples:
             names = set(sample.labels) - {"le"}

@@ -50,6 +50,8 @@ from motet.storage.errors import (
     CODES,
     OUTCOMES,
     CodecError,
+    CommandIdReused,
+    InvalidKey,
     StoreFormatError,
     code_for,
     error_for_code,
@@ -57,12 +59,14 @@ from motet.storage.errors import (
     outcome_of,
 )
 
-# The table as DESIGN.md and the HTTP API describe it: class → (code, outcome, status).
+# The table as docs/design.md and the HTTP API describe it: class → (code, outcome, status).
 TABLE: dict[type[BaseException], tuple[str, str, int]] = {
     BadRequest: ("bad_request", "invalid", 400),
     RequestTooLarge: ("too_large", "invalid", 413),
     UnknownMessageType: ("unknown_type", "invalid", 404),
     InvalidMessage: ("invalid", "invalid", 400),
+    InvalidKey: ("invalid", "invalid", 400),
+    CommandIdReused: ("invalid", "invalid", 400),
     CommandRejected: ("rejected", "rejected", 422),
     Conflict: ("conflict", "conflict", 409),
     NotFound: ("not_found", "error", 404),
@@ -83,6 +87,8 @@ TABLE: dict[type[BaseException], tuple[str, str, int]] = {
 
 
 def instance(cls: type[BaseException]) -> BaseException:
+    if cls is CommandIdReused:
+        return CommandIdReused("c-1", "User-u1", "CreateUser", "a PlaceOrder command")
     if cls is Conflict:
         return Conflict("User-u1", 3, 4)
     if cls is RemoteError:

@@ -38,7 +38,7 @@ RULES_TESTS = DEPLOY / "prometheus" / "motet-rules.test.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "motet-dashboard.json"
 
-# DESIGN.md's metric names (plus motet_projection_failed, which the alerts use).
+# docs/design.md's metric names (plus motet_projection_failed, which the alerts use).
 METRICS = {
     "motet_log_head_position",
     "motet_projection_position",

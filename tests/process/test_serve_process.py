@@ -1,7 +1,7 @@
 """The real ``motet serve`` process, spoken to over raw sockets.
 
 Each test starts the console script as a user would (``motet_server`` in
-conftest.py) and talks the line protocol of DESIGN.md with hand-written JSON
+conftest.py) and talks the line protocol of docs/design.md with hand-written JSON
 lines: every op, every error code, token authentication, TLS, a graceful stop
 by SIGTERM with requests in flight, and a SIGKILL under load after which every
 acknowledged command is still in the log where its Ack said.
@@ -539,13 +539,17 @@ async def test_sigkill_under_load_loses_no_acknowledged_command(
             else:
                 assert (event["type"], event["data"]["order_id"]) == ("OrderPlaced", command_id)
 
-        # A retried command gets its first Ack back, even across the crash.
+        # A retried command gets its first Ack back, even across the crash. A
+        # retry is the same command: the same amount (1 + k % 5, k from its id).
         sample = sorted(acked)[:: max(1, len(acked) // 200)]
         await peer.write(
             *(
-                {**order(ack["stream"].removeprefix("User-"), cid, cid), "command_id": cid}
+                {
+                    **order(stream.removeprefix("User-"), cid, cid, 1 + int(cid.split("-")[1]) % 5),
+                    "command_id": cid,
+                }
                 for cid in sample
-                for ack in [acked[cid]]
+                for stream in [acked[cid]["stream"]]
             )
         )
         for reply in await peer.read_many(len(sample)):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.storage.contract import LmdbStoreFactory
-from tests.support.postgres import Cluster, running_cluster
 
 
 @pytest.fixture
@@ -20,10 +19,3 @@ def lmdb_store_factory(tmp_path: Path) -> Iterator[LmdbStoreFactory]:
         yield factory
     finally:
         factory.close_all()
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """A throwaway PostgreSQL cluster for the session (tests/support/postgres.py)."""
-    with running_cluster() as cluster:
-        yield cluster

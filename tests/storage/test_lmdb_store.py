@@ -245,7 +245,8 @@ def test_opening_a_store_of_an_unknown_format_version_raises(tmp_path: Path) -> 
 
     with pytest.raises(
         StoreFormatError,
-        match=r"holds store format b'motet-store/99'; this version reads 'motet-store/1' only",
+        match=r"holds store format b'motet-store/99'; this version reads 'motet-store/1', "
+        r"'motet-store/2' only",
     ):
         LmdbStore(tmp_path)
 
@@ -257,7 +258,7 @@ def test_opening_a_directory_with_a_corrupt_data_file_raises(tmp_path: Path) -> 
     garbage = b"this is not an LMDB file " * 400
     (tmp_path / "data.mdb").write_bytes(garbage)
 
-    with pytest.raises(StoreFormatError, match=r"is not a readable LMDB store: .*MDB_INVALID"):
+    with pytest.raises(StoreFormatError, match=r"data.mdb is not an LMDB data file"):
         LmdbStore(tmp_path)
 
     assert (tmp_path / "data.mdb").read_bytes() == garbage

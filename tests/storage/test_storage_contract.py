@@ -80,9 +80,13 @@ def test_check_key_accepts_usable_ids(value: str) -> None:
         (b"User-1", r"^stream id must be a non-empty string, got b'User-1'$"),
         ("User\x00-1", r"^stream id must not contain NUL characters, got 'User\\x00-1'$"),
         ("\x00", r"must not contain NUL characters"),
-        ("x" * (MAX_KEY_BYTES + 1), r"^stream id is longer than 500 bytes: 'x{40}'\.\.\.$"),
-        # 251 two-byte characters: fewer than 500 characters, more than 500 bytes.
-        ("é" * (MAX_KEY_BYTES // 2 + 1), r"^stream id is longer than 500 bytes"),
+        (
+            "x" * (MAX_KEY_BYTES + 1),
+            r"^stream id is 512 bytes of UTF-8, longer than the limit of 511 bytes: "
+            r"'x{40}'\.\.\.$",
+        ),
+        # 256 two-byte characters: fewer than 511 characters, more than 511 bytes.
+        ("é" * (MAX_KEY_BYTES // 2 + 1), r"^stream id is 512 bytes of UTF-8, longer than"),
     ],
 )
 def test_check_key_rejects_unusable_ids_naming_the_problem(value: Any, message: str) -> None:

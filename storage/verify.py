@@ -1,0 +1,251 @@
+"""A full check of an LMDB store: is every record where and what it should be?
+
+:func:`verify_store` reads a store read-only (safe beside a running server)
+and reports every problem it finds, each with where it is:
+
+- the file against LMDB's own metadata (truncation), then LMDB's structure;
+- every log record: its checksum, that it decodes, that its position matches
+  its key, positions 1, 2, 3 … without gaps;
+- per stream, versions 1, 2, 3 … in log order, and the stream index and the
+  log agreeing both ways (every event indexed under its stream and version,
+  every index row pointing at that event);
+- every Ack pointing at an existing event of its stream and version;
+- snapshots and checkpoints decoding, and not ahead of their stream or the log.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .errors import MotetError
+from .idempotency import AckRecord
+from .integrity import unseal
+from .records import Checkpoint, Snapshot, StoredEvent
+
+__all__ = ["Problem", "Verification", "verify_store"]
+
+_U64 = struct.Struct(">Q")
+_MAX_PROBLEMS = 1000
+
+
+class Problem(NamedTuple):
+    """One thing wrong in a store: where (a database and key) and what."""
+
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+class Verification(NamedTuple):
+    """What :func:`verify_store` found."""
+
+    problems: list[Problem]
+    events: int
+    streams: int
+    acks: int
+    truncated: bool
+    """Whether the problem list stopped at its cap (more may be wrong)."""
+
+    @property
+    def sound(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
+
+
+def verify_store(
+    path: str | os.PathLike[str], *, max_problems: int = _MAX_PROBLEMS
+) -> Verification:
+    """Check the whole store at ``path`` (see the module docstring)."""
+    from .lmdb_store import LmdbStore
+
+    try:
+        store = LmdbStore(path, readonly=True)
+    except MotetError as exc:
+        return Verification([Problem("store", str(exc))], 0, 0, 0, False)
+    checker = _Checker(store, max_problems)
+    try:
+        checker.run()
+    except _TooMany:
+        pass
+    except MotetError as exc:
+        checker.problems.append(Problem("store", str(exc)))
+    except Exception as exc:  # LMDB's structure itself is damaged
+        checker.problems.append(Problem("store", f"cannot be read further: {exc!r}"))
+    finally:
+        store.close()
+    return Verification(
+        checker.problems, checker.events, len(checker.versions), checker.acks, checker.full
+    )
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _key_text(key: bytes) -> str:
+    try:
+        return repr(key.decode())
+    except UnicodeDecodeError:
+        return key.hex()
+
+
+class _Checker:
+    def __init__(self, store: Any, max_problems: int) -> None:
+        self.store = store
+        self.max_problems = max_problems
+        self.problems: list[Problem] = []
+        self.full = False
+        self.events = 0
+        self.acks = 0
+        self.versions: dict[str, int] = {}
+
+    def problem(self, where: str, what: str) -> None:
+        if len(self.problems) >= self.max_problems:
+            self.full = True
+            raise _TooMany
+        self.problems.append(Problem(where, what))
+
+    def run(self) -> None:
+        store = self.store
+        with store._read() as txn:
+            self.check_log(txn)
+            self.check_index(txn)
+            self.check_acks(txn)
+            self.check_snapshots(txn)
+            self.check_checkpoints(txn)
+
+    def items(self, txn: Any, db: Any) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in txn.cursor(db):
+            yield bytes(key), bytes(value)
+
+    def event_at(self, txn: Any, position: int) -> StoredEvent | None:
+        raw = txn.get(_U64.pack(position), db=self.store._log)
+        if raw is None:
+            return None
+        try:
+            return msgspec.msgpack.decode(unseal(bytes(raw)), type=StoredEvent)
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+            return None  # reported by check_log
+
+    def check_log(self, txn: Any) -> None:
+        decoder = msgspec.msgpack.Decoder(StoredEvent)
+        index = self.store._index
+        expected = 1
+        for key, value in self.items(txn, self.store._log):
+            if len(key) != 8:
+                self.problem(f"log key {key.hex()}", "is not an 8-byte position")
+                continue
+            (position,) = _U64.unpack(key)
+            where = f"log position {position}"
+            if position != expected:
+                self.problem(where, f"positions jump from {expected - 1} to {position} (a gap)")
+            expected = position + 1
+            self.events += 1
+            try:
+                event = decoder.decode(unseal(value))
+            except ValueError as exc:
+                self.problem(where, f"the record is damaged: {exc}")
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.problem(where, f"the record does not decode: {exc}")
+                continue
+            if event.position != position:
+                self.problem(where, f"the record says it is position {event.position}")
+            previous = self.versions.get(event.stream, 0)
+            if event.version != previous + 1:
+                self.problem(
+                    where,
+                    f"stream {event.stream!r} goes from version {previous} to {event.version}",
+                )
+            self.versions[event.stream] = max(previous, event.version)
+            row = txn.get(event.stream.encode() + b"\x00" + _U64.pack(event.version), db=index)
+            if row is None:
+                self.problem(
+                    where, f"{event.stream!r} version {event.version} is not in the stream index"
+                )
+            elif bytes(row) != key:
+                self.problem(
+                    where,
+                    f"the stream index puts {event.stream!r} version {event.version} at "
+                    f"{bytes(row).hex()}",
+                )
+
+    def check_index(self, txn: Any) -> None:
+        for key, value in self.items(txn, self.store._index):
+            stream_bytes, nul, version_bytes = key[:-8], key[-9:-8], key[-8:]
+            where = f"stream index {_key_text(stream_bytes[:-1])}"
+            if len(key) < 10 or nul != b"\x00" or len(value) != 8:
+                self.problem(f"stream index key {key.hex()}", "is malformed")
+                continue
+            stream = stream_bytes[:-1].decode(errors="replace")
+            (version,) = _U64.unpack(version_bytes)
+            (position,) = _U64.unpack(value)
+            event = self.event_at(txn, position)
+            if event is None:
+                if txn.get(value, db=self.store._log) is None:
+                    self.problem(
+                        f"{where} version {version}",
+                        f"points at position {position}, not in the log",
+                    )
+                continue
+            if event.stream != stream or event.version != version:
+                self.problem(
+                    f"{where} version {version}",
+                    f"points at position {position}, which holds {event.stream!r} version "
+                    f"{event.version}",
+                )
+
+    def check_acks(self, txn: Any) -> None:
+        decoder = msgspec.msgpack.Decoder(AckRecord)
+        for key, value in self.items(txn, self.store._commands):
+            self.acks += 1
+            where = f"ack of command id {_key_text(key)}"
+            try:
+                ack = decoder.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.problem(where, f"does not decode: {exc}")
+                continue
+            event = self.event_at(txn, ack.position)
+            if event is None:
+                if txn.get(_U64.pack(ack.position), db=self.store._log) is None:
+                    self.problem(where, f"points at position {ack.position}, not in the log")
+                continue
+            if event.stream != ack.stream or event.version != ack.version:
+                self.problem(
+                    where,
+                    f"says {ack.stream!r} version {ack.version} at position {ack.position}, "
+                    f"which holds {event.stream!r} version {event.version}",
+                )
+
+    def check_snapshots(self, txn: Any) -> None:
+        decoder = msgspec.msgpack.Decoder(Snapshot)
+        for key, value in self.items(txn, self.store._snapshots):
+            where = f"snapshot of {_key_text(key)}"
+            try:
+                snapshot = decoder.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.problem(where, f"does not decode: {exc}")
+                continue
+            version = self.versions.get(key.decode(errors="replace"), 0)
+            if snapshot.version > version:
+                self.problem(where, f"is at version {snapshot.version}, the stream at {version}")
+
+    def check_checkpoints(self, txn: Any) -> None:
+        decoder = msgspec.msgpack.Decoder(Checkpoint)
+        head = self.store.head_position
+        for key, value in self.items(txn, self.store._checkpoints):
+            where = f"checkpoint {_key_text(key)}"
+            try:
+                checkpoint = decoder.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.problem(where, f"does not decode: {exc}")
+                continue
+            if checkpoint.position > head:
+                self.problem(where, f"is at position {checkpoint.position}, past the head {head}")
