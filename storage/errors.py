@@ -16,7 +16,7 @@ Motet and nothing but the standard library.
 
 from __future__ import annotations
 
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, get_args
 
 __all__ = [
     "CODES",
@@ -66,13 +66,13 @@ ErrorCode = Literal[
 ]
 """The line protocol's error codes (docs/design.md); no others are sent."""
 
-CODES: Final[tuple[ErrorCode, ...]] = ErrorCode.__args__
+CODES: Final[tuple[ErrorCode, ...]] = get_args(ErrorCode)
 """Every error code, in docs/design.md's order."""
 
 Outcome = Literal["ok", "rejected", "conflict", "overloaded", "invalid", "unavailable", "error"]
 """A value of the ``outcome`` label of ``motet_commands_total``."""
 
-OUTCOMES: Final[tuple[Outcome, ...]] = Outcome.__args__
+OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 """Every value of the ``outcome`` label of ``motet_commands_total``."""
 
 
@@ -208,7 +208,7 @@ class BadRequest(MotetError):
     The client's fault; the message says what is wrong and where.
     ``request_id`` is the request's ``id`` when it could be read."""
 
-    code = "bad_request"
+    code: ClassVar[ErrorCode] = "bad_request"
     outcome = "invalid"
     http_status = 400
 

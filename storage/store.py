@@ -75,12 +75,14 @@ class EventStore(Protocol):
         worker thread; on a closed store it returns at once."""
         ...
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
+    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
         """Commit all ``appends`` in one transaction, in order.
 
-        Each append gets its own result: an :class:`Ack`, or a
-        :class:`Conflict` when its expected version does not match (that append
-        writes nothing; the others are unaffected). Raises
+        Each append gets its own result: an :class:`Ack`, or the
+        :data:`AppendError` that refused it alone (a :class:`Conflict` when its
+        expected version does not match, an id the store cannot key, a command
+        id of another command): that append writes nothing, the others are
+        unaffected. Raises
         :class:`~motet.storage.errors.StorageError` when nothing could be committed.
         """
         ...

@@ -312,7 +312,7 @@ class HttpServer:
         if error is None:
             line = self._encoder.error(
                 None,
-                "unavailable",  # type: ignore[arg-type]
+                "unavailable",
                 "the server is shutting down",
                 position=position,
             )
