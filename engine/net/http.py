@@ -660,7 +660,10 @@ async def serve_http(
                 )
             server.listeners = await accepting.start(serve)
             scheme = "http" if ssl_context is None else "https"
-            log.info("serving the HTTP API on %s://%s:%d/", scheme, host, server.port)
+            if metrics_only:
+                log.info("serving metrics on %s://%s:%d/metrics", scheme, host, server.port)
+            else:
+                log.info("serving the HTTP API on %s://%s:%d/", scheme, host, server.port)
             task_status.started(server)
             await server._stop_requested.wait()
             server.stopping = True
