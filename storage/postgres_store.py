@@ -581,6 +581,8 @@ class PostgresStore:
             if remaining <= 0:
                 break
             self._wait_for_notification(min(remaining, self._poll_interval))
+            if self._closed:  # closed by another thread meanwhile
+                return self._head
             head = self.head_position
         return head
 
@@ -588,7 +590,9 @@ class PostgresStore:
         if self._listener is not None or time.monotonic() < self._listener_retry_at:
             return
         with self._listener_lock:
-            if self._listener is not None:
+            # A waiter in a worker thread may outlive close(): it must not
+            # open a connection that nothing would close.
+            if self._listener is not None or self._closed:
                 return
             conn: _Connection | None = None
             try:

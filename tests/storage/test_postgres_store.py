@@ -548,3 +548,24 @@ def test_wait_for_commit_returns_within_its_timeout_when_the_listener_is_killed(
     writer.append_batch([command("A", 0, 1)], TS)
     thread.join(10)
     assert found == [1]
+
+
+def test_a_waiter_that_outlives_close_returns_and_opens_no_connection(
+    postgres_cluster: Cluster, url: str, open_store: Any
+) -> None:
+    # The engine's commit watcher waits in a worker thread, which can still be
+    # waiting when the store closes at shutdown.
+    waiter = open_store(poll_interval=0.1)
+    assert waiter.wait_for_commit(0, timeout=0.05) == 0  # opens the listener
+    found: list[object] = []
+    thread = threading.Thread(target=lambda: found.append(waiter.wait_for_commit(0, 3.0)))
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    waiter.close()
+    thread.join(5)
+    assert found == [0]
+    assert time.monotonic() - started < 1.0
+    time.sleep(0.3)  # a reconnect would have happened by now
+    with admin(postgres_cluster, url) as conn:
+        assert backends(conn, "application_name = 'motet listener'") == []
