@@ -109,3 +109,24 @@ async def test_the_fixtures_in_this_suite(motet_engine: object, clock: Clock) ->
     assert await motet_engine.ask(GetBalance(account_id="a2")) == 3
     [record] = await motet_engine.read_stream("Account-a2")
     assert record.data == Deposited(amount=3, at=DEFAULT_START)
+
+
+def test_the_app_fixture_can_be_parametrized(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(
+        test_apps="""
+        import pytest
+        from motet.engine import App
+        from tests.testing.domain import Deposit, account, bank
+
+        @pytest.fixture(params=["with read model", "write side only"])
+        def motet_app(request):
+            return bank if request.param == "with read model" else App(aggregates=(account,))
+
+        async def test_each_app(motet_engine, motet_app):
+            assert motet_engine.app is motet_app
+            ack = await motet_engine.send(Deposit(account_id="a1", amount=1))
+            await motet_engine.wait_for(ack.position)
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 import pytest
 
@@ -185,3 +187,13 @@ def test_the_example_read_model_through_a_scenario() -> None:
 def test_a_query_without_its_entry_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="no query entry for GetBalance on projection 'balances'"):
         given(balances).query(GetBalance(account_id="a1"))
+
+
+def test_an_event_of_another_aggregate_is_pointed_out() -> None:
+    stray = dataclasses.replace(
+        account, decide=lambda state, command: [write.UserDeleted(user_id="x")]
+    )
+    with pytest.raises(
+        ScenarioFailed, match=r"decide returned UserDeleted.*not one of the Account"
+    ):
+        given(stray).when(Deposit(account_id="a1", amount=1)).then([ANY])
