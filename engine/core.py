@@ -172,6 +172,28 @@ class Engine:
                     )
         return entry.handler(projection.model, query)
 
+    async def wait_for(self, position: int, *, timeout: float = 5.0) -> None:
+        """Wait until every projection has applied ``position`` (e.g. an Ack's
+        ``position``), up to ``timeout`` seconds in all. Raises
+        :class:`QueryTimeout` naming the projection still behind,
+        :class:`ProjectionFailed` when one is stopped before the position, and
+        ``ValueError`` for invalid arguments.
+        """
+        if not isinstance(position, int) or position < 0:
+            raise ValueError(f"position must be >= 0, got {position!r}")
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        with trio.move_on_after(timeout):
+            for projection in self.projections.values():
+                await projection.wait_for(position)
+        for projection in self.projections.values():
+            if projection.position < position:
+                raise QueryTimeout(
+                    f"projection {projection.name!r} did not reach position {position} "
+                    f"within {timeout} s (it is at {projection.position}, "
+                    f"the log's head is {self.writer.head_position})"
+                )
+
     async def send(
         self,
         command: Any,

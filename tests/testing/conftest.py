@@ -1,0 +1,2 @@
+# pytester runs a user's test file that uses the plugin, as pytest would.
+pytest_plugins = ["pytester"]
