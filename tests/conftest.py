@@ -21,6 +21,10 @@ from motet.engine import Engine, Server, open_engine, open_server
 from motet.engine.example import app as example_app
 from tests.support.paths import REPO
 
+# pytester (tests/testing) runs a user's test file that uses the plugin, as
+# pytest would; pytest takes pytest_plugins only from the top-level conftest.
+pytest_plugins = ["pytester"]
+
 # --- The `process` marker ------------------------------------------------------------
 
 PROCESS_TESTS = Path(__file__).resolve().parent / "process"
