@@ -200,3 +200,13 @@ def test_a_read_only_handle_follows_a_writer_that_grew_the_map(tmp_path: Path) -
         assert reader.map_size == map_size
     finally:
         reader.close()
+
+
+def test_a_reader_without_a_store_says_so_in_one_line(motet: Any) -> None:
+    done = motet.run(
+        "serve", "--role", "reader", "--data", "missing", "--port", "0", "--no-metrics"
+    )
+    assert done.returncode == 1, done.stderr
+    assert "missing holds no Motet store (no data.mdb)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (motet.directory / "missing").exists()
