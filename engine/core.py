@@ -43,6 +43,11 @@ a ``reader`` follows a log another process writes and serves reads only."""
 ROLES: tuple[Role, ...] = ("writer", "reader")
 
 
+def _check_role(role: object) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+
+
 class Engine:
     """A running Motet engine; get one from :func:`open_engine`."""
 
@@ -58,8 +63,7 @@ class Engine:
         max_batch: int = 10_000,
         role: Role = "writer",
     ) -> None:
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        _check_role(role)
         self.app = app
         self.store = store
         self.role: Role = role
@@ -562,8 +566,7 @@ async def open_engine(
     """
     if app is None:
         raise TypeError("open_engine needs the app to run: open_engine(path, app)")
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    _check_role(role)
     if (
         store is None
         and path_or_store is not None
