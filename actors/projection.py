@@ -108,8 +108,12 @@ class ProjectionActor(Generic[M]):
         writer: GroupCommitWriter,
         calls: StoreCalls | None = None,
         batch_size: int = 2_000,
+        checkpoints: bool = True,
     ) -> None:
         self.definition = definition
+        # False in a reader process: the store is the writer's, read-only here,
+        # so the model lives in memory only.
+        self.checkpoints = checkpoints
         self.name = definition.name
         self._store = store
         self._calls = calls if calls is not None else StoreCalls(store)
@@ -345,9 +349,10 @@ class ProjectionActor(Generic[M]):
         return position, None, None
 
     async def save(self) -> None:
-        """Save the model and its position now (a no-op without ``dump``)."""
+        """Save the model and its position now (a no-op without ``dump``, and
+        for a projection made with ``checkpoints=False``)."""
         dump = self.definition.dump
-        if dump is None or self.position == self.saved_position:
+        if dump is None or not self.checkpoints or self.position == self.saved_position:
             return
         position = self.position
         data = self._codec.encode(dump(self.model))

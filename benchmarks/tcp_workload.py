@@ -47,8 +47,9 @@ _SERVING = re.compile(r"on 127\.0\.0\.1:(\d+)")
 _START_TIMEOUT = 30.0
 
 
-def _start_server(data: Path, durability: str) -> tuple[subprocess.Popen[str], int]:
-    """Start ``motet serve`` on a free port; return the process and its port."""
+def _start_server(data: Path, durability: str, *options: str) -> tuple[subprocess.Popen[str], int]:
+    """Start ``motet serve`` on a free port (with more ``options``, e.g.
+    ``--role reader``); return the process and its port."""
     motet = Path(sys.executable).parent / "motet"
     command = [str(motet)] if motet.exists() else [
         sys.executable, "-c", "import sys; from motet.engine.cli import main; sys.exit(main())"
@@ -66,6 +67,7 @@ def _start_server(data: Path, durability: str) -> tuple[subprocess.Popen[str], i
             durability,
             "--log-level",
             "info",
+            *options,
         ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -8,11 +8,11 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
-from motet.actors.errors import EngineClosed, QueryTimeout, UnknownMessageType
+from motet.actors.errors import EngineClosed, QueryTimeout, Unavailable, UnknownMessageType
 from motet.actors.head_watch import HeadWatch, serve_commit_watch
 from motet.actors.projection import ProjectionActor, Query
 from motet.actors.registry import Registry
@@ -30,11 +30,22 @@ from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus
 
-__all__ = ["Ack", "Engine", "EngineStatistics", "EngineStatus", "open_engine"]
+__all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
 
 log = logging.getLogger("motet.engine")
 
 _READ_BATCH = 1000
+
+Role = Literal["writer", "reader"]
+"""What an engine does with its store: a ``writer`` takes commands and appends;
+a ``reader`` follows a log another process writes and serves reads only."""
+
+ROLES: tuple[Role, ...] = ("writer", "reader")
+
+
+def _check_role(role: object) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
 
 
 class Engine:
@@ -50,9 +61,12 @@ class Engine:
         passivate_after: float,
         metrics: bool = True,
         max_batch: int = 10_000,
+        role: Role = "writer",
     ) -> None:
+        _check_role(role)
         self.app = app
         self.store = store
+        self.role: Role = role
         self.codec: Codec = app.codec()
         self.mediator = Mediator(app, self.send)
         self._calls = calls = StoreCalls(store)
@@ -70,7 +84,12 @@ class Engine:
         )
         self.projections: dict[str, ProjectionActor[Any]] = {
             projection.name: ProjectionActor(
-                projection, store=store, codec=self.codec, writer=self.writer, calls=calls
+                projection,
+                store=store,
+                codec=self.codec,
+                writer=self.writer,
+                calls=calls,
+                checkpoints=role == "writer",
             )
             for projection in app.projections
         }
@@ -88,6 +107,8 @@ class Engine:
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "running"
+        if self.role != "writer":
+            state += f" {self.role}"
         return f"<Engine {state} head={self.writer.head_position} store={self.store!r}>"
 
     @property
@@ -338,6 +359,11 @@ class Engine:
     ) -> CommandRequest | Ack:
         if self._closing:
             raise EngineClosed("the engine is closing and takes no more commands")
+        if self.role == "reader":
+            raise Unavailable(
+                f"this engine has the role 'reader' and takes no commands, got "
+                f"{self._command_type(command)}: send commands to the 'writer' of its store"
+            )
         aggregate, aggregate_id = self.mediator.route(command)
         if expected_version is not None and (
             type(expected_version) is not int or expected_version < 0
@@ -462,9 +488,12 @@ def _open_store(
     where: str | os.PathLike[str] | None,
     durability: Durability | None,
     store_options: Mapping[str, Any] | None,
+    role: Role = "writer",
 ) -> EventStore:
     """The store named by a path or URL (see :func:`open_engine`)."""
     if where is None or where == "memory:":
+        if role == "reader":
+            raise ValueError("a reader follows another process' log; an in-memory store has none")
         if store_options:
             raise ValueError(f"an in-memory store takes no store_options, got {store_options!r}")
         return MemoryStore()
@@ -489,6 +518,9 @@ def _open_store(
     # Imported here: an engine on another store never loads lmdb.
     from motet.storage.lmdb_store import LmdbStore
 
+    if role == "reader":
+        # Read-only beside the writer process, which holds the store's lock.
+        return LmdbStore(where, readonly=True, **(store_options or {}))
     return LmdbStore(where, durability=durability or "sync", **(store_options or {}))
 
 
@@ -512,6 +544,7 @@ async def open_engine(
     http_host: str = "127.0.0.1",
     http_token: str | None = None,
     max_batch: int = 10_000,
+    role: Role = "writer",
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -542,13 +575,20 @@ async def open_engine(
     ``http_port`` (0 picks a free port, then in ``engine.http_port``) it also
     serves the HTTP API and the admin page on ``http_host`` (requests need
     ``Authorization: Bearer <http_token>`` when a token is given); that
-    server stops taking requests before the engine drains. Raises
+    server stops taking requests before the engine drains.
+    ``role="reader"`` follows a log another process writes: a directory is
+    opened read-only beside its writer (``LmdbStore(path, readonly=True)``, a
+    ``shared`` store), commands are refused with
+    :class:`~motet.storage.errors.Unavailable`, and projections keep their
+    models in memory only (no checkpoint is saved); queries (with
+    ``after=``), reads, subscriptions and status work as on the writer. Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
     Motet store, ``OSError`` when a port cannot be bound,
     ``TypeError`` without an app and ``ValueError`` for invalid options.
     """
     if app is None:
         raise TypeError("open_engine needs the app to run: open_engine(path, app)")
+    _check_role(role)
     if (
         store is None
         and path_or_store is not None
@@ -557,7 +597,7 @@ async def open_engine(
         store, path_or_store = path_or_store, None
     owned = store is None
     if store is None:
-        store = _open_store(path_or_store, durability, store_options)  # type: ignore[arg-type]
+        store = _open_store(path_or_store, durability, store_options, role)  # type: ignore[arg-type]
     elif path_or_store is not None:
         raise ValueError(f"give a path or a store, not both (got {path_or_store!r} and {store!r})")
     elif durability is not None or store_options:
@@ -565,6 +605,8 @@ async def open_engine(
             "durability and store_options apply to a store opened from a path; "
             f"set them when opening {store!r}"
         )
+    elif role == "writer" and getattr(store, "readonly", False):
+        raise ValueError(f"{store!r} is read-only: open the engine with role='reader'")
     app = _with_snapshot_every(app, snapshot_every)
     # What the body raised: the nursery wraps it in an ExceptionGroup, but the
     # caller's ``except CommandRejected`` around the block must still see it.
@@ -578,6 +620,7 @@ async def open_engine(
             passivate_after=passivate_after,
             metrics=metrics,
             max_batch=max_batch,
+            role=role,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")

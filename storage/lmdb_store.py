@@ -136,6 +136,9 @@ class LmdbStore:
         try:
             if not readonly:
                 self._writer_lock = _lock_for_writing(self.path)
+            # A reader process killed inside a read transaction leaves its slot
+            # in the lock file, pinning old pages the writer would reuse.
+            self._env.reader_check()
             self._open_databases(existing)
         except BaseException:
             self._env.close()
@@ -287,8 +290,15 @@ class LmdbStore:
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
         try:
-            with self._resize_lock, self._env.begin(buffers=True) as txn:
-                yield txn
+            with self._resize_lock:
+                try:
+                    txn = self._env.begin(buffers=True)
+                except lmdb.MapResizedError:
+                    # The writer process grew the map past ours: adopt its size.
+                    self._env.set_mapsize(0)
+                    txn = self._env.begin(buffers=True)
+                with txn:
+                    yield txn
         except lmdb.Error as exc:
             raise _translate(exc, "reading the store", self.path) from exc
         except (UnicodeDecodeError, struct.error) as exc:
@@ -297,8 +307,7 @@ class LmdbStore:
     # -- writes -------------------------------------------------------------
 
     def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
-        if self._closed:
-            raise StorageError(f"the store at {self.path} is closed")
+        self._check_writable("append to")
         while True:
             try:
                 results, head = self._append_once(appends, timestamp)
@@ -349,13 +358,21 @@ class LmdbStore:
             self._format_written = True
         return plan.results, plan.head
 
+    def _check_writable(self, doing: str) -> None:
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+        if self.readonly:
+            raise StorageError(
+                f"cannot {doing} the store at {self.path}: this handle is read-only "
+                "(only the process that opened it for writing appends)"
+            )
+
     def _grow(self) -> None:
         with self._resize_lock:
             self._env.set_mapsize(self.map_size * 2)
 
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
-        if self._closed:
-            raise StorageError(f"the store at {self.path} is closed")
+        self._check_writable(f"save checkpoint {name!r} in")
         while True:
             try:
                 with self._env.begin(write=True, db=self._checkpoints) as txn:

@@ -156,6 +156,14 @@ def _add_serve(commands: Any) -> None:
         "with the same token and TLS (default: off)",
     )
     serve.add_argument(
+        "--role",
+        choices=("writer", "reader"),
+        default="writer",
+        help="writer: take commands and append (one per store, default); reader: open "
+        "--data read-only beside a running writer, follow its log and serve queries, "
+        "reads, subscriptions and status (commands answer 'unavailable')",
+    )
+    serve.add_argument(
         "--durability",
         choices=("sync", "none"),
         default="sync",

@@ -99,9 +99,10 @@ async def _run_server(
             engine_cm = open_engine(
                 args.store or args.data,
                 app,
-                durability=args.durability,
+                durability=None if args.role == "reader" else args.durability,
                 metrics_port=None if args.no_metrics else args.metrics_port,
                 metrics_host=args.metrics_host,
+                role=args.role,
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
                 server = await nursery.start(
@@ -138,7 +139,8 @@ async def _run_server(
                 )
                 scheme = "https" if ssl_context else "http"
                 _log.info(
-                    "serving %s from %s on %s:%d%s (metrics: %s, http: %s, durability: %s)",
+                    "serving %s from %s on %s:%d%s (metrics: %s, http: %s, durability: %s, "
+                    "role: %s)",
                     args.app,
                     _redacted(args.store) if args.store else args.data,
                     args.host,
@@ -147,6 +149,7 @@ async def _run_server(
                     metrics,
                     f"{scheme}://{args.host}:{http.port}/" if http is not None else "off",
                     args.durability,
+                    args.role,
                 )
                 async for signum in signals:
                     _log.info("%s received: draining and closing", signal.Signals(signum).name)
