@@ -12,6 +12,7 @@ order until somebody reads it.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -131,6 +132,26 @@ class Table(Generic[R]):
         """Rows whose non-unique ``index`` field equals ``value``, by primary key."""
         pks = self._indexes[index].get(value, ())
         return [self._rows[pk] for pk in sorted(pks, key=_sort_key)]
+
+    def page_where(
+        self, index: str, value: Hashable, limit: int, after: Hashable | None = None
+    ) -> list[R]:
+        """The first ``limit`` rows of :meth:`where`, by primary key, whose key
+        sorts after ``after`` (``None``: from the first). Costs O(n log limit)
+        for n matching rows instead of sorting them all.
+
+        Keys of one type (the usual case) compare as they are, which is the
+        order of :meth:`where`; keys of types that cannot be compared fall
+        back to :meth:`where`'s order by type name first."""
+        pks = self._indexes[index].get(value, set())
+        try:
+            candidates = pks if after is None else [pk for pk in pks if pk > after]  # type: ignore[operator]
+            page = heapq.nsmallest(limit, candidates)  # type: ignore[type-var]
+        except TypeError:
+            bound = None if after is None else _sort_key(after)
+            keyed = pks if bound is None else [pk for pk in pks if _sort_key(pk) > bound]
+            page = heapq.nsmallest(limit, keyed, key=_sort_key)
+        return [self._rows[pk] for pk in page]
 
     def top(self, order: str, limit: int) -> list[R]:
         """The first ``limit`` rows of a sorted order."""

@@ -75,6 +75,9 @@ class Registry:
         self.max_actors = max_actors
         self.passivate_after = passivate_after
         self._actors: OrderedDict[str, AggregateActor[Any]] = OrderedDict()
+        # Live actors per aggregate name, kept as actors start and stop, so that
+        # status and metrics cost O(aggregate types), not O(live actors).
+        self._live: dict[str, int] = {}
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
         self._nursery: trio.Nursery | None = None
         self._started = 0
@@ -88,17 +91,25 @@ class Registry:
             f"evicted={stats.evicted} mailbox_max={stats.mailbox_max}>"
         )
 
+    @property
+    def actors(self) -> int:
+        """How many actors are live (O(1))."""
+        return len(self._actors)
+
+    def live_by_aggregate(self) -> dict[str, int]:
+        """Live actors per aggregate name, for the types with any (a copy;
+        O(aggregate types), so status and metrics scrapes stay cheap)."""
+        return {name: count for name, count in self._live.items() if count}
+
     def statistics(self) -> RegistryStatistics:
-        """Counts of live and stopped actors (walks all live actors)."""
-        by_aggregate: dict[str, int] = {}
+        """Counts of live and stopped actors; finding the fullest mailbox walks
+        all live actors, so status and metrics use :meth:`live_by_aggregate`."""
         mailbox_max = 0
         for actor in self._actors.values():
-            name = actor.definition.name
-            by_aggregate[name] = by_aggregate.get(name, 0) + 1
             mailbox_max = max(mailbox_max, actor.mailbox_used)
         return RegistryStatistics(
             actors=len(self._actors),
-            by_aggregate=by_aggregate,
+            by_aggregate=self.live_by_aggregate(),
             started=self._started,
             passivated=self._passivated,
             evicted=self._evicted,
@@ -142,6 +153,7 @@ class Registry:
             calls=self._calls,
         )
         self._actors[stream] = actor
+        self._live[definition.name] = self._live.get(definition.name, 0) + 1
         self._started += 1
         if len(self._actors) > self.max_actors:
             self._evict(keep=stream)
@@ -169,8 +181,13 @@ class Registry:
             if stream != keep and actor.idle and not actor.stopped:
                 victims.append(stream)
         for stream in victims:
-            self._actors.pop(stream).stop()
+            self._stop(stream)
         self._evicted += len(victims)
+
+    def _stop(self, stream: str) -> None:
+        actor = self._actors.pop(stream)
+        actor.stop()
+        self._live[actor.definition.name] -= 1
 
     def _passivate(self, now: float) -> None:
         deadline = now - self.passivate_after
@@ -182,7 +199,7 @@ class Registry:
             if actor.idle:
                 victims.append(stream)
         for stream in victims:
-            self._actors.pop(stream).stop()
+            self._stop(stream)
         self._passivated += len(victims)
         # Actors busy when the cap was reached may be idle now.
         if len(self._actors) > self.max_actors:
@@ -200,3 +217,4 @@ class Registry:
         finally:
             self._nursery = None
             self._actors.clear()
+            self._live.clear()

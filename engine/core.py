@@ -96,17 +96,23 @@ class Engine:
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
+        self._command_names = sorted(self._command_types)
+        self._query_names = sorted(app.query_types())
         self.metrics = EngineMetrics(self) if metrics else None
         self.metrics_port: int | None = None
         self.http_port: int | None = None
         self._closing = False
+        # Set once the engine's tasks stop: reads, queries and subscriptions
+        # are refused from then on, and the waiting ones end (their scopes).
+        self._closed = False
+        self._waits: set[trio.CancelScope] = set()
         self._outstanding = 0
         self._quiet = trio.Event()
         self._quiet.set()
         self._by_command_id: dict[str, CommandRequest] = {}
 
     def __repr__(self) -> str:
-        state = "closing" if self._closing else "running"
+        state = "closed" if self._closed else "closing" if self._closing else "running"
         if self.role != "writer":
             state += f" {self.role}"
         return f"<Engine {state} head={self.writer.head_position} store={self.store!r}>"
@@ -139,15 +145,16 @@ class Engine:
         """The head position, every projection's position, lag (events and
         seconds) and state (``running``/``failed``/``rebuilding`` with the
         error), and the live actors."""
-        registry = self.registry.statistics()
+        # O(aggregate types + projections): never walks the live actors, so a
+        # flood of status requests cannot stall the event loop.
         return EngineStatus(
             head_position=self.writer.head_position,
             projections=[actor.status() for actor in self.projections.values()],
-            actors=registry.actors,
-            actors_by_aggregate=registry.by_aggregate,
+            actors=self.registry.actors,
+            actors_by_aggregate=self.registry.live_by_aggregate(),
             durability=self.store.durability,
-            commands=sorted(self.app.command_types()),
-            queries=sorted(self.app.query_types()),
+            commands=list(self._command_names),
+            queries=list(self._query_names),
         )
 
     def projection(self, name: str) -> ProjectionActor[Any]:
@@ -169,8 +176,10 @@ class Engine:
         :class:`QueryTimeout` past the timeout, :class:`ProjectionFailed` when
         the projection is stopped before the position, :class:`NotFound` for
         a missing entity, :class:`UnknownMessageType` for an unregistered
-        query type and ``ValueError`` for invalid arguments.
+        query type, ``ValueError`` for invalid arguments and
+        :class:`EngineClosed` once the engine has closed (also while waiting).
         """
+        self._check_open()
         entry = self._queries.get(type(query))
         if entry is None:
             raise UnknownMessageType(
@@ -183,8 +192,13 @@ class Engine:
             if not timeout >= 0:
                 raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
             if projection.position < after:
-                with trio.move_on_after(timeout):
-                    await projection.wait_for(after)
+                with trio.move_on_after(timeout) as scope:
+                    self._waits.add(scope)
+                    try:
+                        await projection.wait_for(after)
+                    finally:
+                        self._waits.discard(scope)
+                self._check_open()
                 if projection.position < after:
                     raise QueryTimeout(
                         f"projection {projection.name!r} did not reach position {after} "
@@ -423,7 +437,9 @@ class Engine:
     ) -> list[RecordedEvent]:
         """The events of ``stream`` with a version greater than ``from_version``
         (0: the whole stream), oldest first, at most ``limit`` of them (to read
-        a long stream page by page); an unknown stream gives ``[]``."""
+        a long stream page by page); an unknown stream gives ``[]``. Raises
+        :class:`EngineClosed` once the engine has closed."""
+        self._check_open()
         check_stream_id(stream)
         stored = await self._calls.run(
             self.store.read_stream, stream, from_version, limit, offload=True
@@ -437,8 +453,9 @@ class Engine:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
         one as it is committed (live), by this engine or, on a shared store,
-        by another process. Never ends by itself; stop iterating (or cancel)
-        to unsubscribe."""
+        by another process. Ends only with :class:`EngineClosed` when the
+        engine closes; stop iterating (or cancel) to unsubscribe."""
+        self._check_open()
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
         position = from_position
@@ -448,13 +465,30 @@ class Engine:
         watch = self.writer.watch
         while True:
             if watch.head_position <= position:
-                await watch.wait_beyond(position)
+                with trio.CancelScope() as scope:
+                    self._waits.add(scope)
+                    try:
+                        await watch.wait_beyond(position)
+                    finally:
+                        self._waits.discard(scope)
+            self._check_open()
             # Far behind: decode off the event loop; near the head, inline.
             far = watch.head_position - position > batch_size
             stored = await run(read_all, position, batch_size, offload=far)
             for event in stored:
                 yield decode(event)
                 position = event.position
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+
+    def _close(self) -> None:
+        """The engine's tasks stop: refuse everything from now on and end
+        the queries and subscriptions still waiting."""
+        self._closing = self._closed = True
+        for scope in list(self._waits):
+            scope.cancel()
 
     async def _drain(self) -> None:
         """Refuse new commands, then wait for the accepted ones to finish."""
@@ -668,12 +702,14 @@ async def open_engine(
                         await engine._save_projections()
                     if scope.cancelled_caught:
                         log.warning("engine closed with commands still in flight")
+                    engine._close()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             if not (raised and len(group.exceptions) == 1 and group.exceptions[0] is raised[0]):
                 raise
         else:
             raised.clear()
+        engine._close()
         engine.writer.fail_all(EngineClosed("the engine closed before the command committed"))
         if raised:
             # Raised outside the except clause, so its context stays its own.

@@ -200,7 +200,7 @@ class EngineMetrics:
         actors = GaugeMetricFamily(
             "motet_actors_active", "Live aggregate actors.", labels=["aggregate"]
         )
-        live = engine.registry.statistics().by_aggregate
+        live = engine.registry.live_by_aggregate()
         for aggregate in engine.app.aggregates:
             actors.add_metric([aggregate.name], live.get(aggregate.name, 0))
         yield actors

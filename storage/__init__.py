@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         InvalidKey,
         MotetError,
         StorageError,
+        StorageFull,
         StoreFormatError,
     )
     from .lmdb_store import FORMAT, LmdbStore
@@ -55,6 +56,7 @@ _MODULES: dict[str, str] = {
             "InvalidKey",
             "MotetError",
             "StorageError",
+            "StorageFull",
             "StoreFormatError",
         ],
         "errors",
@@ -111,6 +113,7 @@ __all__ = [
     "RecordedEvent",
     "Snapshot",
     "StorageError",
+    "StorageFull",
     "StoreFormatError",
     "StoredEvent",
     "Upcaster",

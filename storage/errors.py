@@ -40,6 +40,7 @@ __all__ = [
     "RemoteError",
     "RequestTooLarge",
     "StorageError",
+    "StorageFull",
     "StoreFormatError",
     "Unauthorized",
     "Unavailable",
@@ -167,6 +168,17 @@ class Unavailable(MotetError):
 class EngineClosed(Unavailable):
     """The engine is shutting down or closed and takes no more requests;
     nothing ran. Retry later or on another node."""
+
+
+class StorageFull(StorageError, Unavailable):
+    """The disk is full: nothing of the failed commit was written and what
+    was committed before is intact. A :class:`StorageError` for the embedded
+    API, reported as ``unavailable`` (the client raises :class:`Unavailable`):
+    the request was fine, retry it later, once space is freed."""
+
+    code = "unavailable"
+    outcome = "unavailable"
+    http_status = 503
 
 
 class NotFound(MotetError):

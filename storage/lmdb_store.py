@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
-from .errors import CodecError, StorageError, StoreFormatError
+from .errors import CodecError, StorageError, StorageFull, StoreFormatError
 from .idempotency import AckRecord
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
@@ -581,9 +581,10 @@ def _translate(exc: BaseException, doing: str, path: Path) -> StorageError:
     if full:
         free = _free_bytes(path)
         left = "" if free is None else f", {free} bytes free"
-        return StorageError(
+        return StorageFull(
             f"the disk is full (no space left on device{left}) while {doing}: nothing of "
-            f"it was committed, what was committed before is intact ({text})"
+            f"it was committed, what was committed before is intact; retry later, once "
+            f"space is freed ({text})"
         )
     return StorageError(f"storage failure while {doing}: {text}")
 

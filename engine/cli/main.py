@@ -85,6 +85,28 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1 (``--max-actors``)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {count}")
+    return count
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0 (``--passivate-after``)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return seconds
+
+
 def _token_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -173,6 +195,20 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
     serve.add_argument("--max-connections", type=int, default=1000, help="(default: %(default)s)")
+    serve.add_argument(
+        "--max-actors",
+        type=_count,
+        default=100_000,
+        metavar="N",
+        help="live aggregate actors at most; idle ones beyond stop first (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--passivate-after",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="stop an aggregate actor idle this long (default: %(default)s)",
+    )
     serve.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),

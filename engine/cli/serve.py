@@ -100,6 +100,8 @@ async def _run_server(
                 args.store or args.data,
                 app,
                 durability=None if args.role == "reader" else args.durability,
+                max_actors=args.max_actors,
+                passivate_after=args.passivate_after,
                 metrics_port=None if args.no_metrics else args.metrics_port,
                 metrics_host=args.metrics_host,
                 role=args.role,

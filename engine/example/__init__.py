@@ -17,6 +17,8 @@ This face re-exports the public names of both sides and assembles
 from motet.engine.app import App
 
 from .read import (
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
     MAX_TOP_SPENDERS,
     GetUserByEmail,
     GetUserById,
@@ -53,6 +55,8 @@ from .write import (
 )
 
 __all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "MAX_LIST_LIMIT",
     "MAX_TOP_SPENDERS",
     "PASSWORD_HASH_ITERATIONS",
     "Command",

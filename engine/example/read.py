@@ -17,6 +17,8 @@ from motet.storage.records import RecordedEvent
 from .write import OrderPlaced, UserCreated, UserDeleted, UserUpdated
 
 __all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "MAX_LIST_LIMIT",
     "MAX_TOP_SPENDERS",
     "GetUserByEmail",
     "GetUserById",
@@ -136,6 +138,13 @@ users_projection: Projection[UsersModel] = Projection(
 
 # --- Queries ------------------------------------------------------------------
 
+DEFAULT_LIST_LIMIT = 100
+"""Users a list query (:class:`GetUsersByCity`) answers when it gives no ``limit``."""
+
+MAX_LIST_LIMIT = 1_000
+"""The largest ``limit`` a list query accepts: every answer is built on the
+event loop, so none may grow with the read model."""
+
 
 class GetUserById(
     msgspec.Struct,
@@ -171,9 +180,18 @@ class GetUsersByCity(
     gc=False,
     forbid_unknown_fields=True,
 ):
-    """Every user living in ``city``, by user id (an empty list when none)."""
+    """A page of the users living in ``city``, by user id (an empty list when
+    none are left): at most ``limit`` (1..:data:`MAX_LIST_LIMIT`, default
+    :data:`DEFAULT_LIST_LIMIT`) users whose id sorts after ``after_user_id``.
+    Pass the last id of a page as ``after_user_id`` to get the next one.
+
+    The cursor is not called ``after``: that name is the read-your-writes
+    position of every query (``GET /queries/...?after=``).
+    """
 
     city: str
+    limit: int = DEFAULT_LIST_LIMIT
+    after_user_id: str | None = None
 
 
 class TopSpenders(
@@ -222,8 +240,12 @@ def get_user_by_email(model: UsersModel, query: GetUserByEmail) -> UserSummary:
 
 
 def get_users_by_city(model: UsersModel, query: GetUsersByCity) -> list[UserSummary]:
-    """Answer :class:`GetUsersByCity`."""
-    return [_summary(row) for row in model.users.where("city", query.city)]
+    """Answer :class:`GetUsersByCity` with one page; raises ``ValueError`` for
+    a limit outside 1..1000."""
+    if not 1 <= query.limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {query.limit}")
+    page = model.users.page_where("city", query.city, query.limit, query.after_user_id)
+    return [_summary(row) for row in page]
 
 
 def top_spenders(model: UsersModel, query: TopSpenders) -> list[UserSummary]:

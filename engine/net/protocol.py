@@ -60,6 +60,8 @@ scalar), else ``null``. Error objects may carry details besides ``code`` and
 from __future__ import annotations
 
 import datetime
+import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
@@ -276,6 +278,57 @@ def _utf8_error(line: bytes) -> str | None:
     return None
 
 
+# The exact check for duplicate keys (below) parses with the standard
+# library's scanner, which can resume at an offset; msgspec cannot, and
+# silently keeps the last of two equal keys.
+_JSON = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _key_patterns(op: type[_Op]) -> tuple[bytes, ...]:
+    """How each top-level key of an ``op`` request appears in a line without
+    escapes: ``"name"``, for every field and the tag field ``op``."""
+    names = [field.encode_name for field in msgspec.structs.fields(op)]
+    return tuple(json.dumps(name).encode() for name in ("op", *names))
+
+
+def _top_level_duplicate(line: bytes) -> str | None:
+    """The first key that appears twice in the top-level object of ``line``
+    (a line msgspec accepted), or ``None``. Nested objects are the data's own."""
+    try:
+        text = line.decode()
+        index = _SPACE.match(text).end()  # type: ignore[union-attr]
+        if text[index : index + 1] != "{":
+            return None
+        index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+        if text[index : index + 1] == "}":
+            return None
+        seen: set[str] = set()
+        while True:
+            key, index = _JSON.raw_decode(text, index)
+            if key in seen:
+                return key
+            seen.add(key)
+            index = _SPACE.match(text, index).end() + 1  # type: ignore[union-attr]  # the ':'
+            index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
+            _, index = _JSON.raw_decode(text, index)
+            index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
+            if text[index] != ",":
+                return None
+            index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    except (ValueError, IndexError, RecursionError):
+        # Where the two parsers disagree on a line, msgspec's answer stands.
+        return None
+
+
+def _duplicate_key_error(key: str, request_id: RequestId) -> BadRequest:
+    # A duplicated id names no request: echo none.
+    return BadRequest(
+        f"duplicate key {key!r} in the request: each field may appear once",
+        None if key == "id" else request_id,
+    )
+
+
 def _known(names: Mapping[str, type]) -> str:
     listed = sorted(names)
     if not listed:
@@ -299,6 +352,10 @@ class RequestDecoder:
         }
         self._command_types = app.command_types()
         self._query_types = app.query_types()
+        self._key_patterns: dict[type, tuple[bytes, ...]] = {
+            op: _key_patterns(op)
+            for op in Request.__args__  # type: ignore[attr-defined]
+        }
 
     def __repr__(self) -> str:
         return f"<RequestDecoder commands={len(self._commands)} queries={len(self._queries)}>"
@@ -306,13 +363,24 @@ class RequestDecoder:
     def decode_request(self, line: bytes) -> Request:
         """Decode one request line (without its newline).
 
-        Raises :class:`BadRequest` saying what is wrong; its ``request_id``
-        is the line's ``id`` when that could be read.
+        Raises :class:`BadRequest` saying what is wrong (a key given twice
+        included: JSON leaves it undefined which one counts); its
+        ``request_id`` is the line's ``id`` when that could be read.
         """
         try:
-            return self._request.decode(line)
+            request = self._request.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
             raise self._explain(line, exc) from None
+        # A key given twice must be one of the op's fields (others are refused
+        # as unknown), and appears twice in the bytes unless it is escaped
+        # (``\u``): counting them is cheap, the exact parse runs only then.
+        if b"\\u" in line or any(
+            line.count(pattern) > 1 for pattern in self._key_patterns[type(request)]
+        ):
+            duplicate = _top_level_duplicate(line)
+            if duplicate is not None:
+                raise _duplicate_key_error(duplicate, request.id)
+        return request
 
     def _explain(self, line: bytes, error: Exception) -> BadRequest:
         """Why ``line`` is not a request: decoded again without a schema, only
@@ -337,6 +405,9 @@ class RequestDecoder:
             return BadRequest(f"a request must be a JSON object, got {_describe(value)}")
         raw_id = value.get("id")
         request_id: RequestId = raw_id if isinstance(raw_id, _SCALARS) else None
+        duplicate = _top_level_duplicate(line)
+        if duplicate is not None:
+            return _duplicate_key_error(duplicate, request_id)
         if "op" not in value:
             return BadRequest(
                 f"the request has no op; expected one of: {', '.join(_OPS)}", request_id
