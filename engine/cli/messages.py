@@ -79,7 +79,7 @@ class Field:
         enum = _resolve(self.schema, self.defs).get("enum")
         if enum is not None:
             return "|".join(str(value) for value in enum)
-        return self.type_name.upper().replace(" | NULL", "")
+        return self.type_name.upper().replace(" | NULL", "").replace(" | ", "|")
 
     def read(self, text: str) -> Any:
         """The value of ``text`` for this field; ``ValueError`` saying what to
