@@ -187,8 +187,10 @@ class _Session:
         self.connection = connection
         self.vocabulary = vocabulary
 
-    def send(self, request: dict[str, Any]) -> bool:
-        """Send ``request`` and print its reply; return whether it succeeded."""
+    def send(self, request: dict[str, Any], *, again: bool = False) -> bool:
+        """Send ``request`` and print its reply; return whether it succeeded.
+        A request whose connection is lost is sent once more after a
+        reconnect (``again``), unless it is a command without a command id."""
         from motet.engine import ConnectionLost
 
         if request.get("op") == "subscribe":
@@ -199,6 +201,11 @@ class _Session:
         try:
             reply = self.connection.request(request)
         except (ConnectionLost, OSError) as exc:
+            if again:
+                print(f"error: the connection was lost again ({exc})", flush=True)
+                self.connection.close()
+                self.connection = None
+                return False
             if not self._reconnect(f"the connection was lost ({exc})"):
                 return False
             if request.get("op") == "command" and "command_id" not in request:
@@ -208,7 +215,7 @@ class _Session:
                     flush=True,
                 )
                 return False
-            return self.send(request)
+            return self.send(request, again=True)
         self._print(request, reply)
         return bool(reply.get("ok"))
 

@@ -86,7 +86,7 @@ class ShellError(MotetError, ValueError):
 @dataclass
 class Vocabulary:
     """What one server understands: its command and query tags and their
-    schemas. The interactive client replaces it after a reconnect."""
+    schemas. The interactive client renews it after a reconnect."""
 
     commands: set[str] = field(default_factory=set)
     queries: set[str] | None = None
