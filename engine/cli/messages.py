@@ -173,7 +173,8 @@ def _fields(tag: str, schema: Mapping[str, Any], defs: Mapping[str, Any]) -> dic
 def _resolve(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        return defs.get(ref.removeprefix("#/$defs/"), {})
+        found = defs.get(ref.removeprefix("#/$defs/"))
+        return found if isinstance(found, Mapping) else {}
     return schema
 
 
@@ -230,7 +231,7 @@ def _type_name(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     if kind == "array" and isinstance(schema.get("items"), Mapping):
         return f"list[{_type_name(schema['items'], defs)}]"
     if isinstance(kind, list):
-        return " | ".join(_NAMES.get(name, name) for name in kind)
+        return " | ".join(_NAMES.get(str(name), str(name)) for name in kind)
     if isinstance(kind, str):
         return _NAMES.get(kind, kind)
     return "any"
