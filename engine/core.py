@@ -28,7 +28,7 @@ from motet.storage.store import Durability, EventStore, check_command_id, check_
 from .app import App
 from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of
-from .status import EngineStatistics, EngineStatus
+from .status import EngineStatistics, EngineStatus, message_schemas
 
 __all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
 
@@ -98,6 +98,7 @@ class Engine:
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
         self._command_names = sorted(self._command_types)
         self._query_names = sorted(app.query_types())
+        self._schemas: dict[str, Any] | None = None
         self.metrics = EngineMetrics(self) if metrics else None
         self.metrics_port: int | None = None
         self.http_port: int | None = None
@@ -155,7 +156,14 @@ class Engine:
             durability=self.store.durability,
             commands=list(self._command_names),
             queries=list(self._query_names),
+            schemas=self._message_schemas(),
         )
+
+    def _message_schemas(self) -> dict[str, Any]:
+        # Built on the first status request: most engines are never asked.
+        if self._schemas is None:
+            self._schemas = message_schemas(self._command_types, self.app.query_types())
+        return self._schemas
 
     def projection(self, name: str) -> ProjectionActor[Any]:
         """The projection called ``name``, to pause, resume, retry, skip or

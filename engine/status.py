@@ -6,11 +6,14 @@ protocol's ``status`` reply into them without loading the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
 
 from motet.storage.status import ProjectionStatus
 
-__all__ = ["EngineStatistics", "EngineStatus", "ProjectionStatus"]
+__all__ = ["EngineStatistics", "EngineStatus", "ProjectionStatus", "message_schemas"]
 
 
 class EngineStatistics(msgspec.Struct, frozen=True):
@@ -46,3 +49,19 @@ class EngineStatus(msgspec.Struct, frozen=True):
     durability: str
     commands: list[str] = []
     queries: list[str] = []
+    schemas: dict[str, Any] = {}
+
+
+def message_schemas(*types_by_tag: Mapping[str, type]) -> dict[str, Any]:
+    """The JSON Schemas of the app's messages, for clients that build requests
+    (``motet client`` reads each field's type from them):
+    ``{"messages": {tag: {"$ref": "#/$defs/Name"}}, "$defs": {Name: schema}}``
+    as ``msgspec.json.schema_components`` makes them. Computed once per engine."""
+    tags: list[str] = []
+    types: list[type] = []
+    for mapping in types_by_tag:
+        for tag, cls in mapping.items():
+            tags.append(tag)
+            types.append(cls)
+    refs, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    return {"messages": dict(zip(tags, refs, strict=True)), "$defs": components}

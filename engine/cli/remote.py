@@ -1,7 +1,9 @@
 """The commands that talk to a running server: ``motet client`` and ``motet status``.
 
 Both connect with the blocking client and fetch the server's status first,
-which proves the token and tells the short form which names are commands.
+which proves the token and tells the short form which names are commands and
+queries and, from the message schemas, how to read each field's value. The
+interactive client reconnects when the server goes away (e.g. restarts).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+import time
+from typing import TYPE_CHECKING, Any
 
 from .credentials import client_ssl_context, read_token
 from .errors import fail
@@ -17,7 +20,17 @@ from .errors import fail
 if TYPE_CHECKING:
     from motet.engine import BlockingClient, EngineStatus
 
-__all__ = ["client", "status"]
+    from .shell import Vocabulary
+
+__all__ = ["RECONNECT_DELAYS", "client", "format_status", "status"]
+
+RECONNECT_DELAYS = (0.25, 1.0, 2.0)
+"""Seconds the interactive client waits before each attempt to reconnect
+after the connection was lost; then it gives up until the next request."""
+
+
+class _NoServer(Exception):
+    """The server could not be reached or refused us; the message says why."""
 
 
 def client(args: argparse.Namespace) -> int:
@@ -26,28 +39,30 @@ def client(args: argparse.Namespace) -> int:
     request. Returns 1 when any request failed, else 0."""
     from .shell import ShellError, interactive, parse_line
 
+    connection: BlockingClient | None
     connection, server = _connect(args)
+    vocabulary = _vocabulary(server)
     try:
-        commands = set(server.commands)
-        queries = set(server.queries)
         if not args.requests and sys.stdin.isatty():
+            session = _Session(args, connection, vocabulary)
+            example = next(iter(sorted(vocabulary.queries or ())), "ping")
             greeting = (
-                f"connected to {args.host}:{args.port}. Type a request (JSON or e.g. "
-                "'GetUserById user_id=u1'), 'help', or Ctrl-D to quit."
+                f"connected to {args.host}:{args.port}. Type a request (e.g. '{example} ...'), "
+                "'help', 'help TYPE', Tab to complete, or Ctrl-D to quit."
             )
-            return interactive(
-                lambda request: _send_one(connection, request, args, as_json=False),
-                commands,
-                queries,
-                greeting=greeting,
-            )
+            try:
+                return interactive(session.send, vocabulary, greeting=greeting)
+            finally:
+                connection = session.connection
         as_json = args.json or not args.requests
         lines = args.requests or sys.stdin
         where = "argument" if args.requests else "line"
         failures = 0
         for number, line in enumerate(lines, 1):
             try:
-                request = parse_line(line, commands, queries)
+                request = parse_line(
+                    line, vocabulary.commands, vocabulary.queries, vocabulary.messages
+                )
             except ShellError as exc:
                 sys.stderr.write(f"motet: error: {where} {number}: {exc}\n")
                 if as_json:
@@ -62,7 +77,8 @@ def client(args: argparse.Namespace) -> int:
             failures += not _send_one(connection, request, args, as_json)
         return 1 if failures else 0
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()
 
 
 def _refused(request_id: int, message: str) -> dict[str, Any]:
@@ -80,29 +96,54 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(msgspec.to_builtins(server), indent=2, sort_keys=True))
         return 0
-    print(f"head position  {server.head_position:,}")
-    print(f"durability     {server.durability}")
+    print(format_status(server))
+    return 0
+
+
+def format_status(server: EngineStatus) -> str:
+    """The status as the table ``motet status`` prints."""
     actors = ", ".join(f"{name} {count:,}" for name, count in server.actors_by_aggregate.items())
-    print(f"live actors    {server.actors:,}" + (f" ({actors})" if actors else ""))
-    print(f"\n{'projection':<20}{'state':<12}{'position':>12}{'lag events':>12}{'lag s':>9}")
+    lines = [
+        f"head position  {server.head_position:,}",
+        f"durability     {server.durability}",
+        f"live actors    {server.actors:,}" + (f" ({actors})" if actors else ""),
+        f"\n{'projection':<20}{'state':<12}{'position':>12}{'lag events':>12}{'lag s':>9}",
+    ]
     for projection in server.projections:
-        print(
+        lines.append(
             f"{projection.name:<20}{projection.state:<12}{projection.position:>12,}"
             f"{projection.lag_events:>12,}{projection.lag_seconds:>9.3f}"
         )
         if projection.error:
-            print(f"  stopped at position {projection.failed_position}: {projection.error}")
-    return 0
+            lines.append(f"  stopped at position {projection.failed_position}: {projection.error}")
+    return "\n".join(lines)
+
+
+def _vocabulary(server: EngineStatus) -> Vocabulary:
+    from .messages import Messages
+    from .shell import Vocabulary
+
+    commands = set(server.commands)
+    return Vocabulary(commands, set(server.queries), Messages(server.schemas, commands))
 
 
 def _connect(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
-    """Connect and fetch the server's status (which also proves the token)."""
+    """Connect and fetch the server's status (which also proves the token);
+    end the command with one line saying why when that fails."""
+    try:
+        return _open(args)
+    except _NoServer as exc:
+        fail(str(exc))
+
+
+def _open(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
+    """Connect and fetch the server's status; :class:`_NoServer` saying why not."""
     from motet.engine import ConnectionLost, MotetError, Unauthorized, connect
 
-    def no_answer(exc: MotetError) -> NoReturn:
+    def no_answer(exc: MotetError) -> _NoServer:
         # e.g. refused as overloaded, or closed by a TLS server that got plain text
         hint = " (does it serve TLS? then add --tls)" if isinstance(exc, ConnectionLost) else ""
-        fail(f"{args.host}:{args.port} did not answer: {exc}{'' if args.tls else hint}")
+        return _NoServer(f"{args.host}:{args.port} did not answer: {exc}{'' if args.tls else hint}")
 
     token = read_token(args)
     try:
@@ -110,27 +151,111 @@ def _connect(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
             args.host, args.port, token=token, ssl_context=client_ssl_context(args)
         )
     except Unauthorized as exc:
-        fail(f"the server refused the token: {exc}")
+        raise _NoServer(f"the server refused the token: {exc}") from None
     except MotetError as exc:
-        no_answer(exc)
+        raise no_answer(exc) from None
     except OSError as exc:
-        fail(
+        raise _NoServer(
             f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
             "(is 'motet serve' running there?)"
-        )
+        ) from None
     try:
         return connection, connection.status()
     except Unauthorized:
         connection.close()
         if token is None:
-            fail("the server needs a token: give --token or --token-file, or set MOTET_TOKEN")
-        fail("the server refused the token")
+            raise _NoServer(
+                "the server needs a token: give --token or --token-file, or set MOTET_TOKEN"
+            ) from None
+        raise _NoServer("the server refused the token") from None
     except MotetError as exc:
         connection.close()
-        no_answer(exc)
+        raise no_answer(exc) from None
     except BaseException:
         connection.close()
         raise
+
+
+class _Session:
+    """The interactive client's connection: prints replies for people (the
+    status as its table) and reconnects when the connection is lost."""
+
+    def __init__(
+        self, args: argparse.Namespace, connection: BlockingClient | None, vocabulary: Vocabulary
+    ) -> None:
+        self.args = args
+        self.connection = connection
+        self.vocabulary = vocabulary
+
+    def send(self, request: dict[str, Any], *, again: bool = False) -> bool:
+        """Send ``request`` and print its reply; return whether it succeeded.
+        A request whose connection is lost is sent once more after a
+        reconnect (``again``), unless it is a command without a command id."""
+        from motet.engine import ConnectionLost
+
+        if request.get("op") == "subscribe":
+            return _subscribe(request, self.args, as_json=False)
+        if self.connection is None and not self._reconnect("not connected"):
+            return False
+        assert self.connection is not None
+        try:
+            reply = self.connection.request(request)
+        except (ConnectionLost, OSError) as exc:
+            if again:
+                print(f"error: the connection was lost again ({exc})", flush=True)
+                self.connection.close()
+                self.connection = None
+                return False
+            if not self._reconnect(f"the connection was lost ({exc})"):
+                return False
+            if request.get("op") == "command" and "command_id" not in request:
+                print(
+                    "the command was not sent again: it may have been applied before the "
+                    "connection was lost (send it with @command_id=... to retry it safely)",
+                    flush=True,
+                )
+                return False
+            return self.send(request, again=True)
+        self._print(request, reply)
+        return bool(reply.get("ok"))
+
+    def _print(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        import msgspec
+
+        from motet.engine import EngineStatus
+
+        from .shell import format_reply
+
+        if request.get("op") == "status" and reply.get("ok"):
+            with_schemas = msgspec.convert(reply.get("result"), EngineStatus)
+            print(format_status(with_schemas), flush=True)
+            return
+        print(format_reply(reply), flush=True)
+
+    def _reconnect(self, why: str) -> bool:
+        """Try to connect again a few times, saying so; renew the vocabulary
+        (the server may have restarted with another app)."""
+        where = f"{self.args.host}:{self.args.port}"
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        problem = why
+        for attempt, delay in enumerate(RECONNECT_DELAYS, 1):
+            print(f"{problem}; reconnecting to {where} ({attempt} of {len(RECONNECT_DELAYS)})...")
+            time.sleep(delay)
+            try:
+                self.connection, server = _open(self.args)
+            except _NoServer as exc:
+                problem = str(exc)
+                continue
+            renewed = _vocabulary(server)
+            self.vocabulary.commands = renewed.commands
+            self.vocabulary.queries = renewed.queries
+            self.vocabulary.messages = renewed.messages
+            print(f"reconnected to {where}", flush=True)
+            return True
+        print(f"error: {problem}; the next request tries again", flush=True)
+        return False
 
 
 def _send_one(
