@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import trio
@@ -22,7 +22,7 @@ import trio
 from motet.storage.codec import Codec, tag_of
 from motet.storage.errors import CodecError, MotetError
 from motet.storage.records import Checkpoint, RecordedEvent, StoredEvent
-from motet.storage.status import ProjectionStatus
+from motet.storage.status import ProjectionState, ProjectionStatus
 from motet.storage.store import EventStore
 
 from .store_calls import StoreCalls
@@ -173,8 +173,14 @@ class ProjectionActor(Generic[M]):
     def status(self) -> ProjectionStatus:
         """A snapshot of the projection's state and lag."""
         events, seconds = self.lag()
-        state: Literal["running", "failed", "rebuilding"] = (
-            "failed" if self.error else "rebuilding" if self.rebuilding else "running"
+        state: ProjectionState = (
+            "failed"
+            if self.error
+            else "rebuilding"
+            if self.rebuilding
+            else "paused"
+            if self._paused
+            else "running"
         )
         return ProjectionStatus(
             name=self.name,

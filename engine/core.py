@@ -144,7 +144,7 @@ class Engine:
 
     def status(self) -> EngineStatus:
         """The head position, every projection's position, lag (events and
-        seconds) and state (``running``/``failed``/``rebuilding`` with the
+        seconds) and state (``running``/``paused``/``failed``/``rebuilding`` with the
         error), and the live actors."""
         # O(aggregate types + projections): never walks the live actors, so a
         # flood of status requests cannot stall the event loop.

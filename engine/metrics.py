@@ -51,8 +51,12 @@ COMMAND_BUCKETS = (
 )  # fmt: skip
 """Upper bounds (seconds) of ``motet_command_duration_seconds``."""
 
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-"""Upper bounds (commands) of ``motet_commit_batch_size``."""
+BATCH_BUCKETS = tuple(2**n for n in range(15))
+"""Upper bounds (commands) of ``motet_commit_batch_size``: 1, 2, 4, ..., 16384
+(past the default ``max_batch`` of 10,000). A commit holds at least one
+command, so a batch of 1 lands in the lowest bucket, ``le="1"``; PromQL's
+``histogram_quantile`` interpolates that bucket from 0, hence the dashboard
+clamps its batch-size quantiles at 1."""
 
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of ``motet_commit_duration_seconds``."""

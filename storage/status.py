@@ -10,14 +10,20 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["ProjectionStatus"]
+__all__ = ["ProjectionState", "ProjectionStatus"]
+
+ProjectionState = Literal["running", "paused", "failed", "rebuilding"]
+"""What a projection is doing: following the log (``running``), stopped by
+``pause`` until ``resume`` (``paused``), stopped on a failing handler
+(``failed``, which wins over the others), or folding a fresh model while the
+old one answers (``rebuilding``)."""
 
 
 class ProjectionStatus(msgspec.Struct, frozen=True):
     """Where a projection stands (see ``ProjectionActor.status``)."""
 
     name: str
-    state: Literal["running", "failed", "rebuilding"]
+    state: ProjectionState
     position: int
     lag_events: int
     lag_seconds: float

@@ -155,10 +155,7 @@ def _open(args: argparse.Namespace) -> tuple[BlockingClient, EngineStatus]:
     except MotetError as exc:
         raise no_answer(exc) from None
     except OSError as exc:
-        raise _NoServer(
-            f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
-            "(is 'motet serve' running there?)"
-        ) from None
+        raise _NoServer(_connect_failure(args, exc)) from None
     try:
         return connection, connection.status()
     except Unauthorized:
@@ -256,6 +253,29 @@ class _Session:
             return True
         print(f"error: {problem}; the next request tries again", flush=True)
         return False
+
+
+def _connect_failure(args: argparse.Namespace, exc: OSError) -> str:
+    """Why connecting failed: a certificate this side does not trust is a TLS
+    set-up problem (the server is running), anything else a server not there."""
+    import ssl
+
+    where = f"{args.host}:{args.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = f"the CA file {args.cafile}" if args.cafile else "the system's CAs"
+        return (
+            f"the TLS certificate of {where} is not trusted: "
+            f"{exc.verify_message or exc.reason or exc}; it was checked against {trusted} "
+            "and the host name: give the CA that signed it (or, self-signed, the "
+            "certificate itself) with --cafile FILE, and connect by a --host the "
+            "certificate names"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"cannot connect to {where}: the TLS handshake failed: {exc.reason or exc} "
+            "(does the server serve TLS? it needs --tls-cert and --tls-key)"
+        )
+    return f"cannot connect to {where}: {exc.strerror or exc} (is 'motet serve' running there?)"
 
 
 def _send_one(

@@ -7,8 +7,10 @@ for a long-lived server (see :func:`tune_gc`).
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
+import socket
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,50 @@ def _redacted(url: str) -> str:
     if not sep or not at or ":" not in credentials:
         return url
     return f"{scheme}://{credentials.partition(':')[0]}:***@{location}"
+
+
+def _port_in_use(args: argparse.Namespace) -> str:
+    """Which of the ports ``motet serve`` binds is taken, for "address
+    already in use" (the OS's message names neither the port nor the flag).
+
+    The server's own sockets are closed by now, so binding each port again
+    finds the one another socket holds (or two flags that ask for one port).
+    """
+    ports = [("--port", args.host, args.port)]
+    if not args.no_metrics:
+        ports.append(("--metrics-port", args.metrics_host, args.metrics_port))
+    if args.http_port is not None:
+        ports.append(("--http-port", args.host, args.http_port))
+    seen: dict[int, str] = {}
+    for flag, _host, port in ports:
+        if port and port in seen:
+            return f"{seen[port]} and {flag} both ask for port {port}: give them different ports"
+        seen[port] = flag
+    for flag, host, port in ports:
+        if port and not _can_bind(host, port):
+            return (
+                f"{flag} {port}: {host}:{port} is already in use (another program, or "
+                f"another motet serve, listens there); stop it or choose another {flag}"
+            )
+    names = ", ".join(f"{flag} {port}" for flag, _host, port in ports)
+    return f"a port is already in use ({names}); choose other ports"
+
+
+def _can_bind(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (as the servers bind: SO_REUSEADDR)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return True
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+    return True
 
 
 def tune_gc() -> None:
@@ -81,6 +127,8 @@ def serve(args: argparse.Namespace) -> int:
         error: BaseException = group
         while isinstance(error, BaseExceptionGroup):
             error = error.exceptions[0]
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            fail(f"cannot serve: {_port_in_use(args)}")
         fail(f"cannot serve: {error}")
     return 0
 

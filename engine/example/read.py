@@ -6,6 +6,7 @@ order figures (:class:`UsersModel`); the queries (:data:`queries`) read it.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,9 @@ class UserSummary(msgspec.Struct, frozen=True, kw_only=True):
     city: str | None
     order_count: int
     total_spent: float
-    last_order_at: float | None
+    last_order_at: str | None
+    """When the last order was accepted: ISO 8601 in UTC (``...Z``), as the
+    protocol gives event times; None before the first order."""
 
 
 class UsersModel:
@@ -219,8 +222,16 @@ def _summary(row: UserRow) -> UserSummary:
         city=row.city,
         order_count=row.order_count,
         total_spent=row.total_spent,
-        last_order_at=row.last_order_at,
+        last_order_at=_iso_utc(row.last_order_at),
     )
+
+
+def _iso_utc(seconds: float | None) -> str | None:
+    """Unix seconds (``OrderPlaced.at`` keeps them so) as ISO 8601 UTC."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def get_user_by_id(model: UsersModel, query: GetUserById) -> UserSummary:

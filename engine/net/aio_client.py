@@ -10,6 +10,9 @@ on asyncio streams::
 One connection, many requests in flight from any number of tasks; each reply
 is matched to its caller by id. Requests are encoded and replies decoded with
 the protocol module's structs, so both clients speak exactly the same lines.
+Given the app (``open_client(..., app=app)``), query results and event data
+come back as the app's types, as from the trio client (see
+:mod:`motet.engine.net.typed`); without it, as plain JSON values and dicts.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .protocol import (
     WireEvent,
     error_from_reply,
 )
+from .typed import AppTypes
 
 __all__ = ["Client", "ConnectionLost", "open_client"]
 
@@ -84,8 +88,10 @@ class Client:
         *,
         max_line: int = 256 << 20,
         subscription_buffer: int = 10_000,
+        app: Any = None,
     ) -> None:
         self._reader = reader
+        self._types = AppTypes(app) if app is not None else None
         self._max_line = max_line
         self._writer = writer
         self._loop = asyncio.get_running_loop()
@@ -139,8 +145,9 @@ class Client:
         timeout: float | None = None,
         result_type: Any = None,
     ) -> Any:
-        """Answer ``query`` on the server: a plain JSON value, or
-        ``result_type`` when given. ``after`` waits until the query's
+        """Answer ``query`` on the server: ``result_type`` when given, else,
+        when the client has the app, the type the query's handler declares it
+        returns, else a plain JSON value. ``after`` waits until the query's
         projection applied that position, for at most ``timeout`` seconds.
         Raises :class:`NotFound`, :class:`QueryTimeout`,
         :class:`UnknownMessageType`, :class:`InvalidMessage` and
@@ -152,20 +159,24 @@ class Client:
             after=after,
             timeout=timeout,
         )
+        if result_type is None and self._types is not None:
+            result_type = self._types.result_of(type(query))
         return self._decode(await self._result(op), result_type)
 
     async def read_stream(
         self, stream: str, from_version: int = 0, limit: int | None = None
     ) -> list[WireEvent]:
         """The events of ``stream`` after ``from_version``, oldest first: at most
-        ``limit``, or all of them (read page by page) when ``limit`` is None."""
+        ``limit``, or all of them (read page by page) when ``limit`` is None.
+        Each event's ``data`` is the app's event type when the client has the
+        app, else a dict of its fields."""
         events: list[WireEvent] = []
         after = from_version
         while limit is None or len(events) < limit:
             page = MAX_READ_LIMIT if limit is None else min(limit - len(events), MAX_READ_LIMIT)
             op = ReadOp(id=next(self._ids), stream=stream, from_=after, limit=page)
             result = self._decode(await self._result(op), ReadBody)
-            events.extend(result.events)
+            events.extend(map(self._event, result.events))
             after = result.next
             if len(result.events) < page:
                 break
@@ -191,7 +202,7 @@ class Client:
                     await subscription.readable
                 reply = subscription.lines.popleft()
                 if reply.event is not None:
-                    yield reply.event
+                    yield self._event(reply.event)
                 elif reply.error is not None:
                     raise error_from_reply(reply.error)
         finally:
@@ -271,6 +282,9 @@ class Client:
         if reply.error is not None:
             raise error_from_reply(reply.error)
         return reply.result
+
+    def _event(self, event: WireEvent) -> WireEvent:
+        return event if self._types is None else self._types.event(event)
 
     def _decode(self, raw: msgspec.Raw, result_type: Any) -> Any:
         if result_type is None:
@@ -357,6 +371,7 @@ async def open_client(
     ssl_context: Any = None,
     max_line: int = 256 << 20,
     subscription_buffer: int = 10_000,
+    app: Any = None,
 ) -> AsyncIterator[Client]:
     """Connect to a Motet server and yield a :class:`Client`; the connection
     closes when the block ends.
@@ -364,7 +379,9 @@ async def open_client(
     ``token`` is sent first when given (raises :class:`Unauthorized` if
     wrong). ``ssl_context`` speaks TLS, checking the certificate against
     ``host``. ``max_line`` bounds one reply line; ``subscription_buffer`` the
-    events a subscription may have waiting for its consumer. Raises
+    events a subscription may have waiting for its consumer. ``app`` (the
+    server's :class:`motet.engine.App`) makes results and event data the
+    app's types. Raises
     ``OSError`` when the server cannot be reached (``ssl.SSLError`` for a
     certificate the context does not trust).
     """
@@ -375,7 +392,9 @@ async def open_client(
         server_hostname=host if ssl_context is not None else None,
         limit=max_line + 1,
     )
-    client = Client(reader, writer, max_line=max_line, subscription_buffer=subscription_buffer)
+    client = Client(
+        reader, writer, max_line=max_line, subscription_buffer=subscription_buffer, app=app
+    )
     reading = asyncio.create_task(client._read_loop(), name=f"motet client {host}:{port}")
     try:
         if token is not None:

@@ -7,7 +7,8 @@
         user = client.ask(GetUserById(user_id="u1"), after=ack.position)
 
 It runs the async :class:`~motet.engine.net.client.Client` in a background
-thread and raises the same exceptions.
+thread and raises the same exceptions; given the app (``connect(...,
+app=app)``) it answers in the app's types, as that client does.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class BlockingClient:
         *,
         token: str | None = None,
         ssl_context: Any = None,
+        app: Any = None,
     ) -> None:
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -64,7 +66,7 @@ class BlockingClient:
         ready: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._run_thread,
-            args=(ready, host, port, token, ssl_context),
+            args=(ready, host, port, token, ssl_context, app),
             name=f"motet-client-{host}:{port}",
             daemon=True,
         )
@@ -158,10 +160,16 @@ class BlockingClient:
         return result
 
     def _run_thread(
-        self, ready: Future[None], host: str, port: int, token: str | None, ssl_context: Any
+        self,
+        ready: Future[None],
+        host: str,
+        port: int,
+        token: str | None,
+        ssl_context: Any,
+        app: Any,
     ) -> None:
         try:
-            trio.run(self._serve, ready, host, port, token, ssl_context)
+            trio.run(self._serve, ready, host, port, token, ssl_context, app)
         except BaseException as exc:  # reported to the callers, never lost in a thread
             if not ready.done():
                 ready.set_exception(exc)
@@ -169,9 +177,15 @@ class BlockingClient:
             self._fail_waiting()
 
     async def _serve(
-        self, ready: Future[None], host: str, port: int, token: str | None, ssl_context: Any
+        self,
+        ready: Future[None],
+        host: str,
+        port: int,
+        token: str | None,
+        ssl_context: Any,
+        app: Any,
     ) -> None:
-        async with open_client(host, port, token=token, ssl_context=ssl_context) as client:
+        async with open_client(host, port, token=token, ssl_context=ssl_context, app=app) as client:
             ready.set_result(None)
             async with trio.open_nursery() as nursery:
                 while True:
@@ -214,8 +228,11 @@ def connect(
     *,
     token: str | None = None,
     ssl_context: Any = None,
+    app: Any = None,
 ) -> BlockingClient:
     """Connect to a Motet server from code without trio; see
     :class:`BlockingClient`. Raises ``OSError`` when the server cannot be
-    reached and :class:`~motet.engine.net.protocol.Unauthorized` for a wrong token."""
-    return BlockingClient(host, port, token=token, ssl_context=ssl_context)
+    reached and :class:`~motet.engine.net.protocol.Unauthorized` for a wrong token.
+    ``app`` (the server's :class:`motet.engine.App`) makes query results and
+    event data the app's types, as in :class:`~motet.engine.net.client.Client`."""
+    return BlockingClient(host, port, token=token, ssl_context=ssl_context, app=app)

@@ -7,8 +7,14 @@ Async, one connection, many requests in flight::
         user = await client.ask(GetUserById(user_id="u1"), after=ack.position)
 
 Commands and queries are the app's ``msgspec.Struct`` types, sent as
-``{"type": tag, "data": fields}``. Query results come back as plain JSON
-values (dicts, lists, numbers, strings), or as ``result_type`` when given.
+``{"type": tag, "data": fields}``. Given the app (``open_client(...,
+app=app)``), the client answers in the embedded API's types: a query's result
+is decoded into the type its handler declares it returns, and each event's
+``data`` (``read_stream``, ``subscribe``) into the app's event type of its tag
+(see :mod:`motet.engine.net.typed`). Without the app, query results are plain
+JSON values (dicts, lists, numbers, strings) and event data are dicts of the
+event's fields (its tag included); ``ask(result_type=...)`` picks a type for
+one call either way.
 Errors are raised as the embedded API raises them (``rejected`` →
 :class:`CommandRejected`, ``conflict`` → :class:`Conflict`, ...; see
 :func:`motet.storage.errors.error_for_code`); a lost connection raises
@@ -58,6 +64,7 @@ from .protocol import (
     WireEvent,
     error_from_reply,
 )
+from .typed import AppTypes
 
 __all__ = ["Client", "ConnectionLost", "open_client"]
 
@@ -90,8 +97,10 @@ class Client:
         *,
         max_line: int = 256 << 20,
         subscription_buffer: int = 10_000,
+        app: Any = None,
     ) -> None:
         self._stream = stream
+        self._types = AppTypes(app) if app is not None else None
         self._max_line = max_line
         self._subscription_buffer = subscription_buffer
         self._ids = itertools.count(1)
@@ -160,9 +169,10 @@ class Client:
         timeout: float | None = None,
         result_type: Any = None,
     ) -> Any:
-        """Answer ``query`` on the server (see :meth:`engine.Engine.ask`): a
-        plain JSON value, or ``result_type`` (any type msgspec can decode,
-        e.g. the query's result Struct) when given.
+        """Answer ``query`` on the server (see :meth:`engine.Engine.ask`):
+        ``result_type`` (any type msgspec can decode) when given, else, when
+        the client has the app, the type the query's handler declares it
+        returns, else a plain JSON value.
 
         ``after`` waits until the query's projection applied that position, for
         at most ``timeout`` seconds (the server's default: 5). Raises
@@ -176,6 +186,8 @@ class Client:
             after=after,
             timeout=timeout,
         )
+        if result_type is None and self._types is not None:
+            result_type = self._types.result_of(type(query))
         return self._decode(await self._result(op), result_type)
 
     async def read_stream(
@@ -183,14 +195,15 @@ class Client:
     ) -> list[WireEvent]:
         """The events of ``stream`` with versions above ``from_version``, oldest
         first: at most ``limit``, or all of them (read page by page) when
-        ``limit`` is None. Each event's ``data`` is a dict of its fields."""
+        ``limit`` is None. Each event's ``data`` is the app's event type when
+        the client has the app, else a dict of its fields."""
         events: list[WireEvent] = []
         after = from_version
         while limit is None or len(events) < limit:
             page = MAX_READ_LIMIT if limit is None else min(limit - len(events), MAX_READ_LIMIT)
             op = ReadOp(id=next(self._ids), stream=stream, from_=after, limit=page)
             result = self._decode(await self._result(op), ReadBody)
-            events.extend(result.events)
+            events.extend(map(self._event, result.events))
             after = result.next
             if len(result.events) < page:
                 break
@@ -215,7 +228,7 @@ class Client:
             async with receive:
                 async for reply in receive:
                     if reply.event is not None:
-                        yield reply.event
+                        yield self._event(reply.event)
                     elif reply.error is not None:
                         raise error_from_reply(reply.error)
             ended = self._ended.pop(request_id, None) or self._lost
@@ -305,6 +318,9 @@ class Client:
         if reply.error is not None:
             raise error_from_reply(reply.error)
         return reply.result
+
+    def _event(self, event: WireEvent) -> WireEvent:
+        return event if self._types is None else self._types.event(event)
 
     def _decode(self, raw: msgspec.Raw, result_type: Any) -> Any:
         if result_type is None:
@@ -405,6 +421,7 @@ async def open_client(
     ssl_context: Any = None,
     max_line: int = 256 << 20,
     subscription_buffer: int = 10_000,
+    app: Any = None,
 ) -> AsyncIterator[Client]:
     """Connect to a Motet server and yield a :class:`Client`; the connection
     closes when the block ends.
@@ -413,8 +430,10 @@ async def open_client(
     :class:`~motet.engine.net.protocol.Unauthorized` if wrong). ``ssl_context`` (an
     ``ssl.SSLContext``) speaks TLS, checking the certificate against
     ``host``. ``max_line`` bounds one reply line; ``subscription_buffer`` the
-    events a subscription may have waiting for its consumer. Raises
-    ``OSError`` when the server cannot be reached.
+    events a subscription may have waiting for its consumer. ``app`` (the
+    server's :class:`motet.engine.App`) makes results and event data the
+    app's types (see :class:`Client`). Raises ``OSError`` when the server
+    cannot be reached.
     """
     stream: trio.abc.Stream
     if ssl_context is None:
@@ -435,7 +454,7 @@ async def open_client(
             raise
         stream = tls
     try:
-        client = Client(stream, max_line=max_line, subscription_buffer=subscription_buffer)
+        client = Client(stream, max_line=max_line, subscription_buffer=subscription_buffer, app=app)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read_loop)
             nursery.start_soon(client._write_loop)

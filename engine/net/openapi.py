@@ -11,7 +11,6 @@ new command or field appears in the document without anyone editing it.
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
@@ -21,6 +20,7 @@ import msgspec
 from ..app import App
 from ..core import EngineStatus
 from .protocol import MAX_READ_LIMIT, AckBody, ErrorBody, ReadBody, WireEvent
+from .typed import result_type
 
 __all__ = ["OPENAPI_VERSION", "openapi_document"]
 
@@ -58,16 +58,6 @@ def _package_version() -> str:
         return version("motet")
     except PackageNotFoundError:  # pragma: no cover - a checkout without install
         return "0"
-
-
-def _result_type(handler: Any) -> Any:
-    """A query handler's declared return type, or ``Any`` when it has none
-    (or it cannot be resolved)."""
-    try:
-        hints = typing.get_type_hints(handler)
-    except Exception:
-        return Any
-    return hints.get("return", Any)
 
 
 def _tag_field(cls: type) -> str | None:
@@ -150,7 +140,7 @@ def openapi_document(app: App, *, title: str = "Motet") -> dict[str, Any]:
     commands = app.command_types()
     queries = app.query_types()
     handlers = {query.type: query.handler for query in app.queries}
-    results = {tag: _result_type(handlers[cls]) for tag, cls in queries.items()}
+    results = {tag: result_type(handlers[cls]) for tag, cls in queries.items()}
 
     types: list[Any] = [*commands.values(), *queries.values(), *results.values()]
     types += _WIRE_TYPES.values()
