@@ -20,12 +20,12 @@ fields of the message: ``@command_id``, ``@expected_version`` for commands,
 ``@after`` and ``@timeout`` for queries.
 
 At the prompt, ``help`` (or ``?``) shows this text, ``quit``, ``exit`` or
-Ctrl-D leaves; the history is kept in ``~/.motet_history``.
+Ctrl-D leaves; the history is kept in ``~/.motet_history``, without the lines
+that give a password or a token.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from collections.abc import Callable, Collection
@@ -174,10 +174,11 @@ def interactive(
         import readline
     except ImportError:  # not on every platform; the prompt works without history
         readline = None  # type: ignore[assignment]
+    from .history import forget_if_secret, load_history, save_history
+
     history = Path(HISTORY_FILE).expanduser()
     if readline is not None:
-        with contextlib.suppress(OSError):
-            readline.read_history_file(history)
+        load_history(readline, history)
     print(greeting, flush=True)
     try:
         while True:
@@ -189,6 +190,8 @@ def interactive(
             except KeyboardInterrupt:
                 print()
                 continue
+            if readline is not None:
+                forget_if_secret(readline, line)
             if line.strip() in ("help", "?"):
                 print(__doc__)
                 print("Commands of this server:", ", ".join(sorted(commands)) or "none")
@@ -204,6 +207,4 @@ def interactive(
                 send(request)
     finally:
         if readline is not None:
-            with contextlib.suppress(OSError):
-                readline.set_history_length(HISTORY_LENGTH)
-                readline.write_history_file(history)
+            save_history(readline, history, HISTORY_LENGTH)

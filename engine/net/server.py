@@ -391,6 +391,8 @@ class _Connection:
         """Grant the token's scope, or answer a wrong token late (see
         :class:`~.access.AuthGuard`) and close the connection after too many."""
         server = self.server
+        if self._read_scope.cancel_called:
+            return  # closing after too many wrong tokens: lines already read go unanswered
         scope = server._tokens.scope_of(request.token.encode())
         if scope is not None:
             self.scope = scope

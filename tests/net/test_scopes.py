@@ -30,38 +30,42 @@ def auth_failures(engine: Engine) -> float:
 
 
 async def test_the_client_token_may_command_and_query_but_not_read(engine: Engine) -> None:
-    async with open_server(engine, port=0, token=FULL_TOKEN, client_token=CLIENT_TOKEN) as server:
-        async with open_peer(server.port) as peer:
-            assert (await peer.ask({"id": 0, "op": "auth", "token": CLIENT_TOKEN}))["ok"]
-            assert (await peer.ask({"id": 1, **create("u1")}))["result"]["position"] == 1
-            query = {"op": "query", "type": "GetUserById", "data": {"user_id": "u1"}}
-            assert (await peer.ask({"id": 2, **query, "after": 1}))["result"]["name"]
-            assert (await peer.ask({"id": 3, "op": "status"}))["ok"]
-            assert (await peer.ask({"id": 4, "op": "ping"}))["result"] == "pong"
-            for request in (
-                {"id": 5, "op": "read", "stream": "User-u1"},
-                {"id": 6, "op": "subscribe", "from": 0},
-                {"id": 7, "op": "unsubscribe", "subscription": 6},
-            ):
-                reply = await peer.ask(request)
-                assert reply["id"] == request["id"] and reply["ok"] is False, reply
-                assert reply["error"]["code"] == "unauthorized"
-                message = reply["error"]["message"]
-                assert f"{request['op']} needs the full-access token (scope 'full')" in message
-                assert "password_hash" not in str(reply)
-            # The connection goes on; the full token opens the rest.
-            assert (await peer.ask({"id": 8, "op": "auth", "token": FULL_TOKEN}))["ok"]
-            events = (await peer.ask({"id": 9, "op": "read", "stream": "User-u1"}))["result"]
-            assert [event["type"] for event in events["events"]] == ["UserCreated"]
+    async with (
+        open_server(engine, port=0, token=FULL_TOKEN, client_token=CLIENT_TOKEN) as server,
+        open_peer(server.port) as peer,
+    ):
+        assert (await peer.ask({"id": 0, "op": "auth", "token": CLIENT_TOKEN}))["ok"]
+        assert (await peer.ask({"id": 1, **create("u1")}))["result"]["position"] == 1
+        query = {"op": "query", "type": "GetUserById", "data": {"user_id": "u1"}}
+        assert (await peer.ask({"id": 2, **query, "after": 1}))["result"]["name"]
+        assert (await peer.ask({"id": 3, "op": "status"}))["ok"]
+        assert (await peer.ask({"id": 4, "op": "ping"}))["result"] == "pong"
+        for request in (
+            {"id": 5, "op": "read", "stream": "User-u1"},
+            {"id": 6, "op": "subscribe", "from": 0},
+            {"id": 7, "op": "unsubscribe", "subscription": 6},
+        ):
+            reply = await peer.ask(request)
+            assert reply["id"] == request["id"] and reply["ok"] is False, reply
+            assert reply["error"]["code"] == "unauthorized"
+            message = reply["error"]["message"]
+            assert f"{request['op']} needs the full-access token (scope 'full')" in message
+            assert "password_hash" not in str(reply)
+        # The connection goes on; the full token opens the rest.
+        assert (await peer.ask({"id": 8, "op": "auth", "token": FULL_TOKEN}))["ok"]
+        events = (await peer.ask({"id": 9, "op": "read", "stream": "User-u1"}))["result"]
+        assert [event["type"] for event in events["events"]] == ["UserCreated"]
 
 
 async def test_the_full_token_may_subscribe(engine: Engine) -> None:
-    async with open_server(engine, port=0, token=FULL_TOKEN, client_token=CLIENT_TOKEN) as server:
-        async with open_peer(server.port) as peer:
-            assert (await peer.ask({"id": 0, "op": "auth", "token": FULL_TOKEN}))["ok"]
-            assert (await peer.ask({"id": 1, **create("u1")}))["ok"]
-            await peer.write({"id": 2, "op": "subscribe", "from": 0})
-            assert (await peer.read())["event"]["position"] == 1
+    async with (
+        open_server(engine, port=0, token=FULL_TOKEN, client_token=CLIENT_TOKEN) as server,
+        open_peer(server.port) as peer,
+    ):
+        assert (await peer.ask({"id": 0, "op": "auth", "token": FULL_TOKEN}))["ok"]
+        assert (await peer.ask({"id": 1, **create("u1")}))["ok"]
+        await peer.write({"id": 2, "op": "subscribe", "from": 0})
+        assert (await peer.read())["event"]["position"] == 1
 
 
 def test_the_two_tokens_must_differ() -> None:
@@ -126,11 +130,13 @@ async def test_wrong_tokens_are_slow_counted_logged_and_close_the_connection(
 
 
 async def test_a_good_token_is_answered_without_delay(engine: Engine) -> None:
-    async with open_server(engine, port=0, token=FULL_TOKEN) as server:
-        async with open_peer(server.port) as peer:
-            started = trio.current_time()
-            assert (await peer.ask({"op": "auth", "token": FULL_TOKEN}))["ok"]
-            assert trio.current_time() - started < 0.5
+    async with (
+        open_server(engine, port=0, token=FULL_TOKEN) as server,
+        open_peer(server.port) as peer,
+    ):
+        started = trio.current_time()
+        assert (await peer.ask({"op": "auth", "token": FULL_TOKEN}))["ok"]
+        assert trio.current_time() - started < 0.5
     assert auth_failures(engine) == 0
 
 
