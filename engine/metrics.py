@@ -85,6 +85,7 @@ class EngineMetrics:
         self._commands: dict[tuple[str, str], int] = {}
         self._durations: dict[str, _Durations] = {}
         self._events_appended = 0
+        self._auth_failures = 0
         self._commit_batch = Histogram(
             "motet_commit_batch_size",
             "Commands per write transaction.",
@@ -126,6 +127,10 @@ class EngineMetrics:
             durations = self._durations[command_type] = _Durations()
         durations.counts[bisect.bisect_left(COMMAND_BUCKETS, seconds)] += 1
         durations.sum += seconds
+
+    def auth_failed(self) -> None:
+        """Count one wrong token presented to a server of this engine."""
+        self._auth_failures += 1
 
     def _on_commit(self, appends: int, events: int, seconds: float, head: int) -> None:
         self._events_appended += events
@@ -200,6 +205,11 @@ class EngineMetrics:
 
         yield CounterMetricFamily(
             "motet_events_appended", "Events committed.", value=self._events_appended
+        )
+        yield CounterMetricFamily(
+            "motet_auth_failures",
+            "Wrong tokens presented to the line protocol or the HTTP API.",
+            value=self._auth_failures,
         )
         actors = GaugeMetricFamily(
             "motet_actors_active", "Live aggregate actors.", labels=["aggregate"]

@@ -1,8 +1,15 @@
-"""The secrets a command is given: the shared token and the TLS files.
+"""The secrets a command is given: the tokens and the TLS files.
 
 ``motet serve`` and the commands that talk to it read them the same way:
 ``--token`` or ``--token-file`` (else ``$MOTET_TOKEN``), and TLS from
 ``--tls-cert``/``--tls-key`` (serving) or ``--tls``/``--cafile`` (connecting).
+``motet serve`` also takes the client token (``--client-token`` or
+``--client-token-file``, else ``$MOTET_CLIENT_TOKEN``), which allows only
+commands, queries, status and ping.
+
+A value given on the command line can be read by every local user (in
+``/proc/PID/cmdline``, as ``ps`` shows it); a file or the environment
+variable (``/proc/PID/environ`` is readable by the same user only) cannot.
 """
 
 from __future__ import annotations
@@ -17,28 +24,50 @@ from .errors import USAGE, fail
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["TOKEN_VARIABLE", "client_ssl_context", "read_token", "server_ssl_context"]
+__all__ = [
+    "CLIENT_TOKEN_VARIABLE",
+    "TOKEN_VARIABLE",
+    "client_ssl_context",
+    "read_client_token",
+    "read_token",
+    "server_ssl_context",
+]
 
 TOKEN_VARIABLE = "MOTET_TOKEN"
 """The environment variable that holds the token when no option gives one."""
+
+CLIENT_TOKEN_VARIABLE = "MOTET_CLIENT_TOKEN"
+"""The environment variable that holds ``motet serve``'s client token when no option gives one."""
 
 
 def read_token(args: argparse.Namespace) -> str | None:
     """The token of ``--token-file``, ``--token`` or ``$MOTET_TOKEN``, in that
     order; ``None`` when there is none. Ends the command (status 2) when the
     file cannot be read or the token is empty."""
-    if args.token_file:
+    return _read_secret(args.token_file, args.token, "--token", TOKEN_VARIABLE)
+
+
+def read_client_token(args: argparse.Namespace) -> str | None:
+    """The client token of ``--client-token-file``, ``--client-token`` or
+    ``$MOTET_CLIENT_TOKEN``, in that order, as :func:`read_token` reads the token."""
+    return _read_secret(
+        args.client_token_file, args.client_token, "--client-token", CLIENT_TOKEN_VARIABLE
+    )
+
+
+def _read_secret(file: str | None, given: str | None, option: str, variable: str) -> str | None:
+    if file:
         try:
-            token = Path(args.token_file).read_text().strip()
+            secret = Path(file).read_text().strip()
         except OSError as exc:
-            fail(f"cannot read --token-file: {exc}", USAGE)
-        if not token:
-            fail(f"--token-file {args.token_file} is empty", USAGE)
-        return token
-    given: str | None = args.token or os.environ.get(TOKEN_VARIABLE) or None
-    if given is not None and not given.strip():
-        fail("the token is empty", USAGE)
-    return given
+            fail(f"cannot read {option}-file: {exc}", USAGE)
+        if not secret:
+            fail(f"{option}-file {file} is empty", USAGE)
+        return secret
+    value: str | None = given or os.environ.get(variable) or None
+    if value is not None and not value.strip():
+        fail(f"the {option.removeprefix('--').replace('-', ' ')} is empty", USAGE)
+    return value
 
 
 def server_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:

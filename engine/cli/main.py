@@ -107,12 +107,37 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _token_options(parser: argparse.ArgumentParser) -> None:
+_VISIBLE = (
+    "; a value given here is visible to every local user in /proc/PID/cmdline (ps): "
+    "prefer {file} or ${variable}"
+)
+
+
+def _token_options(parser: argparse.ArgumentParser, *, serving: bool = False) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "--token", help="shared secret for authentication (default: $MOTET_TOKEN if set)"
+        "--token",
+        help=(
+            "the full-access token: every request needs it (or the client token)"
+            if serving
+            else "the token to authenticate with, full-access or client"
+        )
+        + " (default: $MOTET_TOKEN if set)"
+        + _VISIBLE.format(file="--token-file", variable="MOTET_TOKEN"),
     )
     group.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
+    if not serving:
+        return
+    client = parser.add_mutually_exclusive_group()
+    client.add_argument(
+        "--client-token",
+        help="a second token that may only send commands, queries, status and ping, "
+        "not read streams, subscribe or control projections (default: $MOTET_CLIENT_TOKEN "
+        "if set)" + _VISIBLE.format(file="--client-token-file", variable="MOTET_CLIENT_TOKEN"),
+    )
+    client.add_argument(
+        "--client-token-file", metavar="FILE", help="read the client token from FILE"
+    )
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +216,7 @@ def _add_serve(commands: Any) -> None:
         default="sync",
         help="sync: fsync before every Ack (default); none: no fsync",
     )
-    _token_options(serve)
+    _token_options(serve, serving=True)
     serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
     serve.add_argument("--max-connections", type=int, default=1000, help="(default: %(default)s)")

@@ -10,12 +10,13 @@ import argparse
 import errno
 import gc
 import logging
+import os
 import socket
 from functools import partial
 from typing import TYPE_CHECKING
 
 from .apps import load_app
-from .credentials import read_token, server_ssl_context
+from .credentials import read_client_token, read_token, server_ssl_context
 from .errors import USAGE, fail
 
 if TYPE_CHECKING:
@@ -111,16 +112,29 @@ def serve(args: argparse.Namespace) -> int:
     )
     app = load_app(args.app)
     token = read_token(args)
+    client_token = read_client_token(args)
+    if client_token is not None and client_token == token:
+        fail("the client token must differ from the full-access token", USAGE)
+    for option in ("token", "client_token"):
+        if getattr(args, option):
+            _log.warning(
+                "--%s is visible to every local user in /proc/%d/cmdline: "
+                "prefer --%s-file or $MOTET_%s",
+                option.replace("_", "-"),
+                os.getpid(),
+                option.replace("_", "-"),
+                option.upper(),
+            )
     ssl_context = server_ssl_context(args)
     if args.max_connections < 1:
         fail(f"--max-connections must be >= 1, got {args.max_connections}", USAGE)
-    if args.host not in LOCAL_HOSTS and token is None:
+    if args.host not in LOCAL_HOSTS and token is None and client_token is None:
         _log.warning(
             "listening on %s without --token: anyone who can reach the port can send commands",
             args.host,
         )
     try:
-        trio.run(_run_server, args, app, token, ssl_context)
+        trio.run(_run_server, args, app, (token, client_token), ssl_context)
     except* OSError as group:
         # A port that cannot be bound fails inside the engine's and the server's
         # nurseries, so its OSError arrives wrapped in exception groups.
@@ -134,7 +148,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _run_server(
-    args: argparse.Namespace, app: App, token: str | None, ssl_context: ssl.SSLContext | None
+    args: argparse.Namespace,
+    app: App,
+    tokens: tuple[str | None, str | None],
+    ssl_context: ssl.SSLContext | None,
 ) -> None:
     import signal
 
@@ -160,7 +177,8 @@ async def _run_server(
                         engine,
                         args.host,
                         args.port,
-                        token=token,
+                        token=tokens[0],
+                        client_token=tokens[1],
                         ssl_context=ssl_context,
                         max_connections=args.max_connections,
                         task_status=task_status,
@@ -176,7 +194,8 @@ async def _run_server(
                             engine,
                             host=args.host,
                             port=args.http_port,
-                            token=token,
+                            token=tokens[0],
+                            client_token=tokens[1],
                             ssl_context=ssl_context,
                             max_connections=args.max_connections,
                         )

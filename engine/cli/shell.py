@@ -25,12 +25,11 @@ options of the request rather than fields of the message: ``@command_id``,
 At the prompt, ``help`` (or ``?``) lists this server's commands and queries
 and the short form, ``help TYPE`` a type's fields; Tab completes request and
 field names; ``quit``, ``exit`` or Ctrl-D leaves; the history is kept in
-``~/.motet_history``.
+``~/.motet_history``, without the lines that give a password or a token.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import shlex
@@ -361,10 +360,11 @@ def interactive(
         import readline
     except ImportError:  # not on every platform; the prompt works without history
         readline = None  # type: ignore[assignment]
+    from .history import forget_if_secret, load_history, save_history
+
     history = Path(HISTORY_FILE).expanduser()
     if readline is not None:
-        with contextlib.suppress(OSError):
-            readline.read_history_file(history)
+        load_history(readline, history)
         _install_completion(readline, vocabulary)
     print(greeting, flush=True)
     try:
@@ -377,6 +377,8 @@ def interactive(
             except KeyboardInterrupt:
                 print()
                 continue
+            if readline is not None:
+                forget_if_secret(readline, line)
             if line.strip() in ("quit", "exit"):
                 return 0
             try:
@@ -397,6 +399,4 @@ def interactive(
                 send(request)
     finally:
         if readline is not None:
-            with contextlib.suppress(OSError):
-                readline.set_history_length(HISTORY_LENGTH)
-                readline.write_history_file(history)
+            save_history(readline, history, HISTORY_LENGTH)

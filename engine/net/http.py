@@ -34,7 +34,10 @@ A request to a known path with the wrong method answers 405 (code
 
 With a ``token``, every route but the admin page's static files needs
 ``Authorization: Bearer <token>`` (compared in constant time); the page asks
-for the token and sends it with each of its requests.
+for the token and sends it with each of its requests. A ``client_token``
+opens only the routes of the client scope (:mod:`motet.engine.net.access`):
+not ``/streams``, ``/events`` or the projection controls. A wrong token is
+answered late and closes its connection.
 
 HTTP/1.1 is parsed by h11 (the sans-I/O parser under hypercorn and httpcore),
 driven by :mod:`motet.engine.net.http_connection` with one trio task per
@@ -44,7 +47,6 @@ protocol server's.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -60,6 +62,14 @@ import trio
 from motet.storage.errors import NotFound, UnknownMessageType, error_for_code, http_status_of
 
 from ..core import Engine
+from .access import (
+    DEFAULT_AUTH_FAILURE_DELAY,
+    FULL,
+    AuthGuard,
+    ScopeRefused,
+    Tokens,
+    scope_refusal,
+)
 from .http_connection import EventStream, HttpConnection, Response, close_stream
 from .openapi import openapi_document
 from .protocol import (
@@ -91,6 +101,14 @@ DEFAULT_HTTP_PORT: Final = 8707
 """The port ``motet serve --http-port`` is documented with."""
 
 _PROJECTION_ACTIONS: Final = ("pause", "resume", "retry", "skip", "rebuild")
+# The first path segment of a route and the line-protocol op it mirrors; any
+# other route (status, metrics, openapi.json, unknown ones) reads as "status".
+_ROUTE_OPS: Final = {
+    "commands": "command",
+    "queries": "query",
+    "streams": "read",
+    "events": "subscribe",
+}
 _STATIC: Final = {
     "index.html": b"text/html; charset=utf-8",
     "admin.js": b"text/javascript; charset=utf-8",
@@ -117,6 +135,10 @@ class _MethodNotAllowed(BadRequest):
         self.allow = allow
 
 
+class _WrongToken(Unauthorized):
+    """A bearer token no scope has: answered late, and the connection closes."""
+
+
 class _Unwrapped(msgspec.Struct):
     """A line protocol reply with its envelope removed: the parts stay raw."""
 
@@ -137,6 +159,8 @@ class HttpServer:
         engine: Engine,
         *,
         token: str | None,
+        client_token: str | None = None,
+        auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY,
         max_body: int,
         max_head: int,
         max_connections: int,
@@ -161,7 +185,11 @@ class HttpServer:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         self.engine = engine
         self.listeners: list[trio.abc.Listener[Any]] = []
-        self._token = None if token is None else token.encode()
+        self._tokens = Tokens(token, client_token)
+        # One wrong token per connection: each guess costs a new connection too.
+        self._auth_guard = AuthGuard(
+            engine.metrics, wire="HTTP", delay=auth_failure_delay, max_failures=1
+        )
         self._max_body = max_body
         self._max_head = max_head
         self._max_connections = max_connections
@@ -262,13 +290,23 @@ class HttpServer:
         except Exception:
             log.exception("HTTP connection failed unexpectedly")
 
-    def _authorized(self, headers: Mapping[bytes, bytes]) -> bool:
-        if self._token is None:
-            return True
-        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return hmac.compare_digest(self._token, credentials.strip())
+    async def _scope(self, headers: Mapping[bytes, bytes]) -> str:
+        """The scope the request's bearer token grants; raises
+        :class:`Unauthorized` without one, and late for a wrong one (see
+        :class:`~.access.AuthGuard`)."""
+        if not self._tokens.required:
+            return FULL
+        given = headers.get(b"authorization")
+        if given is None:
+            raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
+        scheme, _, credentials = given.partition(b" ")
+        scope = None
+        if scheme.lower() == b"bearer":
+            scope = self._tokens.scope_of(credentials.strip())
+        if scope is None:
+            await self._auth_guard.failed("an HTTP client")
+            raise _WrongToken("the token is not valid; send it as 'Authorization: Bearer <token>'")
+        return scope
 
     # -- replies -------------------------------------------------------------------
 
@@ -299,6 +337,14 @@ class HttpServer:
         if isinstance(error, _MethodNotAllowed):
             status = 405
             headers = ((b"allow", ", ".join(error.allow).encode()),)
+        elif isinstance(error, ScopeRefused):
+            challenge = f'Bearer realm="motet", error="insufficient_scope", scope="{error.needed}"'
+            headers = ((b"www-authenticate", challenge.encode()),)
+        elif isinstance(error, _WrongToken):
+            headers = (
+                (b"www-authenticate", b'Bearer realm="motet", error="invalid_token"'),
+                (b"connection", b"close"),
+            )
         elif code == "unauthorized":
             headers = ((b"www-authenticate", b'Bearer realm="motet"'),)
         elif code == "overloaded":
@@ -347,10 +393,13 @@ class HttpServer:
             if name not in self._static:
                 raise NotFound(f"no admin file {name!r}")
             return Response(self._static[name], content_type=_STATIC[name])
-        if not self._authorized(headers):
-            raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
+        scope = await self._scope(headers)
         params = _params(query_bytes)
         first, _, rest = path[1:].partition("/")
+        if scope != FULL:
+            refused = scope_refusal(scope, _op_of(method, first, rest))
+            if refused is not None:
+                raise refused
         if first == "commands" and rest:
             _allow(method, path, "POST")
             return await self._command(_segment(rest), headers, body, params)
@@ -500,6 +549,15 @@ class HttpServer:
         return self.ok(_projection_view(projection))
 
 
+def _op_of(method: str, first: str, rest: str) -> str:
+    """The line-protocol op a route stands for, which decides the scope it
+    needs (:func:`~.access.scope_refusal`); the projection controls are no op
+    of the line protocol and need the full-access token."""
+    if first == "projections":
+        return "projection control" if method == "POST" else "status"
+    return _ROUTE_OPS.get(first, "status")
+
+
 def _projection_view(projection: Any) -> dict[str, Any]:
     """A projection's status plus whether it is paused (which
     ``ProjectionStatus`` does not say yet)."""
@@ -598,6 +656,8 @@ async def serve_http(
     host: str | None = "127.0.0.1",
     port: int = DEFAULT_HTTP_PORT,
     token: str | None = None,
+    client_token: str | None = None,
+    auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY,
     ssl_context: Any = None,
     max_body: int = 1 << 20,
     max_head: int = 16_384,
@@ -617,7 +677,13 @@ async def serve_http(
     bound (``server.port`` is the real port).
 
     ``token``: every API request needs ``Authorization: Bearer <token>``
-    (else 401). ``ssl_context`` (an ``ssl.SSLContext``): serve HTTPS.
+    (else 401). ``client_token``: a second token for commands, queries,
+    ``/status``, ``/metrics``, ``/openapi.json`` and reading ``/projections``;
+    ``/streams``, ``/events`` and the projection controls answer it 401
+    ``unauthorized`` naming the scope they need. A wrong token is answered
+    after ``auth_failure_delay`` seconds, counted in
+    ``motet_auth_failures_total``, logged, and closes its connection.
+    ``ssl_context`` (an ``ssl.SSLContext``): serve HTTPS.
     ``max_body``: largest request body in bytes (else 413, and the connection
     closes). ``max_head``: largest request line plus headers. ``max_connections``:
     beyond it a new connection's request gets 429 and the connection closes.
@@ -633,6 +699,8 @@ async def serve_http(
     server = HttpServer(
         engine,
         token=token,
+        client_token=client_token,
+        auth_failure_delay=auth_failure_delay,
         max_body=max_body,
         max_head=max_head,
         max_connections=max_connections,

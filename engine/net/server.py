@@ -19,7 +19,6 @@ or disturb another connection: every bad line gets an error reply, a line over
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -33,6 +32,15 @@ from motet.storage.errors import MotetError, Overloaded, Unavailable
 from motet.storage.records import Ack
 
 from ..core import Engine
+from .access import (
+    DEFAULT_AUTH_FAILURE_DELAY,
+    DEFAULT_MAX_AUTH_FAILURES,
+    FULL,
+    AuthGuard,
+    Tokens,
+    peer_name,
+    scope_refusal,
+)
 from .framing import RECEIVE_SIZE, LineReader, write_lines
 from .protocol import (
     DEFAULT_PORT,
@@ -88,6 +96,9 @@ class Server:
         engine: Engine,
         *,
         token: str | None,
+        client_token: str | None = None,
+        auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY,
+        max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
         max_line: int,
         max_connections: int,
         max_in_flight: int,
@@ -103,7 +114,10 @@ class Server:
             raise ValueError(f"write_timeout must be > 0 seconds, got {write_timeout!r}")
         self.engine = engine
         self.listeners: list[trio.abc.Listener[Any]] = []
-        self._token = None if token is None else token.encode()
+        self._tokens = Tokens(token, client_token)
+        self._auth_guard = AuthGuard(
+            engine.metrics, wire="line", delay=auth_failure_delay, max_failures=max_auth_failures
+        )
         self._max_line = max_line
         self._max_connections = max_connections
         self._max_in_flight = max_in_flight
@@ -203,11 +217,6 @@ class Server:
             await stream.send_all(self._encoder.exception(None, refusal))
         await _close(stream, peer_done=False)
 
-    def _authenticate(self, token: str) -> bool:
-        if self._token is None:
-            return True
-        return hmac.compare_digest(self._token, token.encode())
-
 
 async def _close(stream: trio.abc.Stream, peer_done: bool) -> None:
     """Close ``stream``; unless the peer already closed its side, first send
@@ -233,7 +242,9 @@ class _Connection:
         self.server = server
         self.engine = server.engine
         self.stream = stream
-        self.authenticated = server._token is None
+        # The scope its token granted (see .access); None until it authenticates.
+        self.scope = server._tokens.open_scope
+        self._auth_failures = 0
         self.peer_done = False
         self._decoder = server._decoder
         self._encoder = server._encoder
@@ -244,6 +255,11 @@ class _Connection:
         self._send: trio.MemorySendChannel[bytes] | None = None
         self._submitted = 0  # commands handed to the engine, not answered yet
         self._all_answered: trio.Event | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the connection may send requests (it has a scope)."""
+        return self.scope is not None
 
     def __repr__(self) -> str:
         return (
@@ -326,20 +342,18 @@ class _Connection:
             await self._reply(self._encoder.exception(exc.request_id, exc))
             return
         if isinstance(request, AuthOp):
-            if self.server._authenticate(request.token):
-                self.authenticated = True
-                await self._reply(self._encoder.ok(request.id, True))
+            await self._authenticate(request)
+            return
+        if self.scope != FULL:
+            refusal: Unauthorized | None
+            if self.scope is None:
+                refusal = Unauthorized('authenticate first: send {"op": "auth", "token": "..."}')
             else:
+                refusal = scope_refusal(self.scope, str(request.__struct_config__.tag))
+            if refusal is not None:
                 self.server._errors += 1
-                await self._reply(
-                    self._encoder.exception(request.id, Unauthorized("the token is not valid"))
-                )
-            return
-        if not self.authenticated:
-            self.server._errors += 1
-            refusal = Unauthorized('authenticate first: send {"op": "auth", "token": "..."}')
-            await self._reply(self._encoder.exception(request.id, refusal))
-            return
+                await self._reply(self._encoder.exception(request.id, refusal))
+                return
         if isinstance(request, PingOp):
             await self._reply(self._encoder.ok(request.id, "pong"))
         elif isinstance(request, StatusOp):
@@ -372,6 +386,27 @@ class _Connection:
         else:
             await self._take_slot()
             spawn(self._run, request)
+
+    async def _authenticate(self, request: AuthOp) -> None:
+        """Grant the token's scope, or answer a wrong token late (see
+        :class:`~.access.AuthGuard`) and close the connection after too many."""
+        server = self.server
+        if self._read_scope.cancel_called:
+            return  # closing after too many wrong tokens: lines already read go unanswered
+        scope = server._tokens.scope_of(request.token.encode())
+        if scope is not None:
+            self.scope = scope
+            await self._reply(self._encoder.ok(request.id, True))
+            return
+        server._errors += 1
+        self._auth_failures += 1
+        # Waiting here holds back this connection's later lines too, so
+        # pipelining guesses gains nothing.
+        await server._auth_guard.failed(peer_name(self.stream))
+        wrong = Unauthorized("the token is not valid")
+        await self._reply(self._encoder.exception(request.id, wrong))
+        if self._auth_failures >= server._auth_guard.max_failures:
+            self._read_scope.cancel()
 
     async def _take_slot(self) -> None:
         """Take one of the connection's in-flight slots, waiting only at the
@@ -532,6 +567,9 @@ async def serve_engine(
     port: int = DEFAULT_PORT,
     *,
     token: str | None = None,
+    client_token: str | None = None,
+    auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY,
+    max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
     ssl_context: Any = None,
     max_line: int = 1 << 20,
     max_connections: int = 1000,
@@ -548,7 +586,13 @@ async def serve_engine(
     (``server.port`` is the real port when ``port`` is 0).
 
     ``token``: every connection must first send ``{"op": "auth", "token":
-    ...}``; until then each request gets ``unauthorized``. ``ssl_context``
+    ...}``; until then each request gets ``unauthorized``. ``client_token``:
+    a second token that allows only ``command``, ``query``, ``status`` and
+    ``ping`` (see :mod:`motet.engine.net.access`; the other ops answer
+    ``unauthorized`` naming the scope they need). A wrong token is answered
+    after ``auth_failure_delay`` seconds, counted in
+    ``motet_auth_failures_total`` and logged; ``max_auth_failures`` wrong
+    tokens close the connection. ``ssl_context``
     (an ``ssl.SSLContext``): serve TLS. ``max_line``: longest request line in
     bytes; a longer one gets ``too_large`` and its connection closes.
     ``max_connections``: beyond it, new connections get one ``overloaded``
@@ -563,6 +607,9 @@ async def serve_engine(
     server = Server(
         engine,
         token=token,
+        client_token=client_token,
+        auth_failure_delay=auth_failure_delay,
+        max_auth_failures=max_auth_failures,
         max_line=max_line,
         max_connections=max_connections,
         max_in_flight=max_in_flight,
