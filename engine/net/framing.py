@@ -206,6 +206,7 @@ class Outbox:
         self._shared = shared
         self._lines: deque[bytes] = deque()
         self._changed = trio.Event()
+        self._waiting = 0  # tasks waiting on _changed: only they need a wake-up
         self._closed = False
 
     def __repr__(self) -> str:
@@ -236,7 +237,7 @@ class Outbox:
         """Return once :meth:`has_room` (at once if it does; no checkpoint then)."""
         while not self.has_room():
             if self.pending >= self.limit or self._shared is None:
-                await self._changed.wait()
+                await self._wait()
             else:
                 await self._shared.wait_for_room()
 
@@ -252,9 +253,17 @@ class Outbox:
         self._lines.clear()
         self._sent(self.pending)
 
+    async def _wait(self) -> None:
+        self._waiting += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._waiting -= 1
+
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = trio.Event()
 
     def _sent(self, size: int) -> None:
         self.pending -= size
@@ -268,7 +277,7 @@ class Outbox:
         while not self._lines:
             if self._closed:
                 return None
-            await self._changed.wait()
+            await self._wait()
         lines = self._lines
         batch = [lines.popleft()]
         size = len(batch[0])
