@@ -483,6 +483,8 @@ class _Connection:
             await self._dispatch(line, spawn)
             if self.admitted and not admitted:
                 self._on_admitted()
+            elif not self._busy:
+                self._idle()  # a request was answered at once: not idle since
 
     async def _too_large(self, exc: RequestTooLarge) -> None:
         self.server._errors += 1

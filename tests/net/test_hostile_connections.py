@@ -124,6 +124,10 @@ async def test_idle_connections_are_closed_but_subscribers_are_not(engine: Engin
     ):
         await pong(idle)
         await watcher.write({"id": "s", "op": "subscribe"})
+        async with connect(server) as pinger:
+            for _ in range(4):  # answered at once, but each one is activity
+                await trio.sleep(0.15)
+                await pong(pinger)
         # Bytes that never make a line keep nothing in flight.
         nursery.start_soon(trickle, loris.stream, b'{"op": "ping"' + b" " * 500, 0.05)
         assert error(await idle.read(5)) == (
