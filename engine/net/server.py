@@ -90,7 +90,7 @@ UNAUTHENTICATED_MAX_LINE = 4096
 
 # Events a subscription reads from the log at a time: each batch is held
 # decoded while its lines wait for room in the outbox.
-_SUBSCRIBE_BATCH = 100
+_SUBSCRIBE_BATCH = 32
 
 
 class ServerStatistics(msgspec.Struct, frozen=True):
@@ -350,6 +350,9 @@ class _Connection:
         self._subscriptions: dict[tuple[type, RequestId], _Subscription] = {}
         self._draining = False
         self._reading = trio.Lock()  # one store read at a time (see _execute)
+        # One subscription of the connection catches up at a time: each holds
+        # a batch of events read from the log while its lines wait.
+        self._catching_up = trio.Lock()
         self._submitted = 0  # commands handed to the engine, not answered yet
         self._all_answered: trio.Event | None = None
 
@@ -667,10 +670,15 @@ class _Connection:
         server._subscriptions += 1
         outbox = self._outbox
         last = request.from_
+        catching_up = self._catching_up
+        holding = False
+        live = request.from_ >= self.engine.head_position
         try:
             try:
-                live = False
                 with subscription.scope:
+                    if not live:
+                        await catching_up.acquire()
+                        holding = True
                     events = self.engine.subscribe(request.from_, batch_size=_SUBSCRIBE_BATCH)
                     async with aclosing(events):  # type: ignore[type-var]
                         async for record in events:
@@ -694,6 +702,9 @@ class _Connection:
                                 await outbox.wait_for_room()
                                 outbox.put(self._encoder.event(request.id, record))
                                 live = record.position >= self.engine.head_position
+                                if live:
+                                    catching_up.release()
+                                    holding = False
                             last = record.position
                 if subscription.reason is not None:
                     self._put(
@@ -704,6 +715,8 @@ class _Connection:
             except Exception as exc:
                 self._put(self._failure(request.id, exc))
         finally:
+            if holding:
+                catching_up.release()
             self._subscriptions.pop(_key(request.id), None)
             self._release()
 
