@@ -12,16 +12,27 @@ or, equivalently, ``async with open_server(engine, port=7707) as server: ...``.
 
 Each connection has one task reading lines, one task per pipelined request
 (at most ``max_in_flight`` at once; reading pauses at the cap) and one writer
-task fed through a bounded channel. Nothing a client sends can stop the server
-or disturb another connection: every bad line gets an error reply, a line over
-``max_line`` bytes gets ``too_large`` and closes that connection only.
+task sending what its :class:`~.framing.Outbox` holds. Nothing a client sends
+can stop the server or disturb another connection: every bad line gets an
+error reply, a line over ``max_line`` bytes gets ``too_large`` and closes that
+connection only.
+
+What a connection may make the server hold is bounded in time and bytes (see
+:func:`serve_engine`): an unauthenticated connection (or a TLS handshake)
+must finish within ``auth_timeout``, only ``max_unauthenticated`` of them are
+kept (a new one closes the oldest), a connection with nothing in flight is
+closed after ``idle_timeout``; unfinished lines share ``max_partial_bytes``;
+replies waiting to be sent are capped per connection (``max_pending_output``:
+reading stops, catch-up subscriptions wait, live ones are cut off) and across
+connections (``max_total_output``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -41,7 +52,7 @@ from .access import (
     peer_name,
     scope_refusal,
 )
-from .framing import RECEIVE_SIZE, LineReader, write_lines
+from .framing import RECEIVE_SIZE, ByteBudget, LineReader, Outbox, write_outbox
 from .protocol import (
     DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
@@ -63,13 +74,31 @@ from .protocol import (
     code_for,
 )
 
-__all__ = ["DEFAULT_PORT", "Server", "ServerStatistics", "open_server", "serve_engine"]
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_REQUEST_ID",
+    "UNAUTHENTICATED_MAX_LINE",
+    "Server",
+    "ServerStatistics",
+    "open_server",
+    "serve_engine",
+]
 
 log = logging.getLogger("motet.server")
 
 # How long a closing connection keeps reading (and discarding) what the peer
 # still sends, so the peer reads our last reply instead of a reset.
 _LINGER = 1.0
+
+MAX_REQUEST_ID = 256
+"""Longest request ``id`` in UTF-8 bytes: every reply (and event line) echoes it."""
+
+UNAUTHENTICATED_MAX_LINE = 4096
+"""Longest request line before ``auth`` succeeded (when the server has a token)."""
+
+# Events a subscription reads from the log at a time: each batch is held
+# decoded while its lines wait for room in the outbox.
+_SUBSCRIBE_BATCH = 32
 
 
 class ServerStatistics(msgspec.Struct, frozen=True):
@@ -82,6 +111,13 @@ class ServerStatistics(msgspec.Struct, frozen=True):
     errors: int
     subscriptions: int
     subscribers_cut_off: int
+    timed_out: int = 0
+    """Connections closed by ``auth_timeout`` or ``idle_timeout``, or evicted
+    by a newer unauthenticated one."""
+    pending_output: int = 0
+    """Bytes of replies waiting to be sent, all connections together."""
+    unfinished_lines: int = 0
+    """Bytes of request lines received but not finished, all connections together."""
 
 
 class Server:
@@ -104,14 +140,34 @@ class Server:
         max_in_flight: int,
         subscriber_buffer: int,
         write_timeout: float,
+        auth_timeout: float,
+        idle_timeout: float,
+        max_unauthenticated: int,
+        max_partial_bytes: int,
+        max_pending_output: int,
+        max_total_output: int,
     ) -> None:
-        if max_line < 1 or max_connections < 1 or max_in_flight < 1 or subscriber_buffer < 1:
-            raise ValueError(
-                "max_line, max_connections, max_in_flight and subscriber_buffer must be >= 1, "
-                f"got {max_line}, {max_connections}, {max_in_flight}, {subscriber_buffer}"
-            )
-        if not write_timeout > 0:
-            raise ValueError(f"write_timeout must be > 0 seconds, got {write_timeout!r}")
+        limits = {
+            "max_line": max_line,
+            "max_connections": max_connections,
+            "max_in_flight": max_in_flight,
+            "subscriber_buffer": subscriber_buffer,
+            "max_unauthenticated": max_unauthenticated,
+            "max_partial_bytes": max_partial_bytes,
+            "max_pending_output": max_pending_output,
+            "max_total_output": max_total_output,
+        }
+        for name, value in limits.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        timeouts = {
+            "write_timeout": write_timeout,
+            "auth_timeout": auth_timeout,
+            "idle_timeout": idle_timeout,
+        }
+        for name, value in timeouts.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         self.engine = engine
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._tokens = Tokens(token, client_token)
@@ -123,6 +179,16 @@ class Server:
         self._max_in_flight = max_in_flight
         self._subscriber_buffer = subscriber_buffer
         self._write_timeout = write_timeout
+        self._auth_timeout = auth_timeout
+        self._idle_timeout = idle_timeout
+        self._max_unauthenticated = min(max_unauthenticated, max_connections)
+        self._max_pending_output = max_pending_output
+        self._partial = ByteBudget(max_partial_bytes)
+        self._output = ByteBudget(max_total_output)
+        # Oldest first: a new unauthenticated connection beyond the cap closes
+        # the oldest, so idle sockets can neither fill the server nor keep a
+        # client that authenticates promptly out.
+        self._unauthenticated: dict[_Connection, None] = {}
         self._decoder = RequestDecoder(engine.app)
         self._encoder = ReplyEncoder()
         self._connections: set[_Connection] = set()
@@ -137,6 +203,7 @@ class Server:
         self._errors = 0
         self._subscriptions = 0
         self._cut_off = 0
+        self._timed_out = 0
 
     def __repr__(self) -> str:
         state = "stopping" if self._stopping else "serving"
@@ -165,6 +232,9 @@ class Server:
             errors=self._errors,
             subscriptions=self._subscriptions,
             subscribers_cut_off=self._cut_off,
+            timed_out=self._timed_out,
+            pending_output=self._output.used,
+            unfinished_lines=self._partial.used,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -194,9 +264,16 @@ class Server:
             self._connections.add(connection)
             if len(self._connections) == 1:
                 self._no_connections = trio.Event()
+            if not connection.admitted:
+                self._admit_later(connection)
             try:
-                await connection.run()
+                with connection.scope:
+                    await connection.run()
+                if connection.scope.cancelled_caught:
+                    self._timed_out += 1
+                    await connection.say_goodbye()
             finally:
+                self._unauthenticated.pop(connection, None)
                 self._connections.discard(connection)
                 if not self._connections:
                     self._no_connections.set()
@@ -205,6 +282,24 @@ class Server:
             pass  # the peer went away or stopped reading: nothing to tell it
         except Exception:
             log.exception("connection failed unexpectedly")
+
+    def _admit_later(self, connection: _Connection) -> None:
+        """Hold ``connection`` among the unauthenticated ones (closing the
+        oldest beyond the cap) until it authenticates or its time is up."""
+        if len(self._unauthenticated) >= self._max_unauthenticated:
+            oldest = next(iter(self._unauthenticated))
+            del self._unauthenticated[oldest]
+            oldest.close_for(
+                Overloaded(
+                    f"closed for a newer connection: at most {self._max_unauthenticated} "
+                    "connections may wait to authenticate"
+                )
+            )
+        self._unauthenticated[connection] = None
+        connection.scope.deadline = trio.current_time() + self._auth_timeout
+
+    def _admitted(self, connection: _Connection) -> None:
+        self._unauthenticated.pop(connection, None)
 
     async def _refuse(self, stream: trio.abc.Stream) -> None:
         self._refused += 1
@@ -242,30 +337,101 @@ class _Connection:
         self.server = server
         self.engine = server.engine
         self.stream = stream
-        # The scope its token granted (see .access); None until it authenticates.
-        self.scope = server._tokens.open_scope
+        # The access its token granted (see .access); None until it authenticates.
+        self.access = server._tokens.open_scope
         self._auth_failures = 0
+        self.handshaken = not isinstance(stream, trio.SSLStream)
         self.peer_done = False
+        # Cancelled by the auth or idle deadline, or to make room (close_for).
+        self.scope = trio.CancelScope()
+        self._goodbye: MotetError | None = None
+        self._busy = 0  # in-flight slots taken (requests and subscriptions)
+        self._outbox = Outbox(server._max_pending_output, server._output)
+        self._reader = LineReader(
+            stream,
+            server._max_line
+            if self.authenticated
+            else min(server._max_line, UNAUTHENTICATED_MAX_LINE),
+            server._partial,
+        )
         self._decoder = server._decoder
         self._encoder = server._encoder
         self._in_flight = trio.Semaphore(server._max_in_flight)
         self._read_scope = trio.CancelScope()
         self._subscriptions: dict[tuple[type, RequestId], _Subscription] = {}
         self._draining = False
-        self._send: trio.MemorySendChannel[bytes] | None = None
+        self._reading = trio.Lock()  # one store read at a time (see _execute)
+        # One subscription of the connection catches up at a time: each holds
+        # a batch of events read from the log while its lines wait.
+        self._catching_up = trio.Lock()
         self._submitted = 0  # commands handed to the engine, not answered yet
         self._all_answered: trio.Event | None = None
 
     @property
     def authenticated(self) -> bool:
         """Whether the connection may send requests (it has a scope)."""
-        return self.scope is not None
+        return self.access is not None
 
     def __repr__(self) -> str:
         return (
             f"<Connection authenticated={self.authenticated} "
             f"subscriptions={len(self._subscriptions)} draining={self._draining}>"
         )
+
+    @property
+    def admitted(self) -> bool:
+        """Whether the TLS handshake and the authentication (if needed) are done."""
+        return self.authenticated and self.handshaken
+
+    def close_for(self, reason: MotetError) -> None:
+        """Close the connection at once, telling the peer ``reason`` if it can."""
+        self._goodbye = reason
+        self.scope.cancel()
+
+    async def say_goodbye(self) -> None:
+        """After :attr:`scope` was cancelled: one last line saying why, if the
+        peer takes it at once."""
+        if not self.handshaken:
+            return
+        reason = self._goodbye
+        if reason is None:
+            if self.admitted:
+                reason = Unavailable(
+                    f"closed after {self.server._idle_timeout:g} s with nothing in flight"
+                )
+            else:
+                reason = Unauthorized(f"not authenticated within {self.server._auth_timeout:g} s")
+        with trio.move_on_after(_LINGER) as scope:
+            scope.shield = True
+            with suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError
+            ):
+                await self.stream.send_all(self._encoder.exception(None, reason))
+
+    def _idle(self) -> None:
+        """Nothing in flight: the idle deadline starts now."""
+        if self.admitted:
+            self.scope.deadline = trio.current_time() + self.server._idle_timeout
+
+    def _take_busy(self) -> None:
+        self._busy += 1
+        if self._busy == 1 and self.admitted:
+            self.scope.deadline = math.inf
+
+    def _release(self) -> None:
+        """Give back an in-flight slot."""
+        self._in_flight.release()
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle()
+
+    def _on_admitted(self) -> None:
+        self.server._admitted(self)
+        self._reader.max_line = self.server._max_line
+        if self._busy:
+            self.scope.deadline = math.inf
+        else:
+            self._idle()
 
     def drain(self) -> None:
         """Stop reading requests and end the subscriptions; the requests in
@@ -276,42 +442,54 @@ class _Connection:
             subscription.end(Unavailable("the server is shutting down"))
 
     async def run(self) -> None:
-        send, receive = trio.open_memory_channel[bytes](self.server._subscriber_buffer)
-        self._send = send
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop, receive, nursery.cancel_scope)
-            async with send, trio.open_nursery() as requests:
-                with self._read_scope:
-                    await self._read_loop(requests.start_soon)
-                # The peer closed its side, sent too much, or the server stops:
-                # answer what was read, but subscriptions would never end.
-                for subscription in self._subscriptions.values():
-                    subscription.end(None)
-                await self._wait_submitted()
+        try:
+            if not self.handshaken:
+                assert isinstance(self.stream, trio.SSLStream)
+                await self.stream.do_handshake()
+                self.handshaken = True
+            if self.admitted:
+                self._on_admitted()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                try:
+                    async with trio.open_nursery() as requests:
+                        with self._read_scope:
+                            await self._read_loop(requests.start_soon)
+                        # The peer closed its side, sent too much, or the server
+                        # stops: answer what was read, but subscriptions would
+                        # never end.
+                        for subscription in self._subscriptions.values():
+                            subscription.end(None)
+                        await self._wait_submitted()
+                finally:
+                    self._outbox.close()
+        finally:
+            self._reader.close()
+            self._outbox.discard()
 
-    async def _write_loop(
-        self, receive: trio.MemoryReceiveChannel[bytes], connection_scope: trio.CancelScope
-    ) -> None:
+    async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         """Write every reply line, batching those already waiting into one
         ``send_all``. If the peer is gone or does not read for
         ``write_timeout`` seconds, the whole connection is cancelled."""
-        async with receive:
-            try:
-                await write_lines(self.stream, receive, timeout=self.server._write_timeout)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
-                log.debug("connection lost while writing: %r", exc)
-                self.peer_done = True
-                # Before the channel closes, so that tasks blocked sending to it
-                # are cancelled rather than told the channel broke.
-                connection_scope.cancel()
+        try:
+            await write_outbox(self.stream, self._outbox, timeout=self.server._write_timeout)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            log.debug("connection lost while writing: %r", exc)
+            self.peer_done = True
+            connection_scope.cancel()
+            self._outbox.discard()
 
     async def _read_loop(self, spawn: Callable[..., object]) -> None:
-        reader = LineReader(self.stream, self.server._max_line)
+        reader = self._reader
+        outbox = self._outbox
         while True:
+            if not outbox.has_room():
+                # Backpressure: no new requests while the replies wait.
+                await outbox.wait_for_room()
             try:
                 line = await reader.receive_line()
-            except RequestTooLarge:
-                await self._too_large()
+            except RequestTooLarge as exc:
+                await self._too_large(exc)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 line = None
@@ -320,16 +498,32 @@ class _Connection:
                 if reader.rest.strip():  # a last line without its newline
                     await self._dispatch(reader.rest, spawn)
                 return
+            admitted = self.admitted
             await self._dispatch(line, spawn)
+            if self._read_scope.cancel_called:
+                # Stopped by that line (e.g. too many wrong tokens): the lines
+                # already buffered must not run, and a buffered line is
+                # returned without a checkpoint that would raise Cancelled.
+                return
+            if self.admitted and not admitted:
+                self._on_admitted()
+            elif not self._busy:
+                self._idle()  # a request was answered at once: not idle since
 
-    async def _too_large(self) -> None:
+    async def _too_large(self, exc: RequestTooLarge) -> None:
         self.server._errors += 1
-        message = f"the request line is longer than {self.server._max_line} bytes"
+        if self.server._partial.has_room():
+            message = f"the request line is longer than {self._reader.max_line} bytes"
+        else:
+            message = str(exc)
         await self._reply(self._encoder.exception(None, RequestTooLarge(message)))
 
     async def _reply(self, line: bytes) -> None:
-        assert self._send is not None
-        await self._send.send(line)
+        self._put(line)
+
+    def _put(self, line: bytes) -> None:
+        with suppress(trio.ClosedResourceError):  # the connection is gone, and the reply with it
+            self._outbox.put(line)
 
     async def _dispatch(self, line: bytes, spawn: Callable[..., object]) -> None:
         """Answer the cheap requests at once, in order (so ``auth`` applies
@@ -339,17 +533,23 @@ class _Connection:
             request = self._decoder.decode_request(line)
         except BadRequest as exc:
             self.server._errors += 1
-            await self._reply(self._encoder.exception(exc.request_id, exc))
+            request_id = exc.request_id if _id_fits(exc.request_id) else None
+            await self._reply(self._encoder.exception(request_id, exc))
+            return
+        if not _id_fits(request.id):
+            self.server._errors += 1
+            refusal = BadRequest(f"the request id is longer than {MAX_REQUEST_ID} bytes")
+            await self._reply(self._encoder.exception(None, refusal))
             return
         if isinstance(request, AuthOp):
             await self._authenticate(request)
             return
-        if self.scope != FULL:
+        if self.access != FULL:
             refusal: Unauthorized | None
-            if self.scope is None:
+            if self.access is None:
                 refusal = Unauthorized('authenticate first: send {"op": "auth", "token": "..."}')
             else:
-                refusal = scope_refusal(self.scope, str(request.__struct_config__.tag))
+                refusal = scope_refusal(self.access, str(request.__struct_config__.tag))
             if refusal is not None:
                 self.server._errors += 1
                 await self._reply(self._encoder.exception(request.id, refusal))
@@ -395,7 +595,7 @@ class _Connection:
             return  # closing after too many wrong tokens: lines already read go unanswered
         scope = server._tokens.scope_of(request.token.encode())
         if scope is not None:
-            self.scope = scope
+            self.access = scope
             await self._reply(self._encoder.ok(request.id, True))
             return
         server._errors += 1
@@ -416,6 +616,7 @@ class _Connection:
             self._in_flight.acquire_nowait()
         except trio.WouldBlock:
             await self._in_flight.acquire()
+        self._take_busy()
 
     def _submit(self, request: CommandOp, spawn: Callable[..., object]) -> None:
         """Hand a command to the engine without a task of its own (the common
@@ -429,17 +630,11 @@ class _Connection:
             else:
                 assert isinstance(error, Exception)
                 line = self._failure(request_id, error)
-            self._in_flight.release()
+            self._put(line)
+            self._release()
             self._submitted -= 1
             if self._submitted == 0 and self._all_answered is not None:
                 self._all_answered.set()
-            assert self._send is not None
-            try:
-                self._send.send_nowait(line)
-            except trio.WouldBlock:  # subscriptions filled the buffer: wait in a task
-                spawn(self._reply, line)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the connection is gone, and the reply with it
 
         try:
             command = self._decoder.decode_command(request)
@@ -478,67 +673,92 @@ class _Connection:
                 line = await self._execute(request)
             except Exception as exc:
                 line = self._failure(request.id, exc)
-            await self._reply(line)
+            self._put(line)
         finally:
-            self._in_flight.release()
+            self._release()
 
     async def _execute(self, request: QueryOp | ReadOp) -> bytes:
-        """Answer a query or a read (commands go through :meth:`_submit`)."""
+        """Answer a query or a read (commands go through :meth:`_submit`).
+
+        A reply is encoded only once the outbox has room, with no checkpoint
+        between that and queueing it, so replies made at once cannot pile up
+        beyond the outbox's limit by more than one. Reads also wait before
+        reading, one at a time, since the events they read are large too."""
         engine = self.engine
         encoder = self._encoder
+        outbox = self._outbox
         if isinstance(request, QueryOp):
             query = self._decoder.decode_query(request)
             timeout = DEFAULT_QUERY_TIMEOUT if request.timeout is None else request.timeout
             result = await engine.ask(query, after=request.after, timeout=timeout)
+            await outbox.wait_for_room()
             return encoder.ok(request.id, result)
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
-        events = await engine.read_stream(request.stream, request.from_, limit)
-        return encoder.read(request.id, events, request.from_)
+        async with self._reading:
+            await outbox.wait_for_room()
+            events = await engine.read_stream(request.stream, request.from_, limit)
+            await outbox.wait_for_room()
+            return encoder.read(request.id, events, request.from_)
 
     async def _subscribe(self, subscription: _Subscription) -> None:
         """Stream events to the client: the catch-up part as fast as it reads
-        them, the live part without waiting. A live subscriber that lets
-        ``subscriber_buffer`` lines pile up is cut off with ``overloaded``."""
+        them, the live part without waiting. A live subscriber whose replies
+        fill the outbox (or ``subscriber_buffer`` lines) is cut off with
+        ``overloaded``."""
         request = subscription.request
         server = self.server
         server._subscriptions += 1
-        assert self._send is not None
-        send = self._send
+        outbox = self._outbox
         last = request.from_
+        catching_up = self._catching_up
+        holding = False
+        live = request.from_ >= self.engine.head_position
         try:
             try:
-                live = False
                 with subscription.scope:
-                    events = self.engine.subscribe(request.from_)
+                    if not live:
+                        await catching_up.acquire()
+                        holding = True
+                    events = self.engine.subscribe(request.from_, batch_size=_SUBSCRIBE_BATCH)
                     async with aclosing(events):  # type: ignore[type-var]
                         async for record in events:
-                            line = self._encoder.event(request.id, record)
                             if live:
-                                try:
-                                    send.send_nowait(line)
-                                except trio.WouldBlock:
+                                if (
+                                    not outbox.has_room()
+                                    or len(outbox) >= server._subscriber_buffer
+                                ):
                                     server._cut_off += 1
                                     subscription.end(
                                         Overloaded(
                                             f"subscription {request.id!r} was too slow: "
-                                            f"{server._subscriber_buffer} lines were waiting "
-                                            f"to be sent; resubscribe from position {last}"
+                                            f"{len(outbox)} lines ({outbox.pending} bytes) "
+                                            "were waiting to be sent; resubscribe from "
+                                            f"position {last}"
                                         )
                                     )
                                     break
+                                outbox.put(self._encoder.event(request.id, record))
                             else:
-                                await send.send(line)
+                                await outbox.wait_for_room()
+                                outbox.put(self._encoder.event(request.id, record))
                                 live = record.position >= self.engine.head_position
+                                if live:
+                                    catching_up.release()
+                                    holding = False
                             last = record.position
                 if subscription.reason is not None:
-                    await send.send(
+                    self._put(
                         self._encoder.exception(request.id, subscription.reason, position=last)
                     )
+            except trio.ClosedResourceError:
+                pass  # the connection is gone
             except Exception as exc:
-                await send.send(self._failure(request.id, exc))
+                self._put(self._failure(request.id, exc))
         finally:
+            if holding:
+                catching_up.release()
             self._subscriptions.pop(_key(request.id), None)
-            self._in_flight.release()
+            self._release()
 
 
 class _Subscription:
@@ -554,6 +774,11 @@ class _Subscription:
         if not self.scope.cancel_called and self.reason is None:
             self.reason = reason
         self.scope.cancel()
+
+
+def _id_fits(request_id: RequestId) -> bool:
+    """Whether ``request_id`` is short enough to echo (:data:`MAX_REQUEST_ID`)."""
+    return not isinstance(request_id, str) or len(request_id.encode()) <= MAX_REQUEST_ID
 
 
 def _key(request_id: RequestId) -> tuple[type, RequestId]:
@@ -576,6 +801,12 @@ async def serve_engine(
     max_in_flight: int = 256,
     subscriber_buffer: int = 10_000,
     write_timeout: float = 60.0,
+    auth_timeout: float = 10.0,
+    idle_timeout: float = 300.0,
+    max_unauthenticated: int = 100,
+    max_partial_bytes: int = 64 << 20,
+    max_pending_output: int = 4 << 20,
+    max_total_output: int = 256 << 20,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``engine`` over the TCP line protocol until :meth:`Server.stop`
@@ -601,8 +832,26 @@ async def serve_engine(
     ``subscriber_buffer``: reply lines a connection may have waiting; a live
     subscription that would exceed it ends with ``overloaded``.
     ``write_timeout``: a connection whose peer accepts no data for that long
-    is closed. Raises ``OSError`` when the address cannot be bound and
-    ``ValueError`` for invalid limits.
+    is closed.
+
+    ``auth_timeout`` (10 s): a connection must finish its TLS handshake and,
+    with a token, authenticate within it, or is closed; before it
+    authenticated its lines may be :data:`UNAUTHENTICATED_MAX_LINE` bytes.
+    ``max_unauthenticated`` (100, at most ``max_connections``): connections
+    that have not yet done so; a new one beyond it closes the oldest, so idle
+    sockets never keep authenticated clients out. ``idle_timeout`` (300 s): a
+    connection with nothing in flight (no request running, no subscription)
+    for that long is closed. ``max_partial_bytes`` (64 MiB): unfinished request
+    lines all connections may hold together; a connection whose bytes take it
+    over gets ``too_large`` and is closed. ``max_pending_output`` (4 MiB):
+    bytes of replies one connection may have waiting; at it the connection's
+    requests are no longer read, catch-up subscriptions and replies wait, and
+    a live subscription is cut off. ``max_total_output`` (256 MiB): the same
+    across all connections. A request ``id`` longer than
+    :data:`MAX_REQUEST_ID` bytes gets ``bad_request``.
+
+    Raises ``OSError`` when the address cannot be bound and ``ValueError``
+    for invalid limits.
     """
     server = Server(
         engine,
@@ -615,6 +864,12 @@ async def serve_engine(
         max_in_flight=max_in_flight,
         subscriber_buffer=subscriber_buffer,
         write_timeout=write_timeout,
+        auth_timeout=auth_timeout,
+        idle_timeout=idle_timeout,
+        max_unauthenticated=max_unauthenticated,
+        max_partial_bytes=max_partial_bytes,
+        max_pending_output=max_pending_output,
+        max_total_output=max_total_output,
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
