@@ -63,7 +63,7 @@ import datetime
 import json
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, get_args
 
 import msgspec
 
@@ -307,7 +307,7 @@ def _top_level_duplicate(line: bytes) -> str | None:
         while True:
             key, index = _JSON.raw_decode(text, index)
             if key in seen:
-                return key
+                return str(key)
             seen.add(key)
             index = _SPACE.match(text, index).end() + 1  # type: ignore[union-attr]  # the ':'
             index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
@@ -353,8 +353,7 @@ class RequestDecoder:
         self._command_types = app.command_types()
         self._query_types = app.query_types()
         self._key_patterns: dict[type, tuple[bytes, ...]] = {
-            op: _key_patterns(op)
-            for op in Request.__args__  # type: ignore[attr-defined]
+            op: _key_patterns(op) for op in get_args(Request)
         }
 
     def __repr__(self) -> str:

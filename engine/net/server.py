@@ -165,9 +165,9 @@ class Server:
             "auth_timeout": auth_timeout,
             "idle_timeout": idle_timeout,
         }
-        for name, value in timeouts.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        for name, seconds in timeouts.items():
+            if not seconds > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
         self.engine = engine
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._tokens = Tokens(token, client_token)
@@ -538,8 +538,8 @@ class _Connection:
             return
         if not _id_fits(request.id):
             self.server._errors += 1
-            refusal = BadRequest(f"the request id is longer than {MAX_REQUEST_ID} bytes")
-            await self._reply(self._encoder.exception(None, refusal))
+            too_long = BadRequest(f"the request id is longer than {MAX_REQUEST_ID} bytes")
+            await self._reply(self._encoder.exception(None, too_long))
             return
         if isinstance(request, AuthOp):
             await self._authenticate(request)
