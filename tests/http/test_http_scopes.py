@@ -5,24 +5,12 @@ late, counted, and closes its connection."""
 
 from __future__ import annotations
 
-import re
-
 import trio
 
 from motet.engine import Engine
 from motet.engine.net.http import open_http_server
 from tests.http.support import Http, user
-
-FULL_TOKEN = "full-s3cret"
-CLIENT_TOKEN = "client-s3cret"
-
-
-def auth_failures(engine: Engine) -> float:
-    assert engine.metrics is not None
-    text = engine.metrics.exposition().decode()
-    match = re.search(r"^motet_auth_failures_total (\S+)$", text, re.MULTILINE)
-    assert match is not None, text
-    return float(match[1])
+from tests.support.tokens import CLIENT_TOKEN, FULL_TOKEN, auth_failures
 
 
 async def test_the_client_token_opens_only_the_client_routes(engine: Engine) -> None:

@@ -4,8 +4,6 @@ a full disk (retry later), and list queries over the wire."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,24 +85,6 @@ async def test_the_server_answers_a_duplicate_key_with_bad_request(server: Serve
 
 
 # -- a full disk: unavailable, retry later ----------------------------------------------
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs at ``tmp_path / "disk"`` (mounting needs root; skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_is_unavailable_and_says_to_retry_later(full_disk: Path) -> None:

@@ -6,7 +6,6 @@ tokens are counted, logged, answered late and close the connection."""
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import pytest
@@ -16,17 +15,7 @@ from motet.engine import Engine
 from motet.engine.net.server import open_server
 from tests.support.commands import create_user_request as create
 from tests.support.peer import open_peer
-
-FULL_TOKEN = "full-s3cret"
-CLIENT_TOKEN = "client-s3cret"
-
-
-def auth_failures(engine: Engine) -> float:
-    assert engine.metrics is not None
-    text = engine.metrics.exposition().decode()
-    match = re.search(r"^motet_auth_failures_total (\S+)$", text, re.MULTILINE)
-    assert match is not None, text
-    return float(match[1])
+from tests.support.tokens import CLIENT_TOKEN, FULL_TOKEN, auth_failures
 
 
 async def test_the_client_token_may_command_and_query_but_not_read(engine: Engine) -> None:

@@ -49,6 +49,7 @@ from motet.storage import (
     StoredEvent,
 )
 from motet.storage.records import Ack
+from tests.support.logs import read_everything
 
 __all__ = [
     "TS",
@@ -82,16 +83,6 @@ def append(
     snapshot: Snapshot | None = None,
 ) -> Append:
     return Append(stream, expected, new_events, Metadata(command_id=command_id), snapshot)
-
-
-def read_everything(store: Any, page: int = 1000) -> list[StoredEvent]:
-    """The whole log, read in pages of ``page`` events."""
-    log: list[StoredEvent] = []
-    while True:
-        chunk = store.read_all(after_position=log[-1].position if log else 0, limit=page)
-        if not chunk:
-            return log
-        log.extend(chunk)
 
 
 # -- making stores ----------------------------------------------------------------------------
