@@ -7,6 +7,7 @@ The storage contract itself runs on PostgreSQL through ``store_factory``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -271,25 +272,56 @@ class _CutAfterCommit:
                 client.close()
                 continue
             self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            # Set once this connection's COMMIT went up: the answer that comes
+            # back must not reach the client. The downstream pump checks it
+            # before forwarding, so the answer cannot slip through first.
+            committing = threading.Event()
+            threading.Thread(
+                target=self._pump_up, args=(client, server, committing), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump_down, args=(server, client, committing), daemon=True
+            ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+    def _pump_up(
+        self, client: socket.socket, server: socket.socket, committing: threading.Event
+    ) -> None:
         try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-                if upstream and self.armed.is_set() and b"COMMIT\x00" in data:
+            tail = b""
+            while data := client.recv(65536):
+                # The statement may straddle two reads: look at the seam too.
+                if self.armed.is_set() and b"COMMIT\x00" in tail + data:
                     self.armed.clear()
-                    sink.recv(65536)  # the server's answer: committed
-                    self.cut.set()
-                    source.shutdown(socket.SHUT_RDWR)
-                    return
+                    committing.set()
+                server.sendall(data)
+                tail = data[-6:]  # shorter than the 7 bytes sought: no old match
         except OSError:
             pass  # one side closed: the connection is over
         except BaseException as exc:
             self.errors.append(exc)
+
+    def _pump_down(
+        self, server: socket.socket, client: socket.socket, committing: threading.Event
+    ) -> None:
+        try:
+            tail = b""
+            while data := server.recv(65536):
+                # CommandComplete "COMMIT": the server committed. Drop the
+                # connection instead of passing that answer on (the answers
+                # to the statements before it still go through).
+                if committing.is_set() and b"COMMIT\x00" in tail + data:
+                    self.cut.set()
+                    break
+                client.sendall(data)
+                tail = data[-6:]  # shorter than the 7 bytes sought: no old match
+        except OSError:
+            pass
+        except BaseException as exc:
+            self.errors.append(exc)
         finally:
-            for sock in (source, sink):
+            for sock in (client, server):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
 
     def close(self) -> None:
