@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
@@ -77,6 +77,7 @@ from .access import (
     scope_refusal,
 )
 from .http_connection import EventStream, HttpConnection, Response, close_stream
+from .listening import AcceptFailures, open_listeners, serve_listeners
 from .openapi import openapi_document
 from .protocol import (
     DEFAULT_QUERY_TIMEOUT,
@@ -132,6 +133,8 @@ class HttpStatistics(msgspec.Struct, frozen=True):
     requests: int
     errors: int
     event_streams: int
+    accept_failures: int = 0
+    """Accepts that failed for want of resources (e.g. out of file descriptors)."""
 
 
 class _MethodNotAllowed(BadRequest):
@@ -207,6 +210,9 @@ class HttpServer:
         self._write_timeout = write_timeout
         self._heartbeat = heartbeat
         self.metrics_only = metrics_only
+        self.accept_failures = AcceptFailures(
+            log, "metrics port" if metrics_only else "HTTP server"
+        )
         self._decoder = RequestDecoder(engine.app)
         self._encoder = ReplyEncoder()
         self._json = msgspec.json.Encoder()
@@ -254,6 +260,7 @@ class HttpServer:
             requests=self._requests,
             errors=self._errors,
             event_streams=self._event_streams,
+            accept_failures=self.accept_failures.total,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -743,21 +750,16 @@ async def serve_http(
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
-            serve: Callable[..., Awaitable[object]]
-            if ssl_context is None:
-                serve = partial(
-                    trio.serve_tcp, server._handle, port, host=host, handler_nursery=connections
-                )
-            else:
-                serve = partial(
-                    trio.serve_ssl_over_tcp,
+            listeners = await open_listeners(host, port, ssl_context)
+            server.listeners = await accepting.start(
+                partial(
+                    serve_listeners,
                     server._handle,
-                    port,
-                    ssl_context,
-                    host=host,
+                    listeners,
                     handler_nursery=connections,
+                    failures=server.accept_failures,
                 )
-            server.listeners = await accepting.start(serve)
+            )
             scheme = "http" if ssl_context is None else "https"
             if metrics_only:
                 log.info("serving metrics on %s://%s:%d/metrics", scheme, host, server.port)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager, suppress
 from functools import partial
 from typing import Any
@@ -53,6 +53,7 @@ from .access import (
     scope_refusal,
 )
 from .framing import RECEIVE_SIZE, ByteBudget, LineReader, Outbox, write_outbox
+from .listening import AcceptFailures, open_listeners, serve_listeners
 from .protocol import (
     DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
@@ -118,6 +119,8 @@ class ServerStatistics(msgspec.Struct, frozen=True):
     """Bytes of replies waiting to be sent, all connections together."""
     unfinished_lines: int = 0
     """Bytes of request lines received but not finished, all connections together."""
+    accept_failures: int = 0
+    """Accepts that failed for want of resources (e.g. out of file descriptors)."""
 
 
 class Server:
@@ -174,6 +177,7 @@ class Server:
         self._auth_guard = AuthGuard(
             engine.metrics, wire="line", delay=auth_failure_delay, max_failures=max_auth_failures
         )
+        self.accept_failures = AcceptFailures(log, "line protocol server")
         self._max_line = max_line
         self._max_connections = max_connections
         self._max_in_flight = max_in_flight
@@ -235,6 +239,7 @@ class Server:
             timed_out=self._timed_out,
             pending_output=self._output.used,
             unfinished_lines=self._partial.used,
+            accept_failures=self.accept_failures.total,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -873,25 +878,16 @@ async def serve_engine(
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
-            serve: Callable[..., Awaitable[object]]
-            if ssl_context is None:
-                serve = partial(
-                    trio.serve_tcp,
+            listeners = await open_listeners(host, port, ssl_context)
+            server.listeners = await accepting.start(
+                partial(
+                    serve_listeners,
                     server._handle,
-                    port,
-                    host=host,
+                    listeners,
                     handler_nursery=connections,
+                    failures=server.accept_failures,
                 )
-            else:
-                serve = partial(
-                    trio.serve_ssl_over_tcp,
-                    server._handle,
-                    port,
-                    ssl_context,
-                    host=host,
-                    handler_nursery=connections,
-                )
-            server.listeners = await accepting.start(serve)
+            )
             task_status.started(server)
             await server._stop_requested.wait()
             server._stopping = True
