@@ -332,6 +332,14 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
         help="unsent reply bytes of all connections together (default: 256M)",
     )
     limits.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, how long requests in flight get to finish; queries "
+        "still waiting then get 'unavailable' (default: %(default)s)",
+    )
+    limits.add_argument(
         "--metrics-max-connections",
         type=_count,
         default=16,

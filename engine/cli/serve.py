@@ -246,9 +246,9 @@ async def _run_server(
                 )
                 async for signum in signals:
                     _log.info("%s received: draining and closing", signal.Signals(signum).name)
-                    server.stop()
+                    server.stop(args.drain_timeout)
                     if http is not None:
-                        http.stop()
+                        http.stop(args.drain_timeout)
                     break
         except StorageError as exc:
             fail(str(exc))

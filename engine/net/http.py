@@ -268,8 +268,10 @@ class HttpServer:
 
         The listeners close, idle keep-alive connections close, event streams
         end with an ``error`` event, requests being answered finish (with
-        ``Connection: close``), and whatever still runs after ``timeout``
-        seconds is cancelled. Calling it again changes nothing.
+        ``Connection: close``); a request still being answered after
+        ``timeout`` seconds (e.g. a query waiting with ``after``) gets 503
+        ``unavailable``, and whatever still runs a moment later is
+        cancelled. Calling it again changes nothing.
         """
         if not self._stop_requested.is_set():
             self._stop_timeout = timeout
@@ -774,6 +776,13 @@ async def serve_http(
             connection.drain()
         with trio.move_on_after(server._stop_timeout):
             await server._no_connections.wait()
+        if server._connections:
+            # Time is up: a request still waiting (a query's ``after``) is
+            # answered 503 rather than cut off unanswered.
+            for connection in list(server._connections):
+                connection.stop_waiting()
+            with trio.move_on_after(1.0):
+                await server._no_connections.wait()
         log.info("HTTP server stopped in %.1f s", time.monotonic() - started)
         connections.cancel_scope.cancel()
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Final
 import h11
 import trio
 
+from motet.storage.errors import Unavailable
+
 from .protocol import RequestTooLarge
 
 if TYPE_CHECKING:
@@ -92,9 +94,17 @@ class HttpConnection:
         self.peer_done = False
         self.idle_scope: trio.CancelScope | None = None
         self.streaming: trio.CancelScope | None = None
+        self.answering: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<HttpConnection our_state={self.conn.our_state} streaming={bool(self.streaming)}>"
+
+    def stop_waiting(self) -> None:
+        """The server's stop timeout is up: a request still being answered
+        (e.g. a query waiting for a position with ``after``) gets 503
+        ``unavailable`` at once."""
+        if self.answering is not None:
+            self.answering.cancel()
 
     def drain(self) -> None:
         """The server stops: close at once if idle, end an event stream."""
@@ -177,9 +187,19 @@ class HttpConnection:
             head = method == "HEAD"
             try:
                 body = await self._read_body(headers)
-                answer = await server.route(
-                    "GET" if head else method, request.target, headers, body
-                )
+                with trio.CancelScope() as answering:
+                    self.answering = answering
+                    answer = await server.route(
+                        "GET" if head else method, request.target, headers, body
+                    )
+                self.answering = None
+                if answering.cancelled_caught:
+                    answer = server.failure(
+                        Unavailable(
+                            "the server is shutting down and stopped waiting for this request; "
+                            "retry it once the server is back (or on another node)"
+                        )
+                    )
             except h11.RemoteProtocolError as exc:
                 await self._protocol_error(exc)
                 return

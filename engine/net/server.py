@@ -248,8 +248,10 @@ class Server:
         The listeners close (no new connections), every connection stops
         reading new requests and ends its subscriptions, the requests already
         read are answered (commands run to their Ack), and the connections
-        close. Whatever is still running after ``timeout`` seconds is
-        cancelled. Calling it again changes nothing.
+        close. Queries and reads still running after ``timeout`` seconds
+        (e.g. waiting for a position with ``after``) are answered
+        ``unavailable`` ("the server is shutting down"); whatever still runs
+        a moment later is cancelled. Calling it again changes nothing.
         """
         if not self._stop_requested.is_set():
             self._stop_timeout = timeout
@@ -370,6 +372,7 @@ class _Connection:
         # a batch of events read from the log while its lines wait.
         self._catching_up = trio.Lock()
         self._submitted = 0  # commands handed to the engine, not answered yet
+        self._waiting: set[trio.CancelScope] = set()  # of the queries and reads running
         self._all_answered: trio.Event | None = None
 
     @property
@@ -437,6 +440,12 @@ class _Connection:
             self.scope.deadline = math.inf
         else:
             self._idle()
+
+    def stop_waiting(self) -> None:
+        """Answer the queries and reads still running (e.g. a query waiting
+        for a position with ``after``) with ``unavailable`` at once."""
+        for waiting in self._waiting:
+            waiting.cancel()
 
     def drain(self) -> None:
         """Stop reading requests and end the subscriptions; the requests in
@@ -674,10 +683,21 @@ class _Connection:
 
     async def _run(self, request: QueryOp | ReadOp) -> None:
         try:
-            try:
-                line = await self._execute(request)
-            except Exception as exc:
-                line = self._failure(request.id, exc)
+            line: bytes | None = None
+            with trio.CancelScope() as waiting:
+                self._waiting.add(waiting)
+                try:
+                    line = await self._execute(request)
+                except Exception as exc:
+                    line = self._failure(request.id, exc)
+                finally:
+                    self._waiting.discard(waiting)
+            if line is None:  # stopped by stop_waiting
+                stopped = Unavailable(
+                    "the server is shutting down and stopped waiting for this request; "
+                    "retry it once the server is back (or on another node)"
+                )
+                line = self._failure(request.id, stopped)
             self._put(line)
         finally:
             self._release()
@@ -897,6 +917,13 @@ async def serve_engine(
             connection.drain()
         with trio.move_on_after(server._stop_timeout):
             await server._no_connections.wait()
+        if server._connections:
+            # Time is up. A query waiting for a position (``after``) may wait
+            # long: it is answered "unavailable" rather than cut off unanswered.
+            for connection in list(server._connections):
+                connection.stop_waiting()
+            with trio.move_on_after(_LINGER):
+                await server._no_connections.wait()
         connections.cancel_scope.cancel()
 
 

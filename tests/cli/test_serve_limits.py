@@ -8,10 +8,15 @@ naming the flag and the value (exit 2)."""
 
 from __future__ import annotations
 
+import json
+import signal
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
+import trio
 
 from motet.engine.cli.main import main
 from motet.engine.net.blocking import connect
@@ -55,6 +60,7 @@ from tests.support.peer import open_peer
             "argument --max-total-output: must be a number of bytes such as 65536, 64K or 4M, "
             "got '-5'",
         ),
+        (["--drain-timeout", "0"], "argument --drain-timeout: must be > 0 seconds, got 0"),
         (
             ["--metrics-max-connections", "0"],
             "argument --metrics-max-connections: must be >= 1, got 0",
@@ -183,3 +189,54 @@ async def test_reply_byte_budgets_reach_the_server(motet_server: Any, flag: str)
         assert line["id"] == "s"
         assert line["error"]["code"] == "overloaded"
         assert "was too slow" in line["error"]["message"]
+
+
+async def test_sigterm_answers_a_waiting_query_unavailable_after_the_drain_timeout(
+    motet_server: Any,
+) -> None:
+    server = motet_server("--drain-timeout", "0.5", "--http-port", "0")
+    waiting = {
+        "id": "q",
+        "op": "query",
+        "type": "GetUserById",
+        "data": {"user_id": "u1"},
+        "after": 99,
+        "timeout": 60,
+    }
+    stopping = (
+        "the server is shutting down and stopped waiting for this request; "
+        "retry it once the server is back (or on another node)"
+    )
+
+    def http_query() -> tuple[int, dict[str, Any]]:
+        url = (
+            f"http://127.0.0.1:{server.http_port}/queries/GetUserById"
+            "?user_id=u1&after=99&timeout=60"
+        )
+        try:
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    async with open_peer(server.port) as peer, trio.open_nursery() as nursery:
+        http_answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def ask_over_http() -> None:
+            http_answers.append(await trio.to_thread.run_sync(http_query))
+
+        nursery.start_soon(ask_over_http)
+        await peer.write(waiting)
+        # Answered inline, in order: the query before it has been read.
+        assert (await peer.ask({"id": "fence", "op": "ping"}))["result"] == "pong"
+        await trio.sleep(0.3)  # the HTTP query is waiting too
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        reply = await peer.read(timeout=10)
+        assert reply["id"] == "q"
+        assert reply["error"] == {"code": "unavailable", "message": stopping}
+        assert await peer.eof()
+        assert time.monotonic() - started < 5  # not the query's 60 s
+    assert http_answers == [(503, {"error": {"code": "unavailable", "message": stopping}})]
+    assert await trio.to_thread.run_sync(server.process.wait, 10) == 0
+    assert "stopped cleanly" in server.log()
