@@ -118,3 +118,17 @@ def test_the_metrics_port_caps_its_connections(motet_server: Any) -> None:
         if status == 200:
             break
     assert status == 200
+
+
+def test_metrics_on_another_address_without_a_token_are_warned_about(
+    motet_server: Any, tmp_path: Path
+) -> None:
+    open_to_all = motet_server("--metrics-host", "0.0.0.0")
+    assert (
+        "serving metrics on 0.0.0.0 without --token or --metrics-token: anyone who can reach "
+        "the port can read them"
+    ) in open_to_all.log()
+    guarded = motet_server(
+        "--metrics-host", "0.0.0.0", "--metrics-token", METRICS_TOKEN, data=tmp_path / "second"
+    )
+    assert "can read them" not in guarded.log()
