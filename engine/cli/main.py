@@ -276,7 +276,7 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
     """The line protocol server's connection limits (``serve_engine``'s
     options of the same names) and the metrics port's connection cap."""
     limits = serve.add_argument_group(
-        "connection limits", "what clients can make the line protocol server hold"
+        "connection limits", "how much and how long clients can make the servers hold"
     )
     limits.add_argument(
         "--max-connections",

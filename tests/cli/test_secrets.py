@@ -30,6 +30,7 @@ def test_serve_help_says_the_command_line_is_public(motet: Any) -> None:
     for option, variable in (
         ("--token-file", "$MOTET_TOKEN"),
         ("--client-token-file", "$MOTET_CLIENT_TOKEN"),
+        ("--metrics-token-file", "$MOTET_METRICS_TOKEN"),
     ):
         assert f"visibletoeverylocaluserin/proc/PID/cmdline(ps):prefer{option}or{variable}" in text
     assert "mayonlysendcommands,queries,statusandping" in text
