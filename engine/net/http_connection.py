@@ -100,9 +100,10 @@ class HttpConnection:
         return f"<HttpConnection our_state={self.conn.our_state} streaming={bool(self.streaming)}>"
 
     def stop_waiting(self) -> None:
-        """The server's stop timeout is up: a request still being answered
-        (e.g. a query waiting for a position with ``after``) gets 503
-        ``unavailable`` at once."""
+        """The server's stop timeout is up: a query or read still being
+        answered (e.g. waiting for a position with ``after``) gets 503
+        ``unavailable`` at once; a command keeps its connection until the
+        server cancels what is left."""
         if self.answering is not None:
             self.answering.cancel()
 
@@ -188,7 +189,10 @@ class HttpConnection:
             try:
                 body = await self._read_body(headers)
                 with trio.CancelScope() as answering:
-                    self.answering = answering
+                    # A command is never given up on: it may commit all the
+                    # same, and "retry" would then run it twice.
+                    if not request.target.startswith(b"/commands/"):
+                        self.answering = answering
                     answer = await server.route(
                         "GET" if head else method, request.target, headers, body
                     )
