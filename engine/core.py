@@ -27,7 +27,7 @@ from motet.storage.store import Durability, EventStore, check_command_id, check_
 
 from .app import App
 from .mediator import Mediator
-from .metrics import EngineMetrics, outcome_of
+from .metrics import DEFAULT_METRICS_MAX_CONNECTIONS, EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus, message_schemas
 
 __all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
@@ -582,6 +582,8 @@ async def open_engine(
     metrics: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    metrics_token: str | None = None,
+    metrics_max_connections: int = DEFAULT_METRICS_MAX_CONNECTIONS,
     http_port: int | None = None,
     http_host: str = "127.0.0.1",
     http_token: str | None = None,
@@ -613,10 +615,15 @@ async def open_engine(
     collection (``engine.metrics`` is then ``None``). ``max_batch`` caps the
     commands in one write transaction. With ``metrics_port`` (0 picks a free
     port, then in ``engine.metrics_port``) the engine serves Prometheus
-    metrics at ``http://metrics_host:port/metrics`` while it runs. With
+    metrics at ``http://metrics_host:port/metrics`` while it runs, to at most
+    ``metrics_max_connections`` connections at once (a connection beyond
+    answers 429). That endpoint is open unless ``http_token`` or
+    ``metrics_token`` is given; then a scrape needs ``Authorization: Bearer``
+    with one of them (else 401). With
     ``http_port`` (0 picks a free port, then in ``engine.http_port``) it also
     serves the HTTP API and the admin page on ``http_host`` (requests need
-    ``Authorization: Bearer <http_token>`` when a token is given); that
+    ``Authorization: Bearer <http_token>`` when a token is given, and its
+    ``/metrics`` also takes ``metrics_token``); that
     server stops taking requests before the engine drains.
     ``role="reader"`` follows a log another process writes: a directory is
     opened read-only beside its writer (``LmdbStore(path, readonly=True)``, a
@@ -630,6 +637,8 @@ async def open_engine(
     """
     if app is None:
         raise TypeError("open_engine needs the app to run: open_engine(path, app)")
+    if metrics_max_connections < 1:
+        raise ValueError(f"metrics_max_connections must be >= 1, got {metrics_max_connections!r}")
     _check_role(role)
     if (
         store is None
@@ -686,13 +695,21 @@ async def open_engine(
                             host=metrics_host,
                             port=metrics_port,
                             metrics_only=True,
+                            token=http_token,
+                            metrics_token=metrics_token,
+                            max_connections=metrics_max_connections,
                         )
                     )
                     engine.metrics_port = metrics_server.port
                 if http_port is not None:
                     http = await nursery.start(
                         partial(
-                            serve_http, engine, host=http_host, port=http_port, token=http_token
+                            serve_http,
+                            engine,
+                            host=http_host,
+                            port=http_port,
+                            token=http_token,
+                            metrics_token=metrics_token,
                         )
                     )
                     engine.http_port = http.port

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMAND_BUCKETS",
     "CONTENT_TYPE",
+    "DEFAULT_METRICS_MAX_CONNECTIONS",
     "OUTCOMES",
     "EngineMetrics",
     "outcome_of",
@@ -45,6 +46,11 @@ log = logging.getLogger("motet.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text exposition format served at ``/metrics``."""
+
+DEFAULT_METRICS_MAX_CONNECTIONS = 16
+"""Connections the metrics port serves at once: Prometheus keeps one per
+target, so a few servers scraping (and a curl) fit, and sockets opened to
+exhaust the process find a small door. Beyond it a connection gets 429."""
 
 COMMAND_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -5,7 +5,9 @@
 ``--tls-cert``/``--tls-key`` (serving) or ``--tls``/``--cafile`` (connecting).
 ``motet serve`` also takes the client token (``--client-token`` or
 ``--client-token-file``, else ``$MOTET_CLIENT_TOKEN``), which allows only
-commands, queries, status and ping.
+commands, queries, status and ping, and the metrics token
+(``--metrics-token`` or ``--metrics-token-file``, else
+``$MOTET_METRICS_TOKEN``), which allows only reading ``/metrics``.
 
 A value given on the command line can be read by every local user (in
 ``/proc/PID/cmdline``, as ``ps`` shows it); a file or the environment
@@ -26,9 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_TOKEN_VARIABLE",
+    "METRICS_TOKEN_VARIABLE",
     "TOKEN_VARIABLE",
     "client_ssl_context",
     "read_client_token",
+    "read_metrics_token",
     "read_token",
     "server_ssl_context",
 ]
@@ -38,6 +42,9 @@ TOKEN_VARIABLE = "MOTET_TOKEN"
 
 CLIENT_TOKEN_VARIABLE = "MOTET_CLIENT_TOKEN"
 """The environment variable that holds ``motet serve``'s client token when no option gives one."""
+
+METRICS_TOKEN_VARIABLE = "MOTET_METRICS_TOKEN"
+"""The environment variable that holds ``motet serve``'s metrics token when no option gives one."""
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -52,6 +59,14 @@ def read_client_token(args: argparse.Namespace) -> str | None:
     ``$MOTET_CLIENT_TOKEN``, in that order, as :func:`read_token` reads the token."""
     return _read_secret(
         args.client_token_file, args.client_token, "--client-token", CLIENT_TOKEN_VARIABLE
+    )
+
+
+def read_metrics_token(args: argparse.Namespace) -> str | None:
+    """The metrics token of ``--metrics-token-file``, ``--metrics-token`` or
+    ``$MOTET_METRICS_TOKEN``, in that order, as :func:`read_token` reads the token."""
+    return _read_secret(
+        args.metrics_token_file, args.metrics_token, "--metrics-token", METRICS_TOKEN_VARIABLE
     )
 
 

@@ -86,7 +86,7 @@ def _port(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    """A whole number >= 1 (``--max-actors``)."""
+    """A whole number >= 1 (``--max-actors``, ``--max-connections``...)."""
     try:
         count = int(text)
     except ValueError:
@@ -105,6 +105,25 @@ def _seconds(text: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return seconds
+
+
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _bytes(text: str) -> int:
+    """A number of bytes >= 1, plain or with a binary suffix: ``65536``,
+    ``64K``, ``4M``, ``1G`` (``KiB``, ``MiB``, ``GiB`` too)."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in ("K", "M", "G") else ""
+    digits = number[: len(number) - len(unit)].strip()
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"must be a number of bytes such as 65536, 64K or 4M, got {text!r}"
+        )
+    size = int(digits) * _BYTE_UNITS[unit]
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 byte, got {text!r}")
+    return size
 
 
 _VISIBLE = (
@@ -137,6 +156,17 @@ def _token_options(parser: argparse.ArgumentParser, *, serving: bool = False) ->
     )
     client.add_argument(
         "--client-token-file", metavar="FILE", help="read the client token from FILE"
+    )
+    metrics = parser.add_mutually_exclusive_group()
+    metrics.add_argument(
+        "--metrics-token",
+        help="a token that may only read /metrics (give it to Prometheus); with it or "
+        "--token, /metrics needs 'Authorization: Bearer' with the full-access or the "
+        "metrics token (default: $MOTET_METRICS_TOKEN if set)"
+        + _VISIBLE.format(file="--metrics-token-file", variable="MOTET_METRICS_TOKEN"),
+    )
+    metrics.add_argument(
+        "--metrics-token-file", metavar="FILE", help="read the metrics token from FILE"
     )
 
 
@@ -219,7 +249,7 @@ def _add_serve(commands: Any) -> None:
     _token_options(serve, serving=True)
     serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
-    serve.add_argument("--max-connections", type=int, default=1000, help="(default: %(default)s)")
+    _limit_options(serve)
     serve.add_argument(
         "--max-actors",
         type=_count,
@@ -239,6 +269,82 @@ def _add_serve(commands: Any) -> None:
         choices=("debug", "info", "warning", "error"),
         default="info",
         help="(default: %(default)s)",
+    )
+
+
+def _limit_options(serve: argparse.ArgumentParser) -> None:
+    """The line protocol server's connection limits (``serve_engine``'s
+    options of the same names) and the metrics port's connection cap."""
+    limits = serve.add_argument_group(
+        "connection limits", "how much and how long clients can make the servers hold"
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="connections at once, on the line protocol and on --http-port; a new one "
+        "beyond gets 'overloaded' and is closed (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-unauthenticated",
+        type=_count,
+        default=100,
+        metavar="N",
+        help="connections still in their TLS handshake or before auth; a new one beyond "
+        "closes the oldest (default: %(default)s, at most --max-connections)",
+    )
+    limits.add_argument(
+        "--auth-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="a connection must finish its TLS handshake and auth within it (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a connection with nothing in flight for this long (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-partial-bytes",
+        type=_bytes,
+        default=64 << 20,
+        metavar="BYTES",
+        help="unfinished request lines of all connections together; the connection that "
+        "goes over gets 'too_large' and is closed (default: 64M)",
+    )
+    limits.add_argument(
+        "--max-pending-output",
+        type=_bytes,
+        default=4 << 20,
+        metavar="BYTES",
+        help="unsent reply bytes per connection: its requests wait and a live "
+        "subscription is cut off (default: 4M)",
+    )
+    limits.add_argument(
+        "--max-total-output",
+        type=_bytes,
+        default=256 << 20,
+        metavar="BYTES",
+        help="unsent reply bytes of all connections together (default: 256M)",
+    )
+    limits.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, how long requests in flight get to finish; queries "
+        "still waiting then get 'unavailable' (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--metrics-max-connections",
+        type=_count,
+        default=16,
+        metavar="N",
+        help="connections the metrics port serves at once; beyond, 429 (default: %(default)s)",
     )
 
 

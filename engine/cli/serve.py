@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .apps import load_app
-from .credentials import read_client_token, read_token, server_ssl_context
+from .credentials import read_client_token, read_metrics_token, read_token, server_ssl_context
 from .errors import USAGE, fail
 
 if TYPE_CHECKING:
@@ -113,9 +113,12 @@ def serve(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     token = read_token(args)
     client_token = read_client_token(args)
+    metrics_token = read_metrics_token(args)
     if client_token is not None and client_token == token:
         fail("the client token must differ from the full-access token", USAGE)
-    for option in ("token", "client_token"):
+    if metrics_token is not None and metrics_token in (token, client_token):
+        fail("the metrics token must differ from the full-access and the client token", USAGE)
+    for option in ("token", "client_token", "metrics_token"):
         if getattr(args, option):
             _log.warning(
                 "--%s is visible to every local user in /proc/%d/cmdline: "
@@ -126,15 +129,24 @@ def serve(args: argparse.Namespace) -> int:
                 option.upper(),
             )
     ssl_context = server_ssl_context(args)
-    if args.max_connections < 1:
-        fail(f"--max-connections must be >= 1, got {args.max_connections}", USAGE)
     if args.host not in LOCAL_HOSTS and token is None and client_token is None:
         _log.warning(
             "listening on %s without --token: anyone who can reach the port can send commands",
             args.host,
         )
+    if (
+        not args.no_metrics
+        and args.metrics_host not in LOCAL_HOSTS
+        and token is None
+        and metrics_token is None
+    ):
+        _log.warning(
+            "serving metrics on %s without --token or --metrics-token: anyone who can reach "
+            "the port can read them",
+            args.metrics_host,
+        )
     try:
-        trio.run(_run_server, args, app, (token, client_token), ssl_context)
+        trio.run(_run_server, args, app, (token, client_token, metrics_token), ssl_context)
     except* OSError as group:
         # A port that cannot be bound fails inside the engine's and the server's
         # nurseries, so its OSError arrives wrapped in exception groups.
@@ -150,7 +162,7 @@ def serve(args: argparse.Namespace) -> int:
 async def _run_server(
     args: argparse.Namespace,
     app: App,
-    tokens: tuple[str | None, str | None],
+    tokens: tuple[str | None, str | None, str | None],
     ssl_context: ssl.SSLContext | None,
 ) -> None:
     import signal
@@ -169,6 +181,11 @@ async def _run_server(
                 passivate_after=args.passivate_after,
                 metrics_port=None if args.no_metrics else args.metrics_port,
                 metrics_host=args.metrics_host,
+                metrics_max_connections=args.metrics_max_connections,
+                # The engine's own HTTP server is the metrics port alone here:
+                # it takes the full-access token or the metrics token.
+                http_token=tokens[0],
+                metrics_token=tokens[2],
                 role=args.role,
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
@@ -181,6 +198,12 @@ async def _run_server(
                         client_token=tokens[1],
                         ssl_context=ssl_context,
                         max_connections=args.max_connections,
+                        max_unauthenticated=args.max_unauthenticated,
+                        auth_timeout=args.auth_timeout,
+                        idle_timeout=args.idle_timeout,
+                        max_partial_bytes=args.max_partial_bytes,
+                        max_pending_output=args.max_pending_output,
+                        max_total_output=args.max_total_output,
                         task_status=task_status,
                     )
                 )
@@ -196,6 +219,7 @@ async def _run_server(
                             port=args.http_port,
                             token=tokens[0],
                             client_token=tokens[1],
+                            metrics_token=tokens[2],
                             ssl_context=ssl_context,
                             max_connections=args.max_connections,
                         )
@@ -222,9 +246,9 @@ async def _run_server(
                 )
                 async for signum in signals:
                     _log.info("%s received: draining and closing", signal.Signals(signum).name)
-                    server.stop()
+                    server.stop(args.drain_timeout)
                     if http is not None:
-                        http.stop()
+                        http.stop(args.drain_timeout)
                     break
         except StorageError as exc:
             fail(str(exc))

@@ -5,12 +5,14 @@ Two scopes, one rule (:data:`CLIENT_OPS`):
 
 - ``full`` (the ``--token`` of ``motet serve``): every request;
 - ``client`` (the ``--client-token``): what an application needs, i.e.
-  ``command``, ``query``, ``status``, ``ping`` and ``auth``. Reading a stream
-  and subscribing to the log hand out every event's data (the example app's
-  ``UserCreated`` holds a password hash), so ``read``, ``subscribe``,
-  ``unsubscribe``, the HTTP routes that mirror them and the projection
-  controls need ``full``; so does any op not in the list, including ops added
-  later.
+  ``command``, ``query``, ``status``, ``ping`` and ``auth`` (and the HTTP
+  ``/metrics``). Reading a stream and subscribing to the log hand out every
+  event's data (the example app's ``UserCreated`` holds a password hash), so
+  ``read``, ``subscribe``, ``unsubscribe``, the HTTP routes that mirror them
+  and the projection controls need ``full``; so does any op not in the list,
+  including ops added later.
+- ``metrics`` (the ``--metrics-token``, HTTP only): ``GET /metrics`` and
+  nothing else, so the token a Prometheus server keeps opens no data.
 
 A server without tokens grants ``full`` to every connection. Tokens are
 compared in constant time, each presented token against every configured
@@ -47,6 +49,8 @@ __all__ = [
     "DEFAULT_AUTH_FAILURE_DELAY",
     "DEFAULT_MAX_AUTH_FAILURES",
     "FULL",
+    "METRICS",
+    "METRICS_OP",
     "AuthGuard",
     "ScopeRefused",
     "Tokens",
@@ -62,6 +66,15 @@ CLIENT: Final = "client"
 
 CLIENT_OPS: Final = frozenset({"command", "query", "status", "ping", "auth"})
 """The line-protocol ops the ``client`` scope may send; every other op needs ``full``."""
+
+METRICS: Final = "metrics"
+"""The scope of the metrics token: reading ``/metrics`` only."""
+
+METRICS_OP: Final = "metrics"
+"""What ``GET /metrics`` stands for in :func:`scope_refusal` (no line-protocol op)."""
+
+# What each scope but ``full`` may do.
+_ALLOWED: Final = {CLIENT: CLIENT_OPS | {METRICS_OP}, METRICS: frozenset({METRICS_OP})}
 
 DEFAULT_AUTH_FAILURE_DELAY: Final = 1.0
 """Seconds a wrong token's answer waits."""
@@ -89,12 +102,19 @@ class ScopeRefused(Unauthorized):
 class Tokens:
     """The tokens of one server and the scope each grants."""
 
-    def __init__(self, token: str | None, client_token: str | None = None) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        client_token: str | None = None,
+        metrics_token: str | None = None,
+    ) -> None:
         if client_token is not None and client_token == token:
             raise ValueError("the client token must differ from the full-access token")
+        if metrics_token is not None and metrics_token in (token, client_token):
+            raise ValueError("the metrics token must differ from the other tokens")
         self._tokens = tuple(
             (secret.encode(), scope)
-            for secret, scope in ((token, FULL), (client_token, CLIENT))
+            for secret, scope in ((token, FULL), (client_token, CLIENT), (metrics_token, METRICS))
             if secret is not None
         )
 
@@ -128,12 +148,17 @@ class Tokens:
 def scope_refusal(scope: str, op: str) -> ScopeRefused | None:
     """Why ``scope`` may not send ``op`` (a line-protocol op, or the op an
     HTTP route stands for), or ``None`` when it may."""
-    if scope == FULL or op in CLIENT_OPS:
+    if scope == FULL or op in _ALLOWED.get(scope, ()):
         return None
+    if scope == METRICS:
+        granted = "the metrics token (scope 'metrics'), which may only read /metrics"
+    else:
+        granted = (
+            f"the client token (scope {scope!r}), which may send only "
+            f"{', '.join(sorted(CLIENT_OPS - {'auth'}))}"
+        )
     return ScopeRefused(
-        f"{op} needs the full-access token (scope {FULL!r}); this connection has the "
-        f"client token (scope {scope!r}), which may send only "
-        f"{', '.join(sorted(CLIENT_OPS - {'auth'}))}",
+        f"{op} needs the full-access token (scope {FULL!r}); this connection has {granted}",
         needed=FULL,
     )
 

@@ -36,8 +36,13 @@ With a ``token``, every route but the admin page's static files needs
 ``Authorization: Bearer <token>`` (compared in constant time); the page asks
 for the token and sends it with each of its requests. A ``client_token``
 opens only the routes of the client scope (:mod:`motet.engine.net.access`):
-not ``/streams``, ``/events`` or the projection controls. A wrong token is
-answered late and closes its connection.
+not ``/streams``, ``/events`` or the projection controls. A
+``metrics_token`` opens ``/metrics`` alone (the token a Prometheus server
+keeps). A wrong token is answered late and closes its connection.
+
+A metrics-only server (``metrics_only``, the engine's metrics port) serves
+``GET /metrics`` alone: open without tokens, else it needs the full-access
+token or the metrics token (a missing or wrong one answers 401).
 
 HTTP/1.1 is parsed by h11 (the sans-I/O parser under hypercorn and httpcore),
 driven by :mod:`motet.engine.net.http_connection` with one trio task per
@@ -49,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
@@ -65,12 +70,14 @@ from ..core import Engine
 from .access import (
     DEFAULT_AUTH_FAILURE_DELAY,
     FULL,
+    METRICS_OP,
     AuthGuard,
     ScopeRefused,
     Tokens,
     scope_refusal,
 )
 from .http_connection import EventStream, HttpConnection, Response, close_stream
+from .listening import AcceptFailures, open_listeners, serve_listeners
 from .openapi import openapi_document
 from .protocol import (
     DEFAULT_QUERY_TIMEOUT,
@@ -108,6 +115,7 @@ _ROUTE_OPS: Final = {
     "queries": "query",
     "streams": "read",
     "events": "subscribe",
+    "metrics": METRICS_OP,
 }
 _STATIC: Final = {
     "index.html": b"text/html; charset=utf-8",
@@ -125,6 +133,8 @@ class HttpStatistics(msgspec.Struct, frozen=True):
     requests: int
     errors: int
     event_streams: int
+    accept_failures: int = 0
+    """Accepts that failed for want of resources (e.g. out of file descriptors)."""
 
 
 class _MethodNotAllowed(BadRequest):
@@ -160,6 +170,7 @@ class HttpServer:
         *,
         token: str | None,
         client_token: str | None = None,
+        metrics_token: str | None = None,
         auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY,
         max_body: int,
         max_head: int,
@@ -185,7 +196,8 @@ class HttpServer:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         self.engine = engine
         self.listeners: list[trio.abc.Listener[Any]] = []
-        self._tokens = Tokens(token, client_token)
+        # The metrics port takes the full-access and the metrics token only.
+        self._tokens = Tokens(token, None if metrics_only else client_token, metrics_token)
         # One wrong token per connection: each guess costs a new connection too.
         self._auth_guard = AuthGuard(
             engine.metrics, wire="HTTP", delay=auth_failure_delay, max_failures=1
@@ -198,6 +210,9 @@ class HttpServer:
         self._write_timeout = write_timeout
         self._heartbeat = heartbeat
         self.metrics_only = metrics_only
+        self.accept_failures = AcceptFailures(
+            log, "metrics port" if metrics_only else "HTTP server"
+        )
         self._decoder = RequestDecoder(engine.app)
         self._encoder = ReplyEncoder()
         self._json = msgspec.json.Encoder()
@@ -214,6 +229,7 @@ class HttpServer:
         self.stopping = False
         self._accepted = 0
         self._refused = 0
+        self._refusing = 0
         self._requests = 0
         self._errors = 0
         self._event_streams = 0
@@ -244,6 +260,7 @@ class HttpServer:
             requests=self._requests,
             errors=self._errors,
             event_streams=self._event_streams,
+            accept_failures=self.accept_failures.total,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -251,8 +268,10 @@ class HttpServer:
 
         The listeners close, idle keep-alive connections close, event streams
         end with an ``error`` event, requests being answered finish (with
-        ``Connection: close``), and whatever still runs after ``timeout``
-        seconds is cancelled. Calling it again changes nothing.
+        ``Connection: close``); a request still being answered after
+        ``timeout`` seconds (e.g. a query waiting with ``after``) gets 503
+        ``unavailable``, and whatever still runs a moment later is
+        cancelled. Calling it again changes nothing.
         """
         if not self._stop_requested.is_set():
             self._stop_timeout = timeout
@@ -272,7 +291,17 @@ class HttpServer:
             connection = HttpConnection(self, stream)
             if refusal is not None:
                 self._refused += 1
-                await connection.refuse(*refusal)
+                if self._refusing >= self._max_connections:
+                    # Refusals wait for a request to answer: past the cap of
+                    # those too, a socket is closed unanswered, so a flood
+                    # holds at most twice max_connections descriptors.
+                    await stream.aclose()
+                    return
+                self._refusing += 1
+                try:
+                    await connection.refuse(*refusal)
+                finally:
+                    self._refusing -= 1
                 return
             self._accepted += 1
             self._connections.add(connection)
@@ -298,6 +327,11 @@ class HttpServer:
             return FULL
         given = headers.get(b"authorization")
         if given is None:
+            if self.metrics_only:
+                raise Unauthorized(
+                    "/metrics needs the token or the metrics token: "
+                    "send it as 'Authorization: Bearer <token>'"
+                )
             raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
         scheme, _, credentials = given.partition(b" ")
         scope = None
@@ -382,10 +416,11 @@ class HttpServer:
         path_bytes, _, query_bytes = target.partition(b"?")
         path = path_bytes.decode("latin-1")
         if self.metrics_only:
-            # A port for Prometheus alone: no API, no page, no token.
+            # A port for Prometheus alone: no API, no page.
             if path != "/metrics":
                 raise NotFound(f"no route {path!r}: this port serves only /metrics")
             _allow(method, path, "GET")
+            await self._scope(headers)
             return self._metrics()
         if path == "/" or path.startswith("/admin/"):
             _allow(method, path, "GET")
@@ -657,6 +692,7 @@ async def serve_http(
     port: int = DEFAULT_HTTP_PORT,
     token: str | None = None,
     client_token: str | None = None,
+    metrics_token: str | None = None,
     auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY,
     ssl_context: Any = None,
     max_body: int = 1 << 20,
@@ -680,7 +716,8 @@ async def serve_http(
     (else 401). ``client_token``: a second token for commands, queries,
     ``/status``, ``/metrics``, ``/openapi.json`` and reading ``/projections``;
     ``/streams``, ``/events`` and the projection controls answer it 401
-    ``unauthorized`` naming the scope they need. A wrong token is answered
+    ``unauthorized`` naming the scope they need. ``metrics_token``: a token
+    for ``GET /metrics`` alone (the one to give Prometheus). A wrong token is answered
     after ``auth_failure_delay`` seconds, counted in
     ``motet_auth_failures_total``, logged, and closes its connection.
     ``ssl_context`` (an ``ssl.SSLContext``): serve HTTPS.
@@ -691,8 +728,10 @@ async def serve_http(
     ``request_timeout``: a started request must arrive within it;
     ``write_timeout``: a peer that accepts no data for that long is
     dropped; ``heartbeat``: seconds between comments on a quiet event stream.
-    ``metrics_only``: serve only ``GET /metrics``, without a token (a port
-    for Prometheus alone, as ``--metrics-port`` gives).
+    ``metrics_only``: serve only ``GET /metrics`` (a port for Prometheus
+    alone, as ``--metrics-port`` gives): open when neither ``token`` nor
+    ``metrics_token`` is given, else it needs one of them (``client_token``
+    is not accepted there).
     Raises ``OSError`` when the address cannot be bound and ``ValueError``
     for invalid limits.
     """
@@ -700,6 +739,7 @@ async def serve_http(
         engine,
         token=token,
         client_token=client_token,
+        metrics_token=metrics_token,
         auth_failure_delay=auth_failure_delay,
         max_body=max_body,
         max_head=max_head,
@@ -712,21 +752,16 @@ async def serve_http(
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
-            serve: Callable[..., Awaitable[object]]
-            if ssl_context is None:
-                serve = partial(
-                    trio.serve_tcp, server._handle, port, host=host, handler_nursery=connections
-                )
-            else:
-                serve = partial(
-                    trio.serve_ssl_over_tcp,
+            listeners = await open_listeners(host, port, ssl_context)
+            server.listeners = await accepting.start(
+                partial(
+                    serve_listeners,
                     server._handle,
-                    port,
-                    ssl_context,
-                    host=host,
+                    listeners,
                     handler_nursery=connections,
+                    failures=server.accept_failures,
                 )
-            server.listeners = await accepting.start(serve)
+            )
             scheme = "http" if ssl_context is None else "https"
             if metrics_only:
                 log.info("serving metrics on %s://%s:%d/metrics", scheme, host, server.port)
@@ -741,6 +776,13 @@ async def serve_http(
             connection.drain()
         with trio.move_on_after(server._stop_timeout):
             await server._no_connections.wait()
+        if server._connections:
+            # Time is up: a request still waiting (a query's ``after``) is
+            # answered 503 rather than cut off unanswered.
+            for connection in list(server._connections):
+                connection.stop_waiting()
+            with trio.move_on_after(1.0):
+                await server._no_connections.wait()
         log.info("HTTP server stopped in %.1f s", time.monotonic() - started)
         connections.cancel_scope.cancel()
 

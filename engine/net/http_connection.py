@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Final
 import h11
 import trio
 
+from motet.storage.errors import Unavailable
+
 from .protocol import RequestTooLarge
 
 if TYPE_CHECKING:
@@ -92,9 +94,18 @@ class HttpConnection:
         self.peer_done = False
         self.idle_scope: trio.CancelScope | None = None
         self.streaming: trio.CancelScope | None = None
+        self.answering: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<HttpConnection our_state={self.conn.our_state} streaming={bool(self.streaming)}>"
+
+    def stop_waiting(self) -> None:
+        """The server's stop timeout is up: a query or read still being
+        answered (e.g. waiting for a position with ``after``) gets 503
+        ``unavailable`` at once; a command keeps its connection until the
+        server cancels what is left."""
+        if self.answering is not None:
+            self.answering.cancel()
 
     def drain(self) -> None:
         """The server stops: close at once if idle, end an event stream."""
@@ -177,9 +188,22 @@ class HttpConnection:
             head = method == "HEAD"
             try:
                 body = await self._read_body(headers)
-                answer = await server.route(
-                    "GET" if head else method, request.target, headers, body
-                )
+                with trio.CancelScope() as answering:
+                    # A command is never given up on: it may commit all the
+                    # same, and "retry" would then run it twice.
+                    if not request.target.startswith(b"/commands/"):
+                        self.answering = answering
+                    answer = await server.route(
+                        "GET" if head else method, request.target, headers, body
+                    )
+                self.answering = None
+                if answering.cancelled_caught:
+                    answer = server.failure(
+                        Unavailable(
+                            "the server is shutting down and stopped waiting for this request; "
+                            "retry it once the server is back (or on another node)"
+                        )
+                    )
             except h11.RemoteProtocolError as exc:
                 await self._protocol_error(exc)
                 return

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager, suppress
 from functools import partial
 from typing import Any
@@ -53,6 +53,7 @@ from .access import (
     scope_refusal,
 )
 from .framing import RECEIVE_SIZE, ByteBudget, LineReader, Outbox, write_outbox
+from .listening import AcceptFailures, open_listeners, serve_listeners
 from .protocol import (
     DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
@@ -118,6 +119,8 @@ class ServerStatistics(msgspec.Struct, frozen=True):
     """Bytes of replies waiting to be sent, all connections together."""
     unfinished_lines: int = 0
     """Bytes of request lines received but not finished, all connections together."""
+    accept_failures: int = 0
+    """Accepts that failed for want of resources (e.g. out of file descriptors)."""
 
 
 class Server:
@@ -174,6 +177,7 @@ class Server:
         self._auth_guard = AuthGuard(
             engine.metrics, wire="line", delay=auth_failure_delay, max_failures=max_auth_failures
         )
+        self.accept_failures = AcceptFailures(log, "line protocol server")
         self._max_line = max_line
         self._max_connections = max_connections
         self._max_in_flight = max_in_flight
@@ -235,6 +239,7 @@ class Server:
             timed_out=self._timed_out,
             pending_output=self._output.used,
             unfinished_lines=self._partial.used,
+            accept_failures=self.accept_failures.total,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -243,8 +248,10 @@ class Server:
         The listeners close (no new connections), every connection stops
         reading new requests and ends its subscriptions, the requests already
         read are answered (commands run to their Ack), and the connections
-        close. Whatever is still running after ``timeout`` seconds is
-        cancelled. Calling it again changes nothing.
+        close. Queries and reads still running after ``timeout`` seconds
+        (e.g. waiting for a position with ``after``) are answered
+        ``unavailable`` ("the server is shutting down"); whatever still runs
+        a moment later is cancelled. Calling it again changes nothing.
         """
         if not self._stop_requested.is_set():
             self._stop_timeout = timeout
@@ -365,6 +372,7 @@ class _Connection:
         # a batch of events read from the log while its lines wait.
         self._catching_up = trio.Lock()
         self._submitted = 0  # commands handed to the engine, not answered yet
+        self._waiting: set[trio.CancelScope] = set()  # of the queries and reads running
         self._all_answered: trio.Event | None = None
 
     @property
@@ -432,6 +440,12 @@ class _Connection:
             self.scope.deadline = math.inf
         else:
             self._idle()
+
+    def stop_waiting(self) -> None:
+        """Answer the queries and reads still running (e.g. a query waiting
+        for a position with ``after``) with ``unavailable`` at once."""
+        for waiting in self._waiting:
+            waiting.cancel()
 
     def drain(self) -> None:
         """Stop reading requests and end the subscriptions; the requests in
@@ -669,10 +683,21 @@ class _Connection:
 
     async def _run(self, request: QueryOp | ReadOp) -> None:
         try:
-            try:
-                line = await self._execute(request)
-            except Exception as exc:
-                line = self._failure(request.id, exc)
+            line: bytes | None = None
+            with trio.CancelScope() as waiting:
+                self._waiting.add(waiting)
+                try:
+                    line = await self._execute(request)
+                except Exception as exc:
+                    line = self._failure(request.id, exc)
+                finally:
+                    self._waiting.discard(waiting)
+            if line is None:  # stopped by stop_waiting
+                stopped = Unavailable(
+                    "the server is shutting down and stopped waiting for this request; "
+                    "retry it once the server is back (or on another node)"
+                )
+                line = self._failure(request.id, stopped)
             self._put(line)
         finally:
             self._release()
@@ -873,25 +898,16 @@ async def serve_engine(
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
-            serve: Callable[..., Awaitable[object]]
-            if ssl_context is None:
-                serve = partial(
-                    trio.serve_tcp,
+            listeners = await open_listeners(host, port, ssl_context)
+            server.listeners = await accepting.start(
+                partial(
+                    serve_listeners,
                     server._handle,
-                    port,
-                    host=host,
+                    listeners,
                     handler_nursery=connections,
+                    failures=server.accept_failures,
                 )
-            else:
-                serve = partial(
-                    trio.serve_ssl_over_tcp,
-                    server._handle,
-                    port,
-                    ssl_context,
-                    host=host,
-                    handler_nursery=connections,
-                )
-            server.listeners = await accepting.start(serve)
+            )
             task_status.started(server)
             await server._stop_requested.wait()
             server._stopping = True
@@ -901,6 +917,13 @@ async def serve_engine(
             connection.drain()
         with trio.move_on_after(server._stop_timeout):
             await server._no_connections.wait()
+        if server._connections:
+            # Time is up. A query waiting for a position (``after``) may wait
+            # long: it is answered "unavailable" rather than cut off unanswered.
+            for connection in list(server._connections):
+                connection.stop_waiting()
+            with trio.move_on_after(_LINGER):
+                await server._no_connections.wait()
         connections.cancel_scope.cancel()
 
 

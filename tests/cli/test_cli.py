@@ -161,7 +161,7 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         (["serve", "--app", "motet.engine.example:user"], "is not a motet App (found Aggregate)"),
         (["serve", "--app", "motet.engine.example"], "--app must look like MODULE:ATTR"),
         (["serve", "--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
-        (["serve", "--max-connections", "0"], "--max-connections must be >= 1, got 0"),
+        (["serve", "--max-connections", "0"], "argument --max-connections: must be >= 1, got 0"),
         (["serve", "--token-file", "missing"], "cannot read --token-file"),
         (["client", "--cafile", "ca.pem", "ping"], "--cafile needs --tls"),
         (["inspect", "--limit", "0"], "--limit must be >= 1, got 0"),

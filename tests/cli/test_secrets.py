@@ -30,6 +30,7 @@ def test_serve_help_says_the_command_line_is_public(motet: Any) -> None:
     for option, variable in (
         ("--token-file", "$MOTET_TOKEN"),
         ("--client-token-file", "$MOTET_CLIENT_TOKEN"),
+        ("--metrics-token-file", "$MOTET_METRICS_TOKEN"),
     ):
         assert f"visibletoeverylocaluserin/proc/PID/cmdline(ps):prefer{option}or{variable}" in text
     assert "mayonlysendcommands,queries,statusandping" in text
@@ -83,7 +84,11 @@ def test_the_same_token_twice_is_a_usage_error(motet: Any) -> None:
 
 
 def _auth_failures(metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        headers={"Authorization": f"Bearer {FULL_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
         text = answer.read().decode()
     match = re.search(r"^motet_auth_failures_total (\S+)$", text, re.MULTILINE)
     assert match is not None, text

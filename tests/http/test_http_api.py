@@ -385,7 +385,7 @@ async def test_openapi_document_validates_and_names_everything(http: Http, engin
 
 async def test_a_metrics_only_port_serves_metrics_alone(engine: Engine) -> None:
     async with open_http_server(engine, port=0, metrics_only=True, token="t") as server:
-        http = Http(server.port)
+        http = Http(server.port, token="t")
         metrics = await http.get("/metrics")
         assert metrics.status == 200
         assert "motet_log_head_position" in metrics.body.decode()

@@ -306,15 +306,23 @@ async def test_a_refused_connection_raises_overloaded(engine: Engine) -> None:
 
 
 async def test_a_lost_connection_fails_waiting_calls(engine: Engine) -> None:
+    serving = trio.CancelScope()
+
+    async def serve(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with serving:
+            await _serve(engine, task_status=task_status)
+
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(_serve, engine)
+        server = await nursery.start(serve)
         async with open_client("127.0.0.1", server.port) as client:
 
-            async def stop_soon() -> None:
+            async def cut_off_soon() -> None:
+                # Cancelled, not stopped: a stopping server would answer the
+                # waiting query "unavailable" first.
                 await trio.sleep(0.1)
-                server.stop(timeout=0.1)
+                serving.cancel()
 
-            nursery.start_soon(stop_soon)
+            nursery.start_soon(cut_off_soon)
             with pytest.raises(ConnectionLost, match="closed the connection"):
                 await client.ask(GetUserById(user_id="u"), after=50, timeout=30)
             assert client.closed
@@ -326,6 +334,20 @@ async def test_a_lost_connection_fails_waiting_calls(engine: Engine) -> None:
     with pytest.raises(OSError):
         async with open_client("127.0.0.1", server.port):
             pass  # pragma: no cover
+
+
+async def test_a_stopping_server_answers_a_waiting_call_unavailable(engine: Engine) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(_serve, engine)
+        async with open_client("127.0.0.1", server.port) as client:
+
+            async def stop_soon() -> None:
+                await trio.sleep(0.1)
+                server.stop(timeout=0.1)
+
+            nursery.start_soon(stop_soon)
+            with pytest.raises(Unavailable, match="shutting down and stopped waiting"):
+                await client.ask(GetUserById(user_id="u"), after=50, timeout=30)
 
 
 async def _serve(engine: Engine, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -773,5 +773,12 @@ async def test_stop_cancels_what_outlives_the_timeout(engine: Engine) -> None:
                         await trio.sleep(0.001)
                 start = trio.current_time()
                 server.stop(timeout=0.2)
+                reply = await peer.read()
+                assert reply["id"] == 1
+                assert error(reply) == (
+                    "unavailable",
+                    "the server is shutting down and stopped waiting for this request; "
+                    "retry it once the server is back (or on another node)",
+                )
                 assert await peer.eof()
                 assert trio.current_time() - start < 3

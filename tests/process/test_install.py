@@ -36,6 +36,11 @@ def test_the_wheel_installs_only_motet_and_works_from_any_folder(tmp_path: Path)
         assert f"motet/{package}/__init__.py" in names
         assert f"motet/{package}/py.typed" in names
     assert not [name for name in names if name.startswith(("motet/benchmarks", "motet/tests"))]
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        assert "License-Expression: MIT" in archive.read(metadata).decode().splitlines()
+        (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert archive.read(licence) == (REPO / "LICENSE").read_bytes()
 
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)

@@ -458,3 +458,81 @@ def test_prometheus_scrapes_motet_serve(
     assert "stopped" in load_log.read_text()
     _stop(scraper)
     assert server.terminate() == 0, f"motet serve did not stop cleanly:\n{server.log()}"
+
+
+def _config_with_the_token(directory: Path, target: str, token_file: Path) -> Path:
+    """deploy/'s prometheus.yml with its ``authorization:`` block uncommented
+    (pointing at ``token_file``), scraping ``target`` every second, plus a
+    job scraping the same target without the token."""
+    text = PROMETHEUS_CONFIG.read_text()
+    edits = {
+        "    # authorization:\n": "    authorization:\n",
+        "    #   credentials_file: /etc/prometheus/motet-metrics-token\n": (
+            f"      credentials_file: {token_file}\n"
+        ),
+        "  - motet-rules.yml\n": f"  - {RULES}\n",
+        '"127.0.0.1:9707"': f'"{target}"',
+        "scrape_interval: 5s": "scrape_interval: 1s",
+        "scrape_timeout: 5s": "scrape_timeout: 1s",
+    }
+    for old, new in edits.items():
+        assert text.count(old) == 1, f"{PROMETHEUS_CONFIG} no longer holds {old!r}"
+        text = text.replace(old, new)
+    text += (
+        f'  - job_name: motet-without-token\n    static_configs:\n      - targets: ["{target}"]\n'
+    )
+    path = directory / "prometheus.yml"
+    path.write_text(text)
+    return path
+
+
+def test_prometheus_scrapes_with_the_metrics_token_of_the_deploy_config(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], motet_server: Any
+) -> None:
+    prometheus = _binary("prometheus")
+    deadline = time.monotonic() + E2E_BUDGET
+    token_file = tmp_path / "motet-metrics-token"
+    token_file.write_text("prometheus-only-s3cret\n")
+    token_file.chmod(0o600)
+    server = motet_server("--token", "full-s3cret", "--metrics-token-file", str(token_file))
+    assert server.metrics_port is not None
+    target = f"127.0.0.1:{server.metrics_port}"
+    config = _config_with_the_token(tmp_path, target, token_file)
+    assert "SUCCESS" in _promtool("check", "config", str(config))
+
+    web_port = _free_port()
+    prometheus_log = tmp_path / "prometheus.log"
+    with prometheus_log.open("wb") as output:
+        scraper = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{web_port}",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    processes.append(scraper)
+    api = PrometheusApi(web_port)
+
+    def ready() -> bool | None:
+        if scraper.poll() is not None:
+            pytest.fail(f"prometheus exited with {scraper.returncode}:\n{_tail(prometheus_log)}")
+        return True if api.get("/-/ready")[0] == 200 else None
+
+    _wait_until("prometheus to be ready", deadline, ready, prometheus_log)
+
+    def both_scraped() -> dict[str, str] | None:
+        up = {series["metric"]["job"]: series["value"][1] for series in api.query("up")}
+        return up if len(up) == 2 else None
+
+    def head_scraped() -> list[dict[str, Any]] | None:
+        return api.query('motet_log_head_position{job="motet"}') or None
+
+    _wait_until("the token's scrape", deadline, head_scraped, prometheus_log)
+    up = _wait_until("both jobs scraped", deadline, both_scraped, prometheus_log)
+    assert up == {"motet": "1", "motet-without-token": "0"}, up
+    assert not api.query('motet_log_head_position{job="motet-without-token"}')
+    assert _stop(scraper) == 0

@@ -6,10 +6,11 @@ import re
 
 from motet.engine import Engine
 
-__all__ = ["CLIENT_TOKEN", "FULL_TOKEN", "auth_failures"]
+__all__ = ["CLIENT_TOKEN", "FULL_TOKEN", "METRICS_TOKEN", "auth_failures"]
 
 FULL_TOKEN = "full-s3cret"
 CLIENT_TOKEN = "client-s3cret"
+METRICS_TOKEN = "metrics-s3cret"
 
 
 def auth_failures(engine: Engine) -> float:
