@@ -32,6 +32,7 @@ __all__ = [
     "InternalError",
     "InvalidKey",
     "InvalidMessage",
+    "MisplacedRecord",
     "MotetError",
     "NotFound",
     "Outcome",
@@ -112,6 +113,21 @@ class StoreFormatError(StorageError):
 class CodecError(MotetError):
     """Bytes could not be turned back into a registered message type: an
     unknown type tag, a version newer than the code, or corrupt data."""
+
+
+class MisplacedRecord(MotetError, ValueError):
+    """An already-positioned record (an import, a copy of another log) does
+    not fit where it would go: not at the log's next position, not at its
+    stream's next version, or carrying a command id already acknowledged
+    elsewhere. The caller's fault (the records given, e.g. an edited export
+    file); nothing of the batch is written. ``position`` is the record's."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+    def __reduce__(self) -> tuple[type[MisplacedRecord], tuple[str, int]]:
+        return (type(self), (str(self), self.position))
 
 
 class Conflict(MotetError):
