@@ -29,6 +29,7 @@ __all__ = [
     "ConnectionLost",
     "EngineClosed",
     "ErrorCode",
+    "ExportFileError",
     "InternalError",
     "InvalidKey",
     "InvalidMessage",
@@ -43,6 +44,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StoreFormatError",
+    "StoreNotEmpty",
     "Unauthorized",
     "Unavailable",
     "UnknownMessageType",
@@ -108,6 +110,28 @@ class StoreFormatError(StorageError):
     """The directory given is not a Motet store this version can open: it is a
     file, holds something else, or was written by an unknown format version.
     The operator's fault: point Motet at the right directory."""
+
+
+class StoreNotEmpty(StoreFormatError):
+    """An import or a restore was pointed at a store or directory that already
+    holds data; they only fill an empty one, so nothing is mixed or
+    overwritten. The operator's fault: give a new or empty target."""
+
+
+class ExportFileError(MotetError, ValueError):
+    """A file given to ``motet import`` is not a sound Motet export: a line
+    that is not JSON or not an event, positions with a gap or out of order,
+    an event type the app does not know, a checksum that does not match.
+    The file's fault (edited, truncated, from another app); the message
+    names the line. ``line`` is its number (1-based), 0 for the file as a
+    whole."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
+
+    def __reduce__(self) -> tuple[type[ExportFileError], tuple[str, int]]:
+        return (type(self), (str(self), self.line))
 
 
 class CodecError(MotetError):

@@ -561,6 +561,25 @@ class LmdbStore:
                 bytes(key).decode() for key in txn.cursor(self._checkpoints).iternext(values=False)
             ]
 
+    def copy_to(self, directory: str | os.PathLike[str]) -> None:
+        """Write a compacted copy of the whole store into ``directory`` (an
+        existing, empty directory): one read transaction, so the copy is the
+        store as of one commit, even while a writer keeps appending beside a
+        read-only handle. LMDB-only: a PostgreSQL store is copied with
+        PostgreSQL's own tools, and an in-memory store has nothing to keep."""
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+        try:
+            with self._resize_lock:
+                try:
+                    self._env.copy(str(directory), compact=True)
+                except lmdb.MapResizedError:
+                    # The writer process grew the map past ours: adopt its size.
+                    self._env.set_mapsize(0)
+                    self._env.copy(str(directory), compact=True)
+        except lmdb.Error as exc:
+            raise _translate(exc, f"copying the store to {directory}", Path(directory)) from exc
+
     def close(self) -> None:
         if self._closed:
             return
