@@ -166,7 +166,7 @@ def export(args: argparse.Namespace) -> int:
 
 def import_(args: argparse.Namespace) -> int:
     """Run ``motet import``."""
-    from motet.storage.errors import MotetError
+    from motet.storage.errors import ExportFileError, MotetError
     from motet.storage.transfer import import_events, import_into_directory
 
     codec = load_app(args.app).codec()
@@ -191,11 +191,14 @@ def import_(args: argparse.Namespace) -> int:
                 summary = import_events(file, store, codec, **options)
             finally:
                 store.close()
-    except MotetError as exc:
+    except ExportFileError as exc:
         progress.close()
         where = "standard input" if args.file == "-" else args.file
         kept = "" if args.store is None else " (the events before it stay in the target)"
         fail(f"{where}: {exc}{kept}")
+    except MotetError as exc:
+        progress.close()
+        fail(str(exc))
     finally:
         if file is not sys.stdin.buffer:
             file.close()
