@@ -148,7 +148,8 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         (
             ["frob"],
             "motet: unknown command 'frob' "
-            "(choose from: backup, client, demo, export, import, inspect, restore, serve, status, verify)",
+            "(choose from: backup, client, demo, export, import, inspect, restore, serve, "
+            "status, verify)",
         ),
         ([], "the following arguments are required: COMMAND"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),
