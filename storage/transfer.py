@@ -166,7 +166,8 @@ def export_events(
                 record = decode(event)
             except CodecError as exc:
                 raise CodecError(
-                    f"the event at position {event.position} cannot be exported: {exc}"
+                    f"the event at position {event.position} cannot be exported: {exc} "
+                    "(export with the app that wrote it)"
                 ) from exc
             metadata = record.metadata
             line = _EventLine(

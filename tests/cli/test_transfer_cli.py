@@ -197,3 +197,53 @@ def test_export_and_import_move_a_store_to_postgresql_and_back(
     status, _, err = _run(capsysbinary, "import", str(exported), "--store", url)
     assert status == 1
     assert "the target store is not empty (its log is at position 5)" in err
+
+
+def test_export_with_another_app_names_the_first_event_it_cannot_decode(
+    data: Path, tmp_path: Path, capsysbinary: Any
+) -> None:
+    out = tmp_path / "e.ndjson"
+
+    status, _, err = _run(
+        capsysbinary,
+        "export",
+        "--data",
+        str(data),
+        "--app",
+        "tests.cli.shop_app:app",
+        "--out",
+        str(out),
+    )
+
+    assert status == 1
+    assert err == (
+        "motet: error: the event at position 1 cannot be exported: unknown event type "
+        "'UserCreated' (export with the app that wrote it)\n"
+    )
+    assert not out.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_line_shows_on_a_terminal_only_and_is_cleared() -> None:
+    from motet.engine.cli.progress import ProgressLine
+
+    terminal, pipe = _Terminal(), io.StringIO()
+    shown = ProgressLine("exporting", stream=terminal)
+    ProgressLine("exporting", stream=pipe)(10, 0.5)
+    ProgressLine("exporting", stream=terminal, quiet=True)(10, 0.5)
+
+    shown(500, 0.5)
+    shown(1000, 1.0)
+    shown.close()
+
+    assert pipe.getvalue() == ""
+    text = terminal.getvalue()
+    assert text.startswith("\rexporting 500 events   50%  ")
+    assert "\rexporting 1,000 events  100%  " in text
+    assert text.endswith("\r")
+    assert "events/s" in text

@@ -652,6 +652,55 @@ class StoreContract:
         (retried,) = copy.append_batch([append("A", 0, events(1), command_id="cmd-1")], TS)
         assert retried == Ack("A", 2, 2)
 
+    @settings(
+        max_examples=30, deadline=None, suppress_health_check=[HealthCheck.differing_executors]
+    )
+    @given(
+        batches=st.lists(
+            st.lists(
+                st.tuples(st.sampled_from(STREAMS), st.integers(1, 3), st.booleans()),
+                min_size=1,
+                max_size=5,
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+        cuts=st.lists(st.integers(1, 30), max_size=6),
+    )
+    def test_any_log_copied_in_any_batches_is_the_same_log(
+        self, batches: list[list[tuple[str, int, bool]]], cuts: list[int]
+    ) -> None:
+        directory = tempfile.mkdtemp(prefix="motet-hypothesis-")
+        factory = self.new_factory(Path(directory))
+        try:
+            source, copy = factory(), factory()
+            commands = 0
+            for batch in batches:
+                appends = []
+                for stream, count, with_id in batch:
+                    commands += 1
+                    command_id = f"cmd-{commands}" if with_id else None
+                    version = source.stream_version(stream) + sum(
+                        len(a.events) for a in appends if a.stream == stream
+                    )
+                    appends.append(append(stream, version, events(count), command_id=command_id))
+                source.append_batch(appends, TS + commands)
+            log = read_everything(source)
+            start = 0
+            for cut in [*sorted(set(cuts)), len(log)]:
+                if start < cut <= len(log):
+                    copy.append_recorded(log[start:cut])
+                    start = cut
+
+            assert read_everything(copy) == log
+            assert copy.streams() == source.streams()
+            assert copy.head_position == source.head_position
+            for n in range(1, commands + 1):
+                assert copy.get_ack(f"cmd-{n}") == source.get_ack(f"cmd-{n}")
+        finally:
+            factory.close_all()
+            shutil.rmtree(directory)
+
     def test_a_command_split_over_two_batches_is_acknowledged_at_its_last_event(
         self, store: Any
     ) -> None:
