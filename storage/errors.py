@@ -123,8 +123,12 @@ class ExportFileError(MotetError, ValueError):
     that is not JSON or not an event, positions with a gap or out of order,
     an event type the app does not know, a checksum that does not match.
     The file's fault (edited, truncated, from another app); the message
-    names the line. ``line`` is its number (1-based), 0 for the file as a
-    whole."""
+    names the line (``invalid``). ``line`` is its number (1-based), 0 for the
+    file as a whole."""
+
+    code = "invalid"
+    outcome = "invalid"
+    http_status = 400
 
     def __init__(self, message: str, line: int = 0) -> None:
         super().__init__(message)
@@ -144,7 +148,12 @@ class MisplacedRecord(MotetError, ValueError):
     not fit where it would go: not at the log's next position, not at its
     stream's next version, or carrying a command id already acknowledged
     elsewhere. The caller's fault (the records given, e.g. an edited export
-    file); nothing of the batch is written. ``position`` is the record's."""
+    file; ``invalid``); nothing of the batch is written. ``position`` is the
+    record's."""
+
+    code = "invalid"
+    outcome = "invalid"
+    http_status = 400
 
     def __init__(self, message: str, position: int) -> None:
         super().__init__(message)
