@@ -149,8 +149,11 @@ def export(args: argparse.Namespace) -> int:
         progress.close()
         fail(str(exc))
     except BrokenPipeError:
-        # The reader went away (e.g. '| head'): not an error of ours.
-        sys.stderr.close()
+        # The reader went away (e.g. '| head'): say so once, and keep Python
+        # from failing again when it flushes standard output at exit.
+        progress.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.write("motet: error: standard output was closed before the export ended\n")
         return 1
     finally:
         store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,26 @@ def test_the_progress_line_shows_on_a_terminal_only_and_is_cleared() -> None:
     assert "\rexporting 1,000 events  100%  " in text
     assert text.endswith("\r")
     assert "events/s" in text
+
+
+def test_export_into_a_pipe_closed_early_says_so_once(motet: Any, tmp_path: Path) -> None:
+    from motet.engine.example import OrderPlaced, app
+    from motet.storage.records import Append
+
+    codec = app.codec()
+    store = LmdbStore(tmp_path / "big", durability="none")
+    order = codec.encode_event(OrderPlaced(user_id="u", order_id="o" * 200, amount=1.0, at=0.0))
+    for n in range(20):
+        store.append_batch([Append("User-u", n * 1000, [order] * 1000)], 0.0)
+    store.close()
+    process = motet.popen(
+        "export", "--data", str(tmp_path / "big"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(10) == b'{"position'
+    process.stdout.close()
+
+    assert process.wait(30) == 1
+    assert process.stderr.read() == (
+        b"motet: error: standard output was closed before the export ended\n"
+    )
