@@ -34,7 +34,11 @@ def add_parsers(commands: Any, default_data: str) -> None:
     backup.add_argument(
         "--data", default=default_data, help="store directory (default: %(default)s)"
     )
-    backup.add_argument("--store", metavar="URL", help=argparse.SUPPRESS)
+    backup.add_argument(
+        "--store",
+        metavar="URL",
+        help="not for postgresql:// stores: they are backed up with pg_dump or pg_basebackup",
+    )
     backup.add_argument("dest", metavar="DEST", help="the directory to write the backup to")
     restore = commands.add_parser(
         "restore",
@@ -47,14 +51,24 @@ def add_parsers(commands: Any, default_data: str) -> None:
     restore.add_argument(
         "--data", default=default_data, help="store directory to create (default: %(default)s)"
     )
-    restore.add_argument("--store", metavar="URL", help=argparse.SUPPRESS)
+    restore.add_argument(
+        "--store",
+        metavar="URL",
+        help="not for postgresql:// stores: they are restored with pg_restore or from a base "
+        "backup",
+    )
 
 
 def _refuse_postgres(args: argparse.Namespace) -> None:
+    for location in (args.store, args.data):
+        if location is not None and location.startswith(("postgresql://", "postgres://")):
+            fail(_POSTGRES.format(command=args.command), USAGE)
     if args.store is not None:
-        fail(_POSTGRES.format(command=args.command), USAGE)
-    if args.data.startswith(("postgresql://", "postgres://")):
-        fail(_POSTGRES.format(command=args.command), USAGE)
+        fail(
+            f"--store takes a postgresql:// URL, got {args.store!r}; give an LMDB directory "
+            "with --data",
+            USAGE,
+        )
 
 
 def backup(args: argparse.Namespace) -> int:
