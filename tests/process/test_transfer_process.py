@@ -1,7 +1,9 @@
 """``motet export`` beside a running ``motet serve``, ``motet import`` into a
 new directory and a second server on it, as real processes: both servers
 answer every ``read`` with the same bytes, the same positions and queries,
-and the imported one answers a retried command id with the original Ack."""
+and the imported one answers a retried command id with the original Ack; an
+export taken under load holds exactly the commands acknowledged up to its
+last position."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from motet.engine.example import GetUserById
 from motet.engine.net.client import open_client
+from motet.storage import LmdbStore
 from motet.storage.records import Ack
 from tests.support.commands import create_user, place_order
 
@@ -75,3 +80,48 @@ async def test_a_log_exported_from_a_running_server_and_imported_answers_the_sam
         assert fresh.position == head + 1
     assert copy.terminate() == 0
     assert source.terminate() == 0
+
+
+async def test_an_export_under_load_is_a_prefix_of_the_acknowledged_commands(
+    motet: Any, motet_server: Any, tmp_path: Path
+) -> None:
+    server = motet_server()
+    acks: dict[str, Ack] = {}
+    export_file = tmp_path / "events.ndjson"
+    async with open_client(port=server.port) as client:
+        for i in range(USERS):
+            acks[f"c{i}"] = await client.send(create_user(f"u{i}"), command_id=f"c{i}")
+        done = trio.Event()
+
+        async def orders(task: int) -> None:
+            n = task
+            while not done.is_set():
+                acks[f"o{n}"] = await client.send(
+                    place_order(f"u{n % USERS}", f"o{n}", 1.0), command_id=f"o{n}"
+                )
+                n += 4
+
+        async with trio.open_nursery() as nursery:
+            for task in range(4):
+                nursery.start_soon(orders, task)
+            await trio.sleep(0.3)
+            before = max(ack.position for ack in acks.values())
+            exported = await trio.to_thread.run_sync(
+                lambda: motet.run("export", "--data", str(server.data), "--out", str(export_file))
+            )
+            await trio.sleep(0.2)
+            done.set()
+    assert exported.returncode == 0, exported.stderr
+    last = json.loads(export_file.read_bytes().splitlines()[-1])["last_position"]
+    assert before <= last < max(ack.position for ack in acks.values())
+
+    imported = motet.run("import", str(export_file), "--data", str(tmp_path / "copy"))
+    assert imported.returncode == 0, imported.stderr
+    copy = LmdbStore(tmp_path / "copy", readonly=True)
+    try:
+        assert copy.head_position == last
+        for command_id, ack in acks.items():
+            assert copy.get_ack(command_id) == (ack if ack.position <= last else None)
+    finally:
+        copy.close()
+    assert server.terminate() == 0
