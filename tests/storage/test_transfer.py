@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from motet.engine import open_engine
 from motet.engine.example import (
@@ -23,6 +25,7 @@ from motet.engine.example import (
     UpdateUser,
     UserCreated,
     UserDeleted,
+    UserUpdated,
     app,
 )
 from motet.engine.net.protocol import ReplyEncoder
@@ -429,3 +432,42 @@ def _export_with(store: Any, codec: Codec) -> bytes:
     out = io.BytesIO()
     export_events(store, codec, out)
     return out.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(
+                st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), min_size=1
+            ),
+            st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]))),
+            st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]), max_size=5)),
+            st.floats(min_value=0, max_value=4e9, allow_nan=False),
+        ),
+        max_size=12,
+    )
+)
+def test_any_log_round_trips_through_an_export(
+    rows: list[tuple[str, str | None, str | None, float]],
+) -> None:
+    source = MemoryStore()
+    for n, (user_id, city, correlation_id, timestamp) in enumerate(rows):
+        event = CODEC.encode_event(UserUpdated(user_id=user_id, city=city))
+        stream = f"User-{user_id}"
+        metadata = Metadata(f"cmd-{n}", correlation_id, None)
+        source.append_batch(
+            [Append(stream, source.stream_version(stream), [event], metadata)], timestamp
+        )
+    exported = _export(source)
+    copy = MemoryStore()
+
+    import_events(io.BytesIO(exported), copy, CODEC, batch_size=5)
+
+    assert _export(copy) == exported
+    assert _read_answers(copy) == _read_answers(source)
+    assert [(e.stream, e.version, e.metadata, e.data) for e in read_everything(copy)] == [
+        (e.stream, e.version, e.metadata, e.data) for e in read_everything(source)
+    ]
+    for n in range(len(rows)):
+        assert copy.get_ack(f"cmd-{n}") == source.get_ack(f"cmd-{n}")
