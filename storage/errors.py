@@ -29,9 +29,11 @@ __all__ = [
     "ConnectionLost",
     "EngineClosed",
     "ErrorCode",
+    "ExportFileError",
     "InternalError",
     "InvalidKey",
     "InvalidMessage",
+    "MisplacedRecord",
     "MotetError",
     "NotFound",
     "Outcome",
@@ -42,6 +44,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StoreFormatError",
+    "StoreNotEmpty",
     "Unauthorized",
     "Unavailable",
     "UnknownMessageType",
@@ -109,9 +112,55 @@ class StoreFormatError(StorageError):
     The operator's fault: point Motet at the right directory."""
 
 
+class StoreNotEmpty(StoreFormatError):
+    """An import or a restore was pointed at a store or directory that already
+    holds data; they only fill an empty one, so nothing is mixed or
+    overwritten. The operator's fault: give a new or empty target."""
+
+
+class ExportFileError(MotetError, ValueError):
+    """A file given to ``motet import`` is not a sound Motet export: a line
+    that is not JSON or not an event, positions with a gap or out of order,
+    an event type the app does not know, a checksum that does not match.
+    The file's fault (edited, truncated, from another app); the message
+    names the line (``invalid``). ``line`` is its number (1-based), 0 for the
+    file as a whole."""
+
+    code = "invalid"
+    outcome = "invalid"
+    http_status = 400
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
+
+    def __reduce__(self) -> tuple[type[ExportFileError], tuple[str, int]]:
+        return (type(self), (str(self), self.line))
+
+
 class CodecError(MotetError):
     """Bytes could not be turned back into a registered message type: an
     unknown type tag, a version newer than the code, or corrupt data."""
+
+
+class MisplacedRecord(MotetError, ValueError):
+    """An already-positioned record (an import, a copy of another log) does
+    not fit where it would go: not at the log's next position, not at its
+    stream's next version, or carrying a command id already acknowledged
+    elsewhere. The caller's fault (the records given, e.g. an edited export
+    file; ``invalid``); nothing of the batch is written. ``position`` is the
+    record's."""
+
+    code = "invalid"
+    outcome = "invalid"
+    http_status = 400
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+    def __reduce__(self) -> tuple[type[MisplacedRecord], tuple[str, int]]:
+        return (type(self), (str(self), self.position))
 
 
 class Conflict(MotetError):

@@ -38,7 +38,7 @@ from .errors import CodecError, StorageError, StorageFull, StoreFormatError
 from .idempotency import AckRecord
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import AppendError, Durability, plan_appends
+from .store import AppendError, Durability, plan_appends, plan_recorded
 
 if sys.platform != "win32":
     import fcntl
@@ -358,6 +358,53 @@ class LmdbStore:
             self._format_written = True
         return plan.results, plan.head
 
+    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+        """See :meth:`EventStore.append_recorded`: one write transaction."""
+        self._check_writable("import into")
+        if not records:
+            return
+        while True:
+            try:
+                self._append_recorded_once(records)
+            except lmdb.MapFullError:
+                self._grow()
+                continue
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, f"importing into {self.path}", self.path) from exc
+            self._head = records[-1].position
+            return
+
+    def _append_recorded_once(self, records: Sequence[StoredEvent]) -> None:
+        with self._env.begin(write=True) as txn:
+            index = txn.cursor(self._index)
+            commands = self._commands
+            decode_ack = self._ack_decoder.decode
+
+            def version_of(stream: str) -> int:
+                return _last_version(index, _stream_prefix(stream))
+
+            def ack_of(command_id: str) -> AckRecord | None:
+                raw = txn.get(command_id.encode(), db=commands)
+                return None if raw is None else decode_ack(raw)
+
+            acks = plan_recorded(records, self._head, version_of, ack_of)
+            encode = self._encode
+            txn.cursor(self._log).putmulti(
+                [(_pack(r.position), seal(encode(r))) for r in records], append=True
+            )
+            index.putmulti(
+                sorted(
+                    (_stream_prefix(r.stream) + _pack(r.version), _pack(r.position))
+                    for r in records
+                )
+            )
+            txn.cursor(commands).putmulti(
+                sorted((command_id.encode(), encode(ack)) for command_id, ack in acks)
+            )
+            if not self._format_written:
+                txn.put(b"format", FORMAT, db=self._meta)
+        self._format_written = True
+
     def _check_writable(self, doing: str) -> None:
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
@@ -513,6 +560,25 @@ class LmdbStore:
             return [
                 bytes(key).decode() for key in txn.cursor(self._checkpoints).iternext(values=False)
             ]
+
+    def copy_to(self, directory: str | os.PathLike[str]) -> None:
+        """Write a compacted copy of the whole store into ``directory`` (an
+        existing, empty directory): one read transaction, so the copy is the
+        store as of one commit, even while a writer keeps appending beside a
+        read-only handle. LMDB-only: a PostgreSQL store is copied with
+        PostgreSQL's own tools, and an in-memory store has nothing to keep."""
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+        try:
+            with self._resize_lock:
+                try:
+                    self._env.copy(str(directory), compact=True)
+                except lmdb.MapResizedError:
+                    # The writer process grew the map past ours: adopt its size.
+                    self._env.set_mapsize(0)
+                    self._env.copy(str(directory), compact=True)
+        except lmdb.Error as exc:
+            raise _translate(exc, f"copying the store to {directory}", Path(directory)) from exc
 
     def close(self) -> None:
         if self._closed:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from .errors import StorageError
 from .idempotency import AckRecord
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import AppendError, Durability, plan_appends
+from .store import AppendError, Durability, plan_appends, plan_recorded
 
 __all__ = ["MemoryStore"]
 
@@ -81,6 +81,17 @@ class MemoryStore:
             with self._committed:
                 self._committed.notify_all()
         return plan.results
+
+    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+        self._check_open()
+        acks = plan_recorded(records, len(self._log), self.stream_version, self._acks.get)
+        self._log.extend(records)
+        for record in records:
+            self._streams.setdefault(record.stream, []).append(record.position)
+        self._acks.update(acks)
+        if records:
+            with self._committed:
+                self._committed.notify_all()
 
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None

@@ -28,6 +28,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "NOTIFY_COMMIT",
     "PUT_CHECKPOINT",
+    "PUT_RECORDED_ACKS",
     "PUT_SNAPSHOTS",
     "READ_ACK",
     "READ_ALL",
@@ -206,6 +207,17 @@ INSERT INTO motet_snapshots (stream, version, schema_version, state)
 SELECT * FROM unnest(%s::text[], %s::bigint[], %s::integer[], %s::bytea[])
 ON CONFLICT (stream) DO UPDATE
 SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, state = EXCLUDED.state
+"""
+
+# An import's Acks, in the same transaction as its events. A command whose
+# events were split over two import batches had its Ack written by the first
+# one, pointing at the event just before this batch: it moves to its last
+# event, as an append's Ack is its last event (the Python side checked that).
+PUT_RECORDED_ACKS = """
+INSERT INTO motet_commands (command_id, stream, version, position)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+ON CONFLICT (command_id) DO UPDATE
+SET stream = EXCLUDED.stream, version = EXCLUDED.version, position = EXCLUDED.position
 """
 
 # Moves the head, still under the lock taken by LOCK_HEAD.

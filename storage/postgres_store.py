@@ -36,7 +36,14 @@ from psycopg_pool import ConnectionPool
 from . import postgres_sql as sql
 from .errors import CodecError, StorageError, StoreFormatError
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import AppendError, Durability, plan_appends
+from .store import (
+    AppendError,
+    Durability,
+    check_command_id,
+    check_stream_id,
+    plan_appends,
+    plan_recorded,
+)
 
 __all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
 
@@ -396,6 +403,93 @@ class PostgresStore:
                 results.append(next(planned_iter))
         first = (records[0].position, envelopes[0]) if records else None
         return results, first, new_head
+
+    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+        """See :meth:`EventStore.append_recorded`: one transaction under the
+        head row lock, events by binary COPY."""
+        self._check_open()
+        if not records:
+            return
+        # Before any SQL: PostgreSQL refuses NUL in text with an error of its own.
+        for record in records:
+            check_stream_id(record.stream, "stream id")
+            if record.metadata.command_id is not None:
+                check_command_id(record.metadata.command_id)
+        conn = self._writer_connection()
+        self._notices.clear()
+        try:
+            first = self._write_recorded(conn, records)
+        except psycopg.Error as exc:
+            self._abandon(conn)
+            raise StorageError(
+                f"PostgreSQL failed while importing {len(records)} events in {self._where}; "
+                f"nothing was committed: {exc}"
+            ) from exc
+        except BaseException:
+            self._abandon(conn)
+            raise
+        try:
+            conn.execute(sql.COMMIT, prepare=False)
+        except psycopg.Error as exc:
+            if not (conn.closed or conn.broken):
+                self._abandon(conn)
+                raise StorageError(
+                    f"PostgreSQL refused to commit {len(records)} imported events in "
+                    f"{self._where}: {exc}"
+                ) from exc
+            self._resolve_lost_commit(first, exc)
+        self._refuse_unreplicated()
+        self._head = max(self._head, records[-1].position)
+
+    def _write_recorded(
+        self, conn: _Connection, records: Sequence[StoredEvent]
+    ) -> tuple[int, bytes]:
+        """Every statement of one import transaction but the COMMIT; returns
+        the first event (position, envelope)."""
+        conn.execute(sql.BEGIN, prepare=False)
+        head = int(_one(conn.execute(sql.LOCK_HEAD)))
+        stream_ids = sorted({r.stream for r in records})
+        versions: dict[str, int] = {}
+        for stream, version in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
+            versions[stream] = version or 0
+        command_ids = sorted(
+            {r.metadata.command_id for r in records if r.metadata.command_id is not None}
+        )
+        recorded: dict[str, Ack] = {}
+        if command_ids:
+            for command_id, stream, version, position in conn.execute(
+                sql.FIND_ACKS, (command_ids,)
+            ):
+                recorded[command_id] = Ack(stream, version, position)
+        acks = plan_recorded(records, head, versions.__getitem__, recorded.get)
+        encode = self._encode
+        envelopes = [encode(r) for r in records]
+        _copy(
+            conn,
+            sql.APPEND_EVENTS,
+            sql.APPEND_EVENTS_TYPES,
+            zip(
+                [r.position for r in records],
+                [r.stream for r in records],
+                [r.version for r in records],
+                envelopes,
+                strict=True,
+            ),
+        )
+        if acks:
+            conn.execute(
+                sql.PUT_RECORDED_ACKS,
+                (
+                    [c for c, _ in acks],
+                    [a.stream for _, a in acks],
+                    [a.version for _, a in acks],
+                    [a.position for _, a in acks],
+                ),
+            )
+        new_head = records[-1].position
+        conn.execute(sql.SET_HEAD, (new_head,))
+        conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
+        return records[0].position, envelopes[0]
 
     def _abandon(self, conn: _Connection) -> None:
         """Roll back what the writer connection holds; drop it when it is broken."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from .errors import CommandIdReused, Conflict, InvalidKey
+from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord
 from .idempotency import AckRecord, ack_record, retried_ack
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
 
@@ -25,6 +25,7 @@ __all__ = [
     "check_key",
     "check_stream_id",
     "plan_appends",
+    "plan_recorded",
 ]
 
 Durability = Literal["sync", "none"]
@@ -84,6 +85,24 @@ class EventStore(Protocol):
         id of another command): that append writes nothing, the others are
         unaffected. Raises
         :class:`~motet.storage.errors.StorageError` when nothing could be committed.
+        """
+        ...
+
+    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+        """Commit events that already have their positions, versions, times and
+        metadata (an import, a copy of another log), all in one transaction.
+
+        The records must follow the log's head without a gap, each at its
+        stream's next version; the command id in a record's metadata is indexed
+        with the Ack of that record (the last event of its command wins, as an
+        append's Ack is its last event), so a retried command gets its original
+        Ack. Raises :class:`~motet.storage.errors.MisplacedRecord` naming the
+        first record that does not fit, and
+        :class:`~motet.storage.errors.InvalidKey` for an id that cannot be a
+        key; then nothing of the batch is written. Raises
+        :class:`~motet.storage.errors.StorageError` when nothing could be
+        committed. Snapshots and checkpoints are not written: they are derived
+        from the log.
         """
         ...
 
@@ -229,6 +248,66 @@ def plan_appends(
             batch_acks[command_id] = record
             acks.append((command_id, record))
     return AppendPlan(results, records, head, acks, snapshots)
+
+
+def plan_recorded(
+    records: Sequence[StoredEvent],
+    head: int,
+    version_of: Callable[[str], int],
+    ack_of: Callable[[str], Ack | None] = lambda command_id: None,
+) -> list[tuple[str, AckRecord]]:
+    """Check already-positioned ``records`` against a log whose head is
+    ``head`` and return the (command id, Ack) pairs to index, at most one per
+    command id (see :meth:`EventStore.append_recorded`).
+
+    ``version_of`` gives a stream's committed version and ``ack_of`` the Ack
+    already indexed for a command id. A command id already indexed may only
+    be carried on by the very next event of its stream (its command's events
+    split over two batches). Raises :class:`MisplacedRecord` for the first
+    record that does not fit, :class:`InvalidKey` for an unusable id.
+    """
+    versions: dict[str, int] = {}
+    acks: dict[str, AckRecord] = {}
+    for record in records:
+        position = record.position
+        if position != head + 1:
+            raise MisplacedRecord(
+                f"the record at position {position} does not follow the log's head "
+                f"{head}: positions must be {head + 1}, {head + 2}, ... without gaps",
+                position,
+            )
+        head = position
+        stream = record.stream
+        check_stream_id(stream, "stream id")
+        current = versions.get(stream)
+        if current is None:
+            current = version_of(stream)
+        if record.version != current + 1:
+            raise MisplacedRecord(
+                f"the record at position {position} is version {record.version} of stream "
+                f"{stream!r}, which is at version {current}: versions must be contiguous",
+                position,
+            )
+        versions[stream] = record.version
+        command_id = record.metadata.command_id
+        if command_id is None:
+            continue
+        check_command_id(command_id)
+        earlier = acks.get(command_id) or ack_of(command_id)
+        if earlier is not None and not (
+            earlier.stream == stream
+            and earlier.version == record.version - 1
+            and earlier.position == position - 1
+        ):
+            raise MisplacedRecord(
+                f"the record at position {position} carries command_id {command_id!r}, "
+                f"already acknowledged at position {earlier.position} (stream "
+                f"{earlier.stream!r} version {earlier.version}); one command's events are "
+                "consecutive",
+                position,
+            )
+        acks[command_id] = AckRecord(stream, record.version, position)
+    return list(acks.items())
 
 
 LMDB_MAX_KEY_BYTES = 511

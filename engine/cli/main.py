@@ -3,8 +3,10 @@
 ``motet serve`` runs the TCP server (docs/design.md, "CLI"); ``motet client`` talks
 to it (interactive, one-shot from arguments, or line by line from standard
 input); ``motet status`` prints a server's status; ``motet inspect`` reads a
-data directory offline; ``motet demo`` runs a short scripted session of the
-example app through the embedded API.
+data directory offline; ``motet verify`` checks one, ``motet backup`` and
+``restore`` copy one, ``motet export`` and ``import`` move a log as NDJSON;
+``motet demo`` runs a short scripted session of the example app through the
+embedded API.
 
 Each command lives in a module of its own and is imported only when it runs,
 so ``--help``, ``--version`` and usage errors import nothing of the engine. A user
@@ -417,12 +419,26 @@ def _add_verify(commands: Any) -> None:
     add_parser(commands, DEFAULT_DATA)
 
 
+def _add_backup(commands: Any) -> None:
+    from .backup import add_parsers
+
+    add_parsers(commands, DEFAULT_DATA)
+
+
+def _add_transfer(commands: Any) -> None:
+    from .transfer import add_parsers
+
+    add_parsers(commands, DEFAULT_DATA)
+
+
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_serve,
     _add_client,
     _add_status,
     _add_inspect,
     _add_verify,
+    _add_backup,
+    _add_transfer,
     _add_demo,
 )
 
@@ -458,6 +474,14 @@ def _run(args: argparse.Namespace) -> int:
             from .inspect import inspect as run
         case "verify":
             from .verify import run
+        case "backup":
+            from .backup import backup as run
+        case "restore":
+            from .backup import restore as run
+        case "export":
+            from .transfer import export as run
+        case "import":
+            from .transfer import import_ as run
         case "demo":
             from ..example.demo import demo
 

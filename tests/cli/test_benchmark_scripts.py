@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLED = ("engine", "actors", "storage")
-SCRIPTS = ("seed_workload", "tcp_workload", "catchup")
+SCRIPTS = ("seed_workload", "tcp_workload", "catchup", "export_import")
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,3 +76,11 @@ def test_a_tiny_seed_workload(tmp_path: Path) -> None:
     assert report["motet"]["phase_b"]["commands"] == 1000
     assert report["motet"]["phase_b"]["errors"] == {}
     assert (tmp_path / "motet" / "data.mdb").exists()
+
+
+def test_a_tiny_export_import_run_reexports_the_same_bytes() -> None:
+    result = run_module("benchmarks.export_import", "--events", "300", "--users", "10")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["events"] == 300
+    assert report["reexport_identical"] is True

@@ -52,8 +52,11 @@ from motet.storage.errors import (
     OUTCOMES,
     CodecError,
     CommandIdReused,
+    ExportFileError,
     InvalidKey,
+    MisplacedRecord,
     StoreFormatError,
+    StoreNotEmpty,
     code_for,
     error_for_code,
     http_status_of,
@@ -68,6 +71,8 @@ TABLE: dict[type[BaseException], tuple[str, str, int]] = {
     InvalidMessage: ("invalid", "invalid", 400),
     InvalidKey: ("invalid", "invalid", 400),
     CommandIdReused: ("invalid", "invalid", 400),
+    MisplacedRecord: ("invalid", "invalid", 400),
+    ExportFileError: ("invalid", "invalid", 400),
     CommandRejected: ("rejected", "rejected", 422),
     Conflict: ("conflict", "conflict", 409),
     NotFound: ("not_found", "error", 404),
@@ -82,6 +87,7 @@ TABLE: dict[type[BaseException], tuple[str, str, int]] = {
     StorageError: ("internal", "error", 500),
     StorageFull: ("unavailable", "unavailable", 503),
     StoreFormatError: ("internal", "error", 500),
+    StoreNotEmpty: ("internal", "error", 500),
     CodecError: ("internal", "error", 500),
     RemoteError: ("internal", "error", 500),
     MotetError: ("internal", "error", 500),
@@ -95,6 +101,8 @@ def instance(cls: type[BaseException]) -> BaseException:
         return Conflict("User-u1", 3, 4)
     if cls is RemoteError:
         return RemoteError("teapot", "short and stout")
+    if cls is MisplacedRecord:
+        return MisplacedRecord("the record at position 3 does not fit", 3)
     return cls("a message")
 
 

@@ -40,9 +40,11 @@ from motet.storage import (
     Checkpoint,
     Conflict,
     EventStore,
+    InvalidKey,
     LmdbStore,
     MemoryStore,
     Metadata,
+    MisplacedRecord,
     NewEvent,
     Snapshot,
     StorageError,
@@ -83,6 +85,22 @@ def append(
     snapshot: Snapshot | None = None,
 ) -> Append:
     return Append(stream, expected, new_events, Metadata(command_id=command_id), snapshot)
+
+
+def recorded(
+    position: int, stream: str, version: int, command_id: str | None = None
+) -> StoredEvent:
+    """An already-positioned event, as an import brings it."""
+    return StoredEvent(
+        position,
+        stream,
+        version,
+        "Created",
+        2,
+        TS + position,
+        Metadata(command_id, f"corr-{position}", None),
+        f"payload-{position}".encode(),
+    )
 
 
 # -- making stores ----------------------------------------------------------------------------
@@ -158,6 +176,7 @@ class LmdbStoreFactory(StoreFactory):
 
 CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "append_batch": lambda s: s.append_batch([append("A", 1, events(1))], TS),
+    "append_recorded": lambda s: s.append_recorded([recorded(1, "A", 1)]),
     "read_stream": lambda s: s.read_stream("A"),
     "read_all": lambda s: s.read_all(),
     "stream_version": lambda s: s.stream_version("A"),
@@ -607,6 +626,145 @@ class StoreContract:
 
         assert store.get_ack("conflicted") is None
         assert store.get_ack("snapshot-only") is None
+
+    # -- already-positioned records (imports) ----------------------------------------------------
+
+    def test_recorded_events_are_stored_exactly_as_given(self, store_factory: StoreFactory) -> None:
+        source = store_factory()
+        source.append_batch(
+            [append("A", 0, events(2), command_id="cmd-1"), append("B", 0, events(1))], TS
+        )
+        source.append_batch([append("A", 2, events(1), command_id="cmd-2")], TS + 1)
+        copy = store_factory()
+
+        copy.append_recorded(read_everything(source)[:2])
+        copy.append_recorded(read_everything(source)[2:])
+
+        assert read_everything(copy) == read_everything(source)
+        assert copy.streams() == source.streams() == [("A", 3), ("B", 1)]
+        assert copy.read_stream("A") == source.read_stream("A")
+        assert copy.head_position == 4
+        assert copy.get_ack("cmd-1") == source.get_ack("cmd-1") == Ack("A", 2, 2)
+        assert copy.get_ack("cmd-2") == Ack("A", 3, 4)
+        # Appends carry on after the imported head and versions.
+        (ack,) = copy.append_batch([append("B", 1, events(1))], TS)
+        assert ack == Ack("B", 2, 5)
+        (retried,) = copy.append_batch([append("A", 0, events(1), command_id="cmd-1")], TS)
+        assert retried == Ack("A", 2, 2)
+
+    @settings(
+        max_examples=30, deadline=None, suppress_health_check=[HealthCheck.differing_executors]
+    )
+    @given(
+        batches=st.lists(
+            st.lists(
+                st.tuples(st.sampled_from(STREAMS), st.integers(1, 3), st.booleans()),
+                min_size=1,
+                max_size=5,
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+        cuts=st.lists(st.integers(1, 30), max_size=6),
+    )
+    def test_any_log_copied_in_any_batches_is_the_same_log(
+        self, batches: list[list[tuple[str, int, bool]]], cuts: list[int]
+    ) -> None:
+        directory = tempfile.mkdtemp(prefix="motet-hypothesis-")
+        factory = self.new_factory(Path(directory))
+        try:
+            source, copy = factory(), factory()
+            commands = 0
+            for batch in batches:
+                appends = []
+                for stream, count, with_id in batch:
+                    commands += 1
+                    command_id = f"cmd-{commands}" if with_id else None
+                    version = source.stream_version(stream) + sum(
+                        len(a.events) for a in appends if a.stream == stream
+                    )
+                    appends.append(append(stream, version, events(count), command_id=command_id))
+                source.append_batch(appends, TS + commands)
+            log = read_everything(source)
+            start = 0
+            for cut in [*sorted(set(cuts)), len(log)]:
+                if start < cut <= len(log):
+                    copy.append_recorded(log[start:cut])
+                    start = cut
+
+            assert read_everything(copy) == log
+            assert copy.streams() == source.streams()
+            assert copy.head_position == source.head_position
+            for n in range(1, commands + 1):
+                assert copy.get_ack(f"cmd-{n}") == source.get_ack(f"cmd-{n}")
+        finally:
+            factory.close_all()
+            shutil.rmtree(directory)
+
+    def test_a_command_split_over_two_batches_is_acknowledged_at_its_last_event(
+        self, store: Any
+    ) -> None:
+        store.append_recorded([recorded(1, "A", 1, "cmd"), recorded(2, "A", 2, "cmd")])
+        store.append_recorded([recorded(3, "A", 3, "cmd"), recorded(4, "B", 1, "other")])
+
+        assert store.get_ack("cmd") == Ack("A", 3, 3)
+        assert store.get_ack("other") == Ack("B", 1, 4)
+
+    @pytest.mark.parametrize(
+        ("batch", "position", "message"),
+        [
+            ([recorded(3, "A", 2)], 3, r"position 3 does not follow the log's head 1"),
+            (
+                [recorded(2, "B", 1), recorded(4, "B", 2)],
+                4,
+                r"position 4 does not follow the log's head 2",
+            ),
+            ([recorded(1, "B", 1)], 1, r"position 1 does not follow the log's head 1"),
+            (
+                [recorded(2, "B", 1), recorded(3, "A", 3)],
+                3,
+                r"version 3 of stream 'A', which is at version 1: versions must be contiguous",
+            ),
+            ([recorded(2, "A", 1)], 2, r"version 1 of stream 'A', which is at version 1"),
+            (
+                [recorded(2, "B", 1, "cmd-1")],
+                2,
+                r"command_id 'cmd-1', already acknowledged at position 1",
+            ),
+            (
+                [recorded(2, "B", 1, "x"), recorded(3, "C", 1, "x")],
+                3,
+                r"command_id 'x', already acknowledged at position 2 \(stream 'B' version 1\)",
+            ),
+        ],
+    )
+    def test_a_misplaced_record_is_refused_and_nothing_of_its_batch_is_written(
+        self, store: Any, batch: list[StoredEvent], position: int, message: str
+    ) -> None:
+        store.append_recorded([recorded(1, "A", 1, "cmd-1")])
+
+        with pytest.raises(MisplacedRecord, match=message) as caught:
+            store.append_recorded(batch)
+
+        assert caught.value.position == position
+        assert read_everything(store) == [recorded(1, "A", 1, "cmd-1")]
+        assert store.streams() == [("A", 1)]
+        assert store.head_position == 1
+        assert store.get_ack("x") is None
+
+    def test_a_recorded_event_whose_ids_cannot_be_keys_is_refused(self, store: Any) -> None:
+        with pytest.raises(InvalidKey, match="stream id must not contain NUL"):
+            store.append_recorded([recorded(1, "A\x00", 1)])
+        with pytest.raises(InvalidKey, match="command_id must be a non-empty string"):
+            store.append_recorded([recorded(1, "A", 1, "")])
+
+        assert store.head_position == 0
+        assert read_everything(store) == []
+
+    def test_an_empty_import_batch_changes_nothing(self, store: Any) -> None:
+        store.append_recorded([])
+
+        assert store.head_position == 0
 
     # -- checkpoints ------------------------------------------------------------------------------
 
