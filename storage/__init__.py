@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         StorageError,
         StorageFull,
         StoreFormatError,
+        StreamDeleted,
     )
     from .lmdb_store import FORMAT, LmdbStore
     from .memory_store import MemoryStore
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         RecordedEvent,
         Snapshot,
         StoredEvent,
+        StreamDeletion,
     )
     from .store import (
         MAX_COMMAND_ID_BYTES,
@@ -58,6 +60,7 @@ _MODULES: dict[str, str] = {
             "StorageError",
             "StorageFull",
             "StoreFormatError",
+            "StreamDeleted",
         ],
         "errors",
     ),
@@ -73,6 +76,7 @@ _MODULES: dict[str, str] = {
             "RecordedEvent",
             "Snapshot",
             "StoredEvent",
+            "StreamDeletion",
         ],
         "records",
     ),
@@ -116,6 +120,8 @@ __all__ = [
     "StorageFull",
     "StoreFormatError",
     "StoredEvent",
+    "StreamDeleted",
+    "StreamDeletion",
     "Upcaster",
     "check_key",
     "event_version_of",

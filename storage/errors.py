@@ -42,6 +42,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StoreFormatError",
+    "StreamDeleted",
     "Unauthorized",
     "Unavailable",
     "UnknownMessageType",
@@ -143,6 +144,21 @@ class CommandRejected(MotetError):
     code = "rejected"
     outcome = "rejected"
     http_status = 422
+
+
+class StreamDeleted(CommandRejected):
+    """The command's stream was deleted: it takes no more events, whatever
+    the command. The caller's fault (``rejected``; HTTP 410 Gone): retrying
+    cannot help. ``stream`` names it."""
+
+    http_status = 410
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r} was deleted and takes no more events")
+        self.stream = stream
+
+    def __reduce__(self) -> tuple[type[StreamDeleted], tuple[str]]:
+        return (type(self), (self.stream,))
 
 
 class Overloaded(MotetError):
