@@ -1,9 +1,13 @@
 """Give the disk space of removed records back: a compacting copy of an LMDB store.
 
 LMDB reuses the pages that deleted records free, but never shrinks
-``data.mdb``. :func:`compact_store` writes a compacted copy (LMDB's
-``mdb_env_copy2`` with ``MDB_CP_COMPACT``: live pages only, packed) beside
-the store and swaps it in. It runs offline: it takes the store's writer lock
+``data.mdb``. :func:`compact_store` writes a compacted copy beside the store
+and swaps it in. LMDB's own compacting copy (``mdb_env_copy2`` with
+``MDB_CP_COMPACT``, ``repack=False``) leaves out free pages but copies the
+others as they are, so pages half emptied by deleting every other event stay
+half empty; the default (``repack=True``) rewrites every record in key
+order into a new environment instead (LMDB's append mode fills each page),
+which gives back the space of removed records wherever they were. It runs offline: it takes the store's writer lock
 (so it refuses while a server has the store open) and refuses while a
 reader process has a read transaction open. LMDB-only: a PostgreSQL store
 gives the space of deleted rows back through ``VACUUM`` (see
@@ -15,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import StorageError, StoreFormatError
 
@@ -31,22 +35,28 @@ class Compaction(NamedTuple):
     after: int
 
 
-def compact_store(path: str | os.PathLike[str]) -> Compaction:
+def compact_store(path: str | os.PathLike[str], *, repack: bool = True) -> Compaction:
     """Compact the LMDB store at ``path`` in place; return the sizes.
 
-    Raises :class:`StoreFormatError` when ``path`` holds no Motet store and
+    ``repack`` rewrites every record into fresh pages (see the module
+    docstring); ``False`` uses LMDB's own compacting copy. Raises
+    :class:`StoreFormatError` when ``path`` holds no Motet store and
     :class:`StorageError` when another process has it open (a writer, or a
     reader in a transaction) or the copy cannot be written (e.g. the disk
     cannot hold a second copy). On failure the store is left as it was.
     """
-    from .lmdb_store import LmdbStore
+    from .lmdb_store import LmdbStore, _lock_for_writing
 
     directory = Path(path)
     data = directory / "data.mdb"
     if not data.is_file():
         raise StoreFormatError(f"{directory} holds no Motet store (no data.mdb)")
     before = data.stat().st_size
-    # Opening for writing takes the writer lock: a running server makes this fail.
+    # The writer lock first, on a descriptor of our own: it says "in use" for
+    # a server in this process too, where LMDB would only say "already open".
+    probe = _lock_for_writing(directory)
+    if probe is not None:
+        os.close(probe)
     store = LmdbStore(directory, durability="sync")
     copy = directory / _COPY_DIRECTORY
     try:
@@ -61,7 +71,10 @@ def compact_store(path: str | os.PathLike[str]) -> Compaction:
             shutil.rmtree(copy)  # left by an interrupted compaction
         copy.mkdir()
         try:
-            env.copy(str(copy), compact=True)
+            if repack:
+                _rewrite(env, copy)
+            else:
+                env.copy(str(copy), compact=True)
             with open(copy / "data.mdb", "rb") as file:
                 os.fsync(file.fileno())
         except Exception as exc:
@@ -88,3 +101,40 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_BATCH = 10_000
+"""Records per ``putmulti`` call while rewriting."""
+
+
+def _rewrite(source: Any, target: Path) -> None:
+    """Copy every named database of ``source`` into a new environment at
+    ``target``, record by record in key order (each page filled)."""
+    import lmdb
+
+    from .lmdb_store import _DATABASES, _LATER_DATABASES
+
+    names = _DATABASES + _LATER_DATABASES
+    info = source.info()
+    env = lmdb.open(
+        str(target), map_size=info["map_size"], max_dbs=len(names) + 2, subdir=True, sync=False
+    )
+    try:
+        with source.begin(buffers=False) as reader:
+            for name in names:
+                try:
+                    db = source.open_db(name, txn=reader, create=False)
+                except lmdb.NotFoundError:
+                    continue
+                with env.begin(write=True) as writer:
+                    copy = writer.cursor(env.open_db(name, txn=writer, create=True))
+                    batch: list[tuple[bytes, bytes]] = []
+                    for item in reader.cursor(db):
+                        batch.append(item)
+                        if len(batch) >= _BATCH:
+                            copy.putmulti(batch, append=True)
+                            batch = []
+                    copy.putmulti(batch, append=True)
+        env.sync(True)
+    finally:
+        env.close()

@@ -112,7 +112,10 @@ class StoreFormatError(StorageError):
 
 class CodecError(MotetError):
     """Bytes could not be turned back into a registered message type: an
-    unknown type tag, a version newer than the code, or corrupt data."""
+    unknown type tag, a version newer than the code, or corrupt data.
+    ``position`` is the log position of the record, when it is one."""
+
+    position: int | None = None
 
 
 class Conflict(MotetError):

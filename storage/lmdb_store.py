@@ -612,10 +612,13 @@ class LmdbStore:
 
     def _corrupt(self, key: bytes, exc: Exception, what: str = "") -> CodecError:
         position = _position_text(key)
-        return CodecError(
+        error = CodecError(
             f"the log record at position {position}{what} in {self.path} is corrupt "
             f"and cannot be read: {exc}"
         )
+        if len(key) == 8:
+            error.position = _U64.unpack(key)[0]
+        return error
 
     def stream_version(self, stream: str) -> int:
         with self._read() as txn:

@@ -612,7 +612,11 @@ class PostgresStore:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 if events:
                     break
-                self._decode(envelope, f"at position {position}")
+                try:
+                    self._decode(envelope, f"at position {position}")
+                except CodecError as exc:
+                    exc.position = position
+                    raise
         return events
 
     def read_stream(
