@@ -128,6 +128,12 @@ def serve(args: argparse.Namespace) -> int:
     ssl_context = server_ssl_context(args)
     if args.max_connections < 1:
         fail(f"--max-connections must be >= 1, got {args.max_connections}", USAGE)
+    if args.role == "reader" and (args.retention_every is not None or args.allow_hard_delete):
+        fail(
+            "--retention-every and --allow-hard-delete need --role writer: "
+            "only the writer changes the log",
+            USAGE,
+        )
     if args.host not in LOCAL_HOSTS and token is None and client_token is None:
         _log.warning(
             "listening on %s without --token: anyone who can reach the port can send commands",
@@ -170,6 +176,7 @@ async def _run_server(
                 metrics_port=None if args.no_metrics else args.metrics_port,
                 metrics_host=args.metrics_host,
                 role=args.role,
+                retention_every=args.retention_every,
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
                 server = await nursery.start(
@@ -181,6 +188,7 @@ async def _run_server(
                         client_token=tokens[1],
                         ssl_context=ssl_context,
                         max_connections=args.max_connections,
+                        allow_hard_delete=args.allow_hard_delete,
                         task_status=task_status,
                     )
                 )
@@ -198,6 +206,7 @@ async def _run_server(
                             client_token=tokens[1],
                             ssl_context=ssl_context,
                             max_connections=args.max_connections,
+                            allow_hard_delete=args.allow_hard_delete,
                         )
                     )
                 tune_gc()

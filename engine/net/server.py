@@ -49,6 +49,7 @@ from .access import (
     FULL,
     AuthGuard,
     Tokens,
+    hard_delete_refusal,
     peer_name,
     scope_refusal,
 )
@@ -57,9 +58,11 @@ from .protocol import (
     DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,
+    ApplyRetentionOp,
     AuthOp,
     BadRequest,
     CommandOp,
+    DeleteStreamOp,
     PingOp,
     QueryOp,
     ReadOp,
@@ -146,6 +149,7 @@ class Server:
         max_partial_bytes: int,
         max_pending_output: int,
         max_total_output: int,
+        allow_hard_delete: bool = False,
     ) -> None:
         limits = {
             "max_line": max_line,
@@ -169,6 +173,7 @@ class Server:
             if not seconds > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
         self.engine = engine
+        self.allow_hard_delete = allow_hard_delete
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._tokens = Tokens(token, client_token)
         self._auth_guard = AuthGuard(
@@ -667,7 +672,7 @@ class _Connection:
             log.error("request %r failed", request_id, exc_info=exc)
         return self._encoder.exception(request_id, exc)
 
-    async def _run(self, request: QueryOp | ReadOp) -> None:
+    async def _run(self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp) -> None:
         try:
             try:
                 line = await self._execute(request)
@@ -677,7 +682,9 @@ class _Connection:
         finally:
             self._release()
 
-    async def _execute(self, request: QueryOp | ReadOp) -> bytes:
+    async def _execute(
+        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp
+    ) -> bytes:
         """Answer a query or a read (commands go through :meth:`_submit`).
 
         A reply is encoded only once the outbox has room, with no checkpoint
@@ -693,12 +700,20 @@ class _Connection:
             result = await engine.ask(query, after=request.after, timeout=timeout)
             await outbox.wait_for_room()
             return encoder.ok(request.id, result)
+        if isinstance(request, DeleteStreamOp):
+            if request.hard and not self.server.allow_hard_delete:
+                raise hard_delete_refusal()
+            record = await engine.delete_stream(request.stream, hard=request.hard)
+            return encoder.deletion(request.id, request.stream, record)
+        if isinstance(request, ApplyRetentionOp):
+            return encoder.retention(request.id, await engine.apply_retention())
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
         async with self._reading:
             await outbox.wait_for_room()
             events = await engine.read_stream(request.stream, request.from_, limit)
+            deletion = await engine.stream_deletion(request.stream)
             await outbox.wait_for_room()
-            return encoder.read(request.id, events, request.from_)
+            return encoder.read(request.id, events, request.from_, deletion)
 
     async def _subscribe(self, subscription: _Subscription) -> None:
         """Stream events to the client: the catch-up part as fast as it reads
@@ -807,6 +822,7 @@ async def serve_engine(
     max_partial_bytes: int = 64 << 20,
     max_pending_output: int = 4 << 20,
     max_total_output: int = 256 << 20,
+    allow_hard_delete: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``engine`` over the TCP line protocol until :meth:`Server.stop`
@@ -850,6 +866,10 @@ async def serve_engine(
     across all connections. A request ``id`` longer than
     :data:`MAX_REQUEST_ID` bytes gets ``bad_request``.
 
+    ``allow_hard_delete``: ``delete_stream`` with ``"hard": true`` removes
+    the stream's events; without it such a request answers ``unauthorized``
+    (a soft delete, a tombstone, needs no opt-in).
+
     Raises ``OSError`` when the address cannot be bound and ``ValueError``
     for invalid limits.
     """
@@ -870,6 +890,7 @@ async def serve_engine(
         max_partial_bytes=max_partial_bytes,
         max_pending_output=max_pending_output,
         max_total_output=max_total_output,
+        allow_hard_delete=allow_hard_delete,
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
