@@ -52,13 +52,14 @@ def _print_store(store: LmdbStore, args: argparse.Namespace) -> int:
             checkpoints[name] = checkpoint.position
     removed = sum(last - first + 1 for first, last in store.removed_runs())
     if args.json:
-        summary = {
+        summary: dict[str, object] = {
             "head_position": store.head_position,
-            "removed_positions": removed,
             "streams": len(streams),
             "first_streams": dict(streams[: args.limit]),
             "checkpoints": checkpoints,
         }
+        if removed:
+            summary["removed_positions"] = removed
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0
     print(f"store          {args.data}")

@@ -54,6 +54,7 @@ from motet.storage.errors import (
     CommandIdReused,
     InvalidKey,
     StoreFormatError,
+    StreamDeleted,
     code_for,
     error_for_code,
     http_status_of,
@@ -69,6 +70,7 @@ TABLE: dict[type[BaseException], tuple[str, str, int]] = {
     InvalidKey: ("invalid", "invalid", 400),
     CommandIdReused: ("invalid", "invalid", 400),
     CommandRejected: ("rejected", "rejected", 422),
+    StreamDeleted: ("rejected", "rejected", 410),
     Conflict: ("conflict", "conflict", 409),
     NotFound: ("not_found", "error", 404),
     Overloaded: ("overloaded", "overloaded", 429),
@@ -95,6 +97,8 @@ def instance(cls: type[BaseException]) -> BaseException:
         return Conflict("User-u1", 3, 4)
     if cls is RemoteError:
         return RemoteError("teapot", "short and stout")
+    if cls is StreamDeleted:
+        return StreamDeleted("User-u1")
     return cls("a message")
 
 
