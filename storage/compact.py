@@ -7,9 +7,11 @@ and swaps it in. LMDB's own compacting copy (``mdb_env_copy2`` with
 others as they are, so pages half emptied by deleting every other event stay
 half empty; the default (``repack=True``) rewrites every record in key
 order into a new environment instead (LMDB's append mode fills each page),
-which gives back the space of removed records wherever they were. It runs offline: it takes the store's writer lock
-(so it refuses while a server has the store open) and refuses while a
-reader process has a read transaction open. LMDB-only: a PostgreSQL store
+which gives back the space of removed records wherever they were.
+
+It runs offline: it takes the store's writer lock (so it refuses while a
+server has the store open) and refuses while a reader process has a read
+transaction open. LMDB-only: a PostgreSQL store
 gives the space of deleted rows back through ``VACUUM`` (see
 docs/design.md).
 """

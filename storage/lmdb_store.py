@@ -22,6 +22,7 @@ the same transaction, so they can never disagree with the log.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -260,10 +261,9 @@ class LmdbStore:
                     f"{self.path} is a Motet store with databases missing (damaged?)"
                 ) from None
             for name in _LATER_DATABASES:
-                try:
+                # Read-only on a store made before it: absent, read as empty.
+                with contextlib.suppress(lmdb.NotFoundError):
                     dbs[name] = self._env.open_db(name, txn=txn, create=txn is not None)
-                except lmdb.NotFoundError:
-                    pass  # read-only, on a store made before it: empty
             if txn is not None:
                 txn.commit()
                 txn = None
@@ -364,9 +364,7 @@ class LmdbStore:
                     record = self._deletion_in(txn, stream)
                     return record is not None and record.deleted
 
-                plan = plan_appends(
-                    appends, self._head, timestamp, version_of, ack_of, deleted_of
-                )
+                plan = plan_appends(appends, self._head, timestamp, version_of, ack_of, deleted_of)
             else:
                 # No stream was ever deleted or truncated (the common case):
                 # one index probe per stream, nothing else.
@@ -647,8 +645,8 @@ class LmdbStore:
                 return found
             versions = dict(found)
             decode = self._deletion_decoder.decode
-            for key, value in txn.cursor(self._deletions):
-                stream = bytes(key).decode()
+            for name, value in txn.cursor(self._deletions):
+                stream = bytes(name).decode()
                 record = decode(value)
                 if record.hard:
                     versions.pop(stream, None)

@@ -11,6 +11,7 @@ locale.
 from __future__ import annotations
 
 __all__ = [
+    "ADD_REMOVED_RUNS",
     "APPEND_ACKS",
     "APPEND_ACKS_TYPES",
     "APPEND_EVENTS",
@@ -18,7 +19,6 @@ __all__ = [
     "BEGIN",
     "COMMIT",
     "CONFIGURE_SESSION",
-    "ADD_REMOVED_RUNS",
     "CREATE_LATER_TABLES",
     "CREATE_SCHEMA",
     "DELETE_SNAPSHOT",

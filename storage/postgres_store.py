@@ -491,8 +491,7 @@ class PostgresStore:
 
     def _remove(self, conn: _Connection, stream: str, through: int) -> int:
         positions = [
-            position
-            for (position,) in conn.execute(sql.DELETE_STREAM_EVENTS, (stream, through))
+            position for (position,) in conn.execute(sql.DELETE_STREAM_EVENTS, (stream, through))
         ]
         runs = position_runs(positions)
         if runs:

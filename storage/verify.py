@@ -309,9 +309,7 @@ class _Checker:
                 continue
             stream = key.decode(errors="replace")
             deletion = self.deletions.get(stream)
-            version = max(
-                self.versions.get(stream, 0), 0 if deletion is None else deletion.version
-            )
+            version = max(self.versions.get(stream, 0), 0 if deletion is None else deletion.version)
             if snapshot.version > version:
                 self.problem(where, f"is at version {snapshot.version}, the stream at {version}")
 

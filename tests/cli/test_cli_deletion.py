@@ -19,7 +19,9 @@ def test_delete_stream_soft_then_hard_with_the_servers_opt_in(
 
     soft = motet.run("delete-stream", "--port", port, "User-u1")
     hard = motet.run("delete-stream", "--port", port, "User-u2", "--hard", "--json")
-    refused = motet.run("client", "--port", port, "--json", "PlaceOrder user_id=u1 order_id=o amount=1")
+    refused = motet.run(
+        "client", "--port", port, "--json", "PlaceOrder user_id=u1 order_id=o amount=1"
+    )
     missing = motet.run("delete-stream", "--port", port, "User-nobody")
 
     assert (soft.returncode, soft.stderr) == (0, "")
@@ -29,8 +31,7 @@ def test_delete_stream_soft_then_hard_with_the_servers_opt_in(
     assert json.loads(refused.stdout.splitlines()[-1])["error"]["code"] == "rejected"
     assert missing.returncode == 1
     assert missing.stderr == (
-        "motet: error: not_found: stream 'User-nobody' has no events: there is nothing to "
-        "delete\n"
+        "motet: error: not_found: stream 'User-nobody' has no events: there is nothing to delete\n"
     )
     assert server.terminate() == 0
     verified = motet.run("verify", "--data", str(server.data))

@@ -16,7 +16,9 @@ async def test_delete_writes_a_tombstone_and_refuses_hard_without_the_opt_in(
     hard = await http.request("DELETE", "/streams/User-u1?hard=true")
     soft = await http.request("DELETE", "/streams/User-u1")
     read = await http.get("/streams/User-u1")
-    refused = await http.post("/commands/PlaceOrder", {"user_id": "u1", "order_id": "o", "amount": 1})
+    refused = await http.post(
+        "/commands/PlaceOrder", {"user_id": "u1", "order_id": "o", "amount": 1}
+    )
     missing = await http.request("DELETE", "/streams/User-nobody")
     bad = await http.request("DELETE", "/streams/User-u1?hard=maybe")
 

@@ -1006,7 +1006,9 @@ class StoreContract:
         assert (removed, again, everything) == (3, 0, 5)
         assert [e.version for e in store.read_stream("S-0")] == [4, 5]
         assert [e.version for e in store.read_stream("S-0", 3, limit=1)] == [4]
-        assert store.stream_deletion("S-0") == StreamDeletion(version=5, removed_through=3, removed=3)
+        assert store.stream_deletion("S-0") == StreamDeletion(
+            version=5, removed_through=3, removed=3
+        )
         assert results == [Ack("S-1", 6, 11)]
         assert store.streams() == [("S-0", 5), ("S-1", 6)]
 
