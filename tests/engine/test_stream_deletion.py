@@ -30,6 +30,7 @@ from motet.storage.verify import verify_store
 from tests.engine.test_projections import USER_IDS, answers, expected_answers, fold_log
 from tests.support.commands import create_user, place_order
 from tests.support.logs import read_everything
+from tests.support.postgres import Cluster, new_schema_url
 
 
 async def seed(engine: object, users: list[str], orders: int = 2) -> None:
@@ -263,3 +264,27 @@ async def test_compacting_is_refused_while_the_store_is_open(tmp_path: Path) -> 
         await seed(engine, ["u0"], orders=0)
         with pytest.raises(StorageError, match="in use: another process has this store open"):
             await trio.to_thread.run_sync(compact_store, tmp_path / "store")
+
+
+async def test_on_postgresql_a_deletion_by_one_process_refuses_the_others_appends(
+    postgres_cluster: Cluster,
+) -> None:
+    url = new_schema_url(postgres_cluster)
+    async with open_engine(url, app) as first, open_engine(url, app) as second:
+        await seed(first, ["u0", "u1", "u2"], orders=1)
+        # The second engine loads u1 before the deletion: only the store can refuse it.
+        await second.send(place_order("u1", "before"))
+
+        await first.delete_stream("User-u1", hard=True)
+        await first.delete_stream("User-u2")
+
+        with pytest.raises(StreamDeleted, match="User-u1"):
+            await second.send(place_order("u1", "after"))
+        with pytest.raises(StreamDeleted, match="User-u2"):
+            await second.send(place_order("u2", "after"))
+        ack = await second.send(place_order("u0", "after"))
+        await first.wait_for(ack.position, timeout=10)
+        positions = [e.position for e in read_everything(first.store)]
+        assert positions == [1, 3, 4, 6, ack.position] == [1, 3, 4, 6, 8]
+        await first.projection("users").rebuild()
+        assert await answers(first, ack.position) == expected_answers(fold_log(first))
