@@ -546,13 +546,21 @@ class Engine:
             )
 
     async def subscribe(
-        self, from_position: int = 0, *, batch_size: int = _READ_BATCH
+        self,
+        from_position: int = 0,
+        *,
+        batch_size: int = _READ_BATCH,
+        on_caught_up: Callable[[], None] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
         one as it is committed (live), by this engine or, on a shared store,
-        by another process. Ends only with :class:`EngineClosed` when the
-        engine closes; stop iterating (or cancel) to unsubscribe."""
+        by another process. Positions removed on purpose (hard deletes,
+        retention) are skipped. ``on_caught_up`` is called each time the
+        subscription has read everything up to the head and waits for new
+        commits (the last event delivered may be below the head when the
+        newest events were removed). Ends only with :class:`EngineClosed`
+        when the engine closes; stop iterating (or cancel) to unsubscribe."""
         self._check_open()
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
@@ -563,6 +571,8 @@ class Engine:
         watch = self.writer.watch
         while True:
             if watch.head_position <= position:
+                if on_caught_up is not None:
+                    on_caught_up()
                 with trio.CancelScope() as scope:
                     self._waits.add(scope)
                     try:

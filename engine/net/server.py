@@ -728,13 +728,25 @@ class _Connection:
         catching_up = self._catching_up
         holding = False
         live = request.from_ >= self.engine.head_position
+
+        def caught_up() -> None:
+            # Everything up to the head was read, though the last event sent
+            # may be below it (the newest events were removed on purpose).
+            nonlocal live, holding
+            live = True
+            if holding:
+                catching_up.release()
+                holding = False
+
         try:
             try:
                 with subscription.scope:
                     if not live:
                         await catching_up.acquire()
                         holding = True
-                    events = self.engine.subscribe(request.from_, batch_size=_SUBSCRIBE_BATCH)
+                    events = self.engine.subscribe(
+                        request.from_, batch_size=_SUBSCRIBE_BATCH, on_caught_up=caught_up
+                    )
                     async with aclosing(events):  # type: ignore[type-var]
                         async for record in events:
                             if live:

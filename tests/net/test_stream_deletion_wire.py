@@ -114,3 +114,28 @@ async def test_apply_retention_over_the_protocol(tmp_path: Any) -> None:
         applied = result(await peer.ask({"id": 9, "op": "apply_retention"}))
 
     assert applied == {"streams": 1, "truncated": 1, "removed": 4, "by_category": {"User": 4}}
+
+
+async def test_a_subscription_past_a_removed_tail_lets_the_next_one_catch_up(
+    engine: Engine,
+) -> None:
+    async with (
+        open_server(engine, port=0, allow_hard_delete=True) as server,
+        open_peer(server.port) as peer,
+    ):
+        for user_id in ("u1", "u2", "u3"):
+            result(await peer.ask({"id": user_id, **create(user_id)}))
+        result(
+            await peer.ask({"id": "d", "op": "delete_stream", "stream": "User-u3", "hard": True})
+        )
+
+        # One subscription per connection catches up at a time: the first
+        # must count as live once it has read up to the head, though the
+        # last event it got (2) is below the head (3).
+        await peer.write({"id": "s1", "op": "subscribe", "from": 0})
+        first = await peer.read_many(2)
+        await peer.write({"id": "s2", "op": "subscribe", "from": 0})
+        second = await peer.read_many(2, timeout=5)
+
+    assert [(r["id"], r["event"]["position"]) for r in first] == [("s1", 1), ("s1", 2)]
+    assert [(r["id"], r["event"]["position"]) for r in second] == [("s2", 1), ("s2", 2)]
