@@ -3,6 +3,10 @@ server's opt-in, and ``GET /streams/{stream}`` saying ``deleted``."""
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
+import trio
+
 from motet.engine import Engine
 from motet.engine.net.http import open_http_server
 from tests.http.support import Http, user
@@ -42,3 +46,26 @@ async def test_a_hard_delete_with_the_opt_in_removes_the_events(engine: Engine) 
 
     assert hard.status == 200 and hard.json()["removed"] == 1
     assert read.json() == {"events": [], "next": 0, "deleted": True}
+
+
+async def test_the_event_stream_sends_everything_when_the_newest_events_were_removed(
+    engine: Engine,
+) -> None:
+    async with open_http_server(engine, port=0, allow_hard_delete=True) as server:
+        http = Http(server.port)
+        for user_id in ("u1", "u2", "u3"):
+            assert (await http.post("/commands/CreateUser", user(user_id))).status == 200
+        assert (await http.request("DELETE", "/streams/User-u3?hard=true")).status == 200
+
+        async with (
+            http.connect() as connection,
+            aclosing(connection.events("/events?from=0")) as events,
+        ):
+            ids = []
+            with trio.fail_after(5):
+                async for event in events:
+                    ids.append(event["id"])
+                    if len(ids) == 2:
+                        break
+
+    assert ids == ["1", "2"]
