@@ -310,6 +310,7 @@ class HttpConnection:
                     with stopping:
                         if server.stopping:
                             stopping.cancel()
+
                         async def flush(data: bytes) -> None:
                             await send(conn.send(h11.Data(data=data)))
                             sent.set()
