@@ -139,3 +139,22 @@ async def test_a_subscription_past_a_removed_tail_lets_the_next_one_catch_up(
 
     assert [(r["id"], r["event"]["position"]) for r in first] == [("s1", 1), ("s1", 2)]
     assert [(r["id"], r["event"]["position"]) for r in second] == [("s2", 1), ("s2", 2)]
+
+
+async def test_the_clients_delete_streams(engine: Engine) -> None:
+    from motet.engine import StreamDeleted, Unauthorized, open_client
+
+    async with open_server(engine, port=0) as server:
+        async with open_client("127.0.0.1", server.port) as client:
+            await client.request(create("u1"))
+            deleted = await client.delete_stream("User-u1")
+            try:
+                await client.delete_stream("User-u1", hard=True)
+            except Unauthorized as exc:
+                refused: Exception = exc
+        async with open_client("127.0.0.1", server.port) as client:
+            reply = await client.request(order("u1", "o1", 1.0))
+
+    assert (deleted.stream, deleted.hard, deleted.version) == ("User-u1", False, 1)
+    assert "--allow-hard-delete" in str(refused)
+    assert reply["error"]["code"] == StreamDeleted.code == "rejected"
