@@ -253,7 +253,7 @@ class AggregateActor(Generic[S]):
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
                     replace = True
-        if deletion is not None and deletion.removed_through > version:
+        if deletion is not None and not deletion.hard and deletion.removed_through > version:
             # Retention removed events no snapshot of this schema covers
             # (the state schema changed after it ran): replay what is left.
             log.warning(

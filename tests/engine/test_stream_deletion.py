@@ -17,6 +17,7 @@ import trio.testing
 
 from motet.engine import (
     App,
+    CommandRejected,
     NotFound,
     Retention,
     StorageError,
@@ -288,3 +289,23 @@ async def test_on_postgresql_a_deletion_by_one_process_refuses_the_others_append
         assert positions == [1, 3, 4, 6, ack.position] == [1, 3, 4, 6, 8]
         await first.projection("users").rebuild()
         assert await answers(first, ack.position) == expected_answers(fold_log(first))
+
+
+async def test_a_state_schema_bump_after_compaction_replays_what_is_left_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    compacting = retaining(Retention(compact=True))
+    async with open_engine(tmp_path / "store", compacting) as engine:
+        await seed(engine, ["u0"], orders=5)
+        assert (await engine.apply_retention()).removed == 4
+    bumped = dataclasses.replace(compacting.aggregates[0], state_version=2)
+    async with open_engine(
+        tmp_path / "store", dataclasses.replace(compacting, aggregates=(bumped,))
+    ) as engine:
+        # UserCreated is gone and the snapshot is of another schema: the
+        # aggregate only has the orders left, as if the user never existed.
+        with pytest.raises(CommandRejected, match="user 'u0' does not exist"):
+            await engine.send(place_order("u0", "late"))
+    assert "events up to version 4 were removed and no usable snapshot covers them" in (
+        caplog.text
+    )
