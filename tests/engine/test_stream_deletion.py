@@ -308,3 +308,26 @@ async def test_a_state_schema_bump_after_compaction_replays_what_is_left_and_say
             await engine.send(place_order("u0", "late"))
     warned = "events up to version 4 were removed and no usable snapshot covers them"
     assert warned in caplog.text
+
+
+async def test_compacting_after_retention_shrinks_the_file_and_replay_still_works(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    compacting = dataclasses.replace(
+        retaining(Retention(compact=True), snapshot_every=20), projections=(), queries=()
+    )
+    async with open_engine(store, compacting, durability="none") as engine:
+        for n in range(40):
+            await seed(engine, [f"u{n}"], orders=19)  # versions 1..20, a snapshot at 20
+        result = await engine.apply_retention()
+    assert result.removed == 40 * 20
+
+    compaction = compact_store(store)
+
+    assert compaction.after < compaction.before * 0.5, compaction
+    assert verify_store(store).removed == 40 * 20
+    async with open_engine(store, compacting) as engine:
+        ack = await engine.send(place_order("u7", "after"))
+        assert ack.version == 21
+        assert [e.version for e in await engine.read_stream("User-u7")] == [21]
