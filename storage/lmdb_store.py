@@ -47,7 +47,7 @@ from .store import AppendError, Durability, plan_appends
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["FORMAT", "READABLE_FORMATS", "LmdbStore"]
+__all__ = ["DELETIONS_FORMAT", "FORMAT", "READABLE_FORMATS", "LmdbStore"]
 
 T = TypeVar("T")
 
@@ -56,7 +56,13 @@ FORMAT = b"motet-store/2"
 records carry a checksum. A ``/1`` store is read as it is and becomes ``/2``
 with its first commit (its old records stay readable, without a checksum)."""
 
-READABLE_FORMATS = (b"motet-store/1", FORMAT)
+DELETIONS_FORMAT = b"motet-store/3"
+"""The format of a store whose log has removed positions or tombstones,
+written with the first deletion or truncation: a version that does not know
+them would accept appends to deleted streams and, when the newest events
+were removed, hand their positions out again, so it must refuse the store."""
+
+READABLE_FORMATS = (b"motet-store/1", FORMAT, DELETIONS_FORMAT)
 """The formats this code opens."""
 
 _U64 = struct.Struct(">Q")
@@ -163,6 +169,7 @@ class LmdbStore:
         self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
         self._deletion_decoder = msgspec.msgpack.Decoder(StreamDeletion)
         self._closed = False
+        self._marking = False
         self._head = 0
         try:
             self._head = self._read_head()
@@ -215,6 +222,7 @@ class LmdbStore:
                     }
                     txn.put(b"format", FORMAT, db=dbs[b"meta"])
                 self._format_written = True
+                self._deletions_format_written = False
             else:
                 dbs = found
         except lmdb.Error as exc:
@@ -270,7 +278,8 @@ class LmdbStore:
         finally:
             if txn is not None:
                 txn.abort()
-        self._format_written = found == FORMAT
+        self._format_written = found in (FORMAT, DELETIONS_FORMAT)
+        self._deletions_format_written = found == DELETIONS_FORMAT
         return dbs
 
     def __repr__(self) -> str:
@@ -421,9 +430,13 @@ class LmdbStore:
         it is full (removing records dirties pages too)."""
         self._check_writable(doing)
         while True:
+            self._marking = False
             try:
                 with self._env.begin(write=True) as txn:
-                    return work(txn)
+                    result = work(txn)
+                if self._marking:
+                    self._deletions_format_written = self._format_written = True
+                return result
             except lmdb.MapFullError:
                 self._grow()
             except (lmdb.Error, OSError) as exc:
@@ -481,6 +494,7 @@ class LmdbStore:
             if hard:
                 txn.delete(stream.encode(), db=self._snapshots)
             txn.put(stream.encode(), self._encode(record), db=self._deletions)
+            self._mark_deletions(txn)
             return record
 
         self._ensure_deletion_databases()
@@ -500,11 +514,20 @@ class LmdbStore:
             if removed:
                 record = truncation_after(earlier, version, through, removed)
                 txn.put(stream.encode(), self._encode(record), db=self._deletions)
+                self._mark_deletions(txn)
             return removed
 
         self._ensure_deletion_databases()
         removed: int = self._write(truncate, f"removing old events of {stream!r} in {self.path}")
         return removed
+
+    def _mark_deletions(self, txn: lmdb.Transaction) -> None:
+        """Record :data:`DELETIONS_FORMAT` in the transaction that first
+        removes records or writes a tombstone (:meth:`_write` notes it once
+        the transaction committed)."""
+        if not self._deletions_format_written:
+            txn.put(b"format", DELETIONS_FORMAT, db=self._meta)
+            self._marking = True
 
     def _ensure_deletion_databases(self) -> None:
         if self._deletions is None or self._removed is None:

@@ -23,6 +23,7 @@ __all__ = [
     "CREATE_SCHEMA",
     "DELETE_SNAPSHOT",
     "DELETE_STREAM_EVENTS",
+    "DELETIONS_FORMAT",
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
@@ -30,6 +31,7 @@ __all__ = [
     "LISTEN",
     "LOCK_HEAD",
     "LOCK_SCHEMA",
+    "MARK_DELETIONS_FORMAT",
     "NOTIFY_CHANNEL",
     "NOTIFY_COMMIT",
     "PUT_CHECKPOINT",
@@ -59,6 +61,11 @@ __all__ = [
 
 FORMAT = "motet-postgres/1"
 """The schema version this code reads and writes, recorded in ``motet_meta``."""
+
+DELETIONS_FORMAT = "motet-postgres/2"
+"""The schema version of a store with tombstones or removed events, written
+by the first deletion: a version that does not know them would accept appends
+to deleted streams, so it must refuse the store."""
 
 TABLES = (
     "motet_meta",
@@ -276,6 +283,12 @@ DELETE FROM motet_events WHERE stream = %s AND version <= %s RETURNING position
 """
 
 DELETE_SNAPSHOT = "DELETE FROM motet_snapshots WHERE stream = %s"
+
+# In every deletion transaction: from the first one on, the store's format
+# says it holds tombstones (a no-op once it does).
+MARK_DELETIONS_FORMAT = """
+UPDATE motet_meta SET value = %s WHERE key = 'format' AND value <> %s
+"""
 
 PUT_DELETION = """
 INSERT INTO motet_deletions

@@ -237,9 +237,10 @@ class PostgresStore:
             raise StoreFormatError(
                 f"{self._where} holds a table motet_meta that is not Motet's: {exc}"
             ) from exc
-        if found != FORMAT:
+        if found not in (FORMAT, sql.DELETIONS_FORMAT):
             raise StoreFormatError(
-                f"{self._where} holds store format {found!r}; this version reads {FORMAT!r} only"
+                f"{self._where} holds store format {found!r}; this version reads {FORMAT!r} "
+                f"and {sql.DELETIONS_FORMAT!r} only"
             )
         missing = sorted(set(sql.TABLES) - set(sql.LATER_TABLES) - present)
         if missing:
@@ -506,6 +507,7 @@ class PostgresStore:
         return None if row is None else StreamDeletion(*row)
 
     def _put_deletion(self, conn: _Connection, stream: str, record: StreamDeletion) -> None:
+        conn.execute(sql.MARK_DELETIONS_FORMAT, (sql.DELETIONS_FORMAT, sql.DELETIONS_FORMAT))
         conn.execute(
             sql.PUT_DELETION,
             (
