@@ -132,9 +132,11 @@ class MemoryStore:
             position = positions[index]
             if position is None:
                 continue
-            self._log[position - 1] = None
-            self._removed.add(position)
+            # In this order, so that a reader in another thread never meets
+            # a None it was not told to skip.
             positions[index] = None
+            self._removed.add(position)
+            self._log[position - 1] = None
             removed += 1
         return removed
 
