@@ -25,8 +25,9 @@ from motet.storage.errors import StorageError
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
 from motet.storage.records import Ack, RecordedEvent, StreamDeletion
-from motet.storage.retention import RetentionResult, apply_retention
+from motet.storage.retention import RetentionResult, retain_stream
 from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
+from motet.storage.streams import category_of
 
 from .app import App
 from .mediator import Mediator
@@ -502,7 +503,8 @@ class Engine:
     async def apply_retention(self) -> RetentionResult:
         """Apply every aggregate's :class:`~motet.storage.retention.Retention`
         (declared in its definition) to the streams of its category now, in
-        the writer's worker thread, one stream's transaction at a time.
+        the writer's worker thread, one stream's transaction at a time (the
+        writer commits between them).
         Returns what was removed. Raises :class:`Unavailable` on a reader
         and :class:`StorageError`."""
         self._check_open()
@@ -512,11 +514,22 @@ class Engine:
             for aggregate in self.app.aggregates
             if aggregate.retention is not None
         }
+        result = RetentionResult()
         if not policies:
-            return RetentionResult()
-        return await trio.to_thread.run_sync(
-            apply_retention, self.store, policies, time.time(), limiter=self.writer.limiter
-        )
+            return result
+        now = time.time()
+        streams = await self._calls.run(self.store.streams, offload=True)
+        for stream, _ in streams:
+            policy = policies.get(category_of(stream))
+            if policy is None:
+                continue
+            # One stream per hop holding the writer's limiter: commits go on
+            # between streams, however many there are.
+            removed = await trio.to_thread.run_sync(
+                retain_stream, self.store, stream, *policy, now, limiter=self.writer.limiter
+            )
+            result.add(stream, removed)
+        return result
 
     async def serve_retention(
         self, every: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from .store import EventStore
 from .streams import category_of
 
-__all__ = ["Retention", "RetentionResult", "apply_retention", "retention_cut"]
+__all__ = ["Retention", "RetentionResult", "apply_retention", "retain_stream", "retention_cut"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,15 @@ class RetentionResult:
     by_category: dict[str, int] = field(default_factory=dict)
     """Events removed per category."""
 
+    def add(self, stream: str, removed: int) -> None:
+        """Count one stream looked at, and the events removed from it."""
+        self.streams += 1
+        if removed:
+            category = category_of(stream)
+            self.truncated += 1
+            self.removed += removed
+            self.by_category[category] = self.by_category.get(category, 0) + removed
+
 
 def retention_cut(
     store: EventStore, stream: str, retention: Retention, state_version: int, now: float
@@ -92,6 +101,19 @@ def retention_cut(
     return min(cut, ceiling)
 
 
+def retain_stream(
+    store: EventStore, stream: str, retention: Retention, state_version: int, now: float
+) -> int:
+    """Apply ``retention`` to one stream, in one transaction; return how many
+    events were removed."""
+    deletion = store.stream_deletion(stream)
+    done = 0 if deletion is None else deletion.removed_through
+    cut = retention_cut(store, stream, retention, state_version, now)
+    if cut <= done:
+        return 0
+    return store.truncate_stream(stream, cut)
+
+
 def apply_retention(
     store: EventStore, policies: Mapping[str, tuple[Retention, int]], now: float
 ) -> RetentionResult:
@@ -107,19 +129,6 @@ def apply_retention(
         return result
     for stream, _ in store.streams():
         policy = policies.get(category_of(stream))
-        if policy is None:
-            continue
-        retention, state_version = policy
-        result.streams += 1
-        deletion = store.stream_deletion(stream)
-        done = 0 if deletion is None else deletion.removed_through
-        cut = retention_cut(store, stream, retention, state_version, now)
-        if cut <= done:
-            continue
-        removed = store.truncate_stream(stream, cut)
-        if removed:
-            category = category_of(stream)
-            result.truncated += 1
-            result.removed += removed
-            result.by_category[category] = result.by_category.get(category, 0) + removed
+        if policy is not None:
+            result.add(stream, retain_stream(store, stream, *policy, now))
     return result
