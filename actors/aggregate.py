@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from motet.storage.codec import Codec
-from motet.storage.errors import CodecError, Conflict
+from motet.storage.errors import CodecError, Conflict, StreamDeleted
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
@@ -59,6 +59,7 @@ class AggregateActor(Generic[S]):
         "_writer",
         "aggregate_id",
         "definition",
+        "deleted",
         "last_used",
         "mailbox_size",
         "pending",
@@ -100,6 +101,8 @@ class AggregateActor(Generic[S]):
         self.last_used = now
         self.stopped = False
         self.running = False
+        # The stream was deleted: every command fails without being decided.
+        self.deleted = False
         self._stale = True
         self._settled: trio.Event | None = None
 
@@ -207,18 +210,24 @@ class AggregateActor(Generic[S]):
         while self.pending:
             self._settled = trio.Event()
             await self._settled.wait()
-        self.state, self.version, replace_snapshot = self._load(
-            *await self._calls.run(self._read_history)
-        )
+        state, version, replace, stored, deleted = await self._calls.run(self._read_history)
+        self.state, self.version, replace_snapshot = self._load(state, version, replace, stored)
+        self.deleted = deleted
         self._stale = False
-        if replace_snapshot:
+        if replace_snapshot and not deleted:
             self._write_snapshot()
 
-    def _read_history(self) -> tuple[S, int, bool, list[StoredEvent]]:
+    def mark_deleted(self) -> None:
+        """The stream was just deleted: refuse every later command."""
+        self.deleted = True
+
+    def _read_history(self) -> tuple[S, int, bool, list[StoredEvent], bool]:
         """The store reads of a load, in one call (one thread hop for a
         blocking store): the latest usable snapshot's state and version,
-        whether the stored snapshot should be replaced, and the events
-        after it (evolved by :meth:`_load`)."""
+        whether the stored snapshot should be replaced, the events
+        after it (evolved by :meth:`_load`), and whether the stream was deleted."""
+        deletion = self._store.stream_deletion(self.stream)
+        deleted = deletion is not None and deletion.deleted
         definition = self.definition
         state, version = definition.initial, 0
         replace = False
@@ -244,7 +253,17 @@ class AggregateActor(Generic[S]):
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
                     replace = True
-        return state, version, replace, self._store.read_stream(self.stream, after_version=version)
+        if deletion is not None and not deletion.hard and deletion.removed_through > version:
+            # Retention removed events no snapshot of this schema covers
+            # (the state schema changed after it ran): replay what is left.
+            log.warning(
+                "%s: events up to version %d were removed and no usable snapshot covers "
+                "them; the state is rebuilt from the events left",
+                self.stream,
+                deletion.removed_through,
+            )
+        stored = self._store.read_stream(self.stream, after_version=version)
+        return state, version, replace, stored, deleted
 
     def _load(
         self, state: S, version: int, replace: bool, stored_events: list[StoredEvent]
@@ -270,6 +289,9 @@ class AggregateActor(Generic[S]):
         self._writer.submit(request)
 
     def _decide(self, request: CommandRequest) -> None:
+        if self.deleted:
+            request.fail(StreamDeleted(self.stream))
+            return
         definition = self.definition
         expected = self.version
         if request.expected_version is not None and request.expected_version != expected:

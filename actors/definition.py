@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from motet.storage.codec import tag_of
+from motet.storage.retention import Retention
 from motet.storage.streams import SEPARATOR, stream_id
 
 __all__ = ["Aggregate"]
@@ -27,6 +28,8 @@ class Aggregate(Generic[S]):
     :mod:`motet.storage.streams`). A snapshot is
     written every ``snapshot_every`` events; bump ``state_version`` whenever
     the state's shape changes, so old snapshots are ignored and rebuilt.
+    ``retention`` limits the old events each of its streams keeps (see
+    :mod:`motet.storage.retention`; ``None``: all are kept).
     """
 
     name: str
@@ -38,6 +41,7 @@ class Aggregate(Generic[S]):
     events: Sequence[type]
     snapshot_every: int = 100
     state_version: int = 1
+    retention: Retention | None = None
     tags: Mapping[str, type] = field(init=False, repr=False, compare=False)
     event_types: frozenset[type] = field(init=False, repr=False, compare=False)
 

@@ -305,7 +305,16 @@ class ProjectionActor(Generic[M]):
                 # The store returns every event before an unreadable record and
                 # raises on the call that starts with it: stop right there, as
                 # for a failing handler, instead of taking the engine down.
-                self._stop(self.position + 1, f"{type(exc).__name__}: {exc}")
+                failed = exc.position if exc.position is not None else self.position + 1
+                self._stop(failed, f"{type(exc).__name__}: {exc}")
+                continue
+            if not events:
+                # Every position up to the head seen before the read was
+                # removed on purpose (a hard delete, retention): the head is
+                # committed, so nothing up to it can still appear.
+                self.position = max(self.position, head)
+                self._advanced.set()
+                self._advanced = trio.Event()
                 continue
             self._apply(events)
             if (
@@ -316,7 +325,8 @@ class ProjectionActor(Generic[M]):
 
     def _apply(self, events: Sequence[StoredEvent]) -> None:
         position, error, failed = self._fold(self.model, events, self.position)
-        self.events_applied += position - self.position
+        # Counted by event, not by position: positions may jump over removed events.
+        self.events_applied += sum(1 for e in events if self.position < e.position <= position)
         self.position = position
         if failed is not None:
             assert error is not None

@@ -45,11 +45,13 @@ if TYPE_CHECKING:
         StorageError,
         StorageFull,
         StoreFormatError,
+        StreamDeleted,
         Unauthorized,
         Unavailable,
         UnknownMessageType,
     )
-    from motet.storage.records import Ack, Metadata, RecordedEvent
+    from motet.storage.records import Ack, Metadata, RecordedEvent, StreamDeletion
+    from motet.storage.retention import Retention, RetentionResult
     from motet.storage.status import ProjectionStatus
 
     from .app import App
@@ -88,13 +90,17 @@ _MODULES: dict[str, str] = {
             "StorageError",
             "StorageFull",
             "StoreFormatError",
+            "StreamDeleted",
             "Unauthorized",
             "Unavailable",
             "UnknownMessageType",
         ],
         "motet.storage.errors",
     ),
-    **dict.fromkeys(["Ack", "Metadata", "RecordedEvent"], "motet.storage.records"),
+    **dict.fromkeys(
+        ["Ack", "Metadata", "RecordedEvent", "StreamDeletion"], "motet.storage.records"
+    ),
+    **dict.fromkeys(["Retention", "RetentionResult"], "motet.storage.retention"),
     "App": "motet.engine.app",
     **dict.fromkeys(["Engine", "open_engine"], "motet.engine.core"),
     "Mediator": "motet.engine.mediator",
@@ -139,11 +145,15 @@ __all__ = [
     "RecordedEvent",
     "RemoteError",
     "RequestTooLarge",
+    "Retention",
+    "RetentionResult",
     "Server",
     "ServerStatistics",
     "StorageError",
     "StorageFull",
     "StoreFormatError",
+    "StreamDeleted",
+    "StreamDeletion",
     "Table",
     "Unauthorized",
     "Unavailable",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -20,10 +21,13 @@ from motet.actors.request import CommandRequest
 from motet.actors.store_calls import StoreCalls
 from motet.actors.writer import GroupCommitWriter
 from motet.storage.codec import Codec
+from motet.storage.errors import StorageError
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
-from motet.storage.records import Ack, RecordedEvent
+from motet.storage.records import Ack, RecordedEvent, StreamDeletion
+from motet.storage.retention import RetentionResult, retain_stream
 from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
+from motet.storage.streams import category_of
 
 from .app import App
 from .mediator import Mediator
@@ -455,14 +459,121 @@ class Engine:
         decode = self.codec.decode_record
         return [decode(event) for event in stored]
 
+    async def stream_deletion(self, stream: str) -> StreamDeletion | None:
+        """What was deleted or removed of ``stream`` (``None``: nothing), e.g.
+        to tell a deleted stream from an empty one. Raises
+        :class:`EngineClosed` once the engine has closed."""
+        self._check_open()
+        check_stream_id(stream)
+        return await self._calls.run(self.store.stream_deletion, stream)
+
+    async def delete_stream(self, stream: str, *, hard: bool = False) -> StreamDeletion:
+        """Delete ``stream`` and return its deletion record.
+
+        The tombstone is written in one transaction: from then on every
+        command to the stream fails with :class:`StreamDeleted` (``rejected``
+        on the wire), and reads show it as deleted. With ``hard=True`` its
+        events, index rows and snapshot are removed as well; every other
+        event keeps its position, and readers skip the removed ones (see
+        docs/design.md, "Deleting streams and retention"). Read models that
+        already applied its events keep them until rebuilt.
+
+        Raises :class:`NotFound` for a stream that never had an event,
+        :class:`Unavailable` on a reader, ``ValueError`` for a bad stream id
+        and :class:`StorageError`. Cancelling it waits for a deletion already
+        running in the writer's thread: it happens or not as a whole.
+        """
+        self._check_open()
+        self._check_writer("delete a stream")
+        check_stream_id(stream)
+        if not isinstance(hard, bool):
+            raise ValueError(f"hard must be true or false, got {hard!r}")
+        # The writer's limiter: one write transaction at a time, off the event loop.
+        record = await trio.to_thread.run_sync(
+            partial(self.store.delete_stream, stream, hard=hard, timestamp=time.time()),
+            limiter=self.writer.limiter,
+        )
+        actor = self.registry.live(stream)
+        if actor is not None:
+            # Appends it already handed over are refused by the store; later
+            # commands are refused before they are decided.
+            actor.mark_deleted()
+        return record
+
+    async def apply_retention(self) -> RetentionResult:
+        """Apply every aggregate's :class:`~motet.storage.retention.Retention`
+        (declared in its definition) to the streams of its category now, in
+        the writer's worker thread, one stream's transaction at a time (the
+        writer commits between them).
+        Returns what was removed. Raises :class:`Unavailable` on a reader
+        and :class:`StorageError`."""
+        self._check_open()
+        self._check_writer("apply retention")
+        policies = {
+            aggregate.name: (aggregate.retention, aggregate.state_version)
+            for aggregate in self.app.aggregates
+            if aggregate.retention is not None
+        }
+        result = RetentionResult()
+        if not policies:
+            return result
+        now = time.time()
+        streams = await self._calls.run(self.store.streams, offload=True)
+        for stream, _ in streams:
+            policy = policies.get(category_of(stream))
+            if policy is None:
+                continue
+            # One stream per hop holding the writer's limiter: commits go on
+            # between streams, however many there are.
+            removed = await trio.to_thread.run_sync(
+                retain_stream, self.store, stream, *policy, now, limiter=self.writer.limiter
+            )
+            result.add(stream, removed)
+        return result
+
+    async def serve_retention(
+        self, every: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply retention every ``every`` seconds, forever (see
+        :meth:`apply_retention`). A failed run is logged and tried again
+        next time: the store may come back."""
+        if not every > 0:
+            raise ValueError(f"the retention interval must be > 0 seconds, got {every!r}")
+        task_status.started()
+        while True:
+            await trio.sleep(every)
+            try:
+                result = await self.apply_retention()
+            except StorageError as exc:
+                log.warning("applying retention failed, trying again in %s s: %s", every, exc)
+                continue
+            if result.removed:
+                log.info(
+                    "retention removed %d events from %d streams", result.removed, result.truncated
+                )
+
+    def _check_writer(self, doing: str) -> None:
+        if self.role != "writer":
+            raise Unavailable(
+                f"cannot {doing} on a {self.role}: only the writer process changes the log"
+            )
+
     async def subscribe(
-        self, from_position: int = 0, *, batch_size: int = _READ_BATCH
+        self,
+        from_position: int = 0,
+        *,
+        batch_size: int = _READ_BATCH,
+        on_caught_up: Callable[[], None] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
         one as it is committed (live), by this engine or, on a shared store,
-        by another process. Ends only with :class:`EngineClosed` when the
-        engine closes; stop iterating (or cancel) to unsubscribe."""
+        by another process. Positions removed on purpose (hard deletes,
+        retention) are skipped. ``on_caught_up`` is called each time the
+        subscription has read everything up to the head and waits for new
+        commits (the last event delivered may be below the head when the
+        newest events were removed). Ends only with :class:`EngineClosed`
+        when the engine closes; stop iterating (or cancel) to unsubscribe."""
         self._check_open()
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
@@ -473,6 +584,8 @@ class Engine:
         watch = self.writer.watch
         while True:
             if watch.head_position <= position:
+                if on_caught_up is not None:
+                    on_caught_up()
                 with trio.CancelScope() as scope:
                     self._waits.add(scope)
                     try:
@@ -481,8 +594,13 @@ class Engine:
                         self._waits.discard(scope)
             self._check_open()
             # Far behind: decode off the event loop; near the head, inline.
-            far = watch.head_position - position > batch_size
+            head = watch.head_position
+            far = head - position > batch_size
             stored = await run(read_all, position, batch_size, offload=far)
+            if not stored:
+                # Everything up to the (committed) head was removed on purpose.
+                position = max(position, head)
+                continue
             for event in stored:
                 yield decode(event)
                 position = event.position
@@ -589,6 +707,7 @@ async def open_engine(
     http_token: str | None = None,
     max_batch: int = 10_000,
     role: Role = "writer",
+    retention_every: float | None = None,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -625,6 +744,8 @@ async def open_engine(
     ``Authorization: Bearer <http_token>`` when a token is given, and its
     ``/metrics`` also takes ``metrics_token``); that
     server stops taking requests before the engine drains.
+    With ``retention_every`` (seconds) a writer applies the aggregates'
+    retention (see :meth:`Engine.apply_retention`) that often while it runs.
     ``role="reader"`` follows a log another process writes: a directory is
     opened read-only beside its writer (``LmdbStore(path, readonly=True)``, a
     ``shared`` store), commands are refused with
@@ -683,6 +804,9 @@ async def open_engine(
                 await nursery.start(engine.registry.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
+                if retention_every is not None:
+                    engine._check_writer("apply retention")
+                    await nursery.start(engine.serve_retention, retention_every)
                 http = None
                 if metrics_port is not None or http_port is not None:
                     # Imported here: an engine without ports loads no HTTP code.

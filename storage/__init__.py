@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         StorageError,
         StorageFull,
         StoreFormatError,
+        StreamDeleted,
     )
     from .lmdb_store import FORMAT, LmdbStore
     from .memory_store import MemoryStore
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         RecordedEvent,
         Snapshot,
         StoredEvent,
+        StreamDeletion,
     )
     from .store import (
         MAX_COMMAND_ID_BYTES,
@@ -60,6 +62,7 @@ _MODULES: dict[str, str] = {
             "StorageError",
             "StorageFull",
             "StoreFormatError",
+            "StreamDeleted",
         ],
         "errors",
     ),
@@ -75,6 +78,7 @@ _MODULES: dict[str, str] = {
             "RecordedEvent",
             "Snapshot",
             "StoredEvent",
+            "StreamDeletion",
         ],
         "records",
     ),
@@ -119,6 +123,8 @@ __all__ = [
     "StorageFull",
     "StoreFormatError",
     "StoredEvent",
+    "StreamDeleted",
+    "StreamDeletion",
     "Upcaster",
     "check_key",
     "event_version_of",

@@ -45,6 +45,7 @@ __all__ = [
     "StorageFull",
     "StoreFormatError",
     "StoreNotEmpty",
+    "StreamDeleted",
     "Unauthorized",
     "Unavailable",
     "UnknownMessageType",
@@ -140,7 +141,10 @@ class ExportFileError(MotetError, ValueError):
 
 class CodecError(MotetError):
     """Bytes could not be turned back into a registered message type: an
-    unknown type tag, a version newer than the code, or corrupt data."""
+    unknown type tag, a version newer than the code, or corrupt data.
+    ``position`` is the log position of the record, when it is one."""
+
+    position: int | None = None
 
 
 class MisplacedRecord(MotetError, ValueError):
@@ -192,6 +196,21 @@ class CommandRejected(MotetError):
     code = "rejected"
     outcome = "rejected"
     http_status = 422
+
+
+class StreamDeleted(CommandRejected):
+    """The command's stream was deleted: it takes no more events, whatever
+    the command. The caller's fault (``rejected``; HTTP 410 Gone): retrying
+    cannot help. ``stream`` names it."""
+
+    http_status = 410
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r} was deleted and takes no more events")
+        self.stream = stream
+
+    def __reduce__(self) -> tuple[type[StreamDeleted], tuple[str]]:
+        return (type(self), (self.stream,))
 
 
 class Overloaded(MotetError):

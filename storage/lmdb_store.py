@@ -1,4 +1,4 @@
-"""The LMDB event store: one LMDB environment, six named databases.
+"""The LMDB event store: one LMDB environment, eight named databases.
 
 Layout (see docs/design.md, "Storage"):
 
@@ -8,6 +8,8 @@ Layout (see docs/design.md, "Storage"):
 ``commands``     command id → msgpack :class:`Ack` (the original Ack)
 ``checkpoints``  projection name → msgpack :class:`Checkpoint`
 ``meta``         ``format`` → the store format name
+``deletions``    stream id → msgpack :class:`StreamDeletion` (tombstones, removals)
+``removed``      8-byte first position → 8-byte last position of a removed run
 
 Each log value is checksummed (see :mod:`motet.storage.integrity`); a record
 whose checksum does not match raises :class:`CodecError` naming its position.
@@ -20,6 +22,7 @@ the same transaction, so they can never disagree with the log.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -34,16 +37,17 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
+from .deletion import deletion_after, position_runs, truncation_after
 from .errors import CodecError, StorageError, StorageFull, StoreFormatError
 from .idempotency import AckRecord
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
 from .store import AppendError, Durability, plan_appends, plan_recorded
 
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["FORMAT", "READABLE_FORMATS", "LmdbStore"]
+__all__ = ["DELETIONS_FORMAT", "FORMAT", "READABLE_FORMATS", "LmdbStore"]
 
 T = TypeVar("T")
 
@@ -52,13 +56,22 @@ FORMAT = b"motet-store/2"
 records carry a checksum. A ``/1`` store is read as it is and becomes ``/2``
 with its first commit (its old records stay readable, without a checksum)."""
 
-READABLE_FORMATS = (b"motet-store/1", FORMAT)
+DELETIONS_FORMAT = b"motet-store/3"
+"""The format of a store whose log has removed positions or tombstones,
+written with the first deletion or truncation: a version that does not know
+them would accept appends to deleted streams and, when the newest events
+were removed, hand their positions out again, so it must refuse the store."""
+
+READABLE_FORMATS = (b"motet-store/1", FORMAT, DELETIONS_FORMAT)
 """The formats this code opens."""
 
 _U64 = struct.Struct(">Q")
 _pack = _U64.pack
 _MAX_VERSION = b"\xff" * 8
 _DATABASES = (b"log", b"streams", b"snapshots", b"commands", b"checkpoints", b"meta")
+# Added later: a store made before them gets them with its writer's first
+# open; a read-only handle on such a store reads them as empty.
+_LATER_DATABASES = (b"deletions", b"removed")
 _LMDB_FILES = {"data.mdb", "lock.mdb"}
 
 DEFAULT_MAP_SIZE = 1 << 30
@@ -120,7 +133,7 @@ class LmdbStore:
                 str(self.path),
                 readonly=readonly,
                 map_size=map_size,
-                max_dbs=len(_DATABASES) + 2,
+                max_dbs=len(_DATABASES) + len(_LATER_DATABASES) + 2,
                 subdir=True,
                 sync=durability == "sync",
                 metasync=durability == "sync",
@@ -154,7 +167,9 @@ class LmdbStore:
         self._snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
         self._ack_decoder = msgspec.msgpack.Decoder(AckRecord)
         self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+        self._deletion_decoder = msgspec.msgpack.Decoder(StreamDeletion)
         self._closed = False
+        self._marking = False
         self._head = 0
         try:
             self._head = self._read_head()
@@ -163,9 +178,16 @@ class LmdbStore:
             raise
 
     def _read_head(self) -> int:
+        """The last position handed out: the last event's, or the last
+        removed one's when the newest events were removed."""
         with self._read() as txn:
             cursor = txn.cursor(self._log)
-            return int(_U64.unpack(cursor.key())[0]) if cursor.last() else 0
+            head = int(_U64.unpack(cursor.key())[0]) if cursor.last() else 0
+            if self._removed is not None:
+                runs = txn.cursor(self._removed)
+                if runs.last():
+                    head = max(head, int(_U64.unpack(runs.value())[0]))
+            return head
 
     @staticmethod
     def _check_directory(path: Path) -> bool:
@@ -195,10 +217,12 @@ class LmdbStore:
                     raise StoreFormatError(f"{self.path} holds no Motet store")
                 with self._env.begin(write=True) as txn:
                     dbs = {
-                        name: self._env.open_db(name, txn=txn, create=True) for name in _DATABASES
+                        name: self._env.open_db(name, txn=txn, create=True)
+                        for name in _DATABASES + _LATER_DATABASES
                     }
                     txn.put(b"format", FORMAT, db=dbs[b"meta"])
                 self._format_written = True
+                self._deletions_format_written = False
             else:
                 dbs = found
         except lmdb.Error as exc:
@@ -209,6 +233,8 @@ class LmdbStore:
         self._snapshots = dbs[b"snapshots"]
         self._commands = dbs[b"commands"]
         self._checkpoints = dbs[b"checkpoints"]
+        self._deletions: Any = dbs.get(b"deletions")
+        self._removed: Any = dbs.get(b"removed")
 
     def _open_existing(self) -> dict[bytes, Any]:
         """Open the databases of an existing store without writing to it.
@@ -242,13 +268,18 @@ class LmdbStore:
                 raise StoreFormatError(
                     f"{self.path} is a Motet store with databases missing (damaged?)"
                 ) from None
+            for name in _LATER_DATABASES:
+                # Read-only on a store made before it: absent, read as empty.
+                with contextlib.suppress(lmdb.NotFoundError):
+                    dbs[name] = self._env.open_db(name, txn=txn, create=txn is not None)
             if txn is not None:
                 txn.commit()
                 txn = None
         finally:
             if txn is not None:
                 txn.abort()
-        self._format_written = found == FORMAT
+        self._format_written = found in (FORMAT, DELETIONS_FORMAT)
+        self._deletions_format_written = found == DELETIONS_FORMAT
         return dbs
 
     def __repr__(self) -> str:
@@ -327,14 +358,32 @@ class LmdbStore:
             commands = self._commands
             decode_ack = self._ack_decoder.decode
 
-            def version_of(stream: str) -> int:
-                return _last_version(index, _stream_prefix(stream))
-
             def ack_of(command_id: str) -> AckRecord | None:
                 raw = txn.get(command_id.encode(), db=commands)
                 return None if raw is None else decode_ack(raw)
 
-            plan = plan_appends(appends, self._head, timestamp, version_of, ack_of)
+            if self._has_deletions(txn):
+
+                def version_of(stream: str) -> int:
+                    record = self._deletion_in(txn, stream)
+                    found = _last_version(index, _stream_prefix(stream))
+                    return found if record is None else max(found, record.version)
+
+                def deleted_of(stream: str) -> bool:
+                    record = self._deletion_in(txn, stream)
+                    return record is not None and record.deleted
+
+                plan = plan_appends(appends, self._head, timestamp, version_of, ack_of, deleted_of)
+            else:
+                # No stream was ever deleted or truncated (the common case):
+                # one index probe per stream, nothing else.
+                plan = plan_appends(
+                    appends,
+                    self._head,
+                    timestamp,
+                    lambda stream: _last_version(index, _stream_prefix(stream)),
+                    ack_of,
+                )
             encode = self._encode
             if plan.records:
                 txn.cursor(self._log).putmulti(
@@ -404,6 +453,150 @@ class LmdbStore:
             if not self._format_written:
                 txn.put(b"format", FORMAT, db=self._meta)
         self._format_written = True
+
+    # -- deletion and retention ------------------------------------------------
+
+    def _has_deletions(self, txn: lmdb.Transaction) -> bool:
+        return self._deletions is not None and txn.stat(self._deletions)["entries"] > 0
+
+    def _deletion_in(self, txn: lmdb.Transaction, stream: str) -> StreamDeletion | None:
+        if self._deletions is None:
+            return None
+        raw = txn.get(stream.encode(), db=self._deletions)
+        if raw is None:
+            return None
+        try:
+            return self._deletion_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CodecError(
+                f"the deletion record of stream {stream!r} in {self.path} is corrupt: {exc}"
+            ) from exc
+
+    def _write(self, work: Any, doing: str) -> Any:
+        """Run ``work(txn)`` in one write transaction, growing the map when
+        it is full (removing records dirties pages too)."""
+        self._check_writable(doing)
+        while True:
+            self._marking = False
+            try:
+                with self._env.begin(write=True) as txn:
+                    result = work(txn)
+                if self._marking:
+                    self._deletions_format_written = self._format_written = True
+                return result
+            except lmdb.MapFullError:
+                self._grow()
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, doing, self.path) from exc
+
+    def _remove_versions(self, txn: lmdb.Transaction, stream: str, through: int) -> int:
+        """Delete the log records and index rows of ``stream``'s versions
+        1..``through`` and record their positions as removed; return how
+        many there were."""
+        prefix = _stream_prefix(stream)
+        index = txn.cursor(self._index)
+        positions: list[int] = []
+        if index.set_range(prefix + _pack(1)):
+            while True:
+                key = bytes(index.key())
+                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                    break
+                if _U64.unpack_from(key, len(prefix))[0] > through:
+                    break
+                positions.append(_U64.unpack(index.value())[0])
+                if not index.delete():
+                    break
+        log = txn.cursor(self._log)
+        for position in positions:
+            if log.set_key(_pack(position)):
+                log.delete()
+        runs = txn.cursor(self._removed)
+        for first, last in position_runs(positions):
+            # Merge with the neighbouring runs, so deleting interleaved
+            # streams one after another leaves few runs.
+            found = runs.set_range(_pack(first))
+            found = runs.prev() if found else runs.last()
+            if found and _U64.unpack(runs.value())[0] == first - 1:
+                first = _U64.unpack(runs.key())[0]
+                runs.delete()
+            following = txn.get(_pack(last + 1), db=self._removed)
+            if following is not None:
+                txn.delete(_pack(last + 1), db=self._removed)
+                last = _U64.unpack(following)[0]
+            txn.put(_pack(first), _pack(last), db=self._removed)
+        return len(positions)
+
+    def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
+        """See :meth:`EventStore.delete_stream`."""
+
+        def delete(txn: lmdb.Transaction) -> StreamDeletion:
+            earlier = self._deletion_in(txn, stream)
+            version = _last_version(txn.cursor(self._index), _stream_prefix(stream))
+            if earlier is not None:
+                version = max(version, earlier.version)
+            removed = self._remove_versions(txn, stream, version) if hard else 0
+            record = deletion_after(
+                stream, earlier, version, removed, hard=hard, timestamp=timestamp
+            )
+            if hard:
+                txn.delete(stream.encode(), db=self._snapshots)
+            txn.put(stream.encode(), self._encode(record), db=self._deletions)
+            self._mark_deletions(txn)
+            return record
+
+        self._ensure_deletion_databases()
+        record: StreamDeletion = self._write(delete, f"deleting stream {stream!r} in {self.path}")
+        return record
+
+    def truncate_stream(self, stream: str, through_version: int) -> int:
+        """See :meth:`EventStore.truncate_stream`."""
+
+        def truncate(txn: lmdb.Transaction) -> int:
+            earlier = self._deletion_in(txn, stream)
+            version = _last_version(txn.cursor(self._index), _stream_prefix(stream))
+            if earlier is not None:
+                version = max(version, earlier.version)
+            through = min(max(through_version, 0), version)
+            removed = self._remove_versions(txn, stream, through)
+            if removed:
+                record = truncation_after(earlier, version, through, removed)
+                txn.put(stream.encode(), self._encode(record), db=self._deletions)
+                self._mark_deletions(txn)
+            return removed
+
+        self._ensure_deletion_databases()
+        removed: int = self._write(truncate, f"removing old events of {stream!r} in {self.path}")
+        return removed
+
+    def _mark_deletions(self, txn: lmdb.Transaction) -> None:
+        """Record :data:`DELETIONS_FORMAT` in the transaction that first
+        removes records or writes a tombstone (:meth:`_write` notes it once
+        the transaction committed)."""
+        if not self._deletions_format_written:
+            txn.put(b"format", DELETIONS_FORMAT, db=self._meta)
+            self._marking = True
+
+    def _ensure_deletion_databases(self) -> None:
+        if self._deletions is None or self._removed is None:
+            raise StorageError(
+                f"the store at {self.path} has no deletion records: open it for writing once "
+                "with this version to add them"
+            )
+
+    def stream_deletion(self, stream: str) -> StreamDeletion | None:
+        """See :meth:`EventStore.stream_deletion`."""
+        with self._read() as txn:
+            return self._deletion_in(txn, stream)
+
+    def removed_runs(self) -> list[tuple[int, int]]:
+        """See :meth:`EventStore.removed_runs`."""
+        if self._removed is None:
+            return []
+        with self._read() as txn:
+            return [
+                (_U64.unpack(first)[0], _U64.unpack(last)[0])
+                for first, last in txn.cursor(self._removed)
+            ]
 
     def _check_writable(self, doing: str) -> None:
         if self._closed:
@@ -487,14 +680,19 @@ class LmdbStore:
 
     def _corrupt(self, key: bytes, exc: Exception, what: str = "") -> CodecError:
         position = _position_text(key)
-        return CodecError(
+        error = CodecError(
             f"the log record at position {position}{what} in {self.path} is corrupt "
             f"and cannot be read: {exc}"
         )
+        if len(key) == 8:
+            error.position = _U64.unpack(key)[0]
+        return error
 
     def stream_version(self, stream: str) -> int:
         with self._read() as txn:
-            return _last_version(txn.cursor(self._index), _stream_prefix(stream))
+            found = _last_version(txn.cursor(self._index), _stream_prefix(stream))
+            record = self._deletion_in(txn, stream)
+            return found if record is None else max(found, record.version)
 
     def streams(self) -> list[tuple[str, int]]:
         found: list[tuple[str, int]] = []
@@ -513,7 +711,18 @@ class LmdbStore:
                 previous = prefix
                 found.append((prefix[:-1].decode(), _last_version(cursor, prefix)))
                 more = cursor.set_range(prefix[:-1] + b"\x01")
-        return found
+            if not self._has_deletions(txn):
+                return found
+            versions = dict(found)
+            decode = self._deletion_decoder.decode
+            for name, value in txn.cursor(self._deletions):
+                stream = bytes(name).decode()
+                record = decode(value)
+                if record.hard:
+                    versions.pop(stream, None)
+                else:
+                    versions[stream] = max(versions.get(stream, 0), record.version)
+        return sorted(versions.items())
 
     def _get(self, db: Any, key: str, decoder: msgspec.msgpack.Decoder[T], what: str) -> T | None:
         """The record at ``key`` of ``db``, decoded; ``None`` when absent.

@@ -9,10 +9,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
+from .deletion import deletion_after, position_runs, truncation_after
 from .errors import StorageError
 from .idempotency import AckRecord
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
 from .store import AppendError, Durability, plan_appends, plan_recorded
 
 __all__ = ["MemoryStore"]
@@ -32,8 +34,12 @@ class MemoryStore:
 
     def __init__(self, *, shared: bool = False) -> None:
         self.shared = shared
-        self._log: list[StoredEvent] = []
-        self._streams: dict[str, list[int]] = {}
+        # A removed event leaves None at its position (and in its stream's
+        # list of positions, indexed by version - 1).
+        self._log: list[StoredEvent | None] = []
+        self._streams: dict[str, list[int | None]] = {}
+        self._deletions: dict[str, StreamDeletion] = {}
+        self._removed: set[int] = set()
         self._snapshots: dict[str, Snapshot] = {}
         self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
@@ -69,7 +75,15 @@ class MemoryStore:
 
     def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
         self._check_open()
-        plan = plan_appends(appends, len(self._log), timestamp, self.stream_version, self._acks.get)
+        deletions = self._deletions
+
+        def deleted_of(stream: str) -> bool:
+            record = deletions.get(stream)
+            return record is not None and record.deleted
+
+        plan = plan_appends(
+            appends, len(self._log), timestamp, self.stream_version, self._acks.get, deleted_of
+        )
         # One extend: a reader in another thread sees the whole batch or none
         # of it, and the log before the stream index that points into it.
         self._log.extend(plan.records)
@@ -93,19 +107,81 @@ class MemoryStore:
             with self._committed:
                 self._committed.notify_all()
 
+    def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
+        self._check_open()
+        positions = self._streams.get(stream, [])
+        removed = self._remove(positions, len(positions)) if hard else 0
+        record = deletion_after(
+            stream,
+            self._deletions.get(stream),
+            len(positions),
+            removed,
+            hard=hard,
+            timestamp=timestamp,
+        )
+        if hard:
+            self._snapshots.pop(stream, None)
+        self._deletions[stream] = record
+        return record
+
+    def truncate_stream(self, stream: str, through_version: int) -> int:
+        self._check_open()
+        positions = self._streams.get(stream, [])
+        through = min(max(through_version, 0), len(positions))
+        removed = self._remove(positions, through)
+        if removed:
+            self._deletions[stream] = truncation_after(
+                self._deletions.get(stream), len(positions), through, removed
+            )
+        return removed
+
+    def _remove(self, positions: list[int | None], through: int) -> int:
+        """Remove the events of versions 1..``through`` (``positions`` is
+        their stream's list); return how many were still there."""
+        removed = 0
+        for index in range(through):
+            position = positions[index]
+            if position is None:
+                continue
+            # In this order, so that a reader in another thread never meets
+            # a None it was not told to skip.
+            positions[index] = None
+            self._removed.add(position)
+            self._log[position - 1] = None
+            removed += 1
+        return removed
+
+    def stream_deletion(self, stream: str) -> StreamDeletion | None:
+        self._check_open()
+        return self._deletions.get(stream)
+
+    def removed_runs(self) -> list[tuple[int, int]]:
+        self._check_open()
+        return position_runs(self._removed)
+
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         self._check_open()
         positions = self._streams.get(stream, [])[max(after_version, 0) :]
-        if limit is not None:
-            positions = positions[: max(limit, 0)]
-        return [self._log[p - 1] for p in positions]
+        log = self._log
+        # A position left in a stream's list is never None in the log.
+        found = [cast(StoredEvent, log[p - 1]) for p in positions if p is not None]
+        return found if limit is None else found[: max(limit, 0)]
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         self._check_open()
         start = max(after_position, 0)
-        return self._log[start : start + max(limit, 0)]
+        limit = max(limit, 0)
+        if not self._removed:
+            return cast("list[StoredEvent]", self._log[start : start + limit])
+        found: list[StoredEvent] = []
+        log = self._log
+        while start < len(log) and len(found) < limit:
+            chunk = log[start : start + limit]
+            found.extend(event for event in chunk if event is not None)
+            start += len(chunk)
+        return found[:limit]
 
     def stream_version(self, stream: str) -> int:
         self._check_open()
@@ -113,7 +189,12 @@ class MemoryStore:
 
     def streams(self) -> list[tuple[str, int]]:
         self._check_open()
-        return sorted((s, len(p)) for s, p in self._streams.items())
+        deletions = self._deletions
+        return sorted(
+            (s, len(p))
+            for s, p in self._streams.items()
+            if not ((record := deletions.get(s)) is not None and record.hard)
+        )
 
     def load_snapshot(self, stream: str) -> Snapshot | None:
         self._check_open()

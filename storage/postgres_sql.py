@@ -11,6 +11,7 @@ locale.
 from __future__ import annotations
 
 __all__ = [
+    "ADD_REMOVED_RUNS",
     "APPEND_ACKS",
     "APPEND_ACKS_TYPES",
     "APPEND_EVENTS",
@@ -18,24 +19,33 @@ __all__ = [
     "BEGIN",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CREATE_LATER_TABLES",
     "CREATE_SCHEMA",
+    "DELETE_SNAPSHOT",
+    "DELETE_STREAM_EVENTS",
+    "DELETIONS_FORMAT",
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
+    "LATER_TABLES",
     "LISTEN",
     "LOCK_HEAD",
     "LOCK_SCHEMA",
+    "MARK_DELETIONS_FORMAT",
     "NOTIFY_CHANNEL",
     "NOTIFY_COMMIT",
     "PUT_CHECKPOINT",
+    "PUT_DELETION",
     "PUT_RECORDED_ACKS",
     "PUT_SNAPSHOTS",
     "READ_ACK",
     "READ_ALL",
     "READ_CHECKPOINT",
     "READ_CHECKPOINT_NAMES",
+    "READ_DELETION",
     "READ_FORMAT",
     "READ_HEAD",
+    "READ_REMOVED_RUNS",
     "READ_SCHEMA",
     "READ_SNAPSHOT",
     "READ_STREAM",
@@ -53,6 +63,11 @@ __all__ = [
 FORMAT = "motet-postgres/1"
 """The schema version this code reads and writes, recorded in ``motet_meta``."""
 
+DELETIONS_FORMAT = "motet-postgres/2"
+"""The schema version of a store with tombstones or removed events, written
+by the first deletion: a version that does not know them would accept appends
+to deleted streams, so it must refuse the store."""
+
 TABLES = (
     "motet_meta",
     "motet_head",
@@ -60,9 +75,15 @@ TABLES = (
     "motet_commands",
     "motet_snapshots",
     "motet_checkpoints",
+    "motet_deletions",
+    "motet_removed",
 )
 """Our table names: a schema holding any of them without our format record is
 someone else's, and is refused."""
+
+LATER_TABLES = ("motet_deletions", "motet_removed")
+"""Tables added after format ``/1`` was first written: a store without them
+gets them when it is next opened (:data:`CREATE_LATER_TABLES`)."""
 
 NOTIFY_CHANNEL = "motet_commit"
 """The LISTEN/NOTIFY channel every append transaction notifies (payload: the new head)."""
@@ -154,6 +175,32 @@ CREATE_SCHEMA = [
     """,
 ]
 
+# Stream deletions and removed positions (see motet.storage.deletion). IF NOT
+# EXISTS: run on every open, so a store made before them gets them.
+CREATE_LATER_TABLES = [
+    # One row per stream deleted or truncated; version keeps the stream's
+    # version once its events are gone, so no version is handed out twice.
+    """
+    CREATE TABLE IF NOT EXISTS motet_deletions (
+        stream text COLLATE "C" PRIMARY KEY,
+        version bigint NOT NULL,
+        deleted boolean NOT NULL,
+        hard boolean NOT NULL,
+        removed_through bigint NOT NULL,
+        removed bigint NOT NULL,
+        deleted_at double precision
+    )
+    """,
+    # Runs of positions removed on purpose: a gap in motet_events is a
+    # removal exactly when a run covers it.
+    """
+    CREATE TABLE IF NOT EXISTS motet_removed (
+        first bigint PRIMARY KEY CHECK (first > 0),
+        last bigint NOT NULL CHECK (last >= first)
+    )
+    """,
+]
+
 WRITE_FORMAT = "INSERT INTO motet_meta (key, value) VALUES ('format', %s)"
 
 # -- one append transaction (each step its own statement) ----------------------
@@ -178,14 +225,17 @@ FIND_ACKS = """
 SELECT command_id, stream, version, position FROM motet_commands WHERE command_id = ANY(%s)
 """
 
-# The committed version of each stream the batch touches, read under the head
-# lock (one index probe per stream, newest version first).
+# The committed version of each stream the batch touches and whether it was
+# deleted, read under the head lock (one index probe per stream, newest
+# version first; a stream whose events were removed keeps its version in
+# motet_deletions). Deleting takes the head lock too, so no append slips past
+# a tombstone.
 READ_STREAM_VERSIONS = """
-SELECT s.stream, (
+SELECT s.stream, GREATEST((
     SELECT e.version FROM motet_events e
     WHERE e.stream = s.stream ORDER BY e.version DESC LIMIT 1
-)
-FROM unnest(%s::text[]) AS s(stream)
+), d.version), coalesce(d.deleted, false)
+FROM unnest(%s::text[]) AS s(stream) LEFT JOIN motet_deletions d ON d.stream = s.stream
 """
 
 # The batch's events in one statement (never a loop of INSERTs): binary COPY,
@@ -231,14 +281,54 @@ NOTIFY_COMMIT = f"SELECT pg_notify('{NOTIFY_CHANNEL}', %s)"
 # its first planned event is in the log with exactly the planned bytes.
 FIND_EVENT = "SELECT envelope FROM motet_events WHERE position = %s"
 
+# -- one deletion transaction (after LOCK_HEAD: one writer at a time) ---------
+
+READ_DELETION = """
+SELECT version, deleted, hard, removed_through, removed, deleted_at
+FROM motet_deletions WHERE stream = %s
+"""
+
+# Removes a stream's events up to a version (all of them for a hard delete),
+# returning their positions to record as removed runs.
+DELETE_STREAM_EVENTS = """
+DELETE FROM motet_events WHERE stream = %s AND version <= %s RETURNING position
+"""
+
+DELETE_SNAPSHOT = "DELETE FROM motet_snapshots WHERE stream = %s"
+
+# In every deletion transaction: from the first one on, the store's format
+# says it holds tombstones (a no-op once it does).
+MARK_DELETIONS_FORMAT = """
+UPDATE motet_meta SET value = %s WHERE key = 'format' AND value <> %s
+"""
+
+PUT_DELETION = """
+INSERT INTO motet_deletions
+    (stream, version, deleted, hard, removed_through, removed, deleted_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (stream) DO UPDATE
+SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, hard = EXCLUDED.hard,
+    removed_through = EXCLUDED.removed_through, removed = EXCLUDED.removed,
+    deleted_at = EXCLUDED.deleted_at
+"""
+
+# One statement for every run of the deletion (runs of different deletions
+# are never merged here: READ_REMOVED_RUNS is merged by the reader).
+ADD_REMOVED_RUNS = """
+INSERT INTO motet_removed (first, last) SELECT * FROM unnest(%s::bigint[], %s::bigint[])
+"""
+
 # -- reads (no lock: each statement reads committed rows only) ----------------
 
 # The last committed head: everything at or below it is readable.
 READ_HEAD = "SELECT position FROM motet_head"
 
-# Catch-up: gap-free positions mean a reader that follows the last position it
-# saw never skips an event (appends commit in position order).
-READ_ALL = "SELECT envelope FROM motet_events WHERE position > %s ORDER BY position LIMIT %s"
+# Catch-up: appends commit in position order, so a reader that follows the
+# last position it saw never skips an event; positions may jump where events
+# were removed on purpose.
+READ_ALL = """
+SELECT position, envelope FROM motet_events WHERE position > %s ORDER BY position LIMIT %s
+"""
 
 READ_STREAM = """
 SELECT envelope FROM motet_events WHERE stream = %s AND version > %s ORDER BY version
@@ -249,10 +339,23 @@ SELECT envelope FROM motet_events WHERE stream = %s AND version > %s ORDER BY ve
 """
 
 READ_STREAM_VERSION = """
-SELECT version FROM motet_events WHERE stream = %s ORDER BY version DESC LIMIT 1
+SELECT GREATEST(
+    (SELECT version FROM motet_events WHERE stream = %s ORDER BY version DESC LIMIT 1),
+    (SELECT version FROM motet_deletions WHERE stream = %s)
+)
 """
 
-READ_STREAMS = "SELECT stream, max(version) FROM motet_events GROUP BY stream ORDER BY stream"
+# Streams with events, and truncated ones whose events are all gone (a hard
+# deleted stream has no events left, and is left out).
+READ_STREAMS = """
+SELECT stream, max(version) FROM (
+    SELECT stream, max(version) AS version FROM motet_events GROUP BY stream
+    UNION ALL
+    SELECT stream, version FROM motet_deletions WHERE NOT hard
+) AS v GROUP BY stream ORDER BY stream
+"""
+
+READ_REMOVED_RUNS = "SELECT first, last FROM motet_removed ORDER BY first"
 
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
 

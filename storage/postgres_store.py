@@ -9,11 +9,14 @@ Tables (see :mod:`motet.storage.postgres_sql` for every statement):
 ``motet_commands``     command id → the Ack it was given
 ``motet_snapshots``    stream → version, state schema version, state
 ``motet_checkpoints``  projection name → position, model schema version, model
+``motet_deletions``    stream → its deletion record (tombstone, removed versions)
+``motet_removed``      runs of positions removed on purpose (first, last)
 
 Every append batch is one transaction on the single writer connection. It
 locks the head row first, so appends from any number of processes run one at
-a time and positions are gap-free and commit-ordered: a reader that follows
-the last position it saw never skips an event. In ``sync`` durability the
+a time and positions are gap-free (but where events were removed on purpose)
+and commit-ordered: a reader that follows the last position it saw never
+skips an event. A deletion takes the same lock. In ``sync`` durability the
 commit is flushed (``synchronous_commit = on``) before
 :meth:`PostgresStore.append_batch` returns.
 
@@ -34,8 +37,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import postgres_sql as sql
+from .deletion import deletion_after, position_runs, truncation_after
 from .errors import CodecError, StorageError, StoreFormatError
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
 from .store import (
     AppendError,
     Durability,
@@ -215,11 +219,14 @@ class PostgresStore:
                 self._where += f", schema {schema!r}"
                 present = {row[0] for row in conn.execute(sql.TABLES_PRESENT, (list(sql.TABLES),))}
                 if not present:
-                    for statement in sql.CREATE_SCHEMA:
+                    for statement in sql.CREATE_SCHEMA + sql.CREATE_LATER_TABLES:
                         conn.execute(statement)
                     conn.execute(sql.WRITE_FORMAT, (FORMAT,))
                     return
                 self._check_format(conn, present)
+                if not present >= set(sql.LATER_TABLES):
+                    for statement in sql.CREATE_LATER_TABLES:
+                        conn.execute(statement)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the store in {self._where}: {exc}") from exc
 
@@ -237,11 +244,12 @@ class PostgresStore:
             raise StoreFormatError(
                 f"{self._where} holds a table motet_meta that is not Motet's: {exc}"
             ) from exc
-        if found != FORMAT:
+        if found not in (FORMAT, sql.DELETIONS_FORMAT):
             raise StoreFormatError(
-                f"{self._where} holds store format {found!r}; this version reads {FORMAT!r} only"
+                f"{self._where} holds store format {found!r}; this version reads {FORMAT!r} "
+                f"and {sql.DELETIONS_FORMAT!r} only"
             )
-        missing = sorted(set(sql.TABLES) - present)
+        missing = sorted(set(sql.TABLES) - set(sql.LATER_TABLES) - present)
         if missing:
             raise StoreFormatError(
                 f"{self._where} is a Motet store with tables missing: {', '.join(missing)}"
@@ -341,11 +349,18 @@ class PostgresStore:
             )
         ]
         versions: dict[str, int] = {}
+        deleted: set[str] = set()
         if fresh:
             stream_ids = sorted({a.stream for a in fresh})
-            for stream, version in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
+            for stream, version, is_deleted in conn.execute(
+                sql.READ_STREAM_VERSIONS, (stream_ids,)
+            ):
                 versions[stream] = version or 0
-        plan = plan_appends(fresh, head, timestamp, versions.__getitem__)
+                if is_deleted:
+                    deleted.add(stream)
+        plan = plan_appends(
+            fresh, head, timestamp, versions.__getitem__, deleted_of=deleted.__contains__
+        )
         planned, records, new_head = plan.results, plan.records, plan.head
 
         encode = self._encode
@@ -544,6 +559,115 @@ class PostgresStore:
                     f"standby ({message}); it is not acknowledged"
                 )
 
+    # -- deletion and retention ------------------------------------------------------
+
+    def _in_head_lock(self, work: Callable[[_Connection], T], doing: str) -> T:
+        """Run ``work`` in one transaction on the writer connection, after
+        taking the head row lock (so it never interleaves with an append of
+        any process); commit it and notify, so waiting readers look again."""
+        self._check_open()
+        conn = self._writer_connection()
+        try:
+            conn.execute(sql.BEGIN, prepare=False)
+            head = int(_one(conn.execute(sql.LOCK_HEAD)))
+            result = work(conn)
+            conn.execute(sql.NOTIFY_COMMIT, (str(head),))
+            conn.execute(sql.COMMIT, prepare=False)
+        except psycopg.Error as exc:
+            self._abandon(conn)
+            raise StorageError(
+                f"PostgreSQL failed while {doing} in {self._where}; nothing was changed "
+                f"(unless the connection dropped during COMMIT: read it back): {exc}"
+            ) from exc
+        except BaseException:
+            self._abandon(conn)
+            raise
+        return result
+
+    def _remove(self, conn: _Connection, stream: str, through: int) -> int:
+        positions = [
+            position for (position,) in conn.execute(sql.DELETE_STREAM_EVENTS, (stream, through))
+        ]
+        runs = position_runs(positions)
+        if runs:
+            conn.execute(
+                sql.ADD_REMOVED_RUNS, ([first for first, _ in runs], [last for _, last in runs])
+            )
+        return len(positions)
+
+    @staticmethod
+    def _deletion_row(conn: _Connection, stream: str) -> StreamDeletion | None:
+        row = conn.execute(sql.READ_DELETION, (stream,)).fetchone()
+        return None if row is None else StreamDeletion(*row)
+
+    def _put_deletion(self, conn: _Connection, stream: str, record: StreamDeletion) -> None:
+        conn.execute(sql.MARK_DELETIONS_FORMAT, (sql.DELETIONS_FORMAT, sql.DELETIONS_FORMAT))
+        conn.execute(
+            sql.PUT_DELETION,
+            (
+                stream,
+                record.version,
+                record.deleted,
+                record.hard,
+                record.removed_through,
+                record.removed,
+                record.deleted_at,
+            ),
+        )
+
+    def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
+        """See :meth:`EventStore.delete_stream`."""
+
+        def delete(conn: _Connection) -> StreamDeletion:
+            earlier = self._deletion_row(conn, stream)
+            version = int(_one(conn.execute(sql.READ_STREAM_VERSION, (stream, stream))) or 0)
+            removed = self._remove(conn, stream, version) if hard else 0
+            record = deletion_after(
+                stream, earlier, version, removed, hard=hard, timestamp=timestamp
+            )
+            if hard:
+                conn.execute(sql.DELETE_SNAPSHOT, (stream,))
+            self._put_deletion(conn, stream, record)
+            return record
+
+        return self._in_head_lock(delete, f"deleting stream {stream!r}")
+
+    def truncate_stream(self, stream: str, through_version: int) -> int:
+        """See :meth:`EventStore.truncate_stream`."""
+
+        def truncate(conn: _Connection) -> int:
+            earlier = self._deletion_row(conn, stream)
+            version = int(_one(conn.execute(sql.READ_STREAM_VERSION, (stream, stream))) or 0)
+            through = min(max(through_version, 0), version)
+            removed = self._remove(conn, stream, through)
+            if removed:
+                record = truncation_after(earlier, version, through, removed)
+                self._put_deletion(conn, stream, record)
+            return removed
+
+        return self._in_head_lock(truncate, f"removing old events of stream {stream!r}")
+
+    def stream_deletion(self, stream: str) -> StreamDeletion | None:
+        """See :meth:`EventStore.stream_deletion`."""
+        return self._read(
+            lambda conn: self._deletion_row(conn, stream),
+            f"reading the deletion record of stream {stream!r}",
+        )
+
+    def removed_runs(self) -> list[tuple[int, int]]:
+        """See :meth:`EventStore.removed_runs` (runs recorded by separate
+        deletions are merged here)."""
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_REMOVED_RUNS).fetchall(), "reading removed runs"
+        )
+        runs: list[tuple[int, int]] = []
+        for first, last in rows:
+            if runs and runs[-1][1] == first - 1:
+                runs[-1] = (runs[-1][0], last)
+            else:
+                runs.append((first, last))
+        return runs
+
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         def put(conn: _Connection) -> None:
             conn.execute(
@@ -577,14 +701,17 @@ class PostgresStore:
         )
         events: list[StoredEvent] = []
         decode = self._event_decoder.decode
-        for (envelope,) in rows:
+        for position, envelope in rows:
             try:
                 events.append(decode(envelope))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 if events:
                     break
-                # Positions are gap-free: the first row is at after + 1.
-                self._decode(envelope, f"at position {after + 1}")
+                try:
+                    self._decode(envelope, f"at position {position}")
+                except CodecError as exc:
+                    exc.position = position
+                    raise
         return events
 
     def read_stream(
@@ -610,7 +737,7 @@ class PostgresStore:
 
     def stream_version(self, stream: str) -> int:
         found = self._read(
-            lambda conn: _one_or_none(conn.execute(sql.READ_STREAM_VERSION, (stream,))),
+            lambda conn: _one_or_none(conn.execute(sql.READ_STREAM_VERSION, (stream, stream))),
             f"reading the version of stream {stream!r}",
         )
         return 0 if found is None else int(found)

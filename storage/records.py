@@ -20,6 +20,7 @@ __all__ = [
     "RecordedEvent",
     "Snapshot",
     "StoredEvent",
+    "StreamDeletion",
 ]
 
 
@@ -126,3 +127,26 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     timestamp: float
     metadata: Metadata
     data: Any
+
+
+class StreamDeletion(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What the store keeps of a stream that was deleted or had events
+    removed (see docs/design.md, "Deleting streams and retention").
+
+    ``version`` is the stream's version when this record was last written
+    (so a stream whose events are all removed keeps its version and never
+    hands a version out twice); ``deleted`` says the stream refuses appends
+    (a tombstone, written by a soft or a hard delete) and ``hard`` that its
+    events were removed with it; ``removed_through`` is the highest version
+    removed (every version up to it is gone: a hard delete removes up to
+    ``version``, retention an oldest part) and ``removed`` how many events
+    of the stream were removed; ``deleted_at`` is when it was deleted (wall
+    clock, seconds), ``None`` while it is not.
+    """
+
+    version: int
+    deleted: bool = False
+    hard: bool = False
+    removed_through: int = 0
+    removed: int = 0
+    deleted_at: float | None = None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord
+from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord, StreamDeleted
 from .idempotency import AckRecord, ack_record, retried_ack
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
+from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
 
-AppendError = Conflict | InvalidKey | CommandIdReused
+AppendError = Conflict | InvalidKey | CommandIdReused | StreamDeleted
 """The per-append errors of a batch (each refuses its append alone)."""
 
 __all__ = [
@@ -34,8 +34,10 @@ Durability = Literal["sync", "none"]
 
 
 class EventStore(Protocol):
-    """A synchronous event store: a gap-free global log, per-stream versions,
-    snapshots, a command-id index and projection checkpoints.
+    """A synchronous event store: a global log of unique, increasing
+    positions (gap-free but for events removed on purpose, see
+    :mod:`motet.storage.deletion`), per-stream versions, snapshots, a
+    command-id index, stream deletions and projection checkpoints.
 
     Implementations are not thread-safe for writers: one writer at a time
     (the engine's group-commit writer). Reads may run concurrently with it.
@@ -106,14 +108,40 @@ class EventStore(Protocol):
         """
         ...
 
+    def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
+        """Delete ``stream`` in one transaction and return its record: a
+        tombstone, after which appends to it are refused with
+        :class:`StreamDeleted`; with ``hard`` its events, index rows and
+        snapshot are removed as well (their positions recorded as removed,
+        every other event keeps its position). Deleting again is harmless.
+        Raises :class:`~motet.storage.errors.NotFound` for a stream that
+        never had an event."""
+        ...
+
+    def truncate_stream(self, stream: str, through_version: int) -> int:
+        """Remove the events of ``stream`` with version <= ``through_version``
+        in one transaction (retention); return how many were removed. The
+        stream keeps its version and its snapshot, and stays open for appends."""
+        ...
+
+    def stream_deletion(self, stream: str) -> StreamDeletion | None:
+        """What was deleted or removed of ``stream``, ``None`` when nothing."""
+        ...
+
+    def removed_runs(self) -> list[tuple[int, int]]:
+        """Every removed position as sorted, disjoint runs ``(first, last)``."""
+        ...
+
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
-        """Events of ``stream`` with version > ``after_version``, oldest first."""
+        """Events of ``stream`` with version > ``after_version``, oldest first
+        (removed ones left out)."""
         ...
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        """Up to ``limit`` events with position > ``after_position``, in order.
+        """Up to ``limit`` events with position > ``after_position``, in order;
+        removed positions are skipped (so positions may jump).
 
         A record that does not decode ends the batch early; the call whose
         first record it is raises :class:`~motet.storage.errors.CodecError` naming
@@ -122,11 +150,13 @@ class EventStore(Protocol):
         ...
 
     def stream_version(self, stream: str) -> int:
-        """Current version of ``stream`` (0 when it has no events)."""
+        """Current version of ``stream`` (0 when it never had events); removed
+        events still count."""
         ...
 
     def streams(self) -> list[tuple[str, int]]:
-        """Every stream with its current version, sorted by stream id."""
+        """Every stream with events left, and every truncated one (not hard
+        deleted), with its current version, sorted by stream id."""
         ...
 
     def load_snapshot(self, stream: str) -> Snapshot | None:
@@ -175,14 +205,16 @@ def plan_appends(
     timestamp: float,
     version_of: Callable[[str], int],
     ack_of: Callable[[str], Ack | None] = lambda command_id: None,
+    deleted_of: Callable[[str], bool] = lambda stream: False,
 ) -> AppendPlan:
     """Check every append of a batch and assign positions and versions.
 
     An append fails alone, with its own error as its result, when its stream
     is elsewhere than its expected version (:class:`Conflict`), when its stream
     id or command id cannot be a key (:class:`InvalidKey`), or when its command
-    id already belongs to a different command (:class:`CommandIdReused`); the
-    rest of the batch is unaffected. An append whose command id already has
+    id already belongs to a different command (:class:`CommandIdReused`), or
+    when its stream was deleted (:class:`StreamDeleted`, as ``deleted_of``
+    says); the rest of the batch is unaffected. An append whose command id already has
     the same command's Ack gets that Ack and writes nothing.
 
     ``version_of`` gives a stream's committed version and ``ack_of`` the
@@ -215,6 +247,9 @@ def plan_appends(
                 except CommandIdReused as exc:
                     results.append(exc)
                 continue
+        if deleted_of(stream):
+            results.append(StreamDeleted(stream))
+            continue
         current = versions.get(stream)
         if current is None:
             current = version_of(stream)

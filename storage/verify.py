@@ -5,16 +5,22 @@ and reports every problem it finds, each with where it is:
 
 - the file against LMDB's own metadata (truncation), then LMDB's structure;
 - every log record: its checksum, that it decodes, that its position matches
-  its key, positions 1, 2, 3 … without gaps;
-- per stream, versions 1, 2, 3 … in log order, and the stream index and the
+  its key, positions 1, 2, 3 … without gaps but where events were removed
+  on purpose (a hard delete or retention records the removed positions as
+  runs: a gap must be exactly a recorded run, and no record may sit inside
+  one);
+- per stream, versions 1, 2, 3 … in log order (from the first version not
+  removed, as its deletion record says), and the stream index and the
   log agreeing both ways (every event indexed under its stream and version,
   every index row pointing at that event);
-- every Ack pointing at an existing event of its stream and version;
+- every Ack pointing at an existing event of its stream and version, or at a
+  removed position;
 - snapshots and checkpoints decoding, and not ahead of their stream or the log.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from collections.abc import Iterator
@@ -25,12 +31,13 @@ import msgspec
 from .errors import MotetError
 from .idempotency import AckRecord
 from .integrity import unseal
-from .records import Checkpoint, Snapshot, StoredEvent
+from .records import Checkpoint, Snapshot, StoredEvent, StreamDeletion
 
 __all__ = ["Problem", "Verification", "verify_store"]
 
 _U64 = struct.Struct(">Q")
 _MAX_PROBLEMS = 1000
+_MAX = 1 << 64
 
 
 class Problem(NamedTuple):
@@ -52,6 +59,8 @@ class Verification(NamedTuple):
     acks: int
     truncated: bool
     """Whether the problem list stopped at its cap (more may be wrong)."""
+    removed: int = 0
+    """Positions removed on purpose (hard deletes, retention)."""
 
     @property
     def sound(self) -> bool:
@@ -81,7 +90,12 @@ def verify_store(
     finally:
         store.close()
     return Verification(
-        checker.problems, checker.events, len(checker.versions), checker.acks, checker.full
+        checker.problems,
+        checker.events,
+        len(checker.versions),
+        checker.acks,
+        checker.full,
+        checker.removed,
     )
 
 
@@ -105,6 +119,9 @@ class _Checker:
         self.events = 0
         self.acks = 0
         self.versions: dict[str, int] = {}
+        self.deletions: dict[str, StreamDeletion] = {}
+        self.runs: list[tuple[int, int]] = []
+        self.removed = 0
 
     def problem(self, where: str, what: str) -> None:
         if len(self.problems) >= self.max_problems:
@@ -115,6 +132,7 @@ class _Checker:
     def run(self) -> None:
         store = self.store
         with store._read() as txn:
+            self.read_removals(txn)
             self.check_log(txn)
             self.check_index(txn)
             self.check_acks(txn)
@@ -134,17 +152,68 @@ class _Checker:
         except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
             return None  # reported by check_log
 
+    def read_removals(self, txn: Any) -> None:
+        """Read the deletion records and the removed runs (checked as read)."""
+        store = self.store
+        if store._deletions is not None:
+            decoder = msgspec.msgpack.Decoder(StreamDeletion)
+            for key, value in self.items(txn, store._deletions):
+                try:
+                    self.deletions[key.decode()] = decoder.decode(value)
+                except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    self.problem(f"deletion record {_key_text(key)}", f"does not decode: {exc}")
+        if store._removed is None:
+            return
+        previous = 0
+        for key, value in self.items(txn, store._removed):
+            if len(key) != 8 or len(value) != 8:
+                self.problem(f"removed run {key.hex()}", "is malformed")
+                continue
+            (first,), (last,) = _U64.unpack(key), _U64.unpack(value)
+            if first < 1 or last < first or first <= previous:
+                self.problem(
+                    f"removed run from position {first}",
+                    f"is not a run after the previous one (to {last}, previous ended at "
+                    f"{previous})",
+                )
+                continue
+            self.runs.append((first, last))
+            self.removed += last - first + 1
+            previous = last
+
+    def removed_between(self, after: int, before: int) -> bool:
+        """Whether every position strictly between ``after`` and ``before``
+        is inside a removed run."""
+        needed = after + 1
+        index = bisect.bisect_right(self.runs, (needed, _MAX))
+        if index:
+            index -= 1
+        for first, last in self.runs[index:]:
+            if needed >= before:
+                break
+            if first > needed:
+                return False
+            if last >= needed:
+                needed = last + 1
+        return needed >= before
+
     def check_log(self, txn: Any) -> None:
         decoder = msgspec.msgpack.Decoder(StoredEvent)
         index = self.store._index
         expected = 1
+        runs = iter(self.runs)
+        run = next(runs, None)
         for key, value in self.items(txn, self.store._log):
             if len(key) != 8:
                 self.problem(f"log key {key.hex()}", "is not an 8-byte position")
                 continue
             (position,) = _U64.unpack(key)
             where = f"log position {position}"
-            if position != expected:
+            while run is not None and run[1] < position:
+                run = next(runs, None)
+            if run is not None and run[0] <= position:
+                self.problem(where, f"is in the removed run {run[0]}..{run[1]} but still there")
+            if position != expected and not self.removed_between(expected - 1, position):
                 self.problem(where, f"positions jump from {expected - 1} to {position} (a gap)")
             expected = position + 1
             self.events += 1
@@ -158,7 +227,10 @@ class _Checker:
                 continue
             if event.position != position:
                 self.problem(where, f"the record says it is position {event.position}")
-            previous = self.versions.get(event.stream, 0)
+            previous = self.versions.get(event.stream)
+            if previous is None:
+                deletion = self.deletions.get(event.stream)
+                previous = 0 if deletion is None else deletion.removed_through
             if event.version != previous + 1:
                 self.problem(
                     where,
@@ -214,7 +286,9 @@ class _Checker:
                 continue
             event = self.event_at(txn, ack.position)
             if event is None:
-                if txn.get(_U64.pack(ack.position), db=self.store._log) is None:
+                if txn.get(
+                    _U64.pack(ack.position), db=self.store._log
+                ) is None and not self.removed_between(ack.position - 1, ack.position + 1):
                     self.problem(where, f"points at position {ack.position}, not in the log")
                 continue
             if event.stream != ack.stream or event.version != ack.version:
@@ -233,7 +307,9 @@ class _Checker:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.problem(where, f"does not decode: {exc}")
                 continue
-            version = self.versions.get(key.decode(errors="replace"), 0)
+            stream = key.decode(errors="replace")
+            deletion = self.deletions.get(stream)
+            version = max(self.versions.get(stream, 0), 0 if deletion is None else deletion.version)
             if snapshot.version > version:
                 self.problem(where, f"is at version {snapshot.version}, the stream at {version}")
 

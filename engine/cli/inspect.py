@@ -50,17 +50,22 @@ def _print_store(store: LmdbStore, args: argparse.Namespace) -> int:
         checkpoint = store.get_checkpoint(name)
         if checkpoint is not None:
             checkpoints[name] = checkpoint.position
+    removed = sum(last - first + 1 for first, last in store.removed_runs())
     if args.json:
-        summary = {
+        summary: dict[str, object] = {
             "head_position": store.head_position,
             "streams": len(streams),
             "first_streams": dict(streams[: args.limit]),
             "checkpoints": checkpoints,
         }
+        if removed:
+            summary["removed_positions"] = removed
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0
     print(f"store          {args.data}")
     print(f"head position  {store.head_position:,}")
+    if removed:
+        print(f"removed        {removed:,} positions (hard deletes, retention)")
     print(f"streams        {len(streams):,}")
     for name, position in sorted(checkpoints.items()):
         print(f"checkpoint     {name} at position {position:,}")
@@ -85,6 +90,7 @@ def _print_stream(store: LmdbStore, args: argparse.Namespace) -> int:
     events = store.read_stream(args.stream, args.from_version, args.limit)
     if not events and store.stream_version(args.stream) == 0:
         fail(f"no stream {args.stream!r} in {args.data}")
+    deletion = store.stream_deletion(args.stream)
     rows = []
     for stored in events:
         try:
@@ -104,6 +110,11 @@ def _print_stream(store: LmdbStore, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
+    if deletion is not None and deletion.deleted:
+        how = f"hard, {deletion.removed:,} events removed" if deletion.hard else "a tombstone"
+        print(f"deleted at version {deletion.version:,} ({how})")
+    elif deletion is not None:
+        print(f"versions up to {deletion.removed_through:,} removed by retention")
     for row in rows:
         print(f"v{row['version']:<6} @{row['position']:<10} {row['time']}  {row['type']}")
         print(f"         {json.dumps(row['data'], sort_keys=True, default=str)}")

@@ -267,6 +267,20 @@ def _add_serve(commands: Any) -> None:
         help="stop an aggregate actor idle this long (default: %(default)s)",
     )
     serve.add_argument(
+        "--allow-hard-delete",
+        action="store_true",
+        help="let clients with the full-access token remove a stream's events "
+        "(delete_stream with hard); without it only tombstones can be written",
+    )
+    serve.add_argument(
+        "--retention-every",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="apply the app's retention this often, in the writer's thread (default: only "
+        "on 'motet retention')",
+    )
+    serve.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -413,6 +427,48 @@ def _add_demo(commands: Any) -> None:
     )
 
 
+def _add_maintenance(commands: Any) -> None:
+    delete = commands.add_parser(
+        "delete-stream",
+        help="delete a stream on a running server (needs the full-access token)",
+        description="Delete STREAM on the server: a tombstone after which its commands are "
+        "refused (code 'rejected') and reads say 'deleted'. With --hard its events, index "
+        "rows and snapshot are removed too; every other event keeps its position. A hard "
+        "delete needs a server started with --allow-hard-delete.",
+    )
+    delete.add_argument("stream", help="the stream id, e.g. User-u1")
+    delete.add_argument(
+        "--hard", action="store_true", help="remove the stream's events as well (for good)"
+    )
+    delete.add_argument("--json", action="store_true", help="print the reply's result as JSON")
+    _connection_options(delete)
+    retention = commands.add_parser(
+        "retention",
+        help="apply the app's retention on a running server now (needs the full-access token)",
+        description="Remove the old events the retention of each aggregate (declared in the "
+        "app) allows, on the server, now; 'motet serve --retention-every' does it "
+        "periodically.",
+    )
+    retention.add_argument("--json", action="store_true", help="print the reply's result as JSON")
+    _connection_options(retention)
+    compact = commands.add_parser(
+        "compact",
+        help="give back the disk space of removed events (offline, LMDB)",
+        description="Rewrite the LMDB store in --data into fresh pages and swap it in, so "
+        "data.mdb shrinks after hard deletes and retention. Refused while a server or a "
+        "reader has the store open: stop them first. A PostgreSQL store gives the space "
+        "back with VACUUM.",
+    )
+    compact.add_argument(
+        "--data", default=DEFAULT_DATA, help="store directory (default: %(default)s)"
+    )
+    compact.add_argument(
+        "--lmdb-copy",
+        action="store_true",
+        help="use LMDB's own compacting copy (drops free pages only; faster, shrinks less)",
+    )
+
+
 def _add_verify(commands: Any) -> None:
     from .verify import add_parser
 
@@ -439,6 +495,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_verify,
     _add_backup,
     _add_transfer,
+    _add_maintenance,
     _add_demo,
 )
 
@@ -482,6 +539,12 @@ def _run(args: argparse.Namespace) -> int:
             from .transfer import export as run
         case "import":
             from .transfer import import_ as run
+        case "delete-stream":
+            from .maintenance import delete_stream as run
+        case "retention":
+            from .maintenance import retention as run
+        case "compact":
+            from .maintenance import compact as run
         case "demo":
             from ..example.demo import demo
 

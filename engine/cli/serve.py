@@ -129,6 +129,12 @@ def serve(args: argparse.Namespace) -> int:
                 option.upper(),
             )
     ssl_context = server_ssl_context(args)
+    if args.role == "reader" and (args.retention_every is not None or args.allow_hard_delete):
+        fail(
+            "--retention-every and --allow-hard-delete need --role writer: "
+            "only the writer changes the log",
+            USAGE,
+        )
     if args.host not in LOCAL_HOSTS and token is None and client_token is None:
         _log.warning(
             "listening on %s without --token: anyone who can reach the port can send commands",
@@ -187,6 +193,7 @@ async def _run_server(
                 http_token=tokens[0],
                 metrics_token=tokens[2],
                 role=args.role,
+                retention_every=args.retention_every,
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
                 server = await nursery.start(
@@ -204,6 +211,7 @@ async def _run_server(
                         max_partial_bytes=args.max_partial_bytes,
                         max_pending_output=args.max_pending_output,
                         max_total_output=args.max_total_output,
+                        allow_hard_delete=args.allow_hard_delete,
                         task_status=task_status,
                     )
                 )
@@ -222,6 +230,7 @@ async def _run_server(
                             metrics_token=tokens[2],
                             ssl_context=ssl_context,
                             max_connections=args.max_connections,
+                            allow_hard_delete=args.allow_hard_delete,
                         )
                     )
                 tune_gc()

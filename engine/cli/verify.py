@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = verify_store(args.data)
     if result.sound:
+        removed = f", {result.removed:,} positions removed on purpose" if result.removed else ""
         print(
             f"{args.data}: sound ({result.events:,} events, {result.streams:,} streams, "
-            f"{result.acks:,} acks)"
+            f"{result.acks:,} acks{removed})"
         )
         return 0
     for problem in result.problems:

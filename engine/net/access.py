@@ -10,7 +10,9 @@ Two scopes, one rule (:data:`CLIENT_OPS`):
   event's data (the example app's ``UserCreated`` holds a password hash), so
   ``read``, ``subscribe``, ``unsubscribe``, the HTTP routes that mirror them
   and the projection controls need ``full``; so does any op not in the list,
-  including ops added later.
+  including ops added later (``delete_stream``, ``apply_retention``). A hard
+  delete needs, beyond ``full``, a server started with the opt-in
+  (:class:`HardDeleteRefused`).
 - ``metrics`` (the ``--metrics-token``, HTTP only): ``GET /metrics`` and
   nothing else, so the token a Prometheus server keeps opens no data.
 
@@ -52,8 +54,10 @@ __all__ = [
     "METRICS",
     "METRICS_OP",
     "AuthGuard",
+    "HardDeleteRefused",
     "ScopeRefused",
     "Tokens",
+    "hard_delete_refusal",
     "peer_name",
     "scope_refusal",
 ]
@@ -97,6 +101,22 @@ class ScopeRefused(Unauthorized):
     def __init__(self, message: str, *, needed: str) -> None:
         super().__init__(message)
         self.needed = needed
+
+
+class HardDeleteRefused(Unauthorized):
+    """A hard delete (removing a stream's events) sent to a server that was
+    not started with ``allow_hard_delete`` (``motet serve
+    --allow-hard-delete``): the operator must opt in, so that no client can
+    remove events by accident. A soft delete needs no opt-in."""
+
+
+def hard_delete_refusal() -> HardDeleteRefused:
+    """The error a server without the hard-delete opt-in answers with."""
+    return HardDeleteRefused(
+        "hard delete is disabled on this server: it removes the stream's events for good; "
+        "start the server with --allow-hard-delete to allow it, or delete without hard "
+        "(a tombstone)"
+    )
 
 
 class Tokens:

@@ -38,6 +38,8 @@ from .protocol import (
     AckBody,
     AuthOp,
     CommandOp,
+    DeleteStreamOp,
+    DeletionBody,
     ErrorBody,
     PingOp,
     QueryOp,
@@ -181,6 +183,15 @@ class Client:
             if len(result.events) < page:
                 break
         return events
+
+    async def delete_stream(self, stream: str, *, hard: bool = False) -> DeletionBody:
+        """Delete ``stream`` on the server (see :meth:`engine.Engine.delete_stream`);
+        needs the full-access token, and for ``hard`` a server started with
+        ``--allow-hard-delete`` (else :class:`Unauthorized`). Returns its
+        deletion record."""
+        op = DeleteStreamOp(id=next(self._ids), stream=stream, hard=hard)
+        result: DeletionBody = self._decode(await self._result(op), DeletionBody)
+        return result
 
     async def subscribe(self, from_position: int = 0) -> AsyncIterator[WireEvent]:
         """Yield every event after ``from_position``: those committed already,

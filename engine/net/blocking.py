@@ -27,7 +27,7 @@ from motet.storage.records import Ack
 
 from ..status import EngineStatus
 from .client import Client, open_client
-from .protocol import DEFAULT_PORT, WireEvent
+from .protocol import DEFAULT_PORT, DeletionBody, WireEvent
 
 __all__ = ["BlockingClient", "connect"]
 
@@ -137,6 +137,10 @@ class BlockingClient:
     ) -> list[WireEvent]:
         """See :meth:`Client.read_stream`."""
         return self._call(lambda c: c.read_stream(stream, from_version, limit))
+
+    def delete_stream(self, stream: str, *, hard: bool = False) -> DeletionBody:
+        """See :meth:`Client.delete_stream`."""
+        return self._call(lambda c: c.delete_stream(stream, hard=hard))
 
     def status(self) -> EngineStatus:
         """See :meth:`Client.status`."""

@@ -10,7 +10,10 @@ reply ``result`` for the same request, so both wires send the same JSON):
 - ``POST /queries/{Type}`` (body = the query's data) and
   ``GET /queries/{Type}?field=value`` (each value read as the field's type),
   both with optional ``after`` and ``timeout`` parameters → the result;
-- ``GET /streams/{stream}?from=&limit=`` → ``{"events": [...], "next": n}``;
+- ``GET /streams/{stream}?from=&limit=`` → ``{"events": [...], "next": n}``
+  (and ``"deleted": true`` for a deleted stream);
+- ``DELETE /streams/{stream}?hard=`` → the deletion record, as the line
+  protocol's ``delete_stream`` (``hard=true`` needs ``allow_hard_delete``);
 - ``GET /events?from=`` → Server-Sent Events, catch-up then live: ``id:`` is
   the event's position, ``data:`` the event as the line protocol sends it; a
   ``Last-Event-ID`` header resumes after that position. A stream that ends
@@ -74,6 +77,7 @@ from .access import (
     AuthGuard,
     ScopeRefused,
     Tokens,
+    hard_delete_refusal,
     scope_refusal,
 )
 from .http_connection import EventStream, HttpConnection, Response, close_stream
@@ -84,6 +88,7 @@ from .protocol import (
     DEFAULT_READ_LIMIT,
     BadRequest,
     CommandOp,
+    DeleteStreamOp,
     ErrorBody,
     QueryOp,
     ReadOp,
@@ -180,6 +185,7 @@ class HttpServer:
         write_timeout: float,
         heartbeat: float,
         metrics_only: bool = False,
+        allow_hard_delete: bool = False,
     ) -> None:
         if max_body < 1 or max_head < 1 or max_connections < 1:
             raise ValueError(
@@ -213,6 +219,7 @@ class HttpServer:
         self.accept_failures = AcceptFailures(
             log, "metrics port" if metrics_only else "HTTP server"
         )
+        self.allow_hard_delete = allow_hard_delete
         self._decoder = RequestDecoder(engine.app)
         self._encoder = ReplyEncoder()
         self._json = msgspec.json.Encoder()
@@ -442,7 +449,9 @@ class HttpServer:
             _allow(method, path, "GET", "POST")
             return await self._query(_segment(rest), method, body, params)
         if first == "streams" and rest:
-            _allow(method, path, "GET")
+            _allow(method, path, "GET", "DELETE")
+            if method == "DELETE":
+                return await self._delete(_segment(rest), params)
             return await self._read(_segment(rest), params)
         if first == "projections":
             return await self._projections(method, path, rest, params)
@@ -531,7 +540,15 @@ class HttpServer:
         op = _convert(ReadOp, {"stream": stream, **params})
         limit = DEFAULT_READ_LIMIT if op.limit is None else op.limit
         events = await self.engine.read_stream(op.stream, op.from_, limit)
-        return Response(self._result(self._encoder.read(None, events, op.from_)))
+        deletion = await self.engine.stream_deletion(op.stream)
+        return Response(self._result(self._encoder.read(None, events, op.from_, deletion)))
+
+    async def _delete(self, stream: str, params: dict[str, str]) -> Response:
+        op = _convert(DeleteStreamOp, {"stream": stream, **params})
+        if op.hard and not self.allow_hard_delete:
+            raise hard_delete_refusal()
+        record = await self.engine.delete_stream(op.stream, hard=op.hard)
+        return Response(self._result(self._encoder.deletion(None, op.stream, record)))
 
     def _events(self, headers: Mapping[bytes, bytes], params: dict[str, str]) -> EventStream:
         op = _convert(SubscribeOp, params)
@@ -590,6 +607,8 @@ def _op_of(method: str, first: str, rest: str) -> str:
     of the line protocol and need the full-access token."""
     if first == "projections":
         return "projection control" if method == "POST" else "status"
+    if first == "streams" and method == "DELETE":
+        return "delete_stream"
     return _ROUTE_OPS.get(first, "status")
 
 
@@ -703,6 +722,7 @@ async def serve_http(
     write_timeout: float = 60.0,
     heartbeat: float = 15.0,
     metrics_only: bool = False,
+    allow_hard_delete: bool = False,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``engine``'s HTTP API and admin page until :meth:`HttpServer.stop`
@@ -731,7 +751,9 @@ async def serve_http(
     ``metrics_only``: serve only ``GET /metrics`` (a port for Prometheus
     alone, as ``--metrics-port`` gives): open when neither ``token`` nor
     ``metrics_token`` is given, else it needs one of them (``client_token``
-    is not accepted there).
+    is not accepted there). ``allow_hard_delete``:
+    ``DELETE /streams/{stream}?hard=true`` removes the stream's events
+    (without it, 401 ``unauthorized``; a soft delete needs no opt-in).
     Raises ``OSError`` when the address cannot be bound and ``ValueError``
     for invalid limits.
     """
@@ -749,6 +771,7 @@ async def serve_http(
         write_timeout=write_timeout,
         heartbeat=heartbeat,
         metrics_only=metrics_only,
+        allow_hard_delete=allow_hard_delete,
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:

@@ -334,7 +334,22 @@ class HttpConnection:
                     with stopping:
                         if server.stopping:
                             stopping.cancel()
-                        events = engine.subscribe(after)
+
+                        async def flush(data: bytes) -> None:
+                            await send(conn.send(h11.Data(data=data)))
+                            sent.set()
+
+                        def caught_up() -> None:
+                            # Read up to the head, though the last event may be
+                            # below it (the newest were removed on purpose): send
+                            # what is gathered now, not when the next one comes.
+                            # Started before any later event is read, so it
+                            # takes the socket's lock first.
+                            if buffer:
+                                nursery.start_soon(flush, bytes(buffer))
+                                buffer.clear()
+
+                        events = engine.subscribe(after, on_caught_up=caught_up)
                         async with aclosing(events):  # type: ignore[type-var]
                             async for record in events:
                                 buffer += b"id: %d\ndata: %s\n\n" % (

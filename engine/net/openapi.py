@@ -19,7 +19,7 @@ import msgspec
 
 from ..app import App
 from ..core import EngineStatus
-from .protocol import MAX_READ_LIMIT, AckBody, ErrorBody, ReadBody, WireEvent
+from .protocol import MAX_READ_LIMIT, AckBody, DeletionBody, ErrorBody, ReadBody, WireEvent
 from .typed import result_type
 
 __all__ = ["OPENAPI_VERSION", "openapi_document"]
@@ -34,6 +34,7 @@ _REF: Final = "#/components/schemas/{name}"
 _WIRE_TYPES: Final[dict[str, Any]] = {
     "Ack": AckBody,
     "ReadResult": ReadBody,
+    "StreamDeletion": DeletionBody,
     "Event": WireEvent,
     "ErrorBody": ErrorBody,
     "EngineStatus": EngineStatus,
@@ -287,7 +288,31 @@ def _fixed_paths() -> dict[str, Any]:
                     "200": _json(_ref("ReadResult"), "the events and `next`, the last version"),
                     **_error_responses("400", "401"),
                 },
-            }
+            },
+            "delete": {
+                "operationId": "delete_stream",
+                "summary": "Delete a stream: a tombstone (its commands are refused), "
+                "or with hard=true its events too (the server must allow it).",
+                "tags": ["events"],
+                "parameters": [
+                    {
+                        "name": "stream",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "hard",
+                        "in": "query",
+                        "description": "remove the stream's events as well",
+                        "schema": {"type": "boolean"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("StreamDeletion"), "the stream's deletion record"),
+                    **_error_responses("400", "401", "404"),
+                },
+            },
         },
         "/events": {
             "get": {

@@ -23,7 +23,14 @@ Requests are a tagged union on ``op``:
   connection) → ``{"unsubscribed": true|false}``; an addition to docs/design.md's
   list so one subscription can end without closing the connection;
 - ``status`` → the engine's status; ``ping`` → ``"pong"``;
-- ``auth``: ``token`` → ``true`` (needed first when the server has a token).
+- ``auth``: ``token`` → ``true`` (needed first when the server has a token);
+- ``delete_stream``: ``stream``, ``hard`` (default false) → the deletion
+  record ``{"stream", "version", "hard", "removed", "deleted_at"}``; a
+  ``read`` of a deleted stream answers ``"deleted": true`` as well. A hard
+  delete needs a server started with ``--allow-hard-delete`` (else
+  ``unauthorized``); commands to a deleted stream fail with ``rejected``;
+- ``apply_retention`` → ``{"streams", "truncated", "removed", "by_category"}``.
+  Both need the full-access token.
 
 Unknown fields are refused (a misspelled ``expected_version`` must not be
 ignored silently). Which error code a failure gets:
@@ -83,7 +90,8 @@ from motet.storage.errors import (
 )
 
 if TYPE_CHECKING:
-    from motet.storage.records import Ack, RecordedEvent
+    from motet.storage.records import Ack, RecordedEvent, StreamDeletion
+    from motet.storage.retention import RetentionResult
 
     from ..app import App
 
@@ -95,9 +103,12 @@ __all__ = [
     "MAX_QUERY_TIMEOUT",
     "MAX_READ_LIMIT",
     "AckBody",
+    "ApplyRetentionOp",
     "AuthOp",
     "BadRequest",
     "CommandOp",
+    "DeleteStreamOp",
+    "DeletionBody",
     "ErrorBody",
     "ErrorCode",
     "InvalidMessage",
@@ -112,6 +123,7 @@ __all__ = [
     "RequestDecoder",
     "RequestId",
     "RequestTooLarge",
+    "RetentionBody",
     "StatusOp",
     "SubscribeOp",
     "Unauthorized",
@@ -218,6 +230,20 @@ class UnsubscribeOp(_Op, frozen=True, tag="unsubscribe"):
     subscription: RequestId
 
 
+class DeleteStreamOp(_Op, frozen=True, tag="delete_stream"):
+    """``{"op": "delete_stream", "stream": s, "hard": false}``: delete a
+    stream (a tombstone; with ``hard``, its events too, where the server
+    allows it). Needs the full-access token."""
+
+    stream: str
+    hard: bool = False
+
+
+class ApplyRetentionOp(_Op, frozen=True, tag="apply_retention"):
+    """``{"op": "apply_retention"}``: apply the aggregates' retention now.
+    Needs the full-access token."""
+
+
 class StatusOp(_Op, frozen=True, tag="status"):
     """``{"op": "status"}``: the engine's status."""
 
@@ -232,7 +258,18 @@ class AuthOp(_Op, frozen=True, tag="auth"):
     token: str
 
 
-Request = CommandOp | QueryOp | ReadOp | SubscribeOp | UnsubscribeOp | StatusOp | PingOp | AuthOp
+Request = (
+    CommandOp
+    | QueryOp
+    | ReadOp
+    | SubscribeOp
+    | UnsubscribeOp
+    | StatusOp
+    | PingOp
+    | AuthOp
+    | DeleteStreamOp
+    | ApplyRetentionOp
+)
 """Any request line, as decoded by :meth:`RequestDecoder.decode_request`."""
 
 _OPS: Final = (
@@ -244,6 +281,8 @@ _OPS: Final = (
     "status",
     "ping",
     "auth",
+    "delete_stream",
+    "apply_retention",
 )
 _JSON_TYPES: Final = {
     list: "an array",
@@ -526,11 +565,37 @@ class AckBody(msgspec.Struct):
     position: int
 
 
-class ReadBody(msgspec.Struct):
-    """The ``result`` of a ``read`` reply: a page of events and the last version in it."""
+class ReadBody(msgspec.Struct, omit_defaults=True):
+    """The ``result`` of a ``read`` reply: a page of events and the last
+    version in it; ``deleted: true`` (present only then) when the stream was
+    deleted (its events are still there after a soft delete, gone after a
+    hard one)."""
 
     events: list[WireEvent]
     next: int
+    deleted: bool = False
+
+
+class DeletionBody(msgspec.Struct, kw_only=True):
+    """The ``result`` of a ``delete_stream`` reply: the stream's deletion record."""
+
+    stream: str
+    version: int
+    """The stream's version when it was deleted."""
+    hard: bool
+    """Whether its events were removed."""
+    removed: int
+    """How many of its events were removed, in all."""
+    deleted_at: datetime.datetime | None
+
+
+class RetentionBody(msgspec.Struct, kw_only=True):
+    """The ``result`` of an ``apply_retention`` reply."""
+
+    streams: int
+    truncated: int
+    removed: int
+    by_category: dict[str, int]
 
 
 def _event_body(record: RecordedEvent) -> WireEvent:
@@ -569,11 +634,49 @@ class ReplyEncoder:
         """A command's success reply: ``{"stream", "version", "position"}``."""
         return self.ok(request_id, AckBody(ack.stream, ack.version, ack.position))
 
-    def read(self, request_id: RequestId, events: list[RecordedEvent], after: int) -> bytes:
+    def read(
+        self,
+        request_id: RequestId,
+        events: list[RecordedEvent],
+        after: int,
+        deletion: StreamDeletion | None = None,
+    ) -> bytes:
         """A read's reply: the events and ``next``, the last version returned
-        (``after`` when there are none), to pass as the next ``from``."""
+        (``after`` when there are none), to pass as the next ``from``, and
+        ``deleted`` when the stream was."""
         next_version = events[-1].version if events else after
-        return self.ok(request_id, ReadBody([_event_body(e) for e in events], next_version))
+        deleted = deletion is not None and deletion.deleted
+        return self.ok(
+            request_id, ReadBody([_event_body(e) for e in events], next_version, deleted)
+        )
+
+    def deletion(self, request_id: RequestId, stream: str, record: StreamDeletion) -> bytes:
+        """A ``delete_stream`` reply: the deletion record (times in RFC 3339)."""
+        at = record.deleted_at
+        return self.ok(
+            request_id,
+            DeletionBody(
+                stream=stream,
+                version=record.version,
+                hard=record.hard,
+                removed=record.removed,
+                deleted_at=None
+                if at is None
+                else datetime.datetime.fromtimestamp(at, datetime.UTC),
+            ),
+        )
+
+    def retention(self, request_id: RequestId, result: RetentionResult) -> bytes:
+        """An ``apply_retention`` reply."""
+        return self.ok(
+            request_id,
+            RetentionBody(
+                streams=result.streams,
+                truncated=result.truncated,
+                removed=result.removed,
+                by_category=result.by_category,
+            ),
+        )
 
     def event(self, request_id: RequestId, record: RecordedEvent) -> bytes:
         """A subscription's event line."""

@@ -49,6 +49,7 @@ from .access import (
     FULL,
     AuthGuard,
     Tokens,
+    hard_delete_refusal,
     peer_name,
     scope_refusal,
 )
@@ -58,9 +59,11 @@ from .protocol import (
     DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,
+    ApplyRetentionOp,
     AuthOp,
     BadRequest,
     CommandOp,
+    DeleteStreamOp,
     PingOp,
     QueryOp,
     ReadOp,
@@ -149,6 +152,7 @@ class Server:
         max_partial_bytes: int,
         max_pending_output: int,
         max_total_output: int,
+        allow_hard_delete: bool = False,
     ) -> None:
         limits = {
             "max_line": max_line,
@@ -172,6 +176,7 @@ class Server:
             if not seconds > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
         self.engine = engine
+        self.allow_hard_delete = allow_hard_delete
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._tokens = Tokens(token, client_token)
         self._auth_guard = AuthGuard(
@@ -681,7 +686,7 @@ class _Connection:
             log.error("request %r failed", request_id, exc_info=exc)
         return self._encoder.exception(request_id, exc)
 
-    async def _run(self, request: QueryOp | ReadOp) -> None:
+    async def _run(self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp) -> None:
         try:
             line: bytes | None = None
             with trio.CancelScope() as waiting:
@@ -702,7 +707,9 @@ class _Connection:
         finally:
             self._release()
 
-    async def _execute(self, request: QueryOp | ReadOp) -> bytes:
+    async def _execute(
+        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp
+    ) -> bytes:
         """Answer a query or a read (commands go through :meth:`_submit`).
 
         A reply is encoded only once the outbox has room, with no checkpoint
@@ -718,12 +725,20 @@ class _Connection:
             result = await engine.ask(query, after=request.after, timeout=timeout)
             await outbox.wait_for_room()
             return encoder.ok(request.id, result)
+        if isinstance(request, DeleteStreamOp):
+            if request.hard and not self.server.allow_hard_delete:
+                raise hard_delete_refusal()
+            record = await engine.delete_stream(request.stream, hard=request.hard)
+            return encoder.deletion(request.id, request.stream, record)
+        if isinstance(request, ApplyRetentionOp):
+            return encoder.retention(request.id, await engine.apply_retention())
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
         async with self._reading:
             await outbox.wait_for_room()
             events = await engine.read_stream(request.stream, request.from_, limit)
+            deletion = await engine.stream_deletion(request.stream)
             await outbox.wait_for_room()
-            return encoder.read(request.id, events, request.from_)
+            return encoder.read(request.id, events, request.from_, deletion)
 
     async def _subscribe(self, subscription: _Subscription) -> None:
         """Stream events to the client: the catch-up part as fast as it reads
@@ -738,13 +753,25 @@ class _Connection:
         catching_up = self._catching_up
         holding = False
         live = request.from_ >= self.engine.head_position
+
+        def caught_up() -> None:
+            # Everything up to the head was read, though the last event sent
+            # may be below it (the newest events were removed on purpose).
+            nonlocal live, holding
+            live = True
+            if holding:
+                catching_up.release()
+                holding = False
+
         try:
             try:
                 with subscription.scope:
                     if not live:
                         await catching_up.acquire()
                         holding = True
-                    events = self.engine.subscribe(request.from_, batch_size=_SUBSCRIBE_BATCH)
+                    events = self.engine.subscribe(
+                        request.from_, batch_size=_SUBSCRIBE_BATCH, on_caught_up=caught_up
+                    )
                     async with aclosing(events):  # type: ignore[type-var]
                         async for record in events:
                             if live:
@@ -832,6 +859,7 @@ async def serve_engine(
     max_partial_bytes: int = 64 << 20,
     max_pending_output: int = 4 << 20,
     max_total_output: int = 256 << 20,
+    allow_hard_delete: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``engine`` over the TCP line protocol until :meth:`Server.stop`
@@ -875,6 +903,10 @@ async def serve_engine(
     across all connections. A request ``id`` longer than
     :data:`MAX_REQUEST_ID` bytes gets ``bad_request``.
 
+    ``allow_hard_delete``: ``delete_stream`` with ``"hard": true`` removes
+    the stream's events; without it such a request answers ``unauthorized``
+    (a soft delete, a tombstone, needs no opt-in).
+
     Raises ``OSError`` when the address cannot be bound and ``ValueError``
     for invalid limits.
     """
@@ -895,6 +927,7 @@ async def serve_engine(
         max_partial_bytes=max_partial_bytes,
         max_pending_output=max_pending_output,
         max_total_output=max_total_output,
+        allow_hard_delete=allow_hard_delete,
     )
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:

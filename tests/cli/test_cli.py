@@ -105,7 +105,9 @@ def test_bench_is_not_a_command_and_says_where_the_benchmarks_are(
     motet: Any, args: list[str]
 ) -> None:
     stderr = one_line_error(motet.run(*args), 2)
-    assert stderr.startswith("motet: unknown command 'bench' (choose from: backup, client, demo, ")
+    assert stderr.startswith(
+        "motet: unknown command 'bench' (choose from: backup, client, compact, delete-stream, "
+    )
     assert "python -m benchmarks.seed_workload" in stderr
     assert "make bench" in stderr
 
@@ -148,7 +150,8 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         (
             ["frob"],
             "motet: unknown command 'frob' "
-            "(choose from: backup, client, demo, export, import, inspect, restore, serve, "
+            "(choose from: backup, client, compact, delete-stream, demo, export, import, "
+            "inspect, restore, retention, serve, "
             "status, verify)",
         ),
         ([], "the following arguments are required: COMMAND"),

@@ -27,7 +27,14 @@ from motet.engine.example import (
     app,
 )
 from motet.storage import Append, LmdbStore, MemoryStore, Metadata, StorageError
-from motet.storage.records import Ack, Checkpoint, RecordedEvent, Snapshot, StoredEvent
+from motet.storage.records import (
+    Ack,
+    Checkpoint,
+    RecordedEvent,
+    Snapshot,
+    StoredEvent,
+    StreamDeletion,
+)
 
 
 def create(user: str) -> CreateUser:
@@ -302,6 +309,22 @@ class BlockingStore:
     def checkpoint_names(self) -> list[str]:
         self._enter("checkpoint_names")
         return self._inner.checkpoint_names()
+
+    def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
+        self._enter("delete_stream")
+        return self._inner.delete_stream(stream, hard=hard, timestamp=timestamp)
+
+    def truncate_stream(self, stream: str, through_version: int) -> int:
+        self._enter("truncate_stream")
+        return self._inner.truncate_stream(stream, through_version)
+
+    def stream_deletion(self, stream: str) -> StreamDeletion | None:
+        self._enter("stream_deletion")
+        return self._inner.stream_deletion(stream)
+
+    def removed_runs(self) -> list[tuple[int, int]]:
+        self._enter("removed_runs")
+        return self._inner.removed_runs()
 
     def wait_for_commit(self, after_position: int, timeout: float) -> int:
         self._enter("wait_for_commit")

@@ -57,6 +57,7 @@ from motet.storage.errors import (
     MisplacedRecord,
     StoreFormatError,
     StoreNotEmpty,
+    StreamDeleted,
     code_for,
     error_for_code,
     http_status_of,
@@ -74,6 +75,7 @@ TABLE: dict[type[BaseException], tuple[str, str, int]] = {
     MisplacedRecord: ("invalid", "invalid", 400),
     ExportFileError: ("invalid", "invalid", 400),
     CommandRejected: ("rejected", "rejected", 422),
+    StreamDeleted: ("rejected", "rejected", 410),
     Conflict: ("conflict", "conflict", 409),
     NotFound: ("not_found", "error", 404),
     Overloaded: ("overloaded", "overloaded", 429),
@@ -103,6 +105,8 @@ def instance(cls: type[BaseException]) -> BaseException:
         return RemoteError("teapot", "short and stout")
     if cls is MisplacedRecord:
         return MisplacedRecord("the record at position 3 does not fit", 3)
+    if cls is StreamDeleted:
+        return StreamDeleted("User-u1")
     return cls("a message")
 
 

@@ -49,7 +49,10 @@ from motet.storage import (
     Snapshot,
     StorageError,
     StoredEvent,
+    StreamDeleted,
+    StreamDeletion,
 )
+from motet.storage.errors import NotFound
 from motet.storage.records import Ack
 from tests.support.logs import read_everything
 
@@ -186,6 +189,10 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "get_checkpoint": lambda s: s.get_checkpoint("users"),
     "put_checkpoint": lambda s: s.put_checkpoint("users", Checkpoint(1)),
     "checkpoint_names": lambda s: s.checkpoint_names(),
+    "delete_stream": lambda s: s.delete_stream("A", hard=False, timestamp=TS),
+    "truncate_stream": lambda s: s.truncate_stream("A", 1),
+    "stream_deletion": lambda s: s.stream_deletion("A"),
+    "removed_runs": lambda s: s.removed_runs(),
 }
 
 
@@ -211,17 +218,19 @@ timestamps = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infini
 stream_ids = st.text(alphabet="ab1-\x01\x7fé€", min_size=1, max_size=6)
 
 
-def outcome(result: Ack | Conflict) -> object:
+def outcome(result: Ack | Conflict | StreamDeleted) -> object:
     """A comparable form of one append's result (exceptions compare by identity)."""
     if isinstance(result, Conflict):
         return ("conflict", result.stream, result.expected, result.actual, str(result))
+    if isinstance(result, StreamDeleted):
+        return ("deleted", result.stream)
     assert type(result) is Ack
     return result
 
 
 class StoreMatchesModel(RuleBasedStateMachine):
-    """Feeds random batches to a store and checks it, after every step,
-    against an independent model of the log."""
+    """Feeds random batches, deletions and truncations to a store and checks
+    it, after every step, against an independent model of the log."""
 
     def __init__(self, new_factory: Callable[[Path], StoreFactory]) -> None:
         super().__init__()
@@ -230,7 +239,14 @@ class StoreMatchesModel(RuleBasedStateMachine):
         self.directory = tempfile.mkdtemp(prefix="motet-hypothesis-")
         self.factory = new_factory(Path(self.directory))
         self.store = self.factory(durability="none") if self.factory.persistent else self.factory()
+        # The events still in the log, the last position handed out, each
+        # stream's version, and what was deleted or removed.
         self.log: list[StoredEvent] = []
+        self.head = 0
+        self.versions: dict[str, int] = {}
+        self.deleted: set[str] = set()
+        self.hard: set[str] = set()
+        self.removed: set[int] = set()
         self.snapshots: dict[str, Snapshot] = {}
         self.acks: dict[str, Ack] = {}
         self.checkpoints: dict[str, Checkpoint] = {}
@@ -241,12 +257,12 @@ class StoreMatchesModel(RuleBasedStateMachine):
         shutil.rmtree(self.directory)
 
     def model_version(self, stream: str) -> int:
-        return sum(1 for e in self.log if e.stream == stream)
+        return self.versions.get(stream, 0)
 
     @rule(data=st.data(), timestamp=timestamps)
     def append_a_batch(self, data: st.DataObject, timestamp: float) -> None:
         running = {stream: self.model_version(stream) for stream in STREAMS}
-        head = len(self.log)
+        head = self.head
         appends: list[Append] = []
         expected: list[object] = []
         for _ in range(data.draw(st.integers(0, 5), label="appends")):
@@ -270,6 +286,9 @@ class StoreMatchesModel(RuleBasedStateMachine):
             metadata = Metadata(command_id=command_id, correlation_id="corr")
             appends.append(Append(stream, expected_version, new, metadata, snapshot))
 
+            if stream in self.deleted:
+                expected.append(("deleted", stream))
+                continue
             if expected_version != current:
                 message = (
                     f"stream {stream!r} is at version {current}, "
@@ -296,6 +315,37 @@ class StoreMatchesModel(RuleBasedStateMachine):
         found = [outcome(r) for r in self.store.append_batch(appends, timestamp)]
 
         assert found == expected
+        self.head = head
+        self.versions.update({s: v for s, v in running.items() if v})
+
+    def remove(self, stream: str, through: int) -> None:
+        gone = [e for e in self.log if e.stream == stream and e.version <= through]
+        self.removed.update(e.position for e in gone)
+        self.log = [e for e in self.log if not (e.stream == stream and e.version <= through)]
+
+    @precondition(lambda self: bool(self.versions))
+    @rule(data=st.data(), hard=st.booleans())
+    def delete_a_stream(self, data: st.DataObject, hard: bool) -> None:
+        stream = data.draw(st.sampled_from(sorted(self.versions)), label="stream")
+        record = self.store.delete_stream(stream, hard=hard, timestamp=TS)
+        self.deleted.add(stream)
+        if hard:
+            self.hard.add(stream)
+            self.remove(stream, self.versions[stream])
+            self.snapshots.pop(stream, None)
+        assert record.deleted
+        assert record.hard == (stream in self.hard)
+        assert record.version == self.versions[stream]
+        assert self.store.stream_deletion(stream) == record
+
+    @precondition(lambda self: bool(self.versions))
+    @rule(data=st.data())
+    def truncate_a_stream(self, data: st.DataObject) -> None:
+        stream = data.draw(st.sampled_from(sorted(self.versions)), label="stream")
+        through = data.draw(st.integers(0, self.versions[stream] + 1), label="through")
+        before = len(self.log)
+        self.remove(stream, through)
+        assert self.store.truncate_stream(stream, through) == before - len(self.log)
 
     @rule(
         name=st.sampled_from(CHECKPOINT_NAMES),
@@ -320,43 +370,52 @@ class StoreMatchesModel(RuleBasedStateMachine):
         store = self.store
         for stream in STREAMS:
             whole = [e for e in self.log if e.stream == stream]
-            n = len(whole)
+            n = self.model_version(stream)
             for after_version in sorted({0, 1, n // 2, max(n - 1, 0), n, n + 1}):
                 for limit in (None, 0, 1, 2):
-                    expected = whole[after_version:]
+                    expected = [e for e in whole if e.version > after_version]
                     if limit is not None:
                         expected = expected[:limit]
                     found = store.read_stream(stream, after_version=after_version, limit=limit)
                     assert found == expected, (store, stream, after_version, limit)
-        head = len(self.log)
+        head = self.head
         for after_position in sorted({0, 1, head // 2, max(head - 1, 0), head, head + 1}):
             for limit in (0, 1, 3, 1000):
-                expected = self.log[after_position : after_position + limit]
+                expected = [e for e in self.log if e.position > after_position][:limit]
                 found = store.read_all(after_position=after_position, limit=limit)
                 assert found == expected, (store, after_position, limit)
 
     @invariant()
-    def the_log_is_gap_free_and_streams_are_contiguous(self) -> None:
+    def gaps_are_exactly_the_removed_positions_and_streams_are_contiguous(self) -> None:
         store = self.store
         log = read_everything(store, page=7)
-        assert [e.position for e in log] == list(range(1, store.head_position + 1))
+        positions = [e.position for e in log]
+        assert sorted(positions + sorted(self.removed)) == list(range(1, store.head_position + 1))
+        removed = {p for first, last in store.removed_runs() for p in range(first, last + 1)}
+        assert removed == self.removed
         for stream in STREAMS:
             from_stream = store.read_stream(stream)
             assert from_stream == [e for e in log if e.stream == stream]
-            assert [e.version for e in from_stream] == list(range(1, len(from_stream) + 1))
-            assert store.stream_version(stream) == len(from_stream)
+            versions = [e.version for e in from_stream]
+            version = self.model_version(stream)
+            assert versions == list(range(version - len(versions) + 1, version + 1))
+            assert store.stream_version(stream) == version
 
     @invariant()
     def the_store_holds_exactly_the_model(self) -> None:
         store = self.store
         versions = sorted(
-            (stream, self.model_version(stream)) for stream in STREAMS if self.model_version(stream)
+            (stream, version)
+            for stream, version in self.versions.items()
+            if stream not in self.hard
         )
         assert read_everything(store, page=7) == self.log
-        assert store.head_position == len(self.log)
+        assert store.head_position == self.head
         assert store.streams() == versions
         for stream in STREAMS:
             assert store.load_snapshot(stream) == self.snapshots.get(stream)
+            record = store.stream_deletion(stream)
+            assert (record is not None and record.deleted) == (stream in self.deleted)
         for command_id in self.command_ids:
             assert store.get_ack(command_id) == self.acks.get(command_id)
         for name in CHECKPOINT_NAMES:
@@ -1024,3 +1083,116 @@ class StoreContract:
         finally:
             factory.close_all()
             shutil.rmtree(directory)
+
+    # -- deleting streams and removing old events ----------------------------------------
+
+    def interleaved(self, store: Any, streams: int = 4, rounds: int = 5) -> None:
+        """``rounds`` events on each of ``streams`` streams, interleaved."""
+        for version in range(rounds):
+            results = store.append_batch(
+                [append(f"S-{n}", version, [event(version)]) for n in range(streams)], TS
+            )
+            assert all(type(r) is Ack for r in results)
+
+    def test_a_soft_delete_refuses_appends_and_keeps_the_events(self, store: Any) -> None:
+        self.interleaved(store)
+        before = read_everything(store)
+
+        record = store.delete_stream("S-1", hard=False, timestamp=TS + 1)
+        results = store.append_batch([append("S-1", 5, events(1)), append("S-2", 5, events(1))], TS)
+
+        assert record == StreamDeletion(version=5, deleted=True, deleted_at=TS + 1)
+        assert store.stream_deletion("S-1") == record
+        assert store.stream_deletion("S-2") is None
+        assert isinstance(results[0], StreamDeleted)
+        assert str(results[0]) == "stream 'S-1' was deleted and takes no more events"
+        assert results[1] == Ack("S-2", 6, 21)
+        assert read_everything(store) == [*before, *store.read_stream("S-2", 5)]
+        assert store.stream_version("S-1") == 5
+        assert ("S-1", 5) in store.streams()
+
+    def test_a_hard_delete_removes_the_stream_and_keeps_every_other_position(
+        self, store: Any
+    ) -> None:
+        self.interleaved(store)
+        store.append_batch([append("S-1", 5, [], snapshot=Snapshot(5, 1, b"state"))], TS)
+        before = read_everything(store)
+
+        record = store.delete_stream("S-1", hard=True, timestamp=TS)
+
+        assert (record.hard, record.removed, record.removed_through) == (True, 5, 5)
+        assert read_everything(store) == [e for e in before if e.stream != "S-1"]
+        assert store.read_stream("S-1") == []
+        assert store.load_snapshot("S-1") is None
+        assert store.stream_version("S-1") == 5
+        assert store.removed_runs() == [(2, 2), (6, 6), (10, 10), (14, 14), (18, 18)]
+        assert [s for s, _ in store.streams()] == ["S-0", "S-2", "S-3"]
+        assert store.head_position == 20
+
+    def test_deleting_neighbouring_streams_merges_their_removed_runs(self, store: Any) -> None:
+        self.interleaved(store, streams=3, rounds=2)
+        store.delete_stream("S-0", hard=True, timestamp=TS)
+        store.delete_stream("S-2", hard=True, timestamp=TS)
+        store.delete_stream("S-1", hard=True, timestamp=TS)
+
+        assert store.removed_runs() == [(1, 6)]
+        assert store.read_all() == []
+        assert store.head_position == 6
+
+    def test_removing_the_newest_events_never_moves_the_head_back(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        self.interleaved(store, streams=2, rounds=1)
+        store.delete_stream("S-1", hard=True, timestamp=TS)
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+
+        results = store.append_batch([append("S-0", 1, events(1))], TS)
+
+        assert store.head_position == 3
+        assert results == [Ack("S-0", 2, 3)]
+
+    def test_a_truncated_stream_keeps_its_version_and_takes_appends(self, store: Any) -> None:
+        self.interleaved(store, streams=2)
+
+        removed = store.truncate_stream("S-0", 3)
+        again = store.truncate_stream("S-0", 3)
+        everything = store.truncate_stream("S-1", 99)
+        results = store.append_batch([append("S-1", 5, events(1))], TS)
+
+        assert (removed, again, everything) == (3, 0, 5)
+        assert [e.version for e in store.read_stream("S-0")] == [4, 5]
+        assert [e.version for e in store.read_stream("S-0", 3, limit=1)] == [4]
+        assert store.stream_deletion("S-0") == StreamDeletion(
+            version=5, removed_through=3, removed=3
+        )
+        assert results == [Ack("S-1", 6, 11)]
+        assert store.streams() == [("S-0", 5), ("S-1", 6)]
+
+    def test_deleting_a_stream_that_never_had_events_is_not_found(self, store: Any) -> None:
+        with pytest.raises(NotFound, match="stream 'nobody' has no events"):
+            store.delete_stream("nobody", hard=True, timestamp=TS)
+        assert store.stream_deletion("nobody") is None
+        assert store.truncate_stream("nobody", 3) == 0
+
+    def test_a_hard_delete_after_a_soft_one_removes_the_events_and_keeps_the_time(
+        self, store: Any
+    ) -> None:
+        self.interleaved(store, streams=1, rounds=3)
+        store.delete_stream("S-0", hard=False, timestamp=TS)
+        record = store.delete_stream("S-0", hard=True, timestamp=TS + 5)
+
+        assert record == StreamDeletion(
+            version=3, deleted=True, hard=True, removed_through=3, removed=3, deleted_at=TS
+        )
+        assert read_everything(store) == []
+
+    def test_a_retried_command_of_a_deleted_stream_gets_its_first_ack(self, store: Any) -> None:
+        first = store.append_batch([append("S-0", 0, events(1), command_id="c1")], TS)
+        store.delete_stream("S-0", hard=True, timestamp=TS)
+
+        retried = store.append_batch([append("S-0", 0, events(1), command_id="c1")], TS)
+
+        assert retried == first == [Ack("S-0", 1, 1)]
+        assert store.get_ack("c1") == Ack("S-0", 1, 1)

@@ -25,6 +25,7 @@ from motet.storage import (
     StorageError,
     StoreFormatError,
 )
+from motet.storage.lmdb_store import DELETIONS_FORMAT
 from motet.storage.records import Ack
 from tests.support.logs import read_everything
 
@@ -246,7 +247,7 @@ def test_opening_a_store_of_an_unknown_format_version_raises(tmp_path: Path) -> 
     with pytest.raises(
         StoreFormatError,
         match=r"holds store format b'motet-store/99'; this version reads 'motet-store/1', "
-        r"'motet-store/2' only",
+        r"'motet-store/2', 'motet-store/3' only",
     ):
         LmdbStore(tmp_path)
 
@@ -336,3 +337,28 @@ def test_a_read_only_handle_is_shared_and_sees_another_process_commit(tmp_path: 
         assert [e.position for e in reader.read_all()] == [1, 2]
     finally:
         reader.close()
+
+
+def test_the_first_deletion_marks_the_store_for_versions_that_know_deletions(
+    tmp_path: Path,
+) -> None:
+    store = LmdbStore(tmp_path, durability="none")
+    store.append_batch([Append("A", 0, new_events(2)), Append("B", 0, new_events(1))], TS)
+    store.truncate_stream("A", 0)  # removes nothing, still a removal transaction
+    store.close()
+    env = lmdb.open(str(tmp_path), max_dbs=16)
+    with env.begin(db=env.open_db(b"meta")) as txn:
+        assert txn.get(b"format") == FORMAT
+    env.close()
+
+    store = LmdbStore(tmp_path, durability="none")
+    store.delete_stream("B", hard=True, timestamp=TS)
+    store.append_batch([Append("A", 2, new_events(1))], TS)
+    store.close()
+    env = lmdb.open(str(tmp_path), max_dbs=16)
+    with env.begin(db=env.open_db(b"meta")) as txn:
+        assert txn.get(b"format") == DELETIONS_FORMAT == b"motet-store/3"
+    env.close()
+    reopened = LmdbStore(tmp_path, readonly=True)
+    assert reopened.head_position == 4
+    reopened.close()

@@ -117,6 +117,30 @@ def test_an_unknown_format_is_refused_and_left_alone(
         assert conn.execute("SELECT value FROM motet_meta").fetchall() == [("motet-postgres/99",)]
 
 
+def test_the_first_deletion_marks_the_store_and_older_tables_are_added(
+    postgres_cluster: Cluster, url: str, open_store: Any
+) -> None:
+    first = open_store()
+    first.append_batch([command("A", 0, 2), command("B", 0, 1)], TS)
+    first.close()
+    with admin(postgres_cluster, url) as conn:
+        # A store made before deletions existed.
+        conn.execute("DROP TABLE motet_deletions, motet_removed")
+
+    store = open_store()
+    assert store.truncate_stream("A", 0) == 0
+    with admin(postgres_cluster, url) as conn:
+        assert conn.execute("SELECT value FROM motet_meta").fetchall() == [("motet-postgres/1",)]
+    store.delete_stream("B", hard=True, timestamp=TS)
+    store.close()
+
+    with admin(postgres_cluster, url) as conn:
+        assert conn.execute("SELECT value FROM motet_meta").fetchall() == [("motet-postgres/2",)]
+    again = open_store()
+    assert again.stream_deletion("B") is not None
+    assert again.removed_runs() == [(3, 3)]
+
+
 @pytest.mark.parametrize(
     ("ddl", "message"),
     [
