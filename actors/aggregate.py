@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from motet.storage.codec import Codec
-from motet.storage.errors import CodecError, Conflict
+from motet.storage.errors import CodecError, Conflict, InvalidKey
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
@@ -66,6 +66,7 @@ class AggregateActor(Generic[S]):
         "state",
         "stopped",
         "stream",
+        "subjects",
         "version",
     )
 
@@ -102,6 +103,10 @@ class AggregateActor(Generic[S]):
         self.running = False
         self._stale = True
         self._settled: trio.Event | None = None
+        # Data subjects whose personal fields this stream's events carry: the
+        # writer seals snapshots under their keys, and forgetting one of them
+        # reloads this actor (see forget_subject).
+        self.subjects: set[str] = set()
 
     def __repr__(self) -> str:
         state = "stopped" if self.stopped else "stale" if self._stale else "live"
@@ -157,6 +162,17 @@ class AggregateActor(Generic[S]):
         if self.pending == 0 and self._settled is not None:
             self._settled.set()
             self._settled = None
+
+    def forget_subject(self, subject: str) -> bool:
+        """Drop the state when it may hold ``subject``'s personal data, so it
+        is reloaded (with that data redacted) before the next command.
+        Returns whether it did."""
+        if subject not in self.subjects:
+            return False
+        self._stale = True
+        self.state = self.definition.initial
+        self.subjects = set()
+        return True
 
     async def run(self) -> None:
         """Work through the mailbox (loading the state first when needed),
@@ -214,14 +230,15 @@ class AggregateActor(Generic[S]):
         if replace_snapshot:
             self._write_snapshot()
 
-    def _read_history(self) -> tuple[S, int, bool, list[StoredEvent]]:
+    def _read_history(self) -> tuple[S, int, bool, list[str], list[StoredEvent]]:
         """The store reads of a load, in one call (one thread hop for a
         blocking store): the latest usable snapshot's state and version,
-        whether the stored snapshot should be replaced, and the events
-        after it (evolved by :meth:`_load`)."""
+        whether the stored snapshot should be replaced, the subjects it was
+        sealed for, and the events after it (evolved by :meth:`_load`)."""
         definition = self.definition
         state, version = definition.initial, 0
         replace = False
+        subjects: list[str] = []
         try:
             snapshot = self._store.load_snapshot(self.stream)
         except (CodecError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -238,24 +255,46 @@ class AggregateActor(Generic[S]):
                 )
                 replace = True
             else:
-                try:
-                    state = self._state_decoder.decode(snapshot.state)
-                    version = snapshot.version
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
+                opened = self._codec.open_sealed(self.stream, snapshot.state)
+                if opened is None:
+                    # Sealed under a key that is gone: a subject was forgotten.
+                    log.info(
+                        "ignoring snapshot of %s: a subject it holds was forgotten", self.stream
+                    )
                     replace = True
-        return state, version, replace, self._store.read_stream(self.stream, after_version=version)
+                else:
+                    try:
+                        state = self._state_decoder.decode(opened[0])
+                        version = snapshot.version
+                        subjects = opened[1]
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
+                        replace = True
+        events = self._store.read_stream(self.stream, after_version=version)
+        if self._calls.blocking:
+            self._codec.warm_keys(events)  # in the worker thread, not in _load
+        return state, version, replace, subjects, events
 
     def _load(
-        self, state: S, version: int, replace: bool, stored_events: list[StoredEvent]
+        self,
+        state: S,
+        version: int,
+        replace: bool,
+        snapshot_subjects: list[str],
+        stored_events: list[StoredEvent],
     ) -> tuple[S, int, bool]:
         """Evolve what :meth:`_read_history` read. Returns (state, version,
         whether the stored snapshot should be replaced)."""
         evolve = self.definition.evolve
         decode = self._codec.decode_event
+        subjects_of = self._codec.subjects_of
+        subjects = set(snapshot_subjects)
         for stored in stored_events:
-            state = evolve(state, decode(stored))
+            event = decode(stored)
+            subjects.update(subjects_of(event))
+            state = evolve(state, event)
             version = stored.version
+        self.subjects = subjects
         return state, version, replace and version > 0
 
     def _write_snapshot(self) -> None:
@@ -264,7 +303,9 @@ class AggregateActor(Generic[S]):
         )
         # Nobody waits for this one: the request only carries it through the writer.
         request = CommandRequest(None)
-        request.append = Append(self.stream, self.version, [], snapshot=snapshot)
+        request.append = Append(
+            self.stream, self.version, [], snapshot=snapshot, subjects=tuple(self.subjects)
+        )
         request.owner = self
         self.pending += 1
         self._writer.submit(request)
@@ -300,8 +341,12 @@ class AggregateActor(Generic[S]):
                     )
                     return
                 state = evolve(state, event)
-            encoded = [self._codec.encode_event(event) for event in events]
-        except CommandRejected as exc:
+            codec = self._codec
+            subjects = [s for event in events for s in codec.subjects_of(event)]
+            encoded = [codec.encode_event(event) for event in events]
+        except (CommandRejected, InvalidKey) as exc:
+            # InvalidKey: a personal field's subject field holds no usable
+            # subject (e.g. empty); nothing was applied.
             request.fail(exc)
             return
         except Exception as exc:
@@ -315,6 +360,8 @@ class AggregateActor(Generic[S]):
             self._stale = True
             return
         self.state = state
+        if subjects:
+            self.subjects.update(subjects)
         self.version = version = expected + len(encoded)
         every = definition.snapshot_every
         snapshot = None
@@ -328,7 +375,15 @@ class AggregateActor(Generic[S]):
         fingerprint = (
             fingerprint_of(request.command, request.command_id) if request.command_id else None
         )
-        request.append = Append(self.stream, expected, encoded, metadata, snapshot, fingerprint)
+        request.append = Append(
+            self.stream,
+            expected,
+            encoded,
+            metadata,
+            snapshot,
+            fingerprint,
+            tuple(self.subjects) if snapshot is not None and self.subjects else (),
+        )
         request.owner = self
         self.pending += 1
         self._writer.submit(request)

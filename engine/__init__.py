@@ -49,11 +49,13 @@ if TYPE_CHECKING:
         Unavailable,
         UnknownMessageType,
     )
+    from motet.storage.personal import Personal, SubjectForgotten
     from motet.storage.records import Ack, Metadata, RecordedEvent
     from motet.storage.status import ProjectionStatus
 
     from .app import App
     from .core import Engine, open_engine
+    from .forgetting import Forgotten
     from .mediator import Mediator
     from .net.blocking import BlockingClient, connect
     from .net.client import Client, open_client
@@ -95,6 +97,8 @@ _MODULES: dict[str, str] = {
         "motet.storage.errors",
     ),
     **dict.fromkeys(["Ack", "Metadata", "RecordedEvent"], "motet.storage.records"),
+    **dict.fromkeys(["Personal", "SubjectForgotten"], "motet.storage.personal"),
+    "Forgotten": "motet.engine.forgetting",
     "App": "motet.engine.app",
     **dict.fromkeys(["Engine", "open_engine"], "motet.engine.core"),
     "Mediator": "motet.engine.mediator",
@@ -122,6 +126,7 @@ __all__ = [
     "EngineClosed",
     "EngineStatistics",
     "EngineStatus",
+    "Forgotten",
     "InternalError",
     "InvalidKey",
     "InvalidMessage",
@@ -131,6 +136,7 @@ __all__ = [
     "NotFound",
     "Order",
     "Overloaded",
+    "Personal",
     "Projection",
     "ProjectionFailed",
     "ProjectionStatus",
@@ -144,6 +150,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StoreFormatError",
+    "SubjectForgotten",
     "Table",
     "Unauthorized",
     "Unavailable",

@@ -18,7 +18,9 @@ __all__ = [
     "BEGIN",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CREATE_KEYS",
     "CREATE_SCHEMA",
+    "DELETE_KEYS",
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
@@ -28,6 +30,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "NOTIFY_COMMIT",
     "PUT_CHECKPOINT",
+    "PUT_KEYS",
     "PUT_SNAPSHOTS",
     "READ_ACK",
     "READ_ALL",
@@ -35,6 +38,7 @@ __all__ = [
     "READ_CHECKPOINT_NAMES",
     "READ_FORMAT",
     "READ_HEAD",
+    "READ_KEY",
     "READ_SCHEMA",
     "READ_SNAPSHOT",
     "READ_STREAM",
@@ -155,6 +159,17 @@ CREATE_SCHEMA = [
 
 WRITE_FORMAT = "INSERT INTO motet_meta (key, value) VALUES ('format', %s)"
 
+# Subject keys (motet.storage.keyring), apart from the events: deleting a row
+# shreds the subject's personal data. Added after the first stores were made,
+# so it is created (under the schema lock) by every opening, not by
+# CREATE_SCHEMA, and is not one of TABLES that must all be present.
+CREATE_KEYS = """
+CREATE TABLE IF NOT EXISTS motet_keys (
+    subject text COLLATE "C" PRIMARY KEY,
+    record bytea NOT NULL
+)
+"""
+
 # -- one append transaction (each step its own statement) ----------------------
 
 # Sent unprepared (prepare=False): there is nothing to plan, and COMMIT stays
@@ -208,6 +223,17 @@ ON CONFLICT (stream) DO UPDATE
 SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, state = EXCLUDED.state
 """
 
+# The batch's new keys, in the append's transaction: an event is committed if
+# and only if the key that decrypts it is.
+PUT_KEYS = """
+INSERT INTO motet_keys (subject, record)
+SELECT * FROM unnest(%s::text[], %s::bytea[])
+ON CONFLICT (subject) DO UPDATE SET record = EXCLUDED.record
+"""
+
+# Forgetting: the key goes in the same transaction as the SubjectForgotten event.
+DELETE_KEYS = "DELETE FROM motet_keys WHERE subject = ANY(%s::text[])"
+
 # Moves the head, still under the lock taken by LOCK_HEAD.
 SET_HEAD = "UPDATE motet_head SET position = %s"
 
@@ -243,6 +269,8 @@ SELECT version FROM motet_events WHERE stream = %s ORDER BY version DESC LIMIT 1
 READ_STREAMS = "SELECT stream, max(version) FROM motet_events GROUP BY stream ORDER BY stream"
 
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
+
+READ_KEY = "SELECT record FROM motet_keys WHERE subject = %s"
 
 READ_ACK = "SELECT stream, version, position FROM motet_commands WHERE command_id = %s"
 
