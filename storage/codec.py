@@ -18,8 +18,8 @@ from .errors import CodecError
 from .keyring import (
     FIELD_EXT,
     MODELS_KEY,
-    KeySource,
     Keyring,
+    KeySource,
     SubjectKey,
     field_aad,
     is_extension,
@@ -106,6 +106,7 @@ def _shadow_of(cls: type, personal: set[str]) -> type:
     hints = typing.get_type_hints(cls)
     config = cls.__struct_config__  # type: ignore[attr-defined]
     encoder = msgspec.msgpack.Encoder()
+    # A NODEFAULT default is what defstruct takes for "required".
     fields: list[tuple[str, Any, Any]] = []
     rename: dict[str, str] = {}
     for info in msgspec.structs.fields(cls):
@@ -126,9 +127,7 @@ def _shadow_of(cls: type, personal: set[str]) -> type:
                 default = msgspec.field(default_factory=info.default_factory)
             else:
                 default = msgspec.NODEFAULT
-        fields.append(
-            (info.name, kind) if default is msgspec.NODEFAULT else (info.name, kind, default)
-        )
+        fields.append((info.name, kind, default))
     return msgspec.defstruct(
         f"{cls.__name__}Stored",
         fields,
@@ -349,7 +348,7 @@ class Codec:
                 if is_extension(raw):
                     ext = self._untyped.decode(raw)
                     if isinstance(ext, msgspec.msgpack.Ext) and ext.code == FIELD_EXT:
-                        lookup(getattr(shadow, field.subject), ext.data[:4])
+                        lookup(getattr(shadow, field.subject), bytes(ext.data)[:4])
 
     def read_warm(self, read: Callable[..., list[StoredEvent]], *args: Any) -> list[StoredEvent]:
         """``read(*args)``, then :meth:`warm_keys` on what it returned."""
@@ -472,7 +471,7 @@ class Codec:
                 ext = self._untyped.decode(raw)
                 if isinstance(ext, msgspec.msgpack.Ext) and ext.code == FIELD_EXT:
                     plain = self.keyring.open_field(
-                        values[field.subject], field.encode_name, ext.data
+                        values[field.subject], field.encode_name, bytes(ext.data)
                     )
                     values[field.name] = (
                         field.redacted if plain is None else field.decoder.decode(plain)
@@ -489,7 +488,7 @@ class Codec:
             value = payload.get(field.encode_name)
             if isinstance(value, msgspec.msgpack.Ext) and value.code == FIELD_EXT:
                 plain = self.keyring.open_field(
-                    payload.get(field.subject, ""), field.encode_name, value.data
+                    payload.get(field.subject, ""), field.encode_name, bytes(value.data)
                 )
                 payload[field.encode_name] = (
                     field.redacted if plain is None else self._untyped.decode(plain)

@@ -20,6 +20,7 @@ the same transaction, so they can never disagree with the log.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -247,10 +248,9 @@ class LmdbStore:
                 raise StoreFormatError(
                     f"{self.path} is a Motet store with databases missing (damaged?)"
                 ) from None
-            try:
+            # An older store opened read-only has no keys yet (get_key retries).
+            with contextlib.suppress(lmdb.NotFoundError):
                 dbs[_KEYS] = self._env.open_db(_KEYS, txn=txn, create=txn is not None)
-            except lmdb.NotFoundError:
-                pass  # an older store, read-only here: it has no keys yet
             if txn is not None:
                 txn.commit()
                 txn = None

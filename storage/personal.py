@@ -28,8 +28,8 @@ from .errors import InvalidKey
 from .streams import stream_id
 
 __all__ = [
-    "SUBJECT_CATEGORY",
     "MAX_SUBJECT_BYTES",
+    "SUBJECT_CATEGORY",
     "Personal",
     "PersonalField",
     "SubjectForgotten",

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from motet.storage.personal import SubjectForgotten
 from motet.storage import (
     Append,
     Codec,
@@ -20,6 +19,7 @@ from motet.storage import (
     event_version_of,
     tag_of,
 )
+from motet.storage.personal import SubjectForgotten
 
 
 class UserCreated(msgspec.Struct, frozen=True, kw_only=True, tag="user.created"):
