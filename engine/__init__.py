@@ -49,13 +49,12 @@ if TYPE_CHECKING:
         Unavailable,
         UnknownMessageType,
     )
-    from motet.storage.personal import Personal, SubjectForgotten
+    from motet.storage.personal import Forgotten, Personal, SubjectForgotten
     from motet.storage.records import Ack, Metadata, RecordedEvent
     from motet.storage.status import ProjectionStatus
 
     from .app import App
     from .core import Engine, open_engine
-    from .forgetting import Forgotten
     from .mediator import Mediator
     from .net.blocking import BlockingClient, connect
     from .net.client import Client, open_client
@@ -97,8 +96,7 @@ _MODULES: dict[str, str] = {
         "motet.storage.errors",
     ),
     **dict.fromkeys(["Ack", "Metadata", "RecordedEvent"], "motet.storage.records"),
-    **dict.fromkeys(["Personal", "SubjectForgotten"], "motet.storage.personal"),
-    "Forgotten": "motet.engine.forgetting",
+    **dict.fromkeys(["Forgotten", "Personal", "SubjectForgotten"], "motet.storage.personal"),
     "App": "motet.engine.app",
     **dict.fromkeys(["Engine", "open_engine"], "motet.engine.core"),
     "Mediator": "motet.engine.mediator",

@@ -22,11 +22,11 @@ from motet.actors.writer import GroupCommitWriter
 from motet.storage.codec import Codec
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
+from motet.storage.personal import Forgotten
 from motet.storage.records import Ack, RecordedEvent
 from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
 
 from .app import App
-from .forgetting import Forgotten
 from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus, message_schemas

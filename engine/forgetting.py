@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import msgspec
 import trio
 
 from motet.actors.errors import EngineClosed, Unavailable
@@ -15,7 +14,7 @@ from motet.actors.projection import ProjectionFailed
 from motet.actors.request import CommandRequest
 from motet.storage.errors import Conflict
 from motet.storage.keyring import MODELS_KEY
-from motet.storage.personal import SubjectForgotten, check_subject, subject_stream
+from motet.storage.personal import Forgotten, SubjectForgotten, check_subject, subject_stream
 from motet.storage.records import Append
 
 if TYPE_CHECKING:
@@ -28,19 +27,6 @@ log = logging.getLogger("motet.engine")
 _ATTEMPTS = 3
 """Appends of the SubjectForgotten event tried before giving up on conflicts
 (only another node forgetting the same subject at the same time causes one)."""
-
-
-class Forgotten(msgspec.Struct, frozen=True, kw_only=True):
-    """What :meth:`Engine.forget` did: the ``subject``, the ``stream`` and
-    ``position`` of its :class:`~motet.storage.personal.SubjectForgotten`
-    event, whether a key was deleted, and whether the subject had been
-    forgotten before (and holds no new personal data since)."""
-
-    subject: str
-    stream: str
-    position: int
-    key_deleted: bool
-    already_forgotten: bool
 
 
 class _Owner:

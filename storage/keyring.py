@@ -29,11 +29,9 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CodecError
 
@@ -67,6 +65,15 @@ starts with another byte is plaintext (written before it was declared
 personal, or by an app that does not encrypt)."""
 
 
+def _crypto() -> tuple[Any, type[Exception]]:
+    """cryptography's AESGCM and InvalidTag, imported on first use: a codec
+    (which clients load too) without personal data never needs them."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM, InvalidTag
+
+
 class KeySource(Protocol):
     """Where keys are read from: the store (see ``EventStore.get_key``)."""
 
@@ -86,12 +93,12 @@ class SubjectKey:
             raise CodecError(f"a key record is damaged ({len(record)} bytes)")
         self.record = bytes(record)
         self.id = self.record[1 : 1 + _KEY_ID_BYTES]
-        self.aead = AESGCM(self.record[1 + _KEY_ID_BYTES :])
+        self.aead = _crypto()[0](self.record[1 + _KEY_ID_BYTES :])
 
     @classmethod
     def generate(cls) -> SubjectKey:
-        """A new random key (its id random too)."""
-        return cls(_RECORD_FORMAT + os.urandom(_KEY_ID_BYTES) + AESGCM.generate_key(256))
+        """A new random key (its id random too): 256 bits from the OS's CSPRNG."""
+        return cls(_RECORD_FORMAT + os.urandom(_KEY_ID_BYTES) + os.urandom(32))
 
     def __repr__(self) -> str:
         return f"<SubjectKey id={self.id.hex()}>"
@@ -224,7 +231,7 @@ class Keyring:
             return key.aead.decrypt(
                 nonce, ext_data[_KEY_ID_BYTES + _NONCE_BYTES :], field_aad(subject, field)
             )
-        except InvalidTag:
+        except _crypto()[1]:
             raise CodecError(
                 f"personal field {field!r} of subject {subject!r} does not decrypt: "
                 "its ciphertext is damaged or was moved from another field"
@@ -262,7 +269,7 @@ class Keyring:
                 body = key.aead.decrypt(
                     nonce, body[_KEY_ID_BYTES + _NONCE_BYTES :], sealed_aad(context, subject)
                 )
-            except InvalidTag:
+            except _crypto()[1]:
                 return None
         return body, subjects
 

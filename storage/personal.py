@@ -77,6 +77,19 @@ class SubjectForgotten(msgspec.Struct, frozen=True, kw_only=True, tag="SubjectFo
     subject: str
 
 
+class Forgotten(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Engine.forget <motet.engine.core.Engine.forget>` did: the
+    ``subject``, the ``stream`` and ``position`` of its
+    :class:`SubjectForgotten` event, whether a key was deleted, and whether the subject had been
+    forgotten before (and holds no new personal data since)."""
+
+    subject: str
+    stream: str
+    position: int
+    key_deleted: bool
+    already_forgotten: bool
+
+
 class PersonalField(msgspec.Struct, frozen=True):
     """One declared personal field: its Python ``name``, its name in the
     encoded event (``encode_name``), the field holding its ``subject``, its

@@ -100,6 +100,7 @@ __all__ = [
     "CommandOp",
     "ErrorBody",
     "ErrorCode",
+    "ForgetOp",
     "InvalidMessage",
     "PingOp",
     "QueryOp",
@@ -226,13 +227,31 @@ class PingOp(_Op, frozen=True, tag="ping"):
     """``{"op": "ping"}``: answered with ``"pong"``."""
 
 
+class ForgetOp(_Op, frozen=True, tag="forget"):
+    """``{"op": "forget", "subject": s}``: erase the personal data of a data
+    subject (crypto-shredding; needs the full-access token). Answers what
+    :meth:`Engine.forget <motet.engine.core.Engine.forget>` returns."""
+
+    subject: str
+
+
 class AuthOp(_Op, frozen=True, tag="auth"):
     """``{"op": "auth", "token": t}``: authenticate the connection."""
 
     token: str
 
 
-Request = CommandOp | QueryOp | ReadOp | SubscribeOp | UnsubscribeOp | StatusOp | PingOp | AuthOp
+Request = (
+    CommandOp
+    | QueryOp
+    | ReadOp
+    | SubscribeOp
+    | UnsubscribeOp
+    | StatusOp
+    | PingOp
+    | AuthOp
+    | ForgetOp
+)
 """Any request line, as decoded by :meth:`RequestDecoder.decode_request`."""
 
 _OPS: Final = (
@@ -244,6 +263,7 @@ _OPS: Final = (
     "status",
     "ping",
     "auth",
+    "forget",
 )
 _JSON_TYPES: Final = {
     list: "an array",

@@ -60,6 +60,7 @@ from .protocol import (
     AuthOp,
     BadRequest,
     CommandOp,
+    ForgetOp,
     PingOp,
     QueryOp,
     ReadOp,
@@ -667,7 +668,7 @@ class _Connection:
             log.error("request %r failed", request_id, exc_info=exc)
         return self._encoder.exception(request_id, exc)
 
-    async def _run(self, request: QueryOp | ReadOp) -> None:
+    async def _run(self, request: QueryOp | ReadOp | ForgetOp) -> None:
         try:
             try:
                 line = await self._execute(request)
@@ -677,7 +678,7 @@ class _Connection:
         finally:
             self._release()
 
-    async def _execute(self, request: QueryOp | ReadOp) -> bytes:
+    async def _execute(self, request: QueryOp | ReadOp | ForgetOp) -> bytes:
         """Answer a query or a read (commands go through :meth:`_submit`).
 
         A reply is encoded only once the outbox has room, with no checkpoint
@@ -693,6 +694,10 @@ class _Connection:
             result = await engine.ask(query, after=request.after, timeout=timeout)
             await outbox.wait_for_room()
             return encoder.ok(request.id, result)
+        if isinstance(request, ForgetOp):
+            forgotten = await engine.forget(request.subject)
+            await outbox.wait_for_room()
+            return encoder.ok(request.id, forgotten)
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
         async with self._reading:
             await outbox.wait_for_room()
