@@ -127,10 +127,12 @@ def _redacted_value(cls: type, name: str, hint: Any) -> Any:
     and ``None`` that its type accepts (constraints included)."""
     for candidate in ("", b"", None):
         try:
-            msgspec.convert(candidate, hint)
+            converted = msgspec.convert(candidate, hint)
         except (msgspec.ValidationError, TypeError):
             continue
-        return candidate
+        # convert also turns "" into b"" (as base64): only an exact fit counts.
+        if type(converted) is type(candidate):
+            return candidate
     raise TypeError(
         f"{cls.__qualname__}.{name} is declared Personal but its type {hint!r} accepts "
         "none of '', b'' or None, so it cannot be redacted once its subject is forgotten"
