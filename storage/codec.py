@@ -377,7 +377,7 @@ class Codec:
         read models saved before are unreadable. Runs in a worker thread
         holding the writer's limiter."""
         key = SubjectKey.generate()
-        source = self.keyring._source
+        source = self.keyring.source
         if source is None or not hasattr(source, "put_keys"):
             raise CodecError("read models cannot be sealed without a store to keep the key in")
         source.put_keys({MODELS_KEY: key.record})

@@ -153,9 +153,9 @@ class Keyring:
         return f"<Keyring cached={len(self._cache)} max={self._cache_size}>"
 
     @property
-    def has_source(self) -> bool:
-        """Whether keys can be looked up at all (a codec without a store cannot)."""
-        return self._source is not None
+    def source(self) -> KeySource | None:
+        """Where keys are read from (the store), if anywhere."""
+        return self._source
 
     def get(self, subject: str) -> SubjectKey | None:
         """The stored key of ``subject`` (cached), or ``None`` when it has

@@ -189,6 +189,12 @@ async def test_forgetting_a_subject_under_load_leaves_none_of_its_bytes(
     # ...while what is not personal is there to be found (the search works).
     assert in_files(data, [f"Subject-{FORGOTTEN}".encode(), b"pbkdf2_sha256"]) != []
 
+    # motet inspect decodes with the store's keys: redacted, or in clear.
+    for user, name in ((FORGOTTEN, ""), ("u8", "Zqname u8")):
+        shown = motet.run("inspect", "--data", str(data), "--stream", f"User-{user}", "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)[0]["data"]["name"] == name
+
     # Read models rebuilt from position 0 redact the user; the others read back.
     async with open_engine(data, app) as engine:
         projection = engine.projection("users")
