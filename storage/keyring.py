@@ -29,11 +29,14 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from .errors import CodecError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "FIELD_EXT",
@@ -65,7 +68,7 @@ starts with another byte is plaintext (written before it was declared
 personal, or by an app that does not encrypt)."""
 
 
-def _crypto() -> tuple[Any, type[Exception]]:
+def _crypto() -> tuple[type[AESGCM], type[Exception]]:
     """cryptography's AESGCM and InvalidTag, imported on first use: a codec
     (which clients load too) without personal data never needs them."""
     from cryptography.exceptions import InvalidTag
@@ -93,7 +96,7 @@ class SubjectKey:
             raise CodecError(f"a key record is damaged ({len(record)} bytes)")
         self.record = bytes(record)
         self.id = self.record[1 : 1 + _KEY_ID_BYTES]
-        self.aead = _crypto()[0](self.record[1 + _KEY_ID_BYTES :])
+        self.aead: AESGCM = _crypto()[0](self.record[1 + _KEY_ID_BYTES :])
 
     @classmethod
     def generate(cls) -> SubjectKey:
