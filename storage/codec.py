@@ -59,12 +59,13 @@ _NIL = b"\xc0"
 
 
 class _PersonalField:
-    __slots__ = ("decoder", "encode_name", "name", "redacted", "subject")
+    __slots__ = ("decoder", "encode_name", "name", "redacted", "subject", "subject_encode_name")
 
     def __init__(self, field: PersonalField) -> None:
         self.name = field.name
         self.encode_name = field.encode_name
         self.subject = field.subject
+        self.subject_encode_name = field.subject_encode_name
         self.redacted = field.redacted
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(field.type)
 
@@ -488,7 +489,9 @@ class Codec:
             value = payload.get(field.encode_name)
             if isinstance(value, msgspec.msgpack.Ext) and value.code == FIELD_EXT:
                 plain = self.keyring.open_field(
-                    payload.get(field.subject, ""), field.encode_name, bytes(value.data)
+                    payload.get(field.subject_encode_name, ""),
+                    field.encode_name,
+                    bytes(value.data),
                 )
                 payload[field.encode_name] = (
                     field.redacted if plain is None else self._untyped.decode(plain)

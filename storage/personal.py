@@ -92,12 +92,13 @@ class Forgotten(msgspec.Struct, frozen=True, kw_only=True):
 
 class PersonalField(msgspec.Struct, frozen=True):
     """One declared personal field: its Python ``name``, its name in the
-    encoded event (``encode_name``), the field holding its ``subject``, its
-    ``type`` and its ``redacted`` value."""
+    encoded event (``encode_name``), the field holding its ``subject`` (and
+    that field's encoded name), its ``type`` and its ``redacted`` value."""
 
     name: str
     encode_name: str
     subject: str
+    subject_encode_name: str
     type: Any
     redacted: Any
 
@@ -185,6 +186,13 @@ def personal_fields_of(cls: type) -> tuple[PersonalField, ...]:
                 f"is {subject_hint!r}, not str: a subject is a string"
             )
         found.append(
-            PersonalField(name, info.encode_name, subject, hint, _redacted_value(cls, name, hint))
+            PersonalField(
+                name,
+                info.encode_name,
+                subject,
+                infos[subject].encode_name,
+                hint,
+                _redacted_value(cls, name, hint),
+            )
         )
     return tuple(found)

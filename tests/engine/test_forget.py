@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import pytest
@@ -324,3 +324,36 @@ async def test_forget_on_postgresql(postgres_cluster: Cluster) -> None:
         assert (await engine.ask(GetUserById(user_id="u1"))).email == ""
         assert (await engine.ask(GetUserById(user_id="u2"))).name == "Bob Berg"
         assert engine.store.get_key("u1") is None and engine.store.get_key("u2") is not None
+
+
+class RenamedV1(msgspec.Struct, tag="Renamed", kw_only=True):
+    user_id: str
+    name: Annotated[str, Personal("user_id")]
+
+
+class RenamedV2(msgspec.Struct, tag="Renamed", kw_only=True):
+    event_version: ClassVar[int] = 2
+    user_id: str
+    name: Annotated[str, Personal("user_id")]
+    nickname: str = ""
+
+
+def test_an_old_version_is_decrypted_before_upcasting_and_redacted_once_forgotten() -> None:
+    store = MemoryStore()
+    old = Codec([RenamedV1], keys=store)
+    appends = [Append("User-u1", 0, [old.encode_event(RenamedV1(user_id="u1", name="Zq"))])]
+    sealed, keys = old.seal_appends(appends)
+    store.put_keys(keys)
+    data = sealed[0].events[0].data
+    assert b"Zq" not in data
+
+    def upcast(payload: dict[str, Any]) -> dict[str, Any]:
+        return {**payload, "nickname": payload["name"].lower()}
+
+    new = Codec([RenamedV2], {("Renamed", 1): upcast}, keys=store)
+    assert new.decode_payload("Renamed", 1, data) == RenamedV2(
+        user_id="u1", name="Zq", nickname="zq"
+    )
+    store.put_keys({"u1": None})
+    new = Codec([RenamedV2], {("Renamed", 1): upcast}, keys=store)
+    assert new.decode_payload("Renamed", 1, data) == RenamedV2(user_id="u1", name="", nickname="")
