@@ -19,6 +19,9 @@ reply ``result`` for the same request, so both wires send the same JSON):
 - ``GET /status`` (the engine's status), ``GET /metrics`` (Prometheus text
   from the engine's own registry), ``GET /openapi.json`` (generated from the
   app's msgspec types, see :mod:`motet.engine.net.openapi`);
+- ``POST /forget/{subject}``: erase a data subject's personal data (the
+  line protocol's ``forget``; full-access token only) → ``{"subject",
+  "stream", "position", "key_deleted", "already_forgotten"}``;
 - ``GET /projections`` and ``GET /projections/{name}``: each projection's
   status and whether it is paused; ``POST /projections/{name}/{action}`` with
   ``action`` one of ``pause``, ``resume``, ``retry``, ``skip``, ``rebuild``
@@ -36,7 +39,7 @@ With a ``token``, every route but the admin page's static files needs
 ``Authorization: Bearer <token>`` (compared in constant time); the page asks
 for the token and sends it with each of its requests. A ``client_token``
 opens only the routes of the client scope (:mod:`motet.engine.net.access`):
-not ``/streams``, ``/events`` or the projection controls. A wrong token is
+not ``/streams``, ``/events``, ``/forget`` or the projection controls. A wrong token is
 answered late and closes its connection.
 
 HTTP/1.1 is parsed by h11 (the sans-I/O parser under hypercorn and httpcore),
@@ -108,6 +111,7 @@ _ROUTE_OPS: Final = {
     "queries": "query",
     "streams": "read",
     "events": "subscribe",
+    "forget": "forget",
 }
 _STATIC: Final = {
     "index.html": b"text/html; charset=utf-8",
@@ -409,6 +413,10 @@ class HttpServer:
         if first == "streams" and rest:
             _allow(method, path, "GET")
             return await self._read(_segment(rest), params)
+        if first == "forget" and rest:
+            _allow(method, path, "POST")
+            _no_params(params)
+            return self.ok(await self.engine.forget(_segment(rest)))
         if first == "projections":
             return await self._projections(method, path, rest, params)
         if rest:
