@@ -17,9 +17,9 @@ from typing import Any, Final
 
 import msgspec
 
-from ..app import App
 from motet.storage.personal import Forgotten
 
+from ..app import App
 from ..core import EngineStatus
 from .protocol import MAX_READ_LIMIT, AckBody, ErrorBody, ReadBody, WireEvent
 from .typed import result_type
