@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from motet.storage.codec import Codec
-from motet.storage.errors import CodecError, Conflict, StreamDeleted
+from motet.storage.errors import CodecError, Conflict, InvalidKey, StreamDeleted
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
@@ -67,6 +67,7 @@ class AggregateActor(Generic[S]):
         "state",
         "stopped",
         "stream",
+        "subjects",
         "version",
     )
 
@@ -105,6 +106,10 @@ class AggregateActor(Generic[S]):
         self.deleted = False
         self._stale = True
         self._settled: trio.Event | None = None
+        # Data subjects whose personal fields this stream's events carry: the
+        # writer seals snapshots under their keys, and forgetting one of them
+        # reloads this actor (see forget_subject).
+        self.subjects: set[str] = set()
 
     def __repr__(self) -> str:
         state = "stopped" if self.stopped else "stale" if self._stale else "live"
@@ -161,6 +166,17 @@ class AggregateActor(Generic[S]):
             self._settled.set()
             self._settled = None
 
+    def forget_subject(self, subject: str) -> bool:
+        """Drop the state when it may hold ``subject``'s personal data, so it
+        is reloaded (with that data redacted) before the next command.
+        Returns whether it did."""
+        if subject not in self.subjects:
+            return False
+        self._stale = True
+        self.state = self.definition.initial
+        self.subjects = set()
+        return True
+
     async def run(self) -> None:
         """Work through the mailbox (loading the state first when needed),
         then end; the registry starts it again when commands queue up."""
@@ -210,8 +226,12 @@ class AggregateActor(Generic[S]):
         while self.pending:
             self._settled = trio.Event()
             await self._settled.wait()
-        state, version, replace, stored, deleted = await self._calls.run(self._read_history)
-        self.state, self.version, replace_snapshot = self._load(state, version, replace, stored)
+        state, version, replace, subjects, stored, deleted = await self._calls.run(
+            self._read_history
+        )
+        self.state, self.version, replace_snapshot = self._load(
+            state, version, replace, subjects, stored
+        )
         self.deleted = deleted
         self._stale = False
         if replace_snapshot and not deleted:
@@ -221,16 +241,18 @@ class AggregateActor(Generic[S]):
         """The stream was just deleted: refuse every later command."""
         self.deleted = True
 
-    def _read_history(self) -> tuple[S, int, bool, list[StoredEvent], bool]:
+    def _read_history(self) -> tuple[S, int, bool, list[str], list[StoredEvent], bool]:
         """The store reads of a load, in one call (one thread hop for a
         blocking store): the latest usable snapshot's state and version,
-        whether the stored snapshot should be replaced, the events
-        after it (evolved by :meth:`_load`), and whether the stream was deleted."""
+        whether the stored snapshot should be replaced, the subjects it was
+        sealed for, the events after it (evolved by :meth:`_load`), and
+        whether the stream was deleted."""
         deletion = self._store.stream_deletion(self.stream)
         deleted = deletion is not None and deletion.deleted
         definition = self.definition
         state, version = definition.initial, 0
         replace = False
+        subjects: list[str] = []
         try:
             snapshot = self._store.load_snapshot(self.stream)
         except (CodecError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -247,12 +269,21 @@ class AggregateActor(Generic[S]):
                 )
                 replace = True
             else:
-                try:
-                    state = self._state_decoder.decode(snapshot.state)
-                    version = snapshot.version
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
+                opened = self._codec.open_sealed(self.stream, snapshot.state)
+                if opened is None:
+                    # Sealed under a key that is gone: a subject was forgotten.
+                    log.info(
+                        "ignoring snapshot of %s: a subject it holds was forgotten", self.stream
+                    )
                     replace = True
+                else:
+                    try:
+                        state = self._state_decoder.decode(opened[0])
+                        version = snapshot.version
+                        subjects = opened[1]
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        log.warning("ignoring unreadable snapshot of %s: %s", self.stream, exc)
+                        replace = True
         if deletion is not None and not deletion.hard and deletion.removed_through > version:
             # Retention removed events no snapshot of this schema covers
             # (the state schema changed after it ran): replay what is left.
@@ -262,19 +293,31 @@ class AggregateActor(Generic[S]):
                 self.stream,
                 deletion.removed_through,
             )
-        stored = self._store.read_stream(self.stream, after_version=version)
-        return state, version, replace, stored, deleted
+        events = self._store.read_stream(self.stream, after_version=version)
+        if self._calls.blocking:
+            self._codec.warm_keys(events)  # in the worker thread, not in _load
+        return state, version, replace, subjects, events, deleted
 
     def _load(
-        self, state: S, version: int, replace: bool, stored_events: list[StoredEvent]
+        self,
+        state: S,
+        version: int,
+        replace: bool,
+        snapshot_subjects: list[str],
+        stored_events: list[StoredEvent],
     ) -> tuple[S, int, bool]:
         """Evolve what :meth:`_read_history` read. Returns (state, version,
         whether the stored snapshot should be replaced)."""
         evolve = self.definition.evolve
         decode = self._codec.decode_event
+        subjects_of = self._codec.subjects_of
+        subjects = set(snapshot_subjects)
         for stored in stored_events:
-            state = evolve(state, decode(stored))
+            event = decode(stored)
+            subjects.update(subjects_of(event))
+            state = evolve(state, event)
             version = stored.version
+        self.subjects = subjects
         return state, version, replace and version > 0
 
     def _write_snapshot(self) -> None:
@@ -283,7 +326,9 @@ class AggregateActor(Generic[S]):
         )
         # Nobody waits for this one: the request only carries it through the writer.
         request = CommandRequest(None)
-        request.append = Append(self.stream, self.version, [], snapshot=snapshot)
+        request.append = Append(
+            self.stream, self.version, [], snapshot=snapshot, subjects=tuple(self.subjects)
+        )
         request.owner = self
         self.pending += 1
         self._writer.submit(request)
@@ -322,8 +367,12 @@ class AggregateActor(Generic[S]):
                     )
                     return
                 state = evolve(state, event)
-            encoded = [self._codec.encode_event(event) for event in events]
-        except CommandRejected as exc:
+            codec = self._codec
+            subjects = [s for event in events for s in codec.subjects_of(event)]
+            encoded = [codec.encode_event(event) for event in events]
+        except (CommandRejected, InvalidKey) as exc:
+            # InvalidKey: a personal field's subject field holds no usable
+            # subject (e.g. empty); nothing was applied.
             request.fail(exc)
             return
         except Exception as exc:
@@ -337,6 +386,8 @@ class AggregateActor(Generic[S]):
             self._stale = True
             return
         self.state = state
+        if subjects:
+            self.subjects.update(subjects)
         self.version = version = expected + len(encoded)
         every = definition.snapshot_every
         snapshot = None
@@ -350,7 +401,15 @@ class AggregateActor(Generic[S]):
         fingerprint = (
             fingerprint_of(request.command, request.command_id) if request.command_id else None
         )
-        request.append = Append(self.stream, expected, encoded, metadata, snapshot, fingerprint)
+        request.append = Append(
+            self.stream,
+            expected,
+            encoded,
+            metadata,
+            snapshot,
+            fingerprint,
+            tuple(self.subjects) if snapshot is not None and self.subjects else (),
+        )
         request.owner = self
         self.pending += 1
         self._writer.submit(request)

@@ -240,7 +240,7 @@ class ProjectionActor(Generic[M]):
         """Load the saved read-model snapshot, if it is usable (else start empty)."""
         definition = self.definition
         try:
-            checkpoint = await self._calls.run(self._store.get_checkpoint, self.name)
+            checkpoint, opened = await self._calls.run(self._read_checkpoint)
         except CodecError as exc:
             # A checkpoint is derived data: an unreadable one costs a replay.
             log.warning("projection %s: %s; rebuilding from the log", self.name, exc)
@@ -264,13 +264,28 @@ class ProjectionActor(Generic[M]):
                 self._writer.head_position,
             )
             return
+        if opened is None:
+            log.warning(
+                "projection %s: snapshot sealed under a key replaced since (a subject was "
+                "forgotten); rebuilding from the log",
+                self.name,
+            )
+            return
         try:
-            model = definition.load(self._snapshot_decoder.decode(checkpoint.model))
+            model = definition.load(self._snapshot_decoder.decode(opened[0]))
         except Exception as exc:
             log.warning("projection %s: unreadable snapshot (%s); rebuilding", self.name, exc)
             return
         self.model = model
         self.position = self.saved_position = checkpoint.position
+
+    def _read_checkpoint(self) -> tuple[Checkpoint | None, tuple[bytes, list[str]] | None]:
+        """The saved checkpoint and its model unsealed (``None`` when its key
+        is gone), in one call: unsealing may ask the store for the key."""
+        checkpoint = self._store.get_checkpoint(self.name)
+        if checkpoint is None or checkpoint.model is None:
+            return checkpoint, None
+        return checkpoint, self._codec.open_sealed(self.name, checkpoint.model)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Restore, then apply the log forever (until cancelled)."""
@@ -293,7 +308,11 @@ class ProjectionActor(Generic[M]):
                     # Far behind: decode the envelopes off the event loop
                     # (and a blocking store is never called on it).
                     events = await calls.run(
-                        read_all, self.position, self._batch_size, offload=True
+                        self._codec.read_warm,
+                        read_all,
+                        self.position,
+                        self._batch_size,
+                        offload=True,
                     )
                     if self._paused or self.error is not None:
                         continue
@@ -364,19 +383,36 @@ class ProjectionActor(Generic[M]):
             position = stored.position
         return position, None, None
 
-    async def save(self) -> None:
+    async def save(self, *, force: bool = False) -> None:
         """Save the model and its position now (a no-op without ``dump``, and
-        for a projection made with ``checkpoints=False``)."""
+        for a projection made with ``checkpoints=False``); ``force`` saves it
+        even when nothing changed since the last save.
+
+        When the app declares personal data the model is sealed (see
+        :meth:`~motet.storage.codec.Codec.seal_model`), and a model from
+        before the last erasure is not saved at all."""
         dump = self.definition.dump
-        if dump is None or not self.checkpoints or self.position == self.saved_position:
+        if dump is None or not self.checkpoints:
+            return
+        if self.position == self.saved_position and not force:
             return
         position = self.position
         data = self._codec.encode(dump(self.model))
-        checkpoint = Checkpoint(position, self.definition.schema_version, data)
-        await trio.to_thread.run_sync(
-            self._store.put_checkpoint, self.name, checkpoint, limiter=self._writer.limiter
+        saved = await trio.to_thread.run_sync(
+            self._put_checkpoint, position, data, limiter=self._writer.limiter
         )
-        self.saved_position = position
+        if saved:
+            self.saved_position = position
+
+    def _put_checkpoint(self, position: int, data: bytes) -> bool:
+        """Seal and store one checkpoint, in a worker thread; False when the
+        model may still hold a forgotten subject's data and was not saved."""
+        sealed = self._codec.seal_model(self.name, data, position)
+        if sealed is None:
+            return False
+        checkpoint = Checkpoint(position, self.definition.schema_version, sealed)
+        self._store.put_checkpoint(self.name, checkpoint)
+        return True
 
     async def rebuild(self) -> None:
         """Fold a new model from position 0 while the current one keeps
@@ -391,7 +427,11 @@ class ProjectionActor(Generic[M]):
         try:
             while position < max(self.position, self._writer.head_position if self.error else 0):
                 events = await self._calls.run(
-                    self._store.read_all, position, self._batch_size, offload=True
+                    self._codec.read_warm,
+                    self._store.read_all,
+                    position,
+                    self._batch_size,
+                    offload=True,
                 )
                 if not events:
                     break

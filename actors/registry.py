@@ -120,6 +120,12 @@ class Registry:
         """The live actor of ``stream``, if there is one."""
         return self._actors.get(stream)
 
+    def forget_subject(self, subject: str) -> int:
+        """Make every live actor whose state may hold ``subject``'s personal
+        data reload before its next command; returns how many (O(live actors):
+        erasures are rare)."""
+        return sum(actor.forget_subject(subject) for actor in self._actors.values())
+
     def actor_for(self, definition: Aggregate[Any], aggregate_id: str) -> AggregateActor[Any]:
         """The live actor of that aggregate, started now if needed (never blocks).
 

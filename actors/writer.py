@@ -22,9 +22,10 @@ from typing import cast
 import msgspec
 import trio
 
+from motet.storage.codec import Codec
 from motet.storage.errors import MotetError, StorageError
-from motet.storage.records import Append
-from motet.storage.store import EventStore
+from motet.storage.records import Ack, Append
+from motet.storage.store import AppendError, EventStore
 from motet.storage.streams import category_of
 
 from .errors import InternalError
@@ -56,11 +57,19 @@ class GroupCommitWriter:
     """Commits queued appends in batches; see the module docstring."""
 
     def __init__(
-        self, store: EventStore, *, watch: HeadWatch | None = None, max_batch: int = 10_000
+        self,
+        store: EventStore,
+        *,
+        watch: HeadWatch | None = None,
+        max_batch: int = 10_000,
+        codec: Codec | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._store = store
+        # Encrypts personal fields in the commit's worker thread (see
+        # Codec.seal_appends); None writes the appends as they are.
+        self._codec = codec if codec is not None and codec.has_personal else None
         # Told of every commit; projections and subscribers wait on it.
         self.watch = watch if watch is not None else HeadWatch(store.head_position)
         self._max_batch = max_batch
@@ -169,7 +178,7 @@ class GroupCommitWriter:
         timestamp = time.time()
         try:
             results = await trio.to_thread.run_sync(
-                self._store.append_batch,
+                self._write,
                 cast("list[Append]", [request.append for request in batch]),
                 timestamp,
                 limiter=self._limiter,
@@ -205,6 +214,20 @@ class GroupCommitWriter:
         self.watch.advance(head, timestamp)
         for listener in self.listeners:
             listener(len(batch), events, seconds, head)
+
+    def _write(self, appends: list[Append], timestamp: float) -> list[Ack | AppendError]:
+        """One commit, in the worker thread: encrypt, then append with the
+        keys that encryption made or a forget deletes, in one transaction."""
+        codec = self._codec
+        if codec is None:
+            return self._store.append_batch(appends, timestamp)
+        sealed, keys = codec.seal_appends(appends)
+        if not keys:
+            return self._store.append_batch(sealed, timestamp)
+        results = self._store.append_batch(sealed, timestamp, keys)
+        # Only now: a key is used for later batches once it is durable.
+        codec.keyring.committed(keys)
+        return results
 
     def _fail_batch(self, batch: list[CommandRequest], error: BaseException) -> None:
         """Fail a batch, and every queued append decided on top of it."""

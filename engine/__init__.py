@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         Unavailable,
         UnknownMessageType,
     )
+    from motet.storage.personal import Forgotten, Personal, SubjectForgotten
     from motet.storage.records import Ack, Metadata, RecordedEvent, StreamDeletion
     from motet.storage.retention import Retention, RetentionResult
     from motet.storage.status import ProjectionStatus
@@ -101,6 +102,7 @@ _MODULES: dict[str, str] = {
         ["Ack", "Metadata", "RecordedEvent", "StreamDeletion"], "motet.storage.records"
     ),
     **dict.fromkeys(["Retention", "RetentionResult"], "motet.storage.retention"),
+    **dict.fromkeys(["Forgotten", "Personal", "SubjectForgotten"], "motet.storage.personal"),
     "App": "motet.engine.app",
     **dict.fromkeys(["Engine", "open_engine"], "motet.engine.core"),
     "Mediator": "motet.engine.mediator",
@@ -128,6 +130,7 @@ __all__ = [
     "EngineClosed",
     "EngineStatistics",
     "EngineStatus",
+    "Forgotten",
     "InternalError",
     "InvalidKey",
     "InvalidMessage",
@@ -137,6 +140,7 @@ __all__ = [
     "NotFound",
     "Order",
     "Overloaded",
+    "Personal",
     "Projection",
     "ProjectionFailed",
     "ProjectionStatus",
@@ -154,6 +158,7 @@ __all__ = [
     "StoreFormatError",
     "StreamDeleted",
     "StreamDeletion",
+    "SubjectForgotten",
     "Table",
     "Unauthorized",
     "Unavailable",

@@ -9,6 +9,8 @@ from typing import Any
 from motet.actors.definition import Aggregate
 from motet.actors.projection import Projection, Query
 from motet.storage.codec import Codec, Upcaster, tag_of
+from motet.storage.keyring import KeySource
+from motet.storage.personal import SUBJECT_CATEGORY
 
 __all__ = ["App"]
 
@@ -21,13 +23,18 @@ class App:
 
     Raises ``TypeError`` at construction when two aggregates claim the same
     command type, two messages share a tag, a query names an unknown
-    projection, or an upcaster is missing.
+    projection, an upcaster is missing, or a ``Personal`` declaration is bad
+    (see :mod:`motet.storage.personal`).
     """
 
     aggregates: Sequence[Aggregate[Any]]
     projections: Sequence[Projection[Any]] = ()
     queries: Sequence[Query[Any, Any]] = ()
     upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
+    personal_data: bool = True
+    """Whether fields declared ``Personal`` are encrypted (see
+    :mod:`motet.storage.personal`); ``False`` stores them in clear, as
+    if undeclared (to measure what encryption costs)."""
 
     def __post_init__(self) -> None:
         seen: dict[type, str] = {}
@@ -35,6 +42,11 @@ class App:
         for aggregate in self.aggregates:
             if aggregate.name in names:
                 raise TypeError(f"two aggregates are named {aggregate.name!r}")
+            if aggregate.name == SUBJECT_CATEGORY:
+                raise TypeError(
+                    f"no aggregate may be named {SUBJECT_CATEGORY!r}: its streams record "
+                    "forgotten data subjects"
+                )
             names.add(aggregate.name)
             for command in aggregate.commands:
                 if command in seen:
@@ -66,10 +78,16 @@ class App:
             tags[tag] = command
         self.codec()  # validates event tags, versions and upcasters now
 
-    def codec(self) -> Codec:
-        """A codec for every event type of every aggregate."""
+    def codec(self, keys: KeySource | None = None) -> Codec:
+        """A codec for every event type of every aggregate (and
+        :class:`~motet.storage.personal.SubjectForgotten`). Give it the store
+        as ``keys`` to decrypt personal fields: without it, a codec decodes
+        events without personal data only (and raises
+        :class:`~motet.storage.errors.CodecError` for encrypted fields).
+
+        Raises ``TypeError`` for a bad declaration (see :class:`App`)."""
         events = [event for aggregate in self.aggregates for event in aggregate.events]
-        return Codec(events, self.upcasters)
+        return Codec(events, self.upcasters, personal=self.personal_data, keys=keys)
 
     def command_types(self) -> dict[str, type]:
         """Command types by tag (what the TCP protocol's ``type`` names)."""

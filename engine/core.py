@@ -24,6 +24,7 @@ from motet.storage.codec import Codec
 from motet.storage.errors import StorageError
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
+from motet.storage.personal import Forgotten
 from motet.storage.records import Ack, RecordedEvent, StreamDeletion
 from motet.storage.retention import RetentionResult, retain_stream
 from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
@@ -34,7 +35,16 @@ from .mediator import Mediator
 from .metrics import DEFAULT_METRICS_MAX_CONNECTIONS, EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus, message_schemas
 
-__all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
+__all__ = [
+    "ROLES",
+    "Ack",
+    "Engine",
+    "EngineStatistics",
+    "EngineStatus",
+    "Forgotten",
+    "Role",
+    "open_engine",
+]
 
 log = logging.getLogger("motet.engine")
 
@@ -71,11 +81,11 @@ class Engine:
         self.app = app
         self.store = store
         self.role: Role = role
-        self.codec: Codec = app.codec()
+        self.codec: Codec = app.codec(keys=store)
         self.mediator = Mediator(app, self.send)
         self._calls = calls = StoreCalls(store)
         self.writer = GroupCommitWriter(
-            store, watch=HeadWatch(store.head_position), max_batch=max_batch
+            store, watch=HeadWatch(store.head_position), max_batch=max_batch, codec=self.codec
         )
         self.registry = Registry(
             store=store,
@@ -313,6 +323,28 @@ class Engine:
 
         waiting.add_done_callback(finished)
 
+    async def forget(self, subject: str, *, timeout: float = 10.0) -> Forgotten:
+        """Erase the personal data of ``subject`` by crypto-shredding: delete
+        its key and append :class:`~motet.storage.personal.SubjectForgotten`
+        to stream ``Subject-<subject>``, in one durable transaction. From
+        then on its personal fields decode as their redacted value
+        everywhere; every other field, and the log's positions, stay.
+
+        Live actors holding the subject's data reload; snapshots holding it
+        become unreadable (and are rebuilt); once the projections have
+        applied the event (waiting at most ``timeout`` seconds), saved read
+        models are sealed under a new key. Forgetting a subject again is
+        harmless (the result says ``already_forgotten``).
+
+        Raises ``ValueError`` (:class:`~motet.storage.errors.InvalidKey`)
+        for a subject that cannot be one, :class:`Unavailable` on a reader,
+        :class:`EngineClosed` once closing, and :class:`StorageError`.
+        Cancelling it does not cancel the erasure: it may still commit.
+        """
+        from .forgetting import forget  # imported here: most engines never forget
+
+        return await forget(self, subject, timeout=timeout)
+
     def count_refused(self, command_type: str, error: BaseException) -> None:
         """Count, in ``motet_commands_total``, a command refused before it
         could be built (e.g. its data did not decode). Type names the app
@@ -454,7 +486,7 @@ class Engine:
         self._check_open()
         check_stream_id(stream)
         stored = await self._calls.run(
-            self.store.read_stream, stream, from_version, limit, offload=True
+            self.codec.read_warm, self.store.read_stream, stream, from_version, limit, offload=True
         )
         decode = self.codec.decode_record
         return [decode(event) for event in stored]
@@ -596,7 +628,13 @@ class Engine:
             # Far behind: decode off the event loop; near the head, inline.
             head = watch.head_position
             far = head - position > batch_size
-            stored = await run(read_all, position, batch_size, offload=far)
+            if far or self._calls.blocking:
+                # Keys are looked up in the worker thread too, not by decode below.
+                stored = await run(
+                    self.codec.read_warm, read_all, position, batch_size, offload=far
+                )
+            else:
+                stored = read_all(position, batch_size)
             if not stored:
                 # Everything up to the (committed) head was removed on purpose.
                 position = max(position, head)

@@ -29,7 +29,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,8 +70,10 @@ _pack = _U64.pack
 _MAX_VERSION = b"\xff" * 8
 _DATABASES = (b"log", b"streams", b"snapshots", b"commands", b"checkpoints", b"meta")
 # Added later: a store made before them gets them with its writer's first
-# open; a read-only handle on such a store reads them as empty.
-_LATER_DATABASES = (b"deletions", b"removed")
+# open; a read-only handle on such a store reads them as empty. `keys` holds
+# the subject keys (see :mod:`motet.storage.keyring`).
+_KEYS = b"keys"
+_LATER_DATABASES = (b"deletions", b"removed", _KEYS)
 _LMDB_FILES = {"data.mdb", "lock.mdb"}
 
 DEFAULT_MAP_SIZE = 1 << 30
@@ -235,6 +237,7 @@ class LmdbStore:
         self._checkpoints = dbs[b"checkpoints"]
         self._deletions: Any = dbs.get(b"deletions")
         self._removed: Any = dbs.get(b"removed")
+        self._keys: Any = dbs.get(_KEYS)
 
     def _open_existing(self) -> dict[bytes, Any]:
         """Open the databases of an existing store without writing to it.
@@ -269,7 +272,8 @@ class LmdbStore:
                     f"{self.path} is a Motet store with databases missing (damaged?)"
                 ) from None
             for name in _LATER_DATABASES:
-                # Read-only on a store made before it: absent, read as empty.
+                # Read-only on a store made before it: absent, read as empty
+                # (get_key retries for the keys).
                 with contextlib.suppress(lmdb.NotFoundError):
                     dbs[name] = self._env.open_db(name, txn=txn, create=txn is not None)
             if txn is not None:
@@ -337,11 +341,16 @@ class LmdbStore:
 
     # -- writes -------------------------------------------------------------
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        timestamp: float,
+        keys: Mapping[str, bytes | None] | None = None,
+    ) -> list[Ack | AppendError]:
         self._check_writable("append to")
         while True:
             try:
-                results, head = self._append_once(appends, timestamp)
+                results, head = self._append_once(appends, timestamp, keys)
             except lmdb.MapFullError:
                 self._grow()
                 continue
@@ -351,9 +360,14 @@ class LmdbStore:
             return results
 
     def _append_once(
-        self, appends: Sequence[Append], timestamp: float
+        self,
+        appends: Sequence[Append],
+        timestamp: float,
+        keys: Mapping[str, bytes | None] | None = None,
     ) -> tuple[list[Ack | AppendError], int]:
         with self._env.begin(write=True) as txn:
+            if keys:
+                self._write_keys(txn, keys)
             index = txn.cursor(self._index)
             commands = self._commands
             decode_ack = self._ack_decoder.decode
@@ -610,6 +624,38 @@ class LmdbStore:
     def _grow(self) -> None:
         with self._resize_lock:
             self._env.set_mapsize(self.map_size * 2)
+
+    def _write_keys(self, txn: lmdb.Transaction, keys: Mapping[str, bytes | None]) -> None:
+        for subject, record in keys.items():
+            if record is None:
+                txn.delete(subject.encode(), db=self._keys)
+            else:
+                txn.put(subject.encode(), record, db=self._keys)
+
+    def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
+        self._check_writable("write keys to")
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    self._write_keys(txn, keys)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, "writing keys", self.path) from exc
+
+    def get_key(self, subject: str) -> bytes | None:
+        if self._keys is None:
+            # A read-only handle on a store its writer had not upgraded yet.
+            try:
+                self._keys = self._env.open_db(_KEYS, create=False)
+            except lmdb.NotFoundError:
+                return None
+            except lmdb.Error as exc:
+                raise _translate(exc, "reading keys", self.path) from exc
+        with self._read() as txn:
+            record = txn.get(subject.encode(), db=self._keys)
+            return None if record is None else bytes(record)
 
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         self._check_writable(f"save checkpoint {name!r} in")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 from .deletion import deletion_after, position_runs, truncation_after
@@ -43,6 +43,7 @@ class MemoryStore:
         self._snapshots: dict[str, Snapshot] = {}
         self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
+        self._keys: dict[str, bytes] = {}
         self._closed = False
         self._committed = threading.Condition()
 
@@ -73,7 +74,12 @@ class MemoryStore:
                 self._committed.wait(left)
         return len(self._log)
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        timestamp: float,
+        keys: Mapping[str, bytes | None] | None = None,
+    ) -> list[Ack | AppendError]:
         self._check_open()
         deletions = self._deletions
 
@@ -84,6 +90,9 @@ class MemoryStore:
         plan = plan_appends(
             appends, len(self._log), timestamp, self.stream_version, self._acks.get, deleted_of
         )
+        if keys:
+            # Before the log: a reader that sees an event finds its key.
+            self._put_keys(keys)
         # One extend: a reader in another thread sees the whole batch or none
         # of it, and the log before the stream index that points into it.
         self._log.extend(plan.records)
@@ -222,6 +231,21 @@ class MemoryStore:
     def checkpoint_names(self) -> list[str]:
         self._check_open()
         return sorted(self._checkpoints)
+
+    def get_key(self, subject: str) -> bytes | None:
+        self._check_open()
+        return self._keys.get(subject)
+
+    def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
+        self._check_open()
+        self._put_keys(keys)
+
+    def _put_keys(self, keys: Mapping[str, bytes | None]) -> None:
+        for subject, record in keys.items():
+            if record is None:
+                self._keys.pop(subject, None)
+            else:
+                self._keys[subject] = bytes(record)
 
     def close(self) -> None:
         with self._committed:

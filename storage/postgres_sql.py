@@ -19,8 +19,10 @@ __all__ = [
     "BEGIN",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CREATE_KEYS",
     "CREATE_LATER_TABLES",
     "CREATE_SCHEMA",
+    "DELETE_KEYS",
     "DELETE_SNAPSHOT",
     "DELETE_STREAM_EVENTS",
     "DELETIONS_FORMAT",
@@ -36,6 +38,7 @@ __all__ = [
     "NOTIFY_COMMIT",
     "PUT_CHECKPOINT",
     "PUT_DELETION",
+    "PUT_KEYS",
     "PUT_RECORDED_ACKS",
     "PUT_SNAPSHOTS",
     "READ_ACK",
@@ -45,6 +48,7 @@ __all__ = [
     "READ_DELETION",
     "READ_FORMAT",
     "READ_HEAD",
+    "READ_KEY",
     "READ_REMOVED_RUNS",
     "READ_SCHEMA",
     "READ_SNAPSHOT",
@@ -203,6 +207,17 @@ CREATE_LATER_TABLES = [
 
 WRITE_FORMAT = "INSERT INTO motet_meta (key, value) VALUES ('format', %s)"
 
+# Subject keys (motet.storage.keyring), apart from the events: deleting a row
+# shreds the subject's personal data. Added after the first stores were made,
+# so it is created (under the schema lock) by every opening, not by
+# CREATE_SCHEMA, and is not one of TABLES that must all be present.
+CREATE_KEYS = """
+CREATE TABLE IF NOT EXISTS motet_keys (
+    subject text COLLATE "C" PRIMARY KEY,
+    record bytea NOT NULL
+)
+"""
+
 # -- one append transaction (each step its own statement) ----------------------
 
 # Sent unprepared (prepare=False): there is nothing to plan, and COMMIT stays
@@ -269,6 +284,17 @@ SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
 ON CONFLICT (command_id) DO UPDATE
 SET stream = EXCLUDED.stream, version = EXCLUDED.version, position = EXCLUDED.position
 """
+
+# The batch's new keys, in the append's transaction: an event is committed if
+# and only if the key that decrypts it is.
+PUT_KEYS = """
+INSERT INTO motet_keys (subject, record)
+SELECT * FROM unnest(%s::text[], %s::bytea[])
+ON CONFLICT (subject) DO UPDATE SET record = EXCLUDED.record
+"""
+
+# Forgetting: the key goes in the same transaction as the SubjectForgotten event.
+DELETE_KEYS = "DELETE FROM motet_keys WHERE subject = ANY(%s::text[])"
 
 # Moves the head, still under the lock taken by LOCK_HEAD.
 SET_HEAD = "UPDATE motet_head SET position = %s"
@@ -358,6 +384,8 @@ SELECT stream, max(version) FROM (
 READ_REMOVED_RUNS = "SELECT first, last FROM motet_removed ORDER BY first"
 
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
+
+READ_KEY = "SELECT record FROM motet_keys WHERE subject = %s"
 
 READ_ACK = "SELECT stream, version, position FROM motet_commands WHERE command_id = %s"
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -222,11 +222,12 @@ class PostgresStore:
                     for statement in sql.CREATE_SCHEMA + sql.CREATE_LATER_TABLES:
                         conn.execute(statement)
                     conn.execute(sql.WRITE_FORMAT, (FORMAT,))
-                    return
-                self._check_format(conn, present)
-                if not present >= set(sql.LATER_TABLES):
-                    for statement in sql.CREATE_LATER_TABLES:
-                        conn.execute(statement)
+                else:
+                    self._check_format(conn, present)
+                    if not present >= set(sql.LATER_TABLES):
+                        for statement in sql.CREATE_LATER_TABLES:
+                            conn.execute(statement)
+                conn.execute(sql.CREATE_KEYS)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the store in {self._where}: {exc}") from exc
 
@@ -288,7 +289,12 @@ class PostgresStore:
 
     # -- writes -------------------------------------------------------------------
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        timestamp: float,
+        keys: Mapping[str, bytes | None] | None = None,
+    ) -> list[Ack | AppendError]:
         """See :meth:`EventStore.append_batch`. An append whose command id
         already has an Ack (committed by another process) writes nothing and
         gets that Ack. Raises :class:`StorageError` when the batch did not
@@ -297,11 +303,13 @@ class PostgresStore:
         short waiting for a synchronous standby."""
         self._check_open()
         if not appends:
+            if keys:
+                self.put_keys(keys)
             return []
         conn = self._writer_connection()
         self._notices.clear()
         try:
-            results, first, new_head = self._write_batch(conn, appends, timestamp)
+            results, first, new_head = self._write_batch(conn, appends, timestamp, keys)
         except psycopg.Error as exc:
             self._abandon(conn)
             raise StorageError(
@@ -326,12 +334,18 @@ class PostgresStore:
         return results
 
     def _write_batch(
-        self, conn: _Connection, appends: Sequence[Append], timestamp: float
+        self,
+        conn: _Connection,
+        appends: Sequence[Append],
+        timestamp: float,
+        keys: Mapping[str, bytes | None] | None = None,
     ) -> tuple[list[Ack | AppendError], tuple[int, bytes] | None, int]:
         """Every statement of one append transaction but the COMMIT; returns the
         results, the first planned event (position, envelope) and the new head."""
         conn.execute(sql.BEGIN, prepare=False)
         head = int(_one(conn.execute(sql.LOCK_HEAD)))
+        if keys:
+            _write_keys(conn, keys)
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
         ]
@@ -668,6 +682,20 @@ class PostgresStore:
                 runs.append((first, last))
         return runs
 
+    def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
+        def put(conn: _Connection) -> None:
+            with conn.transaction():
+                _write_keys(conn, keys)
+
+        self._read(put, "writing keys")
+
+    def get_key(self, subject: str) -> bytes | None:
+        found = self._read(
+            lambda conn: _one_or_none(conn.execute(sql.READ_KEY, (subject,), binary=True)),
+            f"reading the key of subject {subject!r}",
+        )
+        return None if found is None else bytes(found)
+
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         def put(conn: _Connection) -> None:
             conn.execute(
@@ -880,6 +908,18 @@ def _copy(
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+def _write_keys(conn: _Connection, keys: Mapping[str, bytes | None]) -> None:
+    """Delete the keys mapped to ``None``, then write the others (one statement each)."""
+    deleted = [subject for subject, record in keys.items() if record is None]
+    if deleted:
+        conn.execute(sql.DELETE_KEYS, (deleted,))
+    written = [(subject, record) for subject, record in keys.items() if record is not None]
+    if written:
+        conn.execute(
+            sql.PUT_KEYS, ([subject for subject, _ in written], [record for _, record in written])
+        )
 
 
 def _one(cursor: psycopg.Cursor[Any]) -> Any:

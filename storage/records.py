@@ -66,6 +66,9 @@ class Append(msgspec.Struct, gc=False):
     is elsewhere. ``events`` may be empty when only ``snapshot`` is written.
     ``fingerprint`` identifies the command behind a ``metadata.command_id``,
     kept beside its Ack so that a retry can be told from another command.
+    ``subjects`` names the data subjects whose personal data the snapshot
+    may hold: the writer seals it under their keys (see
+    :mod:`motet.storage.keyring`); stores ignore it.
     """
 
     stream: str
@@ -74,6 +77,7 @@ class Append(msgspec.Struct, gc=False):
     metadata: Metadata = Metadata()
     snapshot: Snapshot | None = None
     fingerprint: CommandFingerprint | None = None
+    subjects: tuple[str, ...] = ()
 
 
 class Ack(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord, StreamDeleted
@@ -78,8 +78,16 @@ class EventStore(Protocol):
         worker thread; on a closed store it returns at once."""
         ...
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | AppendError]:
-        """Commit all ``appends`` in one transaction, in order.
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        timestamp: float,
+        keys: Mapping[str, bytes | None] | None = None,
+    ) -> list[Ack | AppendError]:
+        """Commit all ``appends`` in one transaction, in order, with the key
+        records ``keys`` (subject → record; ``None`` deletes the subject's
+        key) written in that same transaction, whatever each append's fate:
+        an event is never committed without the key that decrypts it.
 
         Each append gets its own result: an :class:`Ack`, or the
         :data:`AppendError` that refused it alone (a :class:`Conflict` when its
@@ -177,6 +185,17 @@ class EventStore(Protocol):
 
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         """Save a projection's checkpoint (durably in ``sync`` mode)."""
+        ...
+
+    def get_key(self, subject: str) -> bytes | None:
+        """The key record of a data subject (see :mod:`motet.storage.keyring`),
+        or ``None`` when it has none. Keys are kept apart from the events, so
+        deleting one shreds the subject's personal data without touching the log."""
+        ...
+
+    def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
+        """Write key records (``None``: delete that subject's key; deleting a
+        missing key is harmless) in one transaction, durably in ``sync`` mode."""
         ...
 
     def close(self) -> None:

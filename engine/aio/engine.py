@@ -15,6 +15,7 @@ import trio
 
 from motet.actors.projection import ProjectionActor
 from motet.storage.errors import EngineClosed
+from motet.storage.personal import Forgotten
 from motet.storage.records import RecordedEvent
 from motet.storage.status import ProjectionStatus
 
@@ -220,6 +221,16 @@ class Engine:
         return await self._call(
             partial(self._engine.ask, query, after=after, timeout=timeout),
             f"the query {type(query).__name__}",
+        )
+
+    async def forget(self, subject: str, *, timeout: float = 10.0) -> Forgotten:
+        """Erase the personal data of ``subject`` (crypto-shredding); see
+        ``motet.engine.Engine.forget``. Raises ``ValueError`` for a subject
+        that cannot be one and :class:`Unavailable` on a reader."""
+        self._check_open()
+        return await self._call(
+            partial(self._engine.forget, subject, timeout=timeout),
+            f"forgetting subject {subject!r}",
         )
 
     async def read_stream(

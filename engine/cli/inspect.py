@@ -85,7 +85,8 @@ def _print_stream(store: LmdbStore, args: argparse.Namespace) -> int:
 
     from motet.storage.errors import CodecError
 
-    codec = load_app(args.app).codec()
+    # With the store's keys: personal fields decrypt (or read as redacted).
+    codec = load_app(args.app).codec(keys=store)
     untyped = msgspec.msgpack.Decoder()
     events = store.read_stream(args.stream, args.from_version, args.limit)
     if not events and store.stream_version(args.stream) == 0:

@@ -389,6 +389,20 @@ def _add_status(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
 
+def _add_forget(commands: Any) -> None:
+    forget = commands.add_parser(
+        "forget",
+        help="erase a data subject's personal data on a running server (crypto-shredding)",
+        description="Delete the subject's key, so its personal fields read as their "
+        "redacted value ('' for text) everywhere from now on; the log keeps every event "
+        "and every other field. Needs the full-access token. Forgetting a subject again "
+        "is harmless.",
+    )
+    _connection_options(forget)
+    forget.add_argument("subject", metavar="SUBJECT", help="the data subject (e.g. a user id)")
+    forget.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def _add_inspect(commands: Any) -> None:
     inspect = commands.add_parser(
         "inspect",
@@ -491,6 +505,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_serve,
     _add_client,
     _add_status,
+    _add_forget,
     _add_inspect,
     _add_verify,
     _add_backup,
@@ -527,6 +542,8 @@ def _run(args: argparse.Namespace) -> int:
             from .remote import client as run
         case "status":
             from .remote import status as run
+        case "forget":
+            from .remote import forget as run
         case "inspect":
             from .inspect import inspect as run
         case "verify":

@@ -1,4 +1,5 @@
-"""The commands that talk to a running server: ``motet client`` and ``motet status``.
+"""The commands that talk to a running server: ``motet client``, ``motet status``
+and ``motet forget``.
 
 Both connect with the blocking client and fetch the server's status first,
 which proves the token and tells the short form which names are commands and
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from .shell import Vocabulary
 
-__all__ = ["RECONNECT_DELAYS", "client", "format_status", "status"]
+__all__ = ["RECONNECT_DELAYS", "client", "forget", "format_status", "status"]
 
 RECONNECT_DELAYS = (0.25, 1.0, 2.0)
 """Seconds the interactive client waits before each attempt to reconnect
@@ -97,6 +98,34 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(msgspec.to_builtins(server), indent=2, sort_keys=True))
         return 0
     print(format_status(server))
+    return 0
+
+
+def forget(args: argparse.Namespace) -> int:
+    """Run ``motet forget SUBJECT``: erase the subject's personal data on the
+    server; say what happened (exit 0), or why not in one line (exit 1)."""
+    import msgspec
+
+    from motet.engine import MotetError
+
+    connection, _ = _connect(args)
+    try:
+        try:
+            result = connection.forget(args.subject)
+        except MotetError as exc:
+            fail(f"cannot forget subject {args.subject!r}: {exc}")
+    finally:
+        connection.close()
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(result), sort_keys=True))
+        return 0
+    if result.already_forgotten:
+        done = "was already forgotten (nothing left to erase)"
+    elif result.key_deleted:
+        done = "is forgotten: its key is deleted"
+    else:
+        done = "is forgotten (no encrypted personal data of it was stored)"
+    print(f"subject {result.subject!r} {done}; {result.stream} at position {result.position:,}")
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from motet.engine import NotFound, Order, Projection, Query, Table
+from motet.engine import NotFound, Order, Projection, Query, SubjectForgotten, Table
 from motet.storage.records import RecordedEvent
 
 from .write import OrderPlaced, UserCreated, UserDeleted, UserUpdated
@@ -111,6 +111,15 @@ def _on_user_deleted(model: UsersModel, event: UserDeleted, record: RecordedEven
     model.users.delete(event.user_id)
 
 
+def _on_subject_forgotten(
+    model: UsersModel, event: SubjectForgotten, record: RecordedEvent
+) -> None:
+    # Blank, as the log now reads after a rebuild: the user, its orders and
+    # totals stay; its personal fields become their redacted value, "".
+    if model.users.get(event.subject) is not None:
+        model.users.update(event.subject, name="", email="", city="")
+
+
 def _on_order_placed(model: UsersModel, event: OrderPlaced, record: RecordedEvent) -> None:
     row = model.users.get(event.user_id)
     if row is None:  # the aggregate refuses orders of unknown users; be lenient anyway
@@ -130,6 +139,7 @@ users_projection: Projection[UsersModel] = Projection(
         UserUpdated: _on_user_updated,
         UserDeleted: _on_user_deleted,
         OrderPlaced: _on_order_placed,
+        SubjectForgotten: _on_subject_forgotten,
     },
     schema_version=1,
     snapshot_type=list[UserRow],

@@ -22,11 +22,11 @@ import math
 import os
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from motet.engine import Aggregate, CommandRejected
+from motet.engine import Aggregate, CommandRejected, Personal
 
 __all__ = [
     "PASSWORD_HASH_ITERATIONS",
@@ -144,24 +144,29 @@ Command = CreateUser | UpdateUser | DeleteUser | PlaceOrder
 
 
 class UserCreated(msgspec.Struct, frozen=True, kw_only=True, tag="UserCreated", gc=False):
-    """A user was registered. ``password_hash`` is in the format of :func:`hash_password`."""
+    """A user was registered. ``password_hash`` is in the format of :func:`hash_password`.
+
+    ``name``, ``email`` and ``city`` are personal data of the user: encrypted
+    in the log, and ``""`` once the user is forgotten (``motet forget``)."""
 
     user_id: str
-    name: str
-    email: str
+    name: Annotated[str, Personal("user_id")]
+    email: Annotated[str, Personal("user_id")]
     password_hash: str
-    city: str | None = None
+    city: Annotated[str | None, Personal("user_id")] = None
 
 
 class UserUpdated(
     msgspec.Struct, frozen=True, kw_only=True, tag="UserUpdated", gc=False, omit_defaults=True
 ):
-    """Some of a user's details changed; ``None`` means that field did not change."""
+    """Some of a user's details changed; ``None`` means that field did not
+    change. The details are personal data of the user, like those of
+    :class:`UserCreated`."""
 
     user_id: str
-    name: str | None = None
-    email: str | None = None
-    city: str | None = None
+    name: Annotated[str | None, Personal("user_id")] = None
+    email: Annotated[str | None, Personal("user_id")] = None
+    city: Annotated[str | None, Personal("user_id")] = None
 
 
 class UserDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="UserDeleted", gc=False):

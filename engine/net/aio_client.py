@@ -29,6 +29,7 @@ import msgspec
 
 from motet.storage.codec import tag_of
 from motet.storage.errors import ConnectionLost, MotetError, Overloaded
+from motet.storage.personal import Forgotten
 from motet.storage.records import Ack
 
 from ..status import EngineStatus
@@ -41,6 +42,7 @@ from .protocol import (
     DeleteStreamOp,
     DeletionBody,
     ErrorBody,
+    ForgetOp,
     PingOp,
     QueryOp,
     ReadBody,
@@ -226,6 +228,16 @@ class Client:
             await self._result(StatusOp(id=next(self._ids))), EngineStatus
         )
         return status
+
+    async def forget(self, subject: str) -> Forgotten:
+        """Erase the personal data of ``subject`` on the server (see
+        :meth:`engine.Engine.forget`); needs the full-access token. Raises
+        :class:`~motet.engine.net.protocol.InvalidMessage` for a subject that
+        cannot be one and :class:`Unauthorized` for a client token."""
+        forgotten: Forgotten = self._decode(
+            await self._result(ForgetOp(id=next(self._ids), subject=subject)), Forgotten
+        )
+        return forgotten
 
     async def ping(self) -> float:
         """Ask the server for ``pong``; return the round trip in seconds."""

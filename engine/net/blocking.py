@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from motet.storage.errors import ConnectionLost
+from motet.storage.personal import Forgotten
 from motet.storage.records import Ack
 
 from ..status import EngineStatus
@@ -145,6 +146,10 @@ class BlockingClient:
     def status(self) -> EngineStatus:
         """See :meth:`Client.status`."""
         return self._call(lambda c: c.status())
+
+    def forget(self, subject: str) -> Forgotten:
+        """See :meth:`Client.forget`."""
+        return self._call(lambda c: c.forget(subject))
 
     def ping(self) -> float:
         """See :meth:`Client.ping`."""

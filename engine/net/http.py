@@ -22,6 +22,9 @@ reply ``result`` for the same request, so both wires send the same JSON):
 - ``GET /status`` (the engine's status), ``GET /metrics`` (Prometheus text
   from the engine's own registry), ``GET /openapi.json`` (generated from the
   app's msgspec types, see :mod:`motet.engine.net.openapi`);
+- ``POST /forget/{subject}``: erase a data subject's personal data (the
+  line protocol's ``forget``; full-access token only) → ``{"subject",
+  "stream", "position", "key_deleted", "already_forgotten"}``;
 - ``GET /projections`` and ``GET /projections/{name}``: each projection's
   status and whether it is paused; ``POST /projections/{name}/{action}`` with
   ``action`` one of ``pause``, ``resume``, ``retry``, ``skip``, ``rebuild``
@@ -39,7 +42,7 @@ With a ``token``, every route but the admin page's static files needs
 ``Authorization: Bearer <token>`` (compared in constant time); the page asks
 for the token and sends it with each of its requests. A ``client_token``
 opens only the routes of the client scope (:mod:`motet.engine.net.access`):
-not ``/streams``, ``/events`` or the projection controls. A
+not ``/streams``, ``/events``, ``/forget`` or the projection controls. A
 ``metrics_token`` opens ``/metrics`` alone (the token a Prometheus server
 keeps). A wrong token is answered late and closes its connection.
 
@@ -121,6 +124,7 @@ _ROUTE_OPS: Final = {
     "streams": "read",
     "events": "subscribe",
     "metrics": METRICS_OP,
+    "forget": "forget",
 }
 _STATIC: Final = {
     "index.html": b"text/html; charset=utf-8",
@@ -453,6 +457,10 @@ class HttpServer:
             if method == "DELETE":
                 return await self._delete(_segment(rest), params)
             return await self._read(_segment(rest), params)
+        if first == "forget" and rest:
+            _allow(method, path, "POST")
+            _no_params(params)
+            return self.ok(await self.engine.forget(_segment(rest)))
         if first == "projections":
             return await self._projections(method, path, rest, params)
         if rest:

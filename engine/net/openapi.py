@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import msgspec
 
+from motet.storage.personal import Forgotten
+
 from ..app import App
 from ..core import EngineStatus
 from .protocol import MAX_READ_LIMIT, AckBody, DeletionBody, ErrorBody, ReadBody, WireEvent
@@ -38,6 +40,7 @@ _WIRE_TYPES: Final[dict[str, Any]] = {
     "Event": WireEvent,
     "ErrorBody": ErrorBody,
     "EngineStatus": EngineStatus,
+    "Forgotten": Forgotten,
 }
 
 _ERRORS: Final = {
@@ -350,6 +353,29 @@ def _fixed_paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("EngineStatus"), "the engine's status"),
                     **_error_responses("401"),
+                },
+            }
+        },
+        "/forget/{subject}": {
+            "post": {
+                "operationId": "forget",
+                "summary": (
+                    "Erase a data subject's personal data (crypto-shredding): its "
+                    "personal fields read as redacted from now on. Full-access token only."
+                ),
+                "tags": ["engine"],
+                "parameters": [
+                    {
+                        "name": "subject",
+                        "in": "path",
+                        "required": True,
+                        "description": "the data subject, e.g. a user id (percent-encoded)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("Forgotten"), "what was erased"),
+                    **_error_responses("400", "401", "503"),
                 },
             }
         },

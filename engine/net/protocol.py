@@ -111,6 +111,7 @@ __all__ = [
     "DeletionBody",
     "ErrorBody",
     "ErrorCode",
+    "ForgetOp",
     "InvalidMessage",
     "PingOp",
     "QueryOp",
@@ -252,6 +253,14 @@ class PingOp(_Op, frozen=True, tag="ping"):
     """``{"op": "ping"}``: answered with ``"pong"``."""
 
 
+class ForgetOp(_Op, frozen=True, tag="forget"):
+    """``{"op": "forget", "subject": s}``: erase the personal data of a data
+    subject (crypto-shredding; needs the full-access token). Answers what
+    :meth:`Engine.forget <motet.engine.core.Engine.forget>` returns."""
+
+    subject: str
+
+
 class AuthOp(_Op, frozen=True, tag="auth"):
     """``{"op": "auth", "token": t}``: authenticate the connection."""
 
@@ -269,6 +278,7 @@ Request = (
     | AuthOp
     | DeleteStreamOp
     | ApplyRetentionOp
+    | ForgetOp
 )
 """Any request line, as decoded by :meth:`RequestDecoder.decode_request`."""
 
@@ -283,6 +293,7 @@ _OPS: Final = (
     "auth",
     "delete_stream",
     "apply_retention",
+    "forget",
 )
 _JSON_TYPES: Final = {
     list: "an array",

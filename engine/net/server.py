@@ -64,6 +64,7 @@ from .protocol import (
     BadRequest,
     CommandOp,
     DeleteStreamOp,
+    ForgetOp,
     PingOp,
     QueryOp,
     ReadOp,
@@ -686,7 +687,9 @@ class _Connection:
             log.error("request %r failed", request_id, exc_info=exc)
         return self._encoder.exception(request_id, exc)
 
-    async def _run(self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp) -> None:
+    async def _run(
+        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp | ForgetOp
+    ) -> None:
         try:
             line: bytes | None = None
             with trio.CancelScope() as waiting:
@@ -708,7 +711,7 @@ class _Connection:
             self._release()
 
     async def _execute(
-        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp
+        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp | ForgetOp
     ) -> bytes:
         """Answer a query or a read (commands go through :meth:`_submit`).
 
@@ -732,6 +735,10 @@ class _Connection:
             return encoder.deletion(request.id, request.stream, record)
         if isinstance(request, ApplyRetentionOp):
             return encoder.retention(request.id, await engine.apply_retention())
+        if isinstance(request, ForgetOp):
+            forgotten = await engine.forget(request.subject)
+            await outbox.wait_for_room()
+            return encoder.ok(request.id, forgotten)
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
         async with self._reading:
             await outbox.wait_for_room()

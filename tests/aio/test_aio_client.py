@@ -94,6 +94,11 @@ def test_send_ask_read_status_ping_and_raw_requests(
 
         status = await client.status()
         assert isinstance(status, EngineStatus) and status.head_position == 7
+        forgotten = await client.forget("u1")
+        assert (forgotten.subject, forgotten.position, forgotten.key_deleted) == ("u1", 8, True)
+        assert (await client.read_stream("User-u1"))[0].data["name"] == ""
+        with pytest.raises(InvalidMessage, match="subject must be a non-empty string"):
+            await client.forget("")
         assert 0 <= await client.ping() < 5
         assert await client.request({"id": "mine", "op": "ping"}) == {
             "id": "mine",

@@ -77,12 +77,18 @@ def test_commands_queries_streams_and_subscriptions(run_on_loop: Any, tmp_path: 
             async with contextlib.aclosing(engine.subscribe(2)) as stream:
                 assert (await anext(stream)).position == 3
 
+            forgotten = await engine.forget("u1")
+            assert (forgotten.position, forgotten.key_deleted) == (4, True)
+            assert (await engine.read_stream("User-u1"))[0].data.name == ""
+            with pytest.raises(ValueError, match="subject must be a non-empty string"):
+                await engine.forget("")
+
             status = engine.status()
-            assert status.head_position == engine.head_position == 3
+            assert status.head_position == engine.head_position == 4
             assert [p.name for p in status.projections] == ["users"]
             assert "CreateUser" in status.commands
             statistics = engine.statistics()
-            assert statistics.events_appended == 3
+            assert statistics.events_appended == 4
             assert engine.metrics is not None
             assert "running" in repr(engine)
         assert "closed" in repr(engine)

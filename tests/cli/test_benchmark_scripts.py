@@ -84,3 +84,21 @@ def test_a_tiny_export_import_run_reexports_the_same_bytes() -> None:
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["events"] == 300
     assert report["reexport_identical"] is True
+
+
+def test_the_seed_workload_measures_encryption_against_clear_fields(tmp_path: Path) -> None:
+    result = run_module(
+        "benchmarks.seed_workload",
+        *("--users", "50", "--commands", "300", "--clients", "10"),
+        *("--personal-data", "both", "--data", str(tmp_path)),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    for run in ("motet", "motet-clear"):
+        assert report[run]["phase_b"]["commands"] == 300
+        assert report[run]["phase_b"]["errors"] == {}
+    assert -1 < report["encryption_cost_phase_b"] < 1
+    assert "encrypting personal data costs" in result.stdout
+    # The emails are in clear in the second store only.
+    assert b"@example.com" not in (tmp_path / "motet" / "data.mdb").read_bytes()
+    assert b"@example.com" in (tmp_path / "motet-clear" / "data.mdb").read_bytes()

@@ -64,7 +64,7 @@ def documents(text: str) -> list[Any]:
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
-        ([], ["serve", "client", "status", "inspect", "demo", "--version", "benchmarks"]),
+        ([], ["serve", "client", "status", "forget", "inspect", "demo", "--version", "benchmarks"]),
         (
             ["serve"],
             [
@@ -82,6 +82,7 @@ def documents(text: str) -> list[Any]:
         ),
         (["client"], ["--host", "--port", "--token", "--tls", "--cafile", "--json", "REQUEST"]),
         (["status"], ["--host", "--port", "--json"]),
+        (["forget"], ["SUBJECT", "--token-file", "--json", "full-access token", "redacted"]),
         (["inspect"], ["--data", "--stream", "--from", "--limit", "--json", "read-only"]),
         (["demo"], ["--data"]),
     ],
@@ -150,9 +151,8 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         (
             ["frob"],
             "motet: unknown command 'frob' "
-            "(choose from: backup, client, compact, delete-stream, demo, export, import, "
-            "inspect, restore, retention, serve, "
-            "status, verify)",
+            "(choose from: backup, client, compact, delete-stream, demo, export, forget, "
+            "import, inspect, restore, retention, serve, status, verify)",
         ),
         ([], "the following arguments are required: COMMAND"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),

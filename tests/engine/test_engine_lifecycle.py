@@ -95,6 +95,14 @@ async def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
 # -- snapshots ----------------------------------------------------------------------
 
 
+def unsealed(engine: Any, state: bytes) -> bytes:
+    """A snapshot's state as encoded: the user's snapshots are sealed (they
+    hold personal data)."""
+    opened = engine.codec.open_sealed(STREAM, state)
+    assert opened is not None
+    return opened[0]
+
+
 async def test_a_snapshot_is_written_every_n_events_and_loaded_on_reopen(
     tmp_path: Path,
 ) -> None:
@@ -106,7 +114,11 @@ async def test_a_snapshot_is_written_every_n_events_and_loaded_on_reopen(
         assert snapshot is not None
         assert (snapshot.version, snapshot.schema_version) == (10, user.state_version)
         first_ten = [r.data for r in await engine.read_stream(STREAM)][:10]
-        assert _state_decoder.decode(snapshot.state) == fold(first_ten)
+        # The user's state holds personal data: the snapshot is sealed under its key.
+        opened = engine.codec.open_sealed(STREAM, snapshot.state)
+        assert opened is not None and opened[0] != snapshot.state
+        assert opened[1] == [STREAM.partition("-")[2]]
+        assert _state_decoder.decode(opened[0]) == fold(first_ten)
         assert await loaded_state(engine) == live == await folded(engine)
         assert engine.registry.live(STREAM).version == 12  # type: ignore[union-attr]
 
@@ -145,7 +157,7 @@ async def test_a_snapshot_of_an_old_state_schema_is_ignored_and_replaced(
         snapshot = engine.store.load_snapshot(STREAM)
         assert snapshot is not None
         assert (snapshot.version, snapshot.schema_version) == (12, 2)
-        assert _state_decoder.decode(snapshot.state) == live
+        assert _state_decoder.decode(unsealed(engine, snapshot.state)) == live
         assert engine.statistics().snapshots == 1
 
     # The old code now finds a schema it does not know, and rebuilds too.
@@ -179,7 +191,7 @@ async def test_a_corrupt_snapshot_falls_back_to_full_replay(tmp_path: Path, how:
         assert snapshot is not None
         assert snapshot.schema_version == user.state_version
         assert snapshot.version == 12
-        assert _state_decoder.decode(snapshot.state) == live
+        assert _state_decoder.decode(unsealed(engine, snapshot.state)) == live
 
 
 # -- in-memory engine ------------------------------------------------------------------

@@ -268,9 +268,19 @@ class BlockingStore:
     def head_position(self) -> int:
         return self._inner.head_position
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Any]:
+    def append_batch(
+        self, appends: Sequence[Append], timestamp: float, keys: Any = None
+    ) -> list[Any]:
         self._enter("append_batch")
-        return self._inner.append_batch(appends, timestamp)
+        return self._inner.append_batch(appends, timestamp, keys)
+
+    def get_key(self, subject: str) -> bytes | None:
+        self._enter("get_key")
+        return self._inner.get_key(subject)
+
+    def put_keys(self, keys: Any) -> None:
+        self._enter("put_keys")
+        self._inner.put_keys(keys)
 
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None

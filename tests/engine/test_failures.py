@@ -276,7 +276,9 @@ class FaultyStore(LmdbStore):
         self.held_streams: list[str] = []
         self.loads: Counter[str] = Counter()
 
-    def append_batch(self, appends: Sequence[Append], timestamp: float) -> list[Ack | Conflict]:
+    def append_batch(
+        self, appends: Sequence[Append], timestamp: float, keys: Any = None
+    ) -> list[Ack | Conflict]:
         if self.fail_next or self.hold_next:
             fail, self.fail_next, self.hold_next = self.fail_next, False, False
             self.held_streams = [append.stream for append in appends]
@@ -285,7 +287,7 @@ class FaultyStore(LmdbStore):
                 raise AssertionError("the test never released the held commit")
             if fail:
                 raise StorageError("injected failure: this commit did not happen")
-        return super().append_batch(appends, timestamp)
+        return super().append_batch(appends, timestamp, keys)  # type: ignore[return-value]
 
     def read_stream(
         self, stream: str, after_version: int = 0, limit: int | None = None

@@ -19,6 +19,7 @@ from motet.engine.example import CreateUser, PlaceOrder, UpdateUser
 from motet.engine.example import app as example_app
 from motet.engine.net.client import open_client
 from motet.storage.errors import CommandIdReused
+from motet.storage.personal import MAX_SUBJECT_BYTES
 from motet.storage.store import MAX_COMMAND_ID_BYTES, MAX_STREAM_BYTES
 
 
@@ -35,14 +36,17 @@ def create(user_id: str) -> dict[str, Any]:
     }
 
 
-# "User-" + id: the longest id that fits is MAX_STREAM_BYTES - 5 bytes.
-LONGEST_USER_ID = MAX_STREAM_BYTES - len("User-")
+# The example app's user ids are data subjects (its users' names, emails and
+# cities are personal data), so the longest is the longest subject: shorter
+# than what "User-" + id alone would allow (MAX_STREAM_BYTES - 5 bytes),
+# because "Subject-" + id must be a stream id too.
+LONGEST_USER_ID = MAX_SUBJECT_BYTES
 
 
 async def test_too_long_ids_fail_alone_in_a_pipelined_batch(engine: Engine, server: Any) -> None:
     good = [create(f"good-{i}") for i in range(200)]
-    # Around and past every limit the old code got wrong: 496..500-byte user ids
-    # (stream ids of 501..505 bytes) and command ids past 511 bytes.
+    # Around and past every limit: user ids just past the subject limit up to
+    # 500 bytes (stream ids of up to 505 bytes) and command ids past 511 bytes.
     bad = [create("x" * n) for n in range(LONGEST_USER_ID + 1, 501)]
     bad += [{**create(f"bad-cid-{n}"), "command_id": "c" * n} for n in (512, 600)]
     fits = [create("y" * n) for n in (LONGEST_USER_ID - 1, LONGEST_USER_ID)]
@@ -75,7 +79,8 @@ async def test_too_long_ids_fail_alone_in_a_pipelined_batch(engine: Engine, serv
         # by the read op naming the limit, not written and then unreadable.
         longest = "User-" + "y" * LONGEST_USER_ID
         assert len(await client.read_stream(longest)) == 1
-        reply = await client.request({"op": "read", "stream": longest + "y"})
+        too_long = "User-" + "y" * (MAX_STREAM_BYTES - len("User-") + 1)
+        reply = await client.request({"op": "read", "stream": too_long})
         assert reply["error"]["code"] == "invalid"
         assert f"limit of {MAX_STREAM_BYTES} bytes" in reply["error"]["message"]
 
@@ -85,12 +90,27 @@ async def test_too_long_ids_fail_alone_in_a_pipelined_batch(engine: Engine, serv
 
 
 async def test_the_aggregate_id_limit_follows_from_the_name(engine: Engine) -> None:
-    with pytest.raises(ValueError, match=rf"^User id is {LONGEST_USER_ID + 1} bytes.*limit of"):
+    longest_id = MAX_STREAM_BYTES - len("User-")
+    with pytest.raises(ValueError, match=rf"^User id is {longest_id + 1} bytes.*limit of"):
+        await engine.send(
+            CreateUser(
+                user_id="u" * (longest_id + 1), name="N", email="n@example.com", password="pw"
+            )
+        )
+
+
+async def test_a_user_id_past_the_subject_limit_is_refused_naming_it(engine: Engine) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"^subject is {LONGEST_USER_ID + 1} bytes.*limit of {MAX_SUBJECT_BYTES} bytes",
+    ):
         await engine.send(
             CreateUser(
                 user_id="u" * (LONGEST_USER_ID + 1), name="N", email="n@example.com", password="pw"
             )
         )
+    # Nothing was written, and the actor still takes commands.
+    assert engine.store.stream_version("User-" + "u" * (LONGEST_USER_ID + 1)) == 0
 
 
 @pytest.fixture(params=["lmdb", "memory"])

@@ -379,6 +379,11 @@ async def test_openapi_document_validates_and_names_everything(http: Http, engin
     assert parameters == {"limit", "after", "timeout"}
     for route in ("/streams/{stream}", "/events", "/status", "/metrics", "/openapi.json"):
         assert route in paths
+    forget = paths["/forget/{subject}"]["post"]["responses"]["200"]
+    assert forget["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Forgotten"
+    }
+    assert set(schemas["Forgotten"]["required"]) >= {"subject", "position", "key_deleted"}
     for action in ("pause", "resume", "retry", "skip", "rebuild"):
         assert f"/projections/{{name}}/{action}" in paths
 

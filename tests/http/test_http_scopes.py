@@ -40,6 +40,39 @@ async def test_the_client_token_opens_only_the_client_routes(engine: Engine) -> 
         assert (await full.post("/projections/users/pause")).status == 200
 
 
+async def test_forget_over_http_needs_the_full_token_and_names_a_bad_subject(
+    engine: Engine,
+) -> None:
+    async with open_http_server(
+        engine, port=0, token=FULL_TOKEN, client_token=CLIENT_TOKEN
+    ) as server:
+        client = Http(server.port, token=CLIENT_TOKEN)
+        full = Http(server.port, token=FULL_TOKEN)
+        assert (await client.post("/commands/CreateUser", user("u/1"))).status == 200
+        refused = await client.post("/forget/u%2F1")
+        assert (refused.status, refused.code) == (401, "unauthorized")
+        assert "forget needs the full-access token" in refused.json()["error"]["message"]
+        assert engine.store.get_key("u/1") is not None
+
+        done = await full.post("/forget/u%2F1")
+        assert done.status == 200, done.body
+        assert done.json() == {
+            "subject": "u/1",
+            "stream": "Subject-u/1",
+            "position": 2,
+            "key_deleted": True,
+            "already_forgotten": False,
+        }
+        again = await full.post("/forget/u%2F1")
+        assert again.json()["already_forgotten"] is True
+        user_row = await full.get("/queries/GetUserById?user_id=u%2F1&after=3")
+        assert user_row.json()["name"] == ""
+        bad = await full.post("/forget/a%01b")
+        assert (bad.status, bad.code) == (400, "invalid")
+        assert "subject must not contain control characters" in bad.json()["error"]["message"]
+        assert (await full.get("/forget/u1")).status == 405
+
+
 async def test_wrong_bearer_tokens_are_slow_counted_and_close(engine: Engine) -> None:
     delay = 0.2
     async with open_http_server(

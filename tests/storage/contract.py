@@ -991,6 +991,60 @@ class StoreContract:
         assert store.durability == store_factory.durability
         assert store.durability in ("sync", "none")
 
+    # -- subject keys ---------------------------------------------------------------------
+
+    def test_a_subject_without_a_key_has_none(self, store: Any) -> None:
+        assert store.get_key("u1") is None
+
+    def test_keys_written_with_a_batch_read_back_and_deletes_take_them_away(
+        self, store: Any
+    ) -> None:
+        store.append_batch([append("A", 0, events(1))], TS, {"u1": b"k1", "u2": b"k2"})
+        assert store.get_key("u1") == b"k1"
+        assert store.get_key("u2") == b"k2"
+
+        store.append_batch([append("A", 1, events(1))], TS, {"u1": None, "u3": b"k3"})
+
+        assert store.get_key("u1") is None
+        assert store.get_key("u2") == b"k2"
+        assert store.get_key("u3") == b"k3"
+        assert [e.position for e in store.read_all()] == [1, 2]
+
+    def test_keys_are_written_even_when_the_batch_s_appends_are_refused(self, store: Any) -> None:
+        # The key changes belong to the transaction, not to one append: a
+        # forget whose event conflicts has still deleted the key.
+        store.append_batch([append("A", 0, events(1))], TS, {"u1": b"k1"})
+        results = store.append_batch([append("A", 0, events(1))], TS, {"u1": None})
+        assert isinstance(results[0], Conflict)
+        assert store.get_key("u1") is None
+
+    def test_put_keys_writes_and_deletes_in_one_go_and_deleting_a_missing_key_is_harmless(
+        self, store: Any
+    ) -> None:
+        store.put_keys({"u1": b"k1", "u2": b"k2"})
+        store.put_keys({"u1": None, "nobody": None, "u2": b"k2-new"})
+        assert store.get_key("u1") is None
+        assert store.get_key("nobody") is None
+        assert store.get_key("u2") == b"k2-new"
+        assert store.head_position == 0
+
+    def test_keys_are_kept_apart_from_the_log(self, store: Any) -> None:
+        store.append_batch([append("u1", 0, events(1))], TS, {"u1": b"k1"})
+        store.append_batch([], TS, {"u2": b"k2"})
+        assert store.get_key("u2") == b"k2"
+        assert store.streams() == [("u1", 1)]
+        assert store.head_position == 1
+
+    def test_keys_survive_reopening(self, store_factory: StoreFactory) -> None:
+        if not store_factory.persistent:
+            pytest.skip("this store does not survive closing")
+        store = store_factory()
+        store.append_batch([append("A", 0, events(1))], TS, {"u1": b"k1", "u2": b"k2"})
+        store.put_keys({"u2": None})
+        reopened = store_factory(reopen_of=store)
+        assert reopened.get_key("u1") == b"k1"
+        assert reopened.get_key("u2") is None
+
     def test_checkpoint_names_lists_every_saved_checkpoint_sorted(self, store: Any) -> None:
         assert store.checkpoint_names() == []
         store.put_checkpoint("users", Checkpoint(3))

@@ -19,6 +19,7 @@ from motet.storage import (
     event_version_of,
     tag_of,
 )
+from motet.storage.personal import SubjectForgotten
 
 
 class UserCreated(msgspec.Struct, frozen=True, kw_only=True, tag="user.created"):
@@ -151,8 +152,9 @@ def test_states_encode_to_msgpack(codec: Codec) -> None:
 
 
 def test_repr_and_event_types(codec: Codec) -> None:
-    assert repr(codec) == "<Codec events=3 upcasters=2>"
-    assert codec.event_types == (UserCreated, OrderPlaced, UserRenamed)
+    # SubjectForgotten is a system event every codec knows.
+    assert repr(codec) == "<Codec events=4 upcasters=2 personal=0>"
+    assert codec.event_types == (UserCreated, OrderPlaced, UserRenamed, SubjectForgotten)
 
 
 # -- registration errors ----------------------------------------------------------------------
@@ -185,7 +187,7 @@ def test_two_classes_with_one_tag_are_refused() -> None:
 def test_registering_the_same_class_twice_is_harmless() -> None:
     codec = Codec([UserCreated, UserCreated])
 
-    assert codec.event_types == (UserCreated,)
+    assert codec.event_types == (UserCreated, SubjectForgotten)
 
 
 def test_a_versioned_event_without_all_its_upcasters_is_refused() -> None:
