@@ -479,7 +479,8 @@ class PostgresStore:
         head = int(_one(conn.execute(sql.LOCK_HEAD)))
         stream_ids = sorted({r.stream for r in records})
         versions: dict[str, int] = {}
-        for stream, version in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
+        # Into an empty store only: no stream there is deleted.
+        for stream, version, _deleted in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
             versions[stream] = version or 0
         command_ids = sorted(
             {r.metadata.command_id for r in records if r.metadata.command_id is not None}
