@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from motet.actors.definition import Aggregate
+    from motet.actors.process_manager import ProcessManager, Reaction, Rejection, Timer
     from motet.actors.projection import Projection, ProjectionFailed, Query
     from motet.actors.read_model import Order, Table
     from motet.storage.codec import Upcaster
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
         UnknownMessageType,
     )
     from motet.storage.records import Ack, Metadata, RecordedEvent
-    from motet.storage.status import ProjectionStatus
+    from motet.storage.status import ProcessManagerStatus, ProjectionStatus
 
     from .app import App
     from .core import Engine, open_engine
@@ -64,7 +65,10 @@ if TYPE_CHECKING:
 _MODULES: dict[str, str] = {
     "Aggregate": "motet.actors.definition",
     **dict.fromkeys(["Projection", "ProjectionFailed", "Query"], "motet.actors.projection"),
-    "ProjectionStatus": "motet.storage.status",
+    **dict.fromkeys(["ProcessManagerStatus", "ProjectionStatus"], "motet.storage.status"),
+    **dict.fromkeys(
+        ["ProcessManager", "Reaction", "Rejection", "Timer"], "motet.actors.process_manager"
+    ),
     **dict.fromkeys(["Order", "Table"], "motet.actors.read_model"),
     "Upcaster": "motet.storage.codec",
     **dict.fromkeys(
@@ -131,12 +135,16 @@ __all__ = [
     "NotFound",
     "Order",
     "Overloaded",
+    "ProcessManager",
+    "ProcessManagerStatus",
     "Projection",
     "ProjectionFailed",
     "ProjectionStatus",
     "Query",
     "QueryTimeout",
+    "Reaction",
     "RecordedEvent",
+    "Rejection",
     "RemoteError",
     "RequestTooLarge",
     "Server",
@@ -145,6 +153,7 @@ __all__ = [
     "StorageFull",
     "StoreFormatError",
     "Table",
+    "Timer",
     "Unauthorized",
     "Unavailable",
     "UnknownMessageType",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from motet.actors.definition import Aggregate
+from motet.actors.process_manager import ProcessManager
 from motet.actors.projection import Projection, Query
 from motet.storage.codec import Codec, Upcaster, tag_of
 
@@ -17,17 +18,22 @@ __all__ = ["App"]
 class App:
     """Everything the engine runs for one application: its aggregates (with
     their commands and events), its projections (read models) and the queries
-    they answer, and the upcasters of old event versions.
+    they answer, its process managers (reactions to events, with timers; see
+    :mod:`motet.actors.process_manager`), and the upcasters of old event
+    versions.
 
     Raises ``TypeError`` at construction when two aggregates claim the same
     command type, two messages share a tag, a query names an unknown
-    projection, or an upcaster is missing.
+    projection, a process manager shares its name with an aggregate (or
+    another manager) or correlates an event or category the app does not
+    have, or an upcaster is missing.
     """
 
     aggregates: Sequence[Aggregate[Any]]
     projections: Sequence[Projection[Any]] = ()
     queries: Sequence[Query[Any, Any]] = ()
     upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
+    process_managers: Sequence[ProcessManager[Any]] = ()
 
     def __post_init__(self) -> None:
         seen: dict[type, str] = {}
@@ -64,11 +70,37 @@ class App:
                     f"and {command.__qualname__}"
                 )
             tags[tag] = command
+        self._check_process_managers(names)
         self.codec()  # validates event tags, versions and upcasters now
 
+    def _check_process_managers(self, aggregates: set[str]) -> None:
+        events = {event for aggregate in self.aggregates for event in aggregate.events}
+        managers: set[str] = set()
+        for manager in self.process_managers:
+            if manager.name in aggregates or manager.name in managers:
+                raise TypeError(
+                    f"process manager {manager.name!r} shares its name (its stream "
+                    "category) with another aggregate or process manager"
+                )
+            managers.add(manager.name)
+            for key in manager.correlate:
+                if isinstance(key, str):
+                    if key not in aggregates:
+                        raise TypeError(
+                            f"process manager {manager.name!r} correlates category {key!r}, "
+                            f"which is no aggregate of the app (aggregates: "
+                            f"{', '.join(sorted(aggregates))})"
+                        )
+                elif key not in events:
+                    raise TypeError(
+                        f"process manager {manager.name!r} correlates {key.__qualname__}, "
+                        "which is no event of the app's aggregates"
+                    )
+
     def codec(self) -> Codec:
-        """A codec for every event type of every aggregate."""
+        """A codec for every event type of every aggregate and process manager."""
         events = [event for aggregate in self.aggregates for event in aggregate.events]
+        events += [event for manager in self.process_managers for event in manager.events]
         return Codec(events, self.upcasters)
 
     def command_types(self) -> dict[str, type]:

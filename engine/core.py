@@ -14,6 +14,7 @@ import trio
 
 from motet.actors.errors import EngineClosed, QueryTimeout, Unavailable, UnknownMessageType
 from motet.actors.head_watch import HeadWatch, serve_commit_watch
+from motet.actors.process_manager import ProcessManagerActor
 from motet.actors.projection import ProjectionActor, Query
 from motet.actors.registry import Registry
 from motet.actors.request import CommandRequest
@@ -29,6 +30,7 @@ from .app import App
 from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus, message_schemas
+from .testing.clock import now
 
 __all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
 
@@ -93,6 +95,25 @@ class Engine:
             )
             for projection in app.projections
         }
+        # A reader sends no commands, so it runs no process managers: the
+        # writer of its store does. Their timers are due on the clock that
+        # ``decide`` reads (:func:`~.testing.clock.now`), which tests control.
+        self.process_managers: dict[str, ProcessManagerActor[Any]] = (
+            {
+                manager.name: ProcessManagerActor(
+                    manager,
+                    store=store,
+                    codec=self.codec,
+                    writer=self.writer,
+                    send=self.send,
+                    clock=now,
+                    calls=calls,
+                )
+                for manager in app.process_managers
+            }
+            if role == "writer"
+            else {}
+        )
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
@@ -151,6 +172,7 @@ class Engine:
         return EngineStatus(
             head_position=self.writer.head_position,
             projections=[actor.status() for actor in self.projections.values()],
+            process_managers=[actor.status() for actor in self.process_managers.values()],
             actors=self.registry.actors,
             actors_by_aggregate=self.registry.live_by_aggregate(),
             durability=self.store.durability,
@@ -174,6 +196,16 @@ class Engine:
             raise KeyError(
                 f"no projection {name!r}; known: {', '.join(sorted(self.projections)) or 'none'}"
             ) from None
+
+    def process_manager(self, name: str) -> ProcessManagerActor[Any]:
+        """The process manager called ``name`` (its status, :meth:`wake
+        <motet.actors.process_manager.ProcessManagerActor.wake>`, ``retry``).
+        Raises ``KeyError`` naming the known ones (none in a reader)."""
+        try:
+            return self.process_managers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.process_managers)) or "none"
+            raise KeyError(f"no process manager {name!r}; known: {known}") from None
 
     async def ask(self, query: Any, *, after: int | None = None, timeout: float = 5.0) -> Any:
         """Answer ``query`` from the read model of the projection serving it.
@@ -510,6 +542,11 @@ class Engine:
                 await projection.save()
             except Exception:
                 log.exception("could not save projection %s", projection.name)
+        for manager in self.process_managers.values():
+            try:
+                await manager.save()
+            except Exception:
+                log.exception("could not save process manager %s", manager.name)
 
 
 def _with_snapshot_every(app: App, snapshot_every: int | Mapping[str, int] | None) -> App:
@@ -674,6 +711,8 @@ async def open_engine(
                 await nursery.start(engine.registry.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
+                for manager in engine.process_managers.values():
+                    await nursery.start(manager.run)
                 http = None
                 if metrics_port is not None or http_port is not None:
                     # Imported here: an engine without ports loads no HTTP code.
@@ -704,6 +743,10 @@ async def open_engine(
                 finally:
                     if http is not None:
                         http.stop()
+                    # They send commands: stopped before the drain waits for
+                    # the last ones (what they had begun runs after a restart).
+                    for manager in engine.process_managers.values():
+                        manager.stop()
                     with trio.move_on_after(shutdown_timeout) as scope:
                         scope.shield = True
                         await engine._drain()
