@@ -678,6 +678,12 @@ class ProcessManagerActor(Generic[S]):
             raise _HandlerFailed(
                 f"process manager {self.name!r} scheduled one timer name twice: {names}"
             )
+        for timer in reaction.timers:
+            if not isinstance(timer, Timer) or not math.isfinite(timer.at):
+                raise _HandlerFailed(
+                    f"process manager {self.name!r} must schedule Timers at a finite time, "
+                    f"got {timer!r}"
+                )
         if reaction.timers and self.definition.on_timer is None:
             raise _HandlerFailed(f"process manager {self.name!r} has timers but no on_timer")
         command_ids, rejected = await self._send_all(reaction.commands, trigger, correlation)

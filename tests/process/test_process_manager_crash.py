@@ -7,6 +7,7 @@ order is cancelled once, no paid order is, and the log holds one
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -57,7 +58,9 @@ async def wait_cancelled(peer: Any, orders: list[int]) -> None:
         await trio.sleep(0.05)
 
 
-async def test_timers_pending_at_a_sigkill_fire_once_after_the_restart(motet_server: Any) -> None:
+async def test_timers_pending_at_a_sigkill_fire_once_after_the_restart(
+    motet: Any, motet_server: Any
+) -> None:
     server = motet_server("--app", "motet.engine.example:shop")
     async with open_peer(server.port) as peer:
         for n in range(ORDERS):
@@ -81,6 +84,11 @@ async def test_timers_pending_at_a_sigkill_fire_once_after_the_restart(motet_ser
         managers = {m["name"]: m for m in status["process_managers"]}
         assert managers["OrderFulfilment"]["pending_timers"] == 0
         assert managers["OrderFulfilment"]["state"] == "running"
+    shown = motet.run("status", "--port", str(restarted.port))
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"\nOrderFulfilment +running +[\d,]+ +0 +[\d.]+ +0 +0\n", shown.stdout), (
+        shown.stdout
+    )
     assert restarted.terminate() == 0
 
     codec = shop.codec()
