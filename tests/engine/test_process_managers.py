@@ -58,11 +58,13 @@ def _settled(engine: Any) -> bool:
 
 
 async def settle(engine: Any) -> None:
-    """Wait (real time, at most 30 s) until the managers have done all they can."""
+    """Wait (real time, at most 30 s) until the managers have done all they
+    can, then until every projection has applied the log."""
     deadline = time.monotonic() + 30
     while not _settled(engine):
         assert time.monotonic() < deadline, f"not settled: {engine.status().process_managers}"
         await trio.sleep(0.001)
+    await engine.wait_for(engine.head_position)
 
 
 async def advance(engine: Any, clock: Clock, seconds: float) -> None:
@@ -401,3 +403,29 @@ def test_a_timer_is_a_name_and_a_time() -> None:
         decide_order(
             OrderState(), SubmitOrder(order_id="o", customer_id="c", amount=1, pay_within=0)
         )
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Any) -> str:
+    from tests.support.postgres import new_schema_url
+
+    return new_schema_url(postgres_cluster)
+
+
+async def test_timers_survive_a_restart_on_postgresql(postgres_url: str, clock: Clock) -> None:
+    # Real time here: the store's calls run in worker threads.
+    async with open_engine(postgres_url, shop) as engine:
+        await engine.send(SubmitOrder(order_id="o1", customer_id="c1", amount=5, pay_within=60))
+        await engine.send(SubmitOrder(order_id="o2", customer_id="c1", amount=5, pay_within=30))
+        await settle(engine)
+        assert engine.process_manager("OrderFulfilment").pending_timers == 2
+    clock.advance(45)  # o2 comes due while the engine is down
+    async with open_engine(postgres_url, shop) as engine:
+        await settle(engine)
+        assert engine.process_manager("OrderFulfilment").timers_fired == 1
+        await advance(engine, clock, 30)
+        assert engine.process_manager("OrderFulfilment").timers_fired == 2
+        orders = [await engine.ask(GetOrder(order_id=o)) for o in ("o1", "o2")]
+        records = await engine.read_stream("Order-o1") + await engine.read_stream("Order-o2")
+    assert [view.status for view in orders] == ["cancelled", "cancelled"]
+    assert [r.type for r in records].count("OrderCancelled") == 2
