@@ -484,7 +484,12 @@ class ProcessManagerActor(Generic[S]):
             if self.error is None and self.position >= writer.head_position:
                 await self._idle()
             if trio.current_time() - self._saved_at >= self._save_every:
-                await self.save()
+                try:
+                    await self.save()
+                except (StorageError, Unavailable) as exc:
+                    # A checkpoint is a cache: the next save catches up.
+                    log.warning("process manager %s: saving failed: %s", self.name, exc)
+                    self._saved_at = trio.current_time()
 
     async def _idle(self) -> None:
         """Sleep until the log moves, the next timer is due, :meth:`wake`, or
@@ -513,6 +518,15 @@ class ProcessManagerActor(Generic[S]):
         except CodecError as exc:
             self._stop(self.position + 1, f"{type(exc).__name__}: {exc}")
             return -math.inf
+        except (StorageError, Unavailable) as exc:
+            # The store may come back (a network store reconnects).
+            log.warning("process manager %s: reading the log failed: %s", self.name, exc)
+            await trio.sleep(_BACKOFF[-1])
+            return -math.inf
+        if not events:
+            # The head is known to be further, but nothing is readable yet:
+            # do not spin on it.
+            await trio.sleep(MAX_TIMER_SLEEP / 10)
         horizon = -math.inf
         for stored in events:
             if not await self._on_record(stored):
@@ -562,7 +576,7 @@ class ProcessManagerActor(Generic[S]):
         while True:
             try:
                 await attempt()
-            except _Retry as exc:
+            except (_Retry, StorageError, Unavailable) as exc:
                 pause = _BACKOFF[min(tries, len(_BACKOFF) - 1)]
                 tries += 1
                 log.warning(
@@ -577,6 +591,11 @@ class ProcessManagerActor(Generic[S]):
                 continue
             except _HandlerFailed as exc:
                 self._stop(trigger, str(exc))
+                return False
+            except CodecError as exc:
+                # An instance's own record does not decode: stop, as for an
+                # unreadable trigger, instead of taking the engine down.
+                self._stop(trigger, f"{type(exc).__name__}: {exc}")
                 return False
             return True
 
