@@ -27,6 +27,8 @@ from motet.engine.example.shop import (
     PayOrder,
     SubmitOrder,
     customer,
+    fulfilment,
+    loyalty,
     on_fulfilment_timer,
     order,
     react_fulfilment,
@@ -34,7 +36,7 @@ from motet.engine.example.shop import (
     shop,
     shop_projection,
 )
-from motet.engine.testing import DEFAULT_START, Clock, given, recorded
+from motet.engine.testing import DEFAULT_START, Clock, ScenarioFailed, given, recorded
 
 SUBMITTED = OrderSubmitted(
     order_id="o1", customer_id="c1", amount=30.0, at=DEFAULT_START, pay_by=DEFAULT_START + 900
@@ -149,6 +151,37 @@ def test_loyalty_grants_a_bonus_after_every_fifth_paid_order() -> None:
         LoyaltyState(paid_orders=5),
         commands=[GrantLoyaltyBonus(customer_id="c1", orders=5, amount=BONUS_AMOUNT)],
     )
+
+
+def test_fulfilment_scenarios_with_the_test_kit() -> None:
+    paid = OrderPaid(order_id="o1", customer_id="c1", amount=30.0, at=DEFAULT_START)
+    cancel = CancelOrder(order_id="o1", reason="not paid in time")
+    given(fulfilment).when(SUBMITTED).then(timers=[Timer(name="payment", at=SUBMITTED.pay_by)])
+    scenario = given(fulfilment, [SUBMITTED])
+    assert scenario.timers == {"payment": SUBMITTED.pay_by}
+    scenario.when(paid).then(cancel=["payment"], state=FulfilmentState(stage="paid", order_id="o1"))
+    scenario.when_timer("payment").then(commands=[cancel])
+    with pytest.raises(ScenarioFailed, match="no timer 'payment' is pending"):
+        given(fulfilment, [SUBMITTED, paid]).when_timer("payment")
+    with pytest.raises(ScenarioFailed, match=r"expected commands:(.|\n)*first difference"):
+        scenario.when_timer("payment").then(commands=[CancelOrder(order_id="o1", reason="x")])
+    with pytest.raises(ScenarioFailed, match="expected nothing to be done"):
+        scenario.when_timer("payment").then_nothing()
+
+
+def test_loyalty_scenarios_with_the_test_kit() -> None:
+    paid = [
+        OrderPaid(order_id=f"o{n}", customer_id="c1", amount=1.0, at=DEFAULT_START)
+        for n in range(5)
+    ]
+    given(loyalty, paid[:4]).when(paid[4]).then(
+        commands=[GrantLoyaltyBonus(customer_id="c1", orders=5, amount=BONUS_AMOUNT)],
+        state=LoyaltyState(paid_orders=5),
+    )
+    given(loyalty, paid[:3]).when(paid[3]).then(commands=[])
+    given(loyalty).when(SUBMITTED).then_nothing()
+    with pytest.raises(TypeError, match="has no on_timer"):
+        given(loyalty).when_timer("x")
 
 
 # --- the whole app on an engine -----------------------------------------------
