@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from motet.engine import open_engine
-from motet.engine.example.shop import PayOrder, SubmitOrder, shop
+from motet.engine.example.shop_app import PayOrder, SubmitOrder, shop
 from motet.engine.testing import Clock, use_clock
 
 

@@ -9,7 +9,7 @@ benchmarks drive, and a model for writing an app:
   events into it, and the queries that read it;
 - :mod:`.demo`: the short scripted session ``motet demo`` runs (imported only
   by that command);
-- :mod:`.shop`: a second app, ``shop`` (orders cancelled when not paid in
+- :mod:`.shop_app`: a second app, ``shop`` (orders cancelled when not paid in
   time, a loyalty bonus after every fifth paid order), showing process
   managers and timers; imported when first used.
 
@@ -60,7 +60,7 @@ from .write import (
 )
 
 if TYPE_CHECKING:
-    from .shop import shop
+    from .shop_app import shop
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
@@ -107,7 +107,7 @@ app = App(aggregates=(user,), projections=(users_projection,), queries=queries)
 def __getattr__(name: str) -> Any:
     # The shop app is a second app: the default one does not load it.
     if name == "shop":
-        from .shop import shop
+        from .shop_app import shop
 
         globals()["shop"] = shop
         return shop

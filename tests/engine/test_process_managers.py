@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from motet.engine import App, CommandRejected, ProcessManager, Reaction, Timer, open_engine
-from motet.engine.example.shop import (
+from motet.engine.example.shop_app import (
     BONUS_AMOUNT,
     CancelOrder,
     GetCustomer,
@@ -398,7 +398,7 @@ def test_the_app_refuses_a_manager_that_names_what_it_does_not_have() -> None:
 def test_a_timer_is_a_name_and_a_time() -> None:
     assert Timer(name="payment", at=5.0).at == 5.0
     with pytest.raises(CommandRejected, match="pay_within must be > 0"):
-        from motet.engine.example.shop import OrderState, decide_order
+        from motet.engine.example.shop_app import OrderState, decide_order
 
         decide_order(
             OrderState(), SubmitOrder(order_id="o", customer_id="c", amount=1, pay_within=0)

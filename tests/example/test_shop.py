@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from motet.engine import App, Engine, Reaction, Timer
-from motet.engine.example.shop import (
+from motet.engine.example.shop_app import (
     BONUS_AMOUNT,
     CancelOrder,
     CustomerView,
