@@ -23,6 +23,14 @@ if TYPE_CHECKING:
         Unavailable,
         UnknownMessageType,
     )
+    from .process_manager import (
+        ProcessManager,
+        ProcessManagerActor,
+        ProcessManagerStatus,
+        Reaction,
+        Rejection,
+        Timer,
+    )
     from .projection import Projection, ProjectionActor, ProjectionFailed, ProjectionStatus, Query
     from .read_model import Order, Table
     from .registry import Registry, RegistryStatistics
@@ -50,6 +58,17 @@ _MODULES: dict[str, str] = {
         ["Projection", "ProjectionActor", "ProjectionFailed", "ProjectionStatus", "Query"],
         "projection",
     ),
+    **dict.fromkeys(
+        [
+            "ProcessManager",
+            "ProcessManagerActor",
+            "ProcessManagerStatus",
+            "Reaction",
+            "Rejection",
+            "Timer",
+        ],
+        "process_manager",
+    ),
     **dict.fromkeys(["Order", "Table"], "read_model"),
     **dict.fromkeys(["Registry", "RegistryStatistics"], "registry"),
     "CommandRequest": "request",
@@ -67,15 +86,21 @@ __all__ = [
     "NotFound",
     "Order",
     "Overloaded",
+    "ProcessManager",
+    "ProcessManagerActor",
+    "ProcessManagerStatus",
     "Projection",
     "ProjectionActor",
     "ProjectionFailed",
     "ProjectionStatus",
     "Query",
     "QueryTimeout",
+    "Reaction",
     "Registry",
     "RegistryStatistics",
+    "Rejection",
     "Table",
+    "Timer",
     "Unavailable",
     "UnknownMessageType",
     "WriterStatistics",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from motet.actors.definition import Aggregate
+    from motet.actors.process_manager import ProcessManager, Reaction, Rejection, Timer
     from motet.actors.projection import Projection, ProjectionFailed, Query
     from motet.actors.read_model import Order, Table
     from motet.storage.codec import Upcaster
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from motet.storage.personal import Forgotten, Personal, SubjectForgotten
     from motet.storage.records import Ack, Metadata, RecordedEvent, StreamDeletion
     from motet.storage.retention import Retention, RetentionResult
-    from motet.storage.status import ProjectionStatus
+    from motet.storage.status import ProcessManagerStatus, ProjectionStatus
 
     from .app import App
     from .core import Engine, open_engine
@@ -67,7 +68,10 @@ if TYPE_CHECKING:
 _MODULES: dict[str, str] = {
     "Aggregate": "motet.actors.definition",
     **dict.fromkeys(["Projection", "ProjectionFailed", "Query"], "motet.actors.projection"),
-    "ProjectionStatus": "motet.storage.status",
+    **dict.fromkeys(["ProcessManagerStatus", "ProjectionStatus"], "motet.storage.status"),
+    **dict.fromkeys(
+        ["ProcessManager", "Reaction", "Rejection", "Timer"], "motet.actors.process_manager"
+    ),
     **dict.fromkeys(["Order", "Table"], "motet.actors.read_model"),
     "Upcaster": "motet.storage.codec",
     **dict.fromkeys(
@@ -141,12 +145,16 @@ __all__ = [
     "Order",
     "Overloaded",
     "Personal",
+    "ProcessManager",
+    "ProcessManagerStatus",
     "Projection",
     "ProjectionFailed",
     "ProjectionStatus",
     "Query",
     "QueryTimeout",
+    "Reaction",
     "RecordedEvent",
+    "Rejection",
     "RemoteError",
     "RequestTooLarge",
     "Retention",
@@ -160,6 +168,7 @@ __all__ = [
     "StreamDeletion",
     "SubjectForgotten",
     "Table",
+    "Timer",
     "Unauthorized",
     "Unavailable",
     "UnknownMessageType",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from motet.actors.definition import Aggregate
+from motet.actors.process_manager import ProcessManager
 from motet.actors.projection import Projection, Query
 from motet.storage.codec import Codec, Upcaster, tag_of
 from motet.storage.keyring import KeySource
@@ -19,12 +20,16 @@ __all__ = ["App"]
 class App:
     """Everything the engine runs for one application: its aggregates (with
     their commands and events), its projections (read models) and the queries
-    they answer, and the upcasters of old event versions.
+    they answer, its process managers (reactions to events, with timers; see
+    :mod:`motet.actors.process_manager`), and the upcasters of old event
+    versions.
 
     Raises ``TypeError`` at construction when two aggregates claim the same
     command type, two messages share a tag, a query names an unknown
-    projection, an upcaster is missing, or a ``Personal`` declaration is bad
-    (see :mod:`motet.storage.personal`).
+    projection, a process manager shares its name with an aggregate (or
+    another manager) or correlates an event or category the app does not
+    have, an upcaster is missing, or a ``Personal`` declaration is bad (see
+    :mod:`motet.storage.personal`).
     """
 
     aggregates: Sequence[Aggregate[Any]]
@@ -35,6 +40,7 @@ class App:
     """Whether fields declared ``Personal`` are encrypted (see
     :mod:`motet.storage.personal`); ``False`` stores them in clear, as
     if undeclared (to measure what encryption costs)."""
+    process_managers: Sequence[ProcessManager[Any]] = ()
 
     def __post_init__(self) -> None:
         seen: dict[type, str] = {}
@@ -76,17 +82,48 @@ class App:
                     f"and {command.__qualname__}"
                 )
             tags[tag] = command
+        self._check_process_managers(names)
         self.codec()  # validates event tags, versions and upcasters now
 
+    def _check_process_managers(self, aggregates: set[str]) -> None:
+        events = {event for aggregate in self.aggregates for event in aggregate.events}
+        managers: set[str] = set()
+        for manager in self.process_managers:
+            if manager.name in aggregates or manager.name in managers:
+                raise TypeError(
+                    f"process manager {manager.name!r} shares its name (its stream "
+                    "category) with another aggregate or process manager"
+                )
+            if manager.name == SUBJECT_CATEGORY:
+                raise TypeError(
+                    f"no process manager may be named {SUBJECT_CATEGORY!r}: its streams "
+                    "record forgotten data subjects"
+                )
+            managers.add(manager.name)
+            for key in manager.correlate:
+                if isinstance(key, str):
+                    if key not in aggregates:
+                        raise TypeError(
+                            f"process manager {manager.name!r} correlates category {key!r}, "
+                            f"which is no aggregate of the app (aggregates: "
+                            f"{', '.join(sorted(aggregates))})"
+                        )
+                elif key not in events:
+                    raise TypeError(
+                        f"process manager {manager.name!r} correlates {key.__qualname__}, "
+                        "which is no event of the app's aggregates"
+                    )
+
     def codec(self, keys: KeySource | None = None) -> Codec:
-        """A codec for every event type of every aggregate (and
-        :class:`~motet.storage.personal.SubjectForgotten`). Give it the store
-        as ``keys`` to decrypt personal fields: without it, a codec decodes
-        events without personal data only (and raises
+        """A codec for every event type of every aggregate and process manager
+        (and :class:`~motet.storage.personal.SubjectForgotten`). Give it the
+        store as ``keys`` to decrypt personal fields: without it, a codec
+        decodes events without personal data only (and raises
         :class:`~motet.storage.errors.CodecError` for encrypted fields).
 
         Raises ``TypeError`` for a bad declaration (see :class:`App`)."""
         events = [event for aggregate in self.aggregates for event in aggregate.events]
+        events += [event for manager in self.process_managers for event in manager.events]
         return Codec(events, self.upcasters, personal=self.personal_data, keys=keys)
 
     def command_types(self) -> dict[str, type]:

@@ -15,6 +15,7 @@ import trio
 
 from motet.actors.errors import EngineClosed, QueryTimeout, Unavailable, UnknownMessageType
 from motet.actors.head_watch import HeadWatch, serve_commit_watch
+from motet.actors.process_manager import ProcessManagerActor
 from motet.actors.projection import ProjectionActor, Query
 from motet.actors.registry import Registry
 from motet.actors.request import CommandRequest
@@ -34,6 +35,7 @@ from .app import App
 from .mediator import Mediator
 from .metrics import DEFAULT_METRICS_MAX_CONNECTIONS, EngineMetrics, outcome_of
 from .status import EngineStatistics, EngineStatus, message_schemas
+from .testing.clock import now
 
 __all__ = [
     "ROLES",
@@ -107,6 +109,25 @@ class Engine:
             )
             for projection in app.projections
         }
+        # A reader sends no commands, so it runs no process managers: the
+        # writer of its store does. Their timers are due on the clock that
+        # ``decide`` reads (:func:`~.testing.clock.now`), which tests control.
+        self.process_managers: dict[str, ProcessManagerActor[Any]] = (
+            {
+                manager.name: ProcessManagerActor(
+                    manager,
+                    store=store,
+                    codec=self.codec,
+                    writer=self.writer,
+                    send=self.send,
+                    clock=now,
+                    calls=calls,
+                )
+                for manager in app.process_managers
+            }
+            if role == "writer"
+            else {}
+        )
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
@@ -165,6 +186,7 @@ class Engine:
         return EngineStatus(
             head_position=self.writer.head_position,
             projections=[actor.status() for actor in self.projections.values()],
+            process_managers=[actor.status() for actor in self.process_managers.values()],
             actors=self.registry.actors,
             actors_by_aggregate=self.registry.live_by_aggregate(),
             durability=self.store.durability,
@@ -188,6 +210,16 @@ class Engine:
             raise KeyError(
                 f"no projection {name!r}; known: {', '.join(sorted(self.projections)) or 'none'}"
             ) from None
+
+    def process_manager(self, name: str) -> ProcessManagerActor[Any]:
+        """The process manager called ``name`` (its status, :meth:`wake
+        <motet.actors.process_manager.ProcessManagerActor.wake>`, ``retry``).
+        Raises ``KeyError`` naming the known ones (none in a reader)."""
+        try:
+            return self.process_managers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.process_managers)) or "none"
+            raise KeyError(f"no process manager {name!r}; known: {known}") from None
 
     async def ask(self, query: Any, *, after: int | None = None, timeout: float = 5.0) -> Any:
         """Answer ``query`` from the read model of the projection serving it.
@@ -666,6 +698,11 @@ class Engine:
                 await projection.save()
             except Exception:
                 log.exception("could not save projection %s", projection.name)
+        for manager in self.process_managers.values():
+            try:
+                await manager.save()
+            except Exception:
+                log.exception("could not save process manager %s", manager.name)
 
 
 def _with_snapshot_every(app: App, snapshot_every: int | Mapping[str, int] | None) -> App:
@@ -845,6 +882,8 @@ async def open_engine(
                 if retention_every is not None:
                     engine._check_writer("apply retention")
                     await nursery.start(engine.serve_retention, retention_every)
+                for manager in engine.process_managers.values():
+                    await nursery.start(manager.run)
                 http = None
                 if metrics_port is not None or http_port is not None:
                     # Imported here: an engine without ports loads no HTTP code.
@@ -883,6 +922,10 @@ async def open_engine(
                 finally:
                     if http is not None:
                         http.stop()
+                    # They send commands: stopped before the drain waits for
+                    # the last ones (what they had begun runs after a restart).
+                    for manager in engine.process_managers.values():
+                        manager.stop()
                     with trio.move_on_after(shutdown_timeout) as scope:
                         scope.shield = True
                         await engine._drain()

@@ -185,6 +185,7 @@ class EngineMetrics:
             lag_seconds.add_metric([name], age)
             failed.add_metric([name], 1 if projection.error is not None else 0)
         yield from (position, lag_events, lag_seconds, failed)
+        yield from self._process_manager_families()
 
         commands = CounterMetricFamily(
             "motet_commands", "Commands handled, by type and outcome.", labels=["type", "outcome"]
@@ -231,6 +232,53 @@ class EngineMetrics:
         for aggregate in engine.app.aggregates:
             snapshots.add_metric([aggregate.name], written.get(aggregate.name, 0))
         yield snapshots
+
+    def _process_manager_families(self) -> Iterator[Metric]:
+        """The process managers' gauges and counters, labelled ``process``."""
+        labels = ["process"]
+        position = GaugeMetricFamily(
+            "motet_process_position", "Last position the process manager handled.", labels=labels
+        )
+        lag_events = GaugeMetricFamily(
+            "motet_process_lag_events",
+            "Log head minus the process manager's position.",
+            labels=labels,
+        )
+        lag_seconds = GaugeMetricFamily(
+            "motet_process_lag_seconds",
+            "Age of the oldest committed event the process manager has not handled; "
+            "0 when caught up.",
+            labels=labels,
+        )
+        timers = GaugeMetricFamily(
+            "motet_process_timers_pending",
+            "Timers scheduled and not yet fired or cancelled.",
+            labels=labels,
+        )
+        failed = GaugeMetricFamily(
+            "motet_process_failed",
+            "1 while the process manager is stopped on a trigger its handler could not take.",
+            labels=labels,
+        )
+        fired = CounterMetricFamily(
+            "motet_process_timers_fired", "Timers fired since the engine started.", labels=labels
+        )
+        commands = CounterMetricFamily(
+            "motet_process_commands",
+            "Commands the process manager sent, by outcome (ok or rejected).",
+            labels=["process", "outcome"],
+        )
+        for name, manager in self._engine.process_managers.items():
+            behind, age = manager.lag()
+            position.add_metric([name], manager.position)
+            lag_events.add_metric([name], behind)
+            lag_seconds.add_metric([name], age)
+            timers.add_metric([name], manager.pending_timers)
+            failed.add_metric([name], 1 if manager.error is not None else 0)
+            fired.add_metric([name], manager.timers_fired)
+            commands.add_metric([name, "ok"], manager.commands_sent)
+            commands.add_metric([name, "rejected"], manager.commands_rejected)
+        yield from (position, lag_events, lag_seconds, timers, failed, fired, commands)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -11,9 +11,15 @@ from typing import Any
 
 import msgspec
 
-from motet.storage.status import ProjectionStatus
+from motet.storage.status import ProcessManagerStatus, ProjectionStatus
 
-__all__ = ["EngineStatistics", "EngineStatus", "ProjectionStatus", "message_schemas"]
+__all__ = [
+    "EngineStatistics",
+    "EngineStatus",
+    "ProcessManagerStatus",
+    "ProjectionStatus",
+    "message_schemas",
+]
 
 
 class EngineStatistics(msgspec.Struct, frozen=True):
@@ -39,8 +45,9 @@ class EngineStatistics(msgspec.Struct, frozen=True):
 
 class EngineStatus(msgspec.Struct, frozen=True):
     """What :meth:`Engine.status` reports: the log's head, each projection's
-    position, lag and state, the live actors per aggregate type, and the
-    command and query types the app handles (by tag)."""
+    position, lag and state, each process manager's position, lag and
+    pending timers, the live actors per aggregate type, and the command and
+    query types the app handles (by tag)."""
 
     head_position: int
     projections: list[ProjectionStatus]
@@ -50,6 +57,7 @@ class EngineStatus(msgspec.Struct, frozen=True):
     commands: list[str] = []
     queries: list[str] = []
     schemas: dict[str, Any] = {}
+    process_managers: list[ProcessManagerStatus] = []
 
 
 def message_schemas(*types_by_tag: Mapping[str, type]) -> dict[str, Any]:

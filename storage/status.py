@@ -10,7 +10,12 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["ProjectionState", "ProjectionStatus"]
+__all__ = [
+    "ProcessManagerState",
+    "ProcessManagerStatus",
+    "ProjectionState",
+    "ProjectionStatus",
+]
 
 ProjectionState = Literal["running", "paused", "failed", "rebuilding"]
 """What a projection is doing: following the log (``running``), stopped by
@@ -27,5 +32,32 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
     position: int
     lag_events: int
     lag_seconds: float
+    error: str | None = None
+    failed_position: int | None = None
+
+
+ProcessManagerState = Literal["running", "failed"]
+"""What a process manager is doing: following the log and firing timers
+(``running``), or stopped on a trigger its handler could not take
+(``failed``, until retried)."""
+
+
+class ProcessManagerStatus(msgspec.Struct, frozen=True):
+    """Where a process manager stands (see ``ProcessManagerActor.status``):
+    its position and lag like a projection's, its pending timers and when
+    the next is due (Unix seconds), and its counters since the engine
+    started."""
+
+    name: str
+    state: ProcessManagerState
+    position: int
+    lag_events: int
+    lag_seconds: float
+    pending_timers: int = 0
+    next_timer_at: float | None = None
+    events_handled: int = 0
+    timers_fired: int = 0
+    commands_sent: int = 0
+    commands_rejected: int = 0
     error: str | None = None
     failed_position: int | None = None

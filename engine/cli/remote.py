@@ -145,6 +145,19 @@ def format_status(server: EngineStatus) -> str:
         )
         if projection.error:
             lines.append(f"  stopped at position {projection.failed_position}: {projection.error}")
+    if server.process_managers:
+        lines.append(
+            f"\n{'process manager':<20}{'state':<12}{'position':>12}{'lag events':>12}"
+            f"{'lag s':>9}{'timers':>9}{'refused':>9}"
+        )
+    for manager in server.process_managers:
+        lines.append(
+            f"{manager.name:<20}{manager.state:<12}{manager.position:>12,}"
+            f"{manager.lag_events:>12,}{manager.lag_seconds:>9.3f}{manager.pending_timers:>9,}"
+            f"{manager.commands_rejected:>9,}"
+        )
+        if manager.error:
+            lines.append(f"  stopped at position {manager.failed_position}: {manager.error}")
     return "\n".join(lines)
 
 

@@ -8,11 +8,16 @@ benchmarks drive, and a model for writing an app:
 - :mod:`.read`: the ``users`` read model, the projection that folds the
   events into it, and the queries that read it;
 - :mod:`.demo`: the short scripted session ``motet demo`` runs (imported only
-  by that command).
+  by that command);
+- :mod:`.shop_app`: a second app, ``shop`` (orders cancelled when not paid in
+  time, a loyalty bonus after every fifth paid order), showing process
+  managers and timers; imported when first used.
 
 This face re-exports the public names of both sides and assembles
 :data:`app`.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from motet.engine.app import App
 
@@ -54,6 +59,9 @@ from .write import (
     verify_password,
 )
 
+if TYPE_CHECKING:
+    from .shop_app import shop
+
 __all__ = [
     "DEFAULT_LIST_LIMIT",
     "MAX_LIST_LIMIT",
@@ -85,6 +93,7 @@ __all__ = [
     "get_users_by_city",
     "hash_password",
     "queries",
+    "shop",
     "top_spenders",
     "user",
     "users_projection",
@@ -93,3 +102,13 @@ __all__ = [
 
 app = App(aggregates=(user,), projections=(users_projection,), queries=queries)
 """The example application, the default for ``motet serve``."""
+
+
+def __getattr__(name: str) -> Any:
+    # The shop app is a second app: the default one does not load it.
+    if name == "shop":
+        from .shop_app import shop
+
+        globals()["shop"] = shop
+        return shop
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,9 +13,10 @@ Example::
     def test_zero_is_refused():
         given(account).when(Deposit(account_id="a1", amount=0)).then_rejected(match="> 0")
 
-The scenarios run ``decide``/``evolve`` and the projection handlers directly,
-without trio. The plugin (loaded by pytest through the ``pytest11`` entry
-point) adds the ``clock``, ``motet_app`` and ``motet_engine`` fixtures; see
+The scenarios run ``decide``/``evolve``, the projection handlers and the
+process managers' reactions directly, without trio. The plugin (loaded by
+pytest through the ``pytest11`` entry point) adds the ``clock``,
+``motet_app`` and ``motet_engine`` fixtures; see
 :mod:`motet.engine.testing.plugin`. Each name below is imported when first
 used (PEP 562).
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from unittest.mock import ANY
 
     from .clock import DEFAULT_START, Clock, now, use_clock
+    from .processes import ProcessScenario, ReactionOutcome
     from .report import ScenarioFailed
     from .scenarios import (
         DEFAULT_STREAM,
@@ -46,6 +48,7 @@ _MODULES: dict[str, str] = {
     # test does not pin down, such as a random salt.
     "ANY": "unittest.mock",
     **dict.fromkeys(["DEFAULT_START", "Clock", "now", "use_clock"], "motet.engine.testing.clock"),
+    **dict.fromkeys(["ProcessScenario", "ReactionOutcome"], "motet.engine.testing.processes"),
     "ScenarioFailed": "motet.engine.testing.report",
     **dict.fromkeys(
         [
@@ -68,8 +71,10 @@ __all__ = [
     "AggregateScenario",
     "Clock",
     "CommandOutcome",
+    "ProcessScenario",
     "ProjectionScenario",
     "QueryOutcome",
+    "ReactionOutcome",
     "ScenarioFailed",
     "given",
     "now",

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from motet.actors.definition import Aggregate
+from motet.actors.process_manager import ProcessManager
 from motet.actors.projection import Projection, Query
 from motet.storage.codec import event_version_of, tag_of
 from motet.storage.errors import CommandRejected, MotetError
@@ -36,6 +37,9 @@ from motet.storage.records import Metadata, RecordedEvent
 
 from .clock import DEFAULT_START
 from .report import ScenarioFailed, describe, describe_all, first_difference
+
+if TYPE_CHECKING:
+    from .processes import ProcessScenario
 
 __all__ = [
     "DEFAULT_STREAM",
@@ -63,18 +67,23 @@ def given(
     *,
     queries: Iterable[Query[Any, Any]] = (),
 ) -> ProjectionScenario[M]: ...
+@overload
+def given(subject: ProcessManager[S], events: Iterable[Any] = ()) -> ProcessScenario[S]: ...
 def given(
-    subject: Aggregate[Any] | Projection[Any],
+    subject: Aggregate[Any] | Projection[Any] | ProcessManager[Any],
     events: Iterable[Any] = (),
     *,
     queries: Iterable[Query[Any, Any]] = (),
-) -> AggregateScenario[Any] | ProjectionScenario[Any]:
+) -> AggregateScenario[Any] | ProjectionScenario[Any] | ProcessScenario[Any]:
     """Start a scenario for an :class:`~motet.engine.Aggregate` (whose state
-    is folded from ``events``) or a :class:`~motet.engine.Projection` (whose
+    is folded from ``events``), a :class:`~motet.engine.Projection` (whose
     model has applied ``events``; ``queries`` are the application's
-    :class:`~motet.engine.Query` entries it may be asked).
+    :class:`~motet.engine.Query` entries it may be asked) or a
+    :class:`~motet.engine.ProcessManager` (one instance that has reacted to
+    ``events``; see :mod:`.processes`).
 
-    Raises ``TypeError`` for anything else, or for ``queries`` with an aggregate.
+    Raises ``TypeError`` for anything else, or for ``queries`` with an
+    aggregate or a process manager.
     """
     if isinstance(subject, Aggregate):
         if queries:
@@ -82,7 +91,15 @@ def given(
         return AggregateScenario(subject, list(events))
     if isinstance(subject, Projection):
         return ProjectionScenario(subject, list(events), list(queries))
-    raise TypeError(f"given() takes an Aggregate or a Projection, got {subject!r}")
+    if isinstance(subject, ProcessManager):
+        if queries:
+            raise TypeError("queries are answered by a projection, not a process manager")
+        from .processes import ProcessScenario
+
+        return ProcessScenario(subject, events)
+    raise TypeError(
+        f"given() takes an Aggregate, a Projection or a ProcessManager, got {subject!r}"
+    )
 
 
 # --- Aggregates -----------------------------------------------------------------

@@ -357,7 +357,7 @@ def test_the_face_exports_both_sides_and_the_app() -> None:
     from motet.engine import example
     from motet.engine.example import read, write
 
-    assert sorted(example.__all__) == sorted([*write.__all__, *read.__all__, "app"])
+    assert sorted(example.__all__) == sorted([*write.__all__, *read.__all__, "app", "shop"])
     for name in example.__all__:
         assert getattr(example, name) is not None, name
     for side in (write, read):

@@ -118,7 +118,7 @@ def test_the_example_aggregate_rejects_orders_of_unknown_users() -> None:
 def test_a_command_the_aggregate_does_not_handle_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="does not handle GetBalance; it handles Deposit"):
         given(account).when(GetBalance(account_id="a1"))
-    with pytest.raises(TypeError, match="takes an Aggregate or a Projection"):
+    with pytest.raises(TypeError, match="takes an Aggregate, a Projection or a ProcessManager"):
         given(bank)  # type: ignore[call-overload]
 
 
