@@ -23,11 +23,18 @@ from motet.storage.codec import Codec
 from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
 from motet.storage.records import Ack, RecordedEvent
-from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
+from motet.storage.store import (
+    Durability,
+    EventStore,
+    check_aggregate_id,
+    check_command_id,
+    check_stream_id,
+)
 
 from .app import App
 from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of
+from .node import Node
 from .status import EngineStatistics, EngineStatus, message_schemas
 
 __all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
@@ -62,6 +69,10 @@ class Engine:
         metrics: bool = True,
         max_batch: int = 10_000,
         role: Role = "writer",
+        node_id: str | None = None,
+        advertise: str = "",
+        lease_ttl: float = 10.0,
+        peer_token: str | None = None,
     ) -> None:
         _check_role(role)
         self.app = app
@@ -93,6 +104,24 @@ class Engine:
             )
             for projection in app.projections
         }
+        self.node: Node | None = None
+        """This engine as a node of a partitioned store (with ``node_id``)."""
+        if node_id is not None:
+            if not callable(getattr(store, "heartbeat", None)):
+                raise ValueError(
+                    f"node_id needs a store shared by nodes (a postgresql:// URL), got {store!r}"
+                )
+            self.node = Node(
+                store,  # type: ignore[arg-type]
+                node_id,
+                role=role,
+                advertise=advertise,
+                lease_ttl=lease_ttl,
+                peer_token=peer_token,
+                stop_actors=self.registry.stop_matching,
+            )
+        elif advertise:
+            raise ValueError("advertise needs a node_id")
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
@@ -157,6 +186,8 @@ class Engine:
             commands=list(self._command_names),
             queries=list(self._query_names),
             schemas=self._message_schemas(),
+            node=None if self.node is None else self.node.status(),
+            nodes=[] if self.node is None else self.node.nodes(),
         )
 
     def _message_schemas(self) -> dict[str, Any]:
@@ -398,6 +429,12 @@ class Engine:
         request = CommandRequest(
             command, command_id, expected_version, correlation_id, causation_id, started
         )
+        node = self.node
+        forward_to: str | None = None
+        if node is not None:
+            # Checked here, before a hop to another node, like the owner would.
+            check_aggregate_id(aggregate.name, aggregate_id)
+            partition, forward_to = node.route(aggregate.stream_of(aggregate_id))
         if command_id is not None:
             check_command_id(command_id)
             stream = aggregate.stream_of(aggregate_id)
@@ -416,7 +453,13 @@ class Engine:
                 ack = stored_ack(self.store, command_id)
                 if ack is not None:
                     return retried_ack(command_id, ack, None, stream, fingerprint)
-        self.registry.tell(aggregate, aggregate_id, request)
+        if node is None:
+            self.registry.tell(aggregate, aggregate_id, request)
+        elif forward_to is None:
+            self.registry.tell(aggregate, aggregate_id, request)
+            node.track(partition, request)
+        else:
+            node.forward(forward_to, request)
         if command_id is not None:
             self._by_command_id[command_id] = request
         return request
@@ -504,6 +547,14 @@ class Engine:
         await self._quiet.wait()
         await self.writer.wait_idle()
 
+    async def _leave(self) -> None:
+        """Hand this node's partitions over (its commands are drained)."""
+        if self.node is not None:
+            try:
+                await self.node.leave()
+            except Exception:
+                log.exception("node %s could not hand its partitions over", self.node.id)
+
     async def _save_projections(self) -> None:
         for projection in self.projections.values():
             try:
@@ -587,6 +638,10 @@ async def open_engine(
     http_token: str | None = None,
     max_batch: int = 10_000,
     role: Role = "writer",
+    node_id: str | None = None,
+    advertise: str = "",
+    lease_ttl: float = 10.0,
+    peer_token: str | None = None,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -623,7 +678,15 @@ async def open_engine(
     ``shared`` store), commands are refused with
     :class:`~motet.storage.errors.Unavailable`, and projections keep their
     models in memory only (no checkpoint is saved); queries (with
-    ``after=``), reads, subscriptions and status work as on the writer. Raises
+    ``after=``), reads, subscriptions and status work as on the writer.
+    ``node_id`` makes the engine a node of a store shared by several
+    (PostgreSQL): a writer node owns the partitions whose leases it holds
+    (renewed every ``lease_ttl * 0.3`` seconds; others take them over once
+    ``lease_ttl`` seconds pass without renewal), forwards commands for the
+    others to their owners at the address they ``advertise`` (``host:port``
+    of their line server; with ``peer_token`` as token), answers
+    :class:`~motet.storage.errors.Unavailable` for a partition with no live
+    owner, and hands its partitions over when it closes. Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
     Motet store, ``OSError`` when a port cannot be bound,
     ``TypeError`` without an app and ``ValueError`` for invalid options.
@@ -663,6 +726,10 @@ async def open_engine(
             metrics=metrics,
             max_batch=max_batch,
             role=role,
+            node_id=node_id,
+            advertise=advertise,
+            lease_ttl=lease_ttl,
+            peer_token=peer_token,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")
@@ -672,6 +739,8 @@ async def open_engine(
                     await nursery.start(serve_commit_watch, store, engine.writer.watch)
                 await nursery.start(engine.writer.serve)
                 await nursery.start(engine.registry.serve)
+                if engine.node is not None:
+                    await nursery.start(engine.node.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
                 http = None
@@ -707,6 +776,7 @@ async def open_engine(
                     with trio.move_on_after(shutdown_timeout) as scope:
                         scope.shield = True
                         await engine._drain()
+                        await engine._leave()
                         await engine._save_projections()
                     if scope.cancelled_caught:
                         log.warning("engine closed with commands still in flight")

@@ -226,6 +226,19 @@ class EngineMetrics:
             snapshots.add_metric([aggregate.name], written.get(aggregate.name, 0))
         yield snapshots
 
+        node = engine.node
+        if node is not None:
+            yield GaugeMetricFamily(
+                "motet_node_partitions",
+                "Partitions of the shared store whose leases this node holds.",
+                value=len(node.owned),
+            )
+            yield CounterMetricFamily(
+                "motet_commands_forwarded",
+                "Commands this node forwarded to the partition's owner and got an Ack for.",
+                value=node.forwarded,
+            )
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)

@@ -13,7 +13,13 @@ import msgspec
 
 from motet.storage.status import ProjectionStatus
 
-__all__ = ["EngineStatistics", "EngineStatus", "ProjectionStatus", "message_schemas"]
+__all__ = [
+    "EngineStatistics",
+    "EngineStatus",
+    "NodeStatus",
+    "ProjectionStatus",
+    "message_schemas",
+]
 
 
 class EngineStatistics(msgspec.Struct, frozen=True):
@@ -37,6 +43,17 @@ class EngineStatistics(msgspec.Struct, frozen=True):
         return self.commands_committed / self.commits if self.commits else 0.0
 
 
+class NodeStatus(msgspec.Struct, frozen=True):
+    """One node of a partitioned store in ``status``: its id, role
+    (``writer`` or ``reader``), the ``host:port`` it advertises for forwarded
+    commands (``""`` for none) and the partitions it owns."""
+
+    id: str
+    role: str
+    address: str = ""
+    partitions: list[int] = []
+
+
 class EngineStatus(msgspec.Struct, frozen=True):
     """What :meth:`Engine.status` reports: the log's head, each projection's
     position, lag and state, the live actors per aggregate type, and the
@@ -50,6 +67,10 @@ class EngineStatus(msgspec.Struct, frozen=True):
     commands: list[str] = []
     queries: list[str] = []
     schemas: dict[str, Any] = {}
+    node: NodeStatus | None = None
+    """This engine as a node (``None`` unless it runs with a node id)."""
+    nodes: list[NodeStatus] = []
+    """Every live node of the store, as of this node's last heartbeat."""
 
 
 def message_schemas(*types_by_tag: Mapping[str, type]) -> dict[str, Any]:

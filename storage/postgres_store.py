@@ -523,7 +523,7 @@ class PostgresStore:
 
         def beat(conn: _Connection) -> LeaseView:
             conn.execute(sql.HEARTBEAT_NODE, (node, address, role, ttl))
-            renewed = dict(
+            renewed: dict[int, int] = dict(
                 conn.execute(sql.RENEW_LEASES, (ttl, list(fence), list(fence.values()), node))
             )
             nodes = [NodeInfo(*row) for row in conn.execute(sql.READ_NODES)]

@@ -1,0 +1,138 @@
+"""Engines as nodes of one PostgreSQL store (a real cluster, real sockets):
+partition leases spread over the nodes, commands forwarded to the owner,
+hand-over on close, and ``unavailable`` for a partition nobody owns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+
+from motet.engine import Engine, Unavailable, open_engine
+from motet.engine.example import CreateUser, PlaceOrder, app
+from motet.engine.net.server import serve_engine
+from motet.storage.partitions import partition_of
+from tests.support.postgres import Cluster, new_schema_url
+
+PARTITIONS = 4
+TTL = 1.0
+
+
+@pytest.fixture
+def url(postgres_cluster: Cluster) -> str:
+    return new_schema_url(postgres_cluster)
+
+
+@asynccontextmanager
+async def node(url: str, node_id: str, **options: Any) -> AsyncIterator[Engine]:
+    """An engine as node ``node_id``, its line server on a free port advertised."""
+    async with (
+        open_engine(
+            url,
+            app,
+            node_id=node_id,
+            lease_ttl=TTL,
+            store_options={"partitions": PARTITIONS},
+            **options,
+        ) as engine,
+        trio.open_nursery() as nursery,
+    ):
+        server = await nursery.start(partial(serve_engine, engine, port=0))
+        assert engine.node is not None
+        engine.node.advertise = f"127.0.0.1:{server.port}"
+        yield engine
+        server.stop()
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.05)
+
+
+def user_in(partition: int) -> str:
+    return next(
+        f"u{i}" for i in range(10_000) if partition_of(f"User-u{i}", PARTITIONS) == partition
+    )
+
+
+def create(user: str) -> CreateUser:
+    return CreateUser(user_id=user, name=user, email=f"{user}@example.org", password="pw")
+
+
+async def test_partitions_spread_commands_are_forwarded_and_handed_over(url: str) -> None:
+    async with node(url, "a") as a:
+        assert a.node is not None
+        assert a.status().node is not None
+        assert a.status().node.partitions == [0, 1, 2, 3]  # alone: everything
+        async with node(url, "b") as b:
+            assert b.node is not None
+            await wait_until(lambda: len(a.node.owned) == 2 and len(b.node.owned) == 2)
+            # a sees b's claims at its next heartbeat.
+            await wait_until(
+                lambda: (
+                    {n.id: n.partitions for n in a.status().nodes}
+                    == {"a": a.node.owned, "b": b.node.owned}
+                )
+            )
+            assert b.status().node == b.node.status()
+            theirs = user_in(b.node.owned[0])
+            ours = user_in(a.node.owned[0])
+
+            # Sent to a, run by b (its owner): same Ack either way, and a retry
+            # with the same command id on either node appends nothing.
+            ack = await a.send(create(theirs), command_id="c1")
+            assert await b.send(create(theirs), command_id="c1") == ack
+            assert await a.send(create(theirs), command_id="c1") == ack
+            local = await a.send(create(ours), command_id="c2")
+            again = await b.send(PlaceOrder(user_id=ours, order_id="o1", amount=5))
+            assert (local.version, again.version) == (1, 2)
+            assert a.node.forwarded == 2 and b.node.forwarded == 1
+            metrics = a.metrics.exposition().decode() if a.metrics else ""
+            assert "motet_node_partitions 2.0" in metrics
+            assert "motet_commands_forwarded_total 2.0" in metrics
+        # b closed: it handed its partitions over, a claims them at its next beat.
+        await wait_until(lambda: a.node.owned == [0, 1, 2, 3], seconds=3 * TTL)
+        assert [n.id for n in a.status().nodes] == ["a"]
+        ack = await a.send(PlaceOrder(user_id=theirs, order_id="o2", amount=1))
+        assert ack.version == 2
+
+
+async def test_a_partition_without_a_live_owner_answers_unavailable(url: str) -> None:
+    async with node(url, "reader", role="reader") as reader:
+        with pytest.raises(Unavailable, match=r"role 'reader' and takes no commands"):
+            await reader.send(create("ann"))
+        assert reader.status().node is not None
+        assert reader.status().node.partitions == []
+        # No writer node: nobody owns anything.
+        with pytest.raises(ValueError, match="advertise needs a node_id"):
+            async with open_engine(url, app, advertise="127.0.0.1:1"):
+                pass  # pragma: no cover
+    async with open_engine(
+        url, app, node_id="w", lease_ttl=TTL, store_options={"partitions": PARTITIONS}
+    ) as writer:
+        assert writer.node is not None
+        # Simulate a partition that is not this node's and whose owner is gone:
+        # hand one over, and ask before any node claims it again.
+        owned = writer.node.owned
+        await writer.node.hand_over([owned[0]])
+        with pytest.raises(Unavailable, match=rf"partition {owned[0]} .* has no live owner yet"):
+            await writer.send(create(user_in(owned[0])))
+        await wait_until(lambda: writer.node.owned == owned, seconds=3 * TTL)
+        assert (await writer.send(create(user_in(owned[0])))).version == 1
+
+
+async def test_node_options_are_checked(url: str) -> None:
+    with pytest.raises(ValueError, match="node_id needs a store shared by nodes"):
+        async with open_engine(None, app, node_id="x"):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError, match=r"an advertised address is HOST:PORT, got 'nowhere'"):
+        async with open_engine(url, app, node_id="x", advertise="nowhere"):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError, match=r"lease_ttl must be > 0 seconds, got 0"):
+        async with open_engine(url, app, node_id="x", lease_ttl=0):
+            pass  # pragma: no cover
