@@ -88,6 +88,33 @@ def _can_bind(host: str, port: int) -> bool:
     return True
 
 
+def _check_node_options(args: argparse.Namespace) -> None:
+    """Refuse node flags that cannot work, naming the flag."""
+    postgres = isinstance(args.store, str) and args.store.startswith(
+        ("postgresql://", "postgres://")
+    )
+    if args.node_id is not None and not postgres:
+        fail("--node-id needs --store postgresql://...: only PostgreSQL is shared by nodes", USAGE)
+    if args.node_id is not None and not (0 < len(args.node_id) <= 200):
+        fail(f"--node-id must be 1 to 200 characters, got {args.node_id!r}", USAGE)
+    if args.advertise is not None:
+        if args.node_id is None:
+            fail("--advertise needs --node-id", USAGE)
+        host, sep, port = args.advertise.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"--advertise must be HOST:PORT, got {args.advertise!r}", USAGE)
+    if args.partitions is not None and not postgres:
+        fail("--partitions applies to a new --store postgresql://... store only", USAGE)
+
+
+def _advertised(host: str, port: int) -> str:
+    """The address other nodes reach this one at: the listening address,
+    or this host's name when listening on every address."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def tune_gc() -> None:
     """Tune the garbage collector for a server process that is up and running.
 
@@ -125,6 +152,7 @@ def serve(args: argparse.Namespace) -> int:
                 option.replace("_", "-"),
                 option.upper(),
             )
+    _check_node_options(args)
     ssl_context = server_ssl_context(args)
     if args.max_connections < 1:
         fail(f"--max-connections must be >= 1, got {args.max_connections}", USAGE)
@@ -165,11 +193,16 @@ async def _run_server(
                 args.store or args.data,
                 app,
                 durability=None if args.role == "reader" else args.durability,
+                store_options=None if args.partitions is None else {"partitions": args.partitions},
                 max_actors=args.max_actors,
                 passivate_after=args.passivate_after,
                 metrics_port=None if args.no_metrics else args.metrics_port,
                 metrics_host=args.metrics_host,
                 role=args.role,
+                node_id=args.node_id,
+                advertise=args.advertise or "",
+                lease_ttl=args.lease_ttl,
+                peer_token=tokens[0],
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
                 server = await nursery.start(
@@ -200,6 +233,8 @@ async def _run_server(
                             max_connections=args.max_connections,
                         )
                     )
+                if engine.node is not None and not engine.node.advertise:
+                    engine.node.advertise = _advertised(args.host, server.port)
                 tune_gc()
                 metrics = (
                     f"http://{args.metrics_host}:{engine.metrics_port}/metrics"
@@ -209,7 +244,7 @@ async def _run_server(
                 scheme = "https" if ssl_context else "http"
                 _log.info(
                     "serving %s from %s on %s:%d%s (metrics: %s, http: %s, durability: %s, "
-                    "role: %s)",
+                    "role: %s%s)",
                     args.app,
                     _redacted(args.store) if args.store else args.data,
                     args.host,
@@ -219,6 +254,7 @@ async def _run_server(
                     f"{scheme}://{args.host}:{http.port}/" if http is not None else "off",
                     args.durability,
                     args.role,
+                    "" if engine.node is None else f", node: {engine.node!r}",
                 )
                 async for signum in signals:
                     _log.info("%s received: draining and closing", signal.Signals(signum).name)
