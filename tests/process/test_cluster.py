@@ -5,6 +5,7 @@ under load, a node stopped with SIGSTOP past its lease, and a reader node.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -319,10 +320,21 @@ async def test_a_node_stopped_past_its_lease_commits_nothing_once_taken_over(
         await wait_until(lambda: balanced(to, 2), 6 * TTL, "partitions spread again")
 
 
-async def test_a_reader_node_serves_reads_and_refuses_commands(motet_server: Any, url: str) -> None:
+async def test_a_reader_node_serves_reads_and_refuses_commands(
+    motet: Any, motet_server: Any, url: str
+) -> None:
     (writer,) = start_nodes(motet_server, url, 1)
     reader = motet_server(
-        "--store", url, "--role", "reader", "--node-id", "r1", *NODE_FLAGS, ready_timeout=60.0
+        "--store",
+        url,
+        "--role",
+        "reader",
+        "--node-id",
+        "r1",
+        "--http-port",
+        "0",
+        *NODE_FLAGS,
+        ready_timeout=60.0,
     )
     async with (
         open_client(port=writer.port) as to_writer,
@@ -347,10 +359,33 @@ async def test_a_reader_node_serves_reads_and_refuses_commands(motet_server: Any
             await to_reader.send(create_user("x"))
 
         async def both_seen() -> bool:
-            status = await to_writer.status()
-            return {(n.id, n.role) for n in status.nodes} == {("n1", "writer"), ("r1", "reader")}
+            expected = {
+                ("n1", "writer", f"127.0.0.1:{writer.port}"),
+                ("r1", "reader", f"127.0.0.1:{reader.port}"),
+            }
+            for client in (to_writer, to_reader):
+                status = await client.status()
+                if {(n.id, n.role, n.address) for n in status.nodes} != expected:
+                    return False
+            return True
 
-        await wait_until(both_seen, 3 * TTL, "the reader shows in nodes")
+        await wait_until(both_seen, 3 * TTL, "both nodes see both, with their addresses")
         status = await to_reader.status()
         assert status.node is not None
         assert (status.node.role, status.node.partitions) == ("reader", [])
+        with urllib.request.urlopen(f"http://127.0.0.1:{reader.http_port}/status") as reply:
+            body = json.loads(reply.read())
+        assert body["node"] == {
+            "id": "r1",
+            "role": "reader",
+            "address": f"127.0.0.1:{reader.port}",
+            "partitions": [],
+        }
+        assert [n["id"] for n in body["nodes"]] == ["n1", "r1"]
+        assert body["nodes"][0]["partitions"] == list(range(PARTITIONS))
+    table = motet.run("status", "--port", str(reader.port))
+    assert table.returncode == 0, table.stderr
+    assert "node           r1 (reader)" in table.stdout
+    assert f"n1                  writer  127.0.0.1:{writer.port:<14}0-{PARTITIONS - 1}" in (
+        table.stdout
+    )
