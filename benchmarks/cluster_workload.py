@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,16 +123,15 @@ async def _drive(
     ports: Sequence[int], commands: Sequence[Any], connections: int, in_flight: int
 ) -> dict[str, Any]:
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
 
     async def worker(client: Any, share: Sequence[Any]) -> None:
-        nonlocal errors
         for command in share:
             started = time.perf_counter()
             try:
                 await client.send(command)
-            except Exception:
-                errors += 1
+            except Exception as exc:
+                errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
                 continue
             latencies.append(time.perf_counter() - started)
 
@@ -149,7 +149,8 @@ async def _drive(
         "commands": len(latencies),
         "seconds": round(seconds, 2),
         "commands_per_s": round(len(latencies) / seconds),
-        "errors": errors,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors.most_common(3)),
         **quantiles([latency * 1000.0 for latency in latencies], QUANTILES),
     }
 

@@ -34,7 +34,7 @@ from motet.storage.store import (
 from .app import App
 from .mediator import Mediator
 from .metrics import EngineMetrics, outcome_of
-from .node import Node
+from .node import LOCAL, WAIT, Node
 from .status import EngineStatistics, EngineStatus, message_schemas
 
 __all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role", "open_engine"]
@@ -430,11 +430,11 @@ class Engine:
             command, command_id, expected_version, correlation_id, causation_id, started
         )
         node = self.node
-        forward_to: str | None = None
+        where = LOCAL
         if node is not None:
             # Checked here, before a hop to another node, like the owner would.
             check_aggregate_id(aggregate.name, aggregate_id)
-            partition, forward_to = node.route(aggregate.stream_of(aggregate_id))
+            partition, where = node.route(aggregate.stream_of(aggregate_id))
         if command_id is not None:
             check_command_id(command_id)
             stream = aggregate.stream_of(aggregate_id)
@@ -455,11 +455,18 @@ class Engine:
                     return retried_ack(command_id, ack, None, stream, fingerprint)
         if node is None:
             self.registry.tell(aggregate, aggregate_id, request)
-        elif forward_to is None:
+        elif where == LOCAL:
             self.registry.tell(aggregate, aggregate_id, request)
             node.track(partition, request)
+        elif where == WAIT:
+
+            def run_here() -> None:
+                self.registry.tell(aggregate, aggregate_id, request)
+                node.track(partition, request)
+
+            node.park(partition, aggregate.stream_of(aggregate_id), request, run_here)
         else:
-            node.forward(forward_to, request)
+            node.forward(where, request)
         if command_id is not None:
             self._by_command_id[command_id] = request
         return request

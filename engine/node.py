@@ -36,7 +36,12 @@ from .status import NodeStatus
 if TYPE_CHECKING:
     from .net.client import Client
 
-__all__ = ["LeaseStore", "Node", "NodeStatus"]
+__all__ = ["LOCAL", "WAIT", "LeaseStore", "Node", "NodeStatus"]
+
+LOCAL = "local"
+"""Where :meth:`Node.route` sends a command whose actor runs on this node."""
+WAIT = "wait"
+"""Where :meth:`Node.route` sends a command whose partition has no known owner."""
 
 log = logging.getLogger("motet.node")
 
@@ -171,6 +176,8 @@ class Node:
         self.forwarded = 0
         self._nursery: trio.Nursery | None = None
         self._leaving = False
+        self._wake = trio.Event()
+        self._refreshed = trio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -207,31 +214,73 @@ class Node:
 
     # -- routing commands -------------------------------------------------------
 
-    def route(self, stream: str) -> tuple[int, str | None]:
-        """``(partition, None)`` when ``stream``'s actor runs here, or
-        ``(partition, address)`` of the node to forward it to. Raises
-        :class:`Unavailable` when its partition has no live owner (yet)."""
+    def route(self, stream: str) -> tuple[int, str]:
+        """Where ``stream``'s commands go: ``(partition, LOCAL)`` when its
+        actor runs here, ``(partition, "host:port")`` of the owner to forward
+        to, or ``(partition, WAIT)`` when no live owner is known yet (see
+        :meth:`park`)."""
         partition = partition_of(stream, self.partitions)
+        return partition, self._where(partition)
+
+    def _where(self, partition: int) -> str:
         if (
             partition in self._serving
             and partition not in self._releasing
             and trio.current_time() < self._valid_until
         ):
-            return partition, None
+            return LOCAL
         owner = self._owners.get(partition)
         if owner is None or owner == self.id:
-            moving = "is being handed over" if partition in self._releasing else "has no live owner"
-            raise Unavailable(
-                f"partition {partition} (of stream {stream!r}) {moving} yet; retry in a few "
-                "seconds (its lease is taken within the lease TTL)"
+            return WAIT
+        return self._addresses.get(owner) or WAIT
+
+    def _no_owner(self, partition: int, stream: str) -> str:
+        owner = self._owners.get(partition)
+        where = f"partition {partition} (of stream {stream!r})"
+        if owner is not None and owner != self.id:
+            return (
+                f"{where} is owned by node {owner!r}, which advertises no address to forward "
+                "commands to"
             )
-        address = self._addresses.get(owner, "")
-        if not address:
-            raise Unavailable(
-                f"partition {partition} (of stream {stream!r}) is owned by node {owner!r}, "
-                "which advertises no address to forward commands to"
-            )
-        return partition, address
+        moving = "is being handed over" if partition in self._releasing else "has no live owner"
+        return (
+            f"{where} {moving} yet; retry in a few seconds (a dead node's partitions are "
+            "taken over within the lease TTL)"
+        )
+
+    def park(
+        self, partition: int, stream: str, request: CommandRequest, run_here: Callable[[], None]
+    ) -> None:
+        """Hold ``request`` (never blocks) until a heartbeat, asked for now,
+        shows its partition's owner: then run it here (``run_here()``) or
+        forward it. Fails it with :class:`Unavailable` when no owner shows
+        within two renewal intervals (a dead node's leases take up to the
+        TTL to expire). Raises :class:`Overloaded` as :meth:`forward` does."""
+        self._count_forwarding()
+        assert self._nursery is not None
+        self._wake.set()
+        self._nursery.start_soon(self._await_owner, partition, stream, request, run_here)
+
+    async def _await_owner(
+        self, partition: int, stream: str, request: CommandRequest, run_here: Callable[[], None]
+    ) -> None:
+        try:
+            where = WAIT
+            with trio.move_on_after(self.renew_every * 2):
+                while where == WAIT:
+                    await self._refreshed.wait()
+                    where = self._where(partition)
+            if where == WAIT:
+                request.fail(Unavailable(self._no_owner(partition, stream)))
+            elif where == LOCAL:
+                try:
+                    run_here()
+                except Exception as exc:
+                    request.fail(exc)
+            else:
+                await self._send(where, request)
+        finally:
+            self._forwarding -= 1
 
     def track(self, partition: int, request: CommandRequest) -> None:
         """Count ``request`` as in flight in ``partition`` until it is answered."""
@@ -251,6 +300,11 @@ class Node:
         """Send ``request`` to the node at ``address`` and answer it with that
         node's reply (never blocks). Raises :class:`Overloaded` when
         ``max_forwarding`` commands are already on their way."""
+        self._count_forwarding()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._forward, address, request)
+
+    def _count_forwarding(self) -> None:
         if self._nursery is None:
             raise Unavailable("this node is not running")
         if self._forwarding >= self._max_forwarding:
@@ -259,9 +313,14 @@ class Node:
                 f"{self.id!r}; retry later"
             )
         self._forwarding += 1
-        self._nursery.start_soon(self._forward, address, request)
 
     async def _forward(self, address: str, request: CommandRequest) -> None:
+        try:
+            await self._send(address, request)
+        finally:
+            self._forwarding -= 1
+
+    async def _send(self, address: str, request: CommandRequest) -> None:
         try:
             with trio.move_on_after(self._forward_timeout):
                 peer = await self._peer(address)
@@ -292,8 +351,6 @@ class Node:
         except Exception as exc:
             log.exception("forwarding to %s failed", address)
             request.fail(InternalError(f"forwarding to {address} failed: {exc!r}"))
-        finally:
-            self._forwarding -= 1
 
     async def _peer(self, address: str) -> _Peer:
         peer = self._peers.get(address)
@@ -320,7 +377,13 @@ class Node:
                 await self._tick()
                 task_status.started()
                 while True:
-                    await trio.sleep(self.renew_every)
+                    last = trio.current_time()
+                    with trio.move_on_after(self.renew_every):
+                        await self._wake.wait()
+                        # Asked early (a command waits for an owner): not more
+                        # often than a few times per renewal interval.
+                        await trio.sleep_until(last + self.renew_every / 8)
+                    self._wake = trio.Event()
                     try:
                         await self._tick()
                     except StorageError as exc:
@@ -339,6 +402,15 @@ class Node:
         )
         self._valid_until = started + self.lease_ttl
         self._see(view)
+        try:
+            await self._balance(view)
+        finally:
+            # Commands waiting for an owner look again (also after claims).
+            self._refreshed.set()
+            self._refreshed = trio.Event()
+
+    async def _balance(self, view: LeaseView) -> None:
+        """Claim free leases up to this node's share, or hand over those above it."""
         if self.role != "writer" or self._leaving:
             return
         writers = [n.id for n in view.nodes if n.role == "writer"]

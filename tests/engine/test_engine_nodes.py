@@ -16,6 +16,7 @@ from motet.engine import Engine, Unavailable, open_engine
 from motet.engine.example import CreateUser, PlaceOrder, app
 from motet.engine.net.server import serve_engine
 from motet.storage.partitions import partition_of
+from motet.storage.postgres_store import PostgresStore
 from tests.support.postgres import Cluster, new_schema_url
 
 PARTITIONS = 4
@@ -102,28 +103,44 @@ async def test_partitions_spread_commands_are_forwarded_and_handed_over(url: str
         assert ack.version == 2
 
 
-async def test_a_partition_without_a_live_owner_answers_unavailable(url: str) -> None:
+async def test_a_reader_node_owns_nothing_and_refuses_commands(url: str) -> None:
     async with node(url, "reader", role="reader") as reader:
         with pytest.raises(Unavailable, match=r"role 'reader' and takes no commands"):
             await reader.send(create("ann"))
-        assert reader.status().node is not None
-        assert reader.status().node.partitions == []
-        # No writer node: nobody owns anything.
-        with pytest.raises(ValueError, match="advertise needs a node_id"):
-            async with open_engine(url, app, advertise="127.0.0.1:1"):
-                pass  # pragma: no cover
-    async with open_engine(
-        url, app, node_id="w", lease_ttl=TTL, store_options={"partitions": PARTITIONS}
-    ) as writer:
+        status = reader.status()
+        assert status.node is not None
+        assert (status.node.role, status.node.partitions) == ("reader", [])
+        assert [(n.id, n.role) for n in status.nodes] == [("reader", "reader")]
+
+
+async def test_a_partition_without_a_live_owner_answers_unavailable_soon(url: str) -> None:
+    async with node(url, "w") as writer:
         assert writer.node is not None
-        # Simulate a partition that is not this node's and whose owner is gone:
-        # hand one over, and ask before any node claims it again.
-        owned = writer.node.owned
-        await writer.node.hand_over([owned[0]])
-        with pytest.raises(Unavailable, match=rf"partition {owned[0]} .* has no live owner yet"):
-            await writer.send(create(user_in(owned[0])))
-        await wait_until(lambda: writer.node.owned == owned, seconds=3 * TTL)
-        assert (await writer.send(create(user_in(owned[0])))).version == 1
+        assert writer.node.owned == [0, 1, 2, 3]
+        ghost = PostgresStore(url)
+        try:
+            # A second writer that never serves: w hands it half the partitions.
+            await trio.to_thread.run_sync(ghost.heartbeat, "ghost", "", "writer", 60.0)
+            await wait_until(lambda: writer.node.owned == [0, 1])
+            assert await trio.to_thread.run_sync(ghost.claim, "ghost", [2], 60.0) == {
+                2: 2
+            }  # w had epoch 1
+
+            # Partition 3 is free and w is at its share: nobody takes it. The
+            # command waits for a heartbeat or two, then answers unavailable.
+            started = trio.current_time()
+            with pytest.raises(Unavailable, match=r"partition 3 .* has no live owner yet"):
+                await writer.send(create(user_in(3)))
+            assert trio.current_time() - started < 3 * TTL
+            with pytest.raises(Unavailable, match=r"owned by node 'ghost', which advertises no"):
+                await writer.send(create(user_in(2)))
+
+            # The ghost leaves: w takes everything back; a waiting command runs.
+            await trio.to_thread.run_sync(ghost.leave, "ghost")
+            assert (await writer.send(create(user_in(3)))).version == 1
+            await wait_until(lambda: writer.node.owned == [0, 1, 2, 3])
+        finally:
+            ghost.close()
 
 
 async def test_node_options_are_checked(url: str) -> None:
