@@ -166,7 +166,8 @@ async def test_three_nodes_answer_the_same_and_keep_the_log_whole(
         await check_read_models(to, users, head)
         # A retry on each node returns the first Ack and appends nothing.
         for client in to:
-            assert await client.send(create_user("u0"), command_id="create-u0") == acks["create-u0"]
+            again, _ = await send([client], create_user("u0"), "create-u0")
+            assert again == acks["create-u0"]
         assert (await to[1].status()).head_position == head
         status = await to[2].status()
         assert status.node is not None and status.node.id == "n3"
@@ -192,7 +193,7 @@ async def test_a_node_killed_under_load_loses_nothing_and_its_partitions_move(
             :3
         ]
         direct = {
-            f"direct-{u}": await to[2].send(place_order(u, f"d-{u}", 1), command_id=f"direct-{u}")
+            f"direct-{u}": (await send([to[2]], place_order(u, f"d-{u}", 1), f"direct-{u}"))[0]
             for u in theirs
         }
         acks.update(direct)
@@ -265,7 +266,7 @@ async def test_a_node_stopped_past_its_lease_commits_nothing_once_taken_over(
             for p in held.partitions
         ]
         for user in users:
-            await to[0].send(create_user(user), command_id=f"create-{user}")
+            await send([to[0]], create_user(user), f"create-{user}")
         before = events_appended(stopped)
 
         os.kill(stopped.process.pid, signal.SIGSTOP)
@@ -341,8 +342,7 @@ async def test_a_reader_node_serves_reads_and_refuses_commands(
         open_client(port=reader.port) as to_reader,
     ):
         acks = {
-            f"c{i}": await to_writer.send(create_user(f"u{i}"), command_id=f"c{i}")
-            for i in range(5)
+            f"c{i}": (await send([to_writer], create_user(f"u{i}"), f"c{i}"))[0] for i in range(5)
         }
         last = max(a.position for a in acks.values())
         user = await to_reader.ask(GetUserById(user_id="u3"), after=last, timeout=20)
