@@ -22,21 +22,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
 from motet.actors.errors import InternalError, Overloaded, Unavailable
 from motet.actors.request import CommandRequest
 from motet.storage.errors import MotetError, StorageError
-from motet.storage.partitions import LeaseView, partition_of, quotas
+from motet.storage.partitions import LeaseStore, LeaseView, partition_of, quotas
 
 from .status import NodeStatus
 
 if TYPE_CHECKING:
     from .net.client import Client
 
-__all__ = ["LOCAL", "WAIT", "LeaseStore", "Node", "NodeStatus"]
+__all__ = ["LOCAL", "WAIT", "Node", "NodeStatus"]
 
 LOCAL = "local"
 """Where :meth:`Node.route` sends a command whose actor runs on this node."""
@@ -48,23 +48,6 @@ log = logging.getLogger("motet.node")
 _RENEW_FRACTION = 0.3
 """Leases are renewed every ``lease_ttl * _RENEW_FRACTION`` seconds: two
 renewals may fail before a lease expires."""
-
-
-class LeaseStore(Protocol):
-    """What a node needs of its store: the lease calls of
-    :class:`~motet.storage.postgres_store.PostgresStore` (blocking; run in
-    worker threads)."""
-
-    @property
-    def partitions(self) -> int: ...
-
-    def heartbeat(self, node: str, address: str, role: str, ttl: float) -> LeaseView: ...
-
-    def claim(self, node: str, partitions: list[int], ttl: float) -> dict[int, int]: ...
-
-    def release(self, node: str, partitions: list[int]) -> None: ...
-
-    def leave(self, node: str) -> None: ...
 
 
 class _Peer:

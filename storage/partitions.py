@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 
 __all__ = [
     "DEFAULT_PARTITIONS",
     "Lease",
+    "LeaseStore",
     "LeaseView",
     "NodeInfo",
     "partition_of",
@@ -75,3 +77,33 @@ class LeaseView(msgspec.Struct, frozen=True):
     held: dict[int, int]
     nodes: list[NodeInfo]
     leases: list[Lease]
+
+
+class LeaseStore(Protocol):
+    """A store that nodes share through partition leases: the calls a node
+    makes besides :class:`~motet.storage.store.EventStore`'s (blocking; run
+    in worker threads). Only
+    :class:`~motet.storage.postgres_store.PostgresStore` has them: the
+    in-memory and LMDB stores have one writing process by construction, so
+    there is nothing to lease."""
+
+    @property
+    def partitions(self) -> int:
+        """The partition count, fixed when the store was created."""
+        ...
+
+    def heartbeat(self, node: str, address: str, role: str, ttl: float) -> LeaseView:
+        """Mark ``node`` live and renew the leases it holds, for ``ttl`` seconds."""
+        ...
+
+    def claim(self, node: str, partitions: list[int], ttl: float) -> dict[int, int]:
+        """Take those of ``partitions`` that are free or expired (a new epoch each)."""
+        ...
+
+    def release(self, node: str, partitions: list[int]) -> None:
+        """Free the leases ``node`` holds on ``partitions``."""
+        ...
+
+    def leave(self, node: str) -> None:
+        """Release every lease of ``node`` and remove its heartbeat."""
+        ...
