@@ -401,7 +401,13 @@ class Node:
         if len(self._serving) > share:
             await self.hand_over(sorted(self._serving)[share:])
         elif len(self._serving) < share:
-            free = [lease.partition for lease in view.leases if not lease.live]
+            # Free or expired, or left by an earlier process with this id.
+            free = [
+                lease.partition
+                for lease in view.leases
+                if not lease.live
+                or (lease.owner == self.id and lease.partition not in self._serving)
+            ]
             wanted = free[: share - len(self._serving)]
             if wanted:
                 taken = await trio.to_thread.run_sync(

@@ -354,11 +354,13 @@ FROM motet_partitions ORDER BY partition
 # Run under the head lock (LOCK_HEAD first): a claim waits for the append
 # transaction in flight, so the old owner's last batch is checked against
 # the old epoch, and every later one against the new. Only free or expired
-# leases are taken; each claim bumps the epoch.
+# leases are taken, and the claiming node's own (left by an earlier process
+# with its id, or a claim whose answer was lost); each claim bumps the epoch.
 CLAIM_LEASES = """
-UPDATE motet_partitions SET owner = %s, epoch = epoch + 1,
-    expires_at = now() + %s * interval '1 second'
-WHERE partition = ANY(%s) AND (owner IS NULL OR expires_at <= now())
+UPDATE motet_partitions SET owner = %(node)s, epoch = epoch + 1,
+    expires_at = now() + %(ttl)s * interval '1 second'
+WHERE partition = ANY(%(partitions)s)
+    AND (owner IS NULL OR expires_at <= now() OR owner = %(node)s)
 RETURNING partition, epoch
 """
 

@@ -539,8 +539,9 @@ class PostgresStore:
         return view
 
     def claim(self, node: str, partitions: Sequence[int], ttl: float) -> dict[int, int]:
-        """Take the leases of those of ``partitions`` that are free or expired,
-        for ``ttl`` seconds, bumping each one's epoch; return partition →
+        """Take the leases of those of ``partitions`` that are free, expired
+        or this node's own (an earlier process with the same id, which the new
+        epoch fences off), for ``ttl`` seconds, bumping each one's epoch; return partition →
         new epoch for those taken (they join the fence). Runs under the head
         lock: it waits for the append transaction in flight. Raises
         :class:`StorageError`."""
@@ -551,7 +552,9 @@ class PostgresStore:
 
         def take(conn: _Connection) -> dict[int, int]:
             conn.execute(sql.LOCK_HEAD)
-            return dict(conn.execute(sql.CLAIM_LEASES, (node, ttl, wanted)))
+            return dict(
+                conn.execute(sql.CLAIM_LEASES, {"node": node, "ttl": ttl, "partitions": wanted})
+            )
 
         taken = self._lease_call(take, f"claiming partitions for node {node!r}")
         if taken:

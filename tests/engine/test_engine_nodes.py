@@ -15,6 +15,8 @@ import trio
 from motet.engine import Engine, Unavailable, open_engine
 from motet.engine.example import CreateUser, PlaceOrder, app
 from motet.engine.net.server import serve_engine
+from motet.storage import Append, Metadata, NewEvent
+from motet.storage.errors import NotOwner
 from motet.storage.partitions import partition_of
 from motet.storage.postgres_store import PostgresStore
 from tests.support.postgres import Cluster, new_schema_url
@@ -141,6 +143,24 @@ async def test_a_partition_without_a_live_owner_answers_unavailable_soon(url: st
             await wait_until(lambda: writer.node.owned == [0, 1, 2, 3])
         finally:
             ghost.close()
+
+
+async def test_a_node_restarted_under_its_id_takes_its_leases_back_at_once(url: str) -> None:
+    earlier = PostgresStore(url, partitions=PARTITIONS)  # a process that died holding leases
+    try:
+        earlier.heartbeat("a", "", "writer", 60.0)
+        assert earlier.claim("a", [0, 1, 2, 3], 60.0) == {0: 1, 1: 1, 2: 1, 3: 1}
+        async with node(url, "a") as again:
+            assert again.node is not None
+            assert again.node.owned == [0, 1, 2, 3]  # not after 60 s
+            assert (await again.send(create("ann"))).version == 1
+            # The new epochs fence the earlier process off.
+            (refused,) = earlier.append_batch(
+                [Append("User-bob", 0, [NewEvent("UserCreated", 1, b"x")], Metadata())], 1.0
+            )
+            assert isinstance(refused, NotOwner)
+    finally:
+        earlier.close()
 
 
 async def test_node_options_are_checked(url: str) -> None:
