@@ -73,6 +73,7 @@ class Engine:
         advertise: str = "",
         lease_ttl: float = 10.0,
         peer_token: str | None = None,
+        peer_ssl_context: Any = None,
     ) -> None:
         _check_role(role)
         self.app = app
@@ -118,6 +119,7 @@ class Engine:
                 advertise=advertise,
                 lease_ttl=lease_ttl,
                 peer_token=peer_token,
+                peer_ssl_context=peer_ssl_context,
                 stop_actors=self.registry.stop_matching,
             )
         elif advertise:
@@ -649,6 +651,7 @@ async def open_engine(
     advertise: str = "",
     lease_ttl: float = 10.0,
     peer_token: str | None = None,
+    peer_ssl_context: Any = None,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -691,7 +694,8 @@ async def open_engine(
     (renewed every ``lease_ttl * 0.3`` seconds; others take them over once
     ``lease_ttl`` seconds pass without renewal), forwards commands for the
     others to their owners at the address they ``advertise`` (``host:port``
-    of their line server; with ``peer_token`` as token), answers
+    of their line server; with ``peer_token`` as token, and over TLS with
+    ``peer_ssl_context``, an ``ssl.SSLContext`` trusting their certificates), answers
     :class:`~motet.storage.errors.Unavailable` for a partition with no live
     owner, and hands its partitions over when it closes. Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
@@ -737,6 +741,7 @@ async def open_engine(
             advertise=advertise,
             lease_ttl=lease_ttl,
             peer_token=peer_token,
+            peer_ssl_context=peer_ssl_context,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")

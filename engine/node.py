@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -54,10 +54,11 @@ class _Peer:
     """Up to ``size`` pipelined connections to one other node, opened on
     demand and owned by this peer's nursery (closed with :meth:`close`)."""
 
-    def __init__(self, address: str, size: int, token: str | None) -> None:
+    def __init__(self, address: str, size: int, token: str | None, ssl_context: Any) -> None:
         self.address = address
         self._size = size
         self._token = token
+        self._ssl_context = ssl_context
         self._clients: list[Client] = []
         self._turn = 0
         self._opening = trio.Lock()
@@ -96,7 +97,9 @@ class _Peer:
         from .net.client import open_client
 
         host, _, port = self.address.rpartition(":")
-        async with open_client(host.strip("[]"), int(port), token=self._token) as client:
+        async with open_client(
+            host.strip("[]"), int(port), token=self._token, ssl_context=self._ssl_context
+        ) as client:
             task_status.started(client)
             # The connection's reader notices a peer that goes away; this
             # task then ends, and the next call opens a fresh connection.
@@ -118,6 +121,7 @@ class Node:
         advertise: str = "",
         lease_ttl: float = 10.0,
         peer_token: str | None = None,
+        peer_ssl_context: Any = None,
         peer_connections: int = 4,
         max_forwarding: int = 10_000,
         forward_timeout: float = 30.0,
@@ -137,6 +141,7 @@ class Node:
         self.renew_every = self.lease_ttl * _RENEW_FRACTION
         self.partitions = store.partitions
         self._peer_token = peer_token
+        self._peer_ssl_context = peer_ssl_context
         self._peer_connections = peer_connections
         self._max_forwarding = max_forwarding
         self._forward_timeout = forward_timeout
@@ -339,7 +344,7 @@ class Node:
         peer = self._peers.get(address)
         if peer is None:
             assert self._nursery is not None
-            peer = _Peer(address, self._peer_connections, self._peer_token)
+            peer = _Peer(address, self._peer_connections, self._peer_token, self._peer_ssl_context)
             await self._nursery.start(peer.serve)
             # Another task may have made one meanwhile: keep the first.
             if address in self._peers:

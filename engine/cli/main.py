@@ -248,6 +248,12 @@ def _add_serve(commands: Any) -> None:
     _token_options(serve, serving=True)
     serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
+    serve.add_argument(
+        "--peer-cafile",
+        metavar="FILE",
+        help="with --node-id and --tls-cert: the CA certificate that signed the other nodes' "
+        "certificates, trusted when forwarding commands to them (default: the system's CAs)",
+    )
     serve.add_argument("--max-connections", type=int, default=1000, help="(default: %(default)s)")
     serve.add_argument(
         "--max-actors",

@@ -103,8 +103,25 @@ def _check_node_options(args: argparse.Namespace) -> None:
         host, sep, port = args.advertise.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             fail(f"--advertise must be HOST:PORT, got {args.advertise!r}", USAGE)
+    if args.peer_cafile is not None and (args.node_id is None or args.tls_cert is None):
+        fail("--peer-cafile goes with --node-id and --tls-cert", USAGE)
     if args.partitions is not None and not postgres:
         fail("--partitions applies to a new --store postgresql://... store only", USAGE)
+
+
+def _peer_ssl_context(
+    args: argparse.Namespace, server_context: ssl.SSLContext | None
+) -> ssl.SSLContext | None:
+    """Nodes serving TLS forward over TLS, trusting ``--peer-cafile`` (or the
+    system's CAs); the others forward in the clear."""
+    if server_context is None or args.node_id is None:
+        return None
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=args.peer_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot load --peer-cafile: {exc}", USAGE)
 
 
 def _advertised(host: str, port: int) -> str:
@@ -203,6 +220,7 @@ async def _run_server(
                 advertise=args.advertise or "",
                 lease_ttl=args.lease_ttl,
                 peer_token=tokens[0],
+                peer_ssl_context=_peer_ssl_context(args, ssl_context),
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
                 server = await nursery.start(

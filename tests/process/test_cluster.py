@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
@@ -400,3 +401,32 @@ async def test_a_reader_node_serves_reads_and_refuses_commands(
     assert f"n1                  writer  127.0.0.1:{writer.port:<14}0-{PARTITIONS - 1}" in (
         table.stdout
     )
+
+
+async def test_nodes_serving_tls_with_a_token_forward_over_tls(
+    motet_server: Any, url: str, tls_files: Any
+) -> None:
+    secure = (
+        "--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key),
+        "--peer-cafile", str(tls_files.ca), "--token", "s3cret",
+    )  # fmt: skip
+    nodes = start_nodes(motet_server, url, 2, *secure)
+    context = ssl.create_default_context(cafile=str(tls_files.ca))
+    async with AsyncExitStack() as stack:
+        to = [
+            await stack.enter_async_context(
+                open_client(port=s.port, token="s3cret", ssl_context=context)
+            )
+            for s in nodes
+        ]
+        await wait_until(lambda: balanced(to, 2), 30, "partitions spread over 2 nodes")
+        theirs = (await to[1].status()).node
+        assert theirs is not None
+        user = next(
+            f"t{i}"
+            for i in range(10_000)
+            if partition_of(f"User-t{i}", PARTITIONS) in theirs.partitions
+        )
+        # Sent to the first node, run by the second: forwarded over TLS.
+        ack, _ = await send(to[:1], create_user(user), "tls-1")
+        assert (await to[1].read_stream(f"User-{user}"))[0].position == ack.position
