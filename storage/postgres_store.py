@@ -139,6 +139,8 @@ class PostgresStore:
         # the epochs in _fence (partition -> epoch this node holds).
         self._node: str | None = None
         self._fence: dict[int, int] = {}
+        self._leases: _Connection | None = None
+        self._lease_lock = threading.Lock()
         writer = self._connect_writer()
         try:
             self._open_schema(writer)
@@ -492,14 +494,41 @@ class PostgresStore:
         return dict(self._fence)
 
     def _lease_call(self, work: Callable[[_Connection], T], doing: str) -> T:
-        """Run ``work`` in one transaction on a pool connection (never the
-        writer's, which the writer thread uses meanwhile)."""
+        """Run ``work`` in one transaction on the lease connection: a
+        connection of its own (not the writer's, which the writer thread uses
+        meanwhile, nor a reader's, which busy reads could hold past a lease's
+        expiry). A connection found lost is replaced and ``work`` run once
+        more: every lease call may run twice (a claim repeated takes the
+        same leases at a newer epoch). One caller at a time."""
         self._check_open()
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                return work(conn)
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL failed while {doing} in {self._where}: {exc}") from exc
+        with self._lease_lock:
+            for attempt in (1, 2):
+                try:
+                    conn = self._lease_connection()
+                    with conn.transaction():
+                        return work(conn)
+                except psycopg.Error as exc:
+                    lost = self._leases is None or self._leases.closed or self._leases.broken
+                    if not lost or attempt == 2:
+                        raise StorageError(
+                            f"PostgreSQL failed while {doing} in {self._where}: {exc}"
+                        ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lease_connection(self) -> _Connection:
+        conn = self._leases
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._leases = None
+            conn = self._connect("leases")
+            try:
+                self._configure(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._leases = conn
+        return conn
 
     def _as_node(self, node: str) -> None:
         if not isinstance(node, str) or not node:
@@ -837,6 +866,10 @@ class PostgresStore:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+        with self._lease_lock:
+            if self._leases is not None:
+                self._leases.close()
+                self._leases = None
         self._pool.close()
 
 

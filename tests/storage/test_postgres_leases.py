@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from motet.storage import Ack, Append, Metadata, NewEvent, StoreFormatError
+from motet.storage import Ack, Append, Metadata, NewEvent, StorageError, StoreFormatError
 from motet.storage.errors import NotOwner
 from motet.storage.partitions import partition_of, quotas
 from motet.storage.postgres_sql import FORMAT
@@ -151,3 +151,21 @@ def test_a_stale_epoch_is_refused_in_the_append_transaction(open_store: Any) -> 
     (unowned,) = a.append_batch([append(stream_in(3, 4), 0)], TS)
     assert isinstance(unowned, NotOwner)
     assert "holds no lease on it" in str(unowned)
+
+
+def test_leases_have_a_connection_of_their_own_replaced_when_lost(
+    url: str, open_store: Any
+) -> None:
+    store = open_store(partitions=4)
+    assert store.claim("a", [0], ttl=10) == {0: 1}
+    with psycopg.connect(url, autocommit=True) as conn:
+        (killed,) = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'motet leases'"
+        ).fetchone() or (0,)
+    assert killed == 1
+    # The lost connection is noticed and replaced within the call.
+    assert store.heartbeat("a", "", "writer", ttl=10).held == {0: 1}
+    store.close()
+    with pytest.raises(StorageError, match="is closed"):
+        store.heartbeat("a", "", "writer", ttl=10)
