@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := engine actors storage
 
-.PHONY: run test test-fast test-oldest bench lint clean
+.PHONY: run test test-fast test-oldest bench lint clean cluster
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -e '.[test,bench,dev]'
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/motet serve --data ./motet-data
+
+# A throwaway PostgreSQL and three nodes on it, until Ctrl-C (see README, "Several nodes").
+cluster: $(STAMP)
+	$(PY) deploy/local_cluster.py
 
 # Everything, subprocesses and Prometheus included.
 test: $(STAMP)

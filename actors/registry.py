@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -176,6 +177,17 @@ class Registry:
         if actor.tell(request):
             assert self._nursery is not None
             self._nursery.start_soon(actor.run, name=f"actor {actor.stream}")
+
+    def stop_matching(self, matches: Callable[[str], bool]) -> int:
+        """Stop every live actor whose stream id ``matches``, busy or not
+        (their partition moved to another node, so their state may be stale:
+        a busy one finishes what it holds, and its appends are fenced by the
+        store). Returns how many were stopped; O(live actors)."""
+        victims = [stream for stream in self._actors if matches(stream)]
+        for stream in victims:
+            self._stop(stream)
+        self._passivated += len(victims)
+        return len(victims)
 
     def _evict(self, keep: str) -> None:
         excess = len(self._actors) - self.max_actors

@@ -28,12 +28,19 @@ from motet.storage.memory_store import MemoryStore
 from motet.storage.personal import Forgotten
 from motet.storage.records import Ack, RecordedEvent, StreamDeletion
 from motet.storage.retention import RetentionResult, retain_stream
-from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
+from motet.storage.store import (
+    Durability,
+    EventStore,
+    check_aggregate_id,
+    check_command_id,
+    check_stream_id,
+)
 from motet.storage.streams import category_of
 
 from .app import App
 from .mediator import Mediator
 from .metrics import DEFAULT_METRICS_MAX_CONNECTIONS, EngineMetrics, outcome_of
+from .node import LOCAL, WAIT, Node
 from .status import EngineStatistics, EngineStatus, message_schemas
 from .testing.clock import now
 
@@ -78,6 +85,11 @@ class Engine:
         metrics: bool = True,
         max_batch: int = 10_000,
         role: Role = "writer",
+        node_id: str | None = None,
+        advertise: str = "",
+        lease_ttl: float = 10.0,
+        peer_token: str | None = None,
+        peer_ssl_context: Any = None,
     ) -> None:
         _check_role(role)
         self.app = app
@@ -128,6 +140,25 @@ class Engine:
             if role == "writer"
             else {}
         )
+        self.node: Node | None = None
+        """This engine as a node of a partitioned store (with ``node_id``)."""
+        if node_id is not None:
+            if not callable(getattr(store, "heartbeat", None)):
+                raise ValueError(
+                    f"node_id needs a store shared by nodes (a postgresql:// URL), got {store!r}"
+                )
+            self.node = Node(
+                store,  # type: ignore[arg-type]
+                node_id,
+                role=role,
+                advertise=advertise,
+                lease_ttl=lease_ttl,
+                peer_token=peer_token,
+                peer_ssl_context=peer_ssl_context,
+                stop_actors=self.registry.stop_matching,
+            )
+        elif advertise:
+            raise ValueError("advertise needs a node_id")
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
@@ -193,6 +224,8 @@ class Engine:
             commands=list(self._command_names),
             queries=list(self._query_names),
             schemas=self._message_schemas(),
+            node=None if self.node is None else self.node.status(),
+            nodes=[] if self.node is None else self.node.nodes(),
         )
 
     def _message_schemas(self) -> dict[str, Any]:
@@ -466,6 +499,12 @@ class Engine:
         request = CommandRequest(
             command, command_id, expected_version, correlation_id, causation_id, started
         )
+        node = self.node
+        where = LOCAL
+        if node is not None:
+            # Checked here, before a hop to another node, like the owner would.
+            check_aggregate_id(aggregate.name, aggregate_id)
+            partition, where = node.route(aggregate.stream_of(aggregate_id))
         if command_id is not None:
             check_command_id(command_id)
             stream = aggregate.stream_of(aggregate_id)
@@ -484,7 +523,20 @@ class Engine:
                 ack = stored_ack(self.store, command_id)
                 if ack is not None:
                     return retried_ack(command_id, ack, None, stream, fingerprint)
-        self.registry.tell(aggregate, aggregate_id, request)
+        if node is None:
+            self.registry.tell(aggregate, aggregate_id, request)
+        elif where == LOCAL:
+            self.registry.tell(aggregate, aggregate_id, request)
+            node.track(partition, request)
+        elif where == WAIT:
+
+            def run_here() -> None:
+                self.registry.tell(aggregate, aggregate_id, request)
+                node.track(partition, request)
+
+            node.park(partition, aggregate.stream_of(aggregate_id), request, run_here)
+        else:
+            node.forward(where, request)
         if command_id is not None:
             self._by_command_id[command_id] = request
         return request
@@ -692,6 +744,14 @@ class Engine:
         await self._quiet.wait()
         await self.writer.wait_idle()
 
+    async def _leave(self) -> None:
+        """Hand this node's partitions over (its commands are drained)."""
+        if self.node is not None:
+            try:
+                await self.node.leave()
+            except Exception:
+                log.exception("node %s could not hand its partitions over", self.node.id)
+
     async def _save_projections(self) -> None:
         for projection in self.projections.values():
             try:
@@ -783,6 +843,11 @@ async def open_engine(
     max_batch: int = 10_000,
     role: Role = "writer",
     retention_every: float | None = None,
+    node_id: str | None = None,
+    advertise: str = "",
+    lease_ttl: float = 10.0,
+    peer_token: str | None = None,
+    peer_ssl_context: Any = None,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -826,7 +891,16 @@ async def open_engine(
     ``shared`` store), commands are refused with
     :class:`~motet.storage.errors.Unavailable`, and projections keep their
     models in memory only (no checkpoint is saved); queries (with
-    ``after=``), reads, subscriptions and status work as on the writer. Raises
+    ``after=``), reads, subscriptions and status work as on the writer.
+    ``node_id`` makes the engine a node of a store shared by several
+    (PostgreSQL): a writer node owns the partitions whose leases it holds
+    (renewed every ``lease_ttl * 0.3`` seconds; others take them over once
+    ``lease_ttl`` seconds pass without renewal), forwards commands for the
+    others to their owners at the address they ``advertise`` (``host:port``
+    of their line server; with ``peer_token`` as token, and over TLS with
+    ``peer_ssl_context``, an ``ssl.SSLContext`` trusting their certificates), answers
+    :class:`~motet.storage.errors.Unavailable` for a partition with no live
+    owner, and hands its partitions over when it closes. Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
     Motet store, ``OSError`` when a port cannot be bound,
     ``TypeError`` without an app and ``ValueError`` for invalid options.
@@ -868,6 +942,11 @@ async def open_engine(
             metrics=metrics,
             max_batch=max_batch,
             role=role,
+            node_id=node_id,
+            advertise=advertise,
+            lease_ttl=lease_ttl,
+            peer_token=peer_token,
+            peer_ssl_context=peer_ssl_context,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")
@@ -877,6 +956,8 @@ async def open_engine(
                     await nursery.start(serve_commit_watch, store, engine.writer.watch)
                 await nursery.start(engine.writer.serve)
                 await nursery.start(engine.registry.serve)
+                if engine.node is not None:
+                    await nursery.start(engine.node.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
                 if retention_every is not None:
@@ -929,6 +1010,7 @@ async def open_engine(
                     with trio.move_on_after(shutdown_timeout) as scope:
                         scope.shield = True
                         await engine._drain()
+                        await engine._leave()
                         await engine._save_projections()
                     if scope.cancelled_caught:
                         log.warning("engine closed with commands still in flight")

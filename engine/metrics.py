@@ -233,6 +233,19 @@ class EngineMetrics:
             snapshots.add_metric([aggregate.name], written.get(aggregate.name, 0))
         yield snapshots
 
+        node = engine.node
+        if node is not None:
+            yield GaugeMetricFamily(
+                "motet_node_partitions",
+                "Partitions of the shared store whose leases this node holds.",
+                value=len(node.owned),
+            )
+            yield CounterMetricFamily(
+                "motet_commands_forwarded",
+                "Commands this node forwarded to the partition's owner and got an Ack for.",
+                value=node.forwarded,
+            )
+
     def _process_manager_families(self) -> Iterator[Metric]:
         """The process managers' gauges and counters, labelled ``process``."""
         labels = ["process"]

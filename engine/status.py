@@ -16,6 +16,7 @@ from motet.storage.status import ProcessManagerStatus, ProjectionStatus
 __all__ = [
     "EngineStatistics",
     "EngineStatus",
+    "NodeStatus",
     "ProcessManagerStatus",
     "ProjectionStatus",
     "message_schemas",
@@ -43,6 +44,17 @@ class EngineStatistics(msgspec.Struct, frozen=True):
         return self.commands_committed / self.commits if self.commits else 0.0
 
 
+class NodeStatus(msgspec.Struct, frozen=True):
+    """One node of a partitioned store in ``status``: its id, role
+    (``writer`` or ``reader``), the ``host:port`` it advertises for forwarded
+    commands (``""`` for none) and the partitions it owns."""
+
+    id: str
+    role: str
+    address: str = ""
+    partitions: list[int] = []
+
+
 class EngineStatus(msgspec.Struct, frozen=True):
     """What :meth:`Engine.status` reports: the log's head, each projection's
     position, lag and state, each process manager's position, lag and
@@ -58,6 +70,10 @@ class EngineStatus(msgspec.Struct, frozen=True):
     queries: list[str] = []
     schemas: dict[str, Any] = {}
     process_managers: list[ProcessManagerStatus] = []
+    node: NodeStatus | None = None
+    """This engine as a node (``None`` unless it runs with a node id)."""
+    nodes: list[NodeStatus] = []
+    """Every live node of the store, as of this node's last heartbeat."""
 
 
 def message_schemas(*types_by_tag: Mapping[str, type]) -> dict[str, Any]:

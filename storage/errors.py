@@ -36,6 +36,7 @@ __all__ = [
     "MisplacedRecord",
     "MotetError",
     "NotFound",
+    "NotOwner",
     "Outcome",
     "Overloaded",
     "QueryTimeout",
@@ -236,6 +237,13 @@ class Unavailable(MotetError):
 class EngineClosed(Unavailable):
     """The engine is shutting down or closed and takes no more requests;
     nothing ran. Retry later or on another node."""
+
+
+class NotOwner(Unavailable):
+    """The append was refused because this node no longer holds the lease of
+    the aggregate's partition (another node took it over, or it was handed
+    over): nothing of it was written. Retry, on any node: it is forwarded to
+    the partition's owner."""
 
 
 class StorageFull(StorageError, Unavailable):

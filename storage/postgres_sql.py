@@ -17,10 +17,12 @@ __all__ = [
     "APPEND_EVENTS",
     "APPEND_EVENTS_TYPES",
     "BEGIN",
+    "CLAIM_LEASES",
     "COMMIT",
     "CONFIGURE_SESSION",
     "CREATE_KEYS",
     "CREATE_LATER_TABLES",
+    "CREATE_PARTITIONS",
     "CREATE_SCHEMA",
     "DELETE_KEYS",
     "DELETE_SNAPSHOT",
@@ -29,13 +31,16 @@ __all__ = [
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
+    "HEARTBEAT_NODE",
     "LATER_TABLES",
+    "LEAVE_NODE",
     "LISTEN",
     "LOCK_HEAD",
     "LOCK_SCHEMA",
     "MARK_DELETIONS_FORMAT",
     "NOTIFY_CHANNEL",
     "NOTIFY_COMMIT",
+    "PARTITION_TABLES",
     "PUT_CHECKPOINT",
     "PUT_DELETION",
     "PUT_KEYS",
@@ -46,9 +51,13 @@ __all__ = [
     "READ_CHECKPOINT",
     "READ_CHECKPOINT_NAMES",
     "READ_DELETION",
+    "READ_FENCES",
     "READ_FORMAT",
     "READ_HEAD",
     "READ_KEY",
+    "READ_LEASES",
+    "READ_NODES",
+    "READ_PARTITIONS",
     "READ_REMOVED_RUNS",
     "READ_SCHEMA",
     "READ_SNAPSHOT",
@@ -57,17 +66,26 @@ __all__ = [
     "READ_STREAM_LIMITED",
     "READ_STREAM_VERSION",
     "READ_STREAM_VERSIONS",
+    "RELEASE_LEASES",
+    "RENEW_LEASES",
     "ROLLBACK",
     "SET_HEAD",
     "TABLES",
     "TABLES_PRESENT",
+    "UPGRADABLE_FORMAT",
+    "UPGRADE_FORMAT",
     "WRITE_FORMAT",
+    "WRITE_PARTITIONS",
 ]
 
-FORMAT = "motet-postgres/1"
+FORMAT = "motet-postgres/2"
 """The schema version this code reads and writes, recorded in ``motet_meta``."""
 
-DELETIONS_FORMAT = "motet-postgres/2"
+UPGRADABLE_FORMAT = "motet-postgres/1"
+"""The earlier format, upgraded in place on opening: /2 only adds the
+partition and node tables."""
+
+DELETIONS_FORMAT = "motet-postgres/3"
 """The schema version of a store with tombstones or removed events, written
 by the first deletion: a version that does not know them would accept appends
 to deleted streams, so it must refuse the store."""
@@ -81,6 +99,8 @@ TABLES = (
     "motet_checkpoints",
     "motet_deletions",
     "motet_removed",
+    "motet_partitions",
+    "motet_nodes",
 )
 """Our table names: a schema holding any of them without our format record is
 someone else's, and is refused."""
@@ -217,6 +237,44 @@ CREATE TABLE IF NOT EXISTS motet_keys (
     record bytea NOT NULL
 )
 """
+
+# The tables format /2 adds; created with the others in a new store, or by
+# UPGRADE_SCHEMA in a /1 store.
+PARTITION_TABLES = [
+    # One row per partition, all made when the store is: a lease is a row
+    # update, never an insert, so two claims of one partition serialize on
+    # its row. ``epoch`` is bumped by every claim; appends check it (the
+    # fence). expires_at is compared with the database's now() only, so the
+    # nodes' clocks never matter.
+    """
+    CREATE TABLE motet_partitions (
+        partition integer PRIMARY KEY CHECK (partition >= 0),
+        owner text COLLATE "C",
+        epoch bigint NOT NULL DEFAULT 0 CHECK (epoch >= 0),
+        expires_at timestamptz
+    )
+    """,
+    # Each node's heartbeat: a node is live while expires_at > now().
+    """
+    CREATE TABLE motet_nodes (
+        node_id text COLLATE "C" PRIMARY KEY,
+        address text NOT NULL,
+        role text NOT NULL,
+        expires_at timestamptz NOT NULL
+    )
+    """,
+]
+
+# The partition count is fixed when the store is created: every stream's
+# partition is a function of it.
+WRITE_PARTITIONS = "INSERT INTO motet_meta (key, value) VALUES ('partitions', %s::text)"
+CREATE_PARTITIONS = (
+    "INSERT INTO motet_partitions (partition) SELECT generate_series(0, %s::integer - 1)"
+)
+
+READ_PARTITIONS = "SELECT value FROM motet_meta WHERE key = 'partitions'"
+
+UPGRADE_FORMAT = "UPDATE motet_meta SET value = %s WHERE key = 'format'"
 
 # -- one append transaction (each step its own statement) ----------------------
 
@@ -401,3 +459,61 @@ SET position = EXCLUDED.position, schema_version = EXCLUDED.schema_version, mode
 """
 
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+# -- partitions, leases and nodes --------------------------------------------------
+
+# The fence, read in the append transaction right after LOCK_HEAD: claims and
+# releases take the head lock too, so no lease can change between this read
+# and the COMMIT, and an append whose node's epoch is stale writes nothing.
+READ_FENCES = "SELECT partition, owner, epoch FROM motet_partitions WHERE partition = ANY(%s)"
+
+# A node's heartbeat (inserted on its first one).
+HEARTBEAT_NODE = """
+INSERT INTO motet_nodes (node_id, address, role, expires_at)
+VALUES (%s, %s, %s, now() + %s * interval '1 second')
+ON CONFLICT (node_id) DO UPDATE
+SET address = EXCLUDED.address, role = EXCLUDED.role, expires_at = EXCLUDED.expires_at
+"""
+
+# Renews the leases the node holds at the epochs it holds them: a lease
+# another node claimed meanwhile (a new epoch) is not renewed, and is missing
+# from the rows returned, which is how the node learns it lost it.
+RENEW_LEASES = """
+UPDATE motet_partitions p SET expires_at = now() + %s * interval '1 second'
+FROM unnest(%s::integer[], %s::bigint[]) AS h(partition, epoch)
+WHERE p.partition = h.partition AND p.epoch = h.epoch AND p.owner = %s
+RETURNING p.partition, p.epoch
+"""
+
+READ_NODES = """
+SELECT node_id, address, role FROM motet_nodes WHERE expires_at > now() ORDER BY node_id
+"""
+
+READ_LEASES = """
+SELECT partition, owner, epoch, coalesce(owner IS NOT NULL AND expires_at > now(), false)
+FROM motet_partitions ORDER BY partition
+"""
+
+# Run under the head lock (LOCK_HEAD first): a claim waits for the append
+# transaction in flight, so the old owner's last batch is checked against
+# the old epoch, and every later one against the new. Only free or expired
+# leases are taken, and the claiming node's own (left by an earlier process
+# with its id, or a claim whose answer was lost); each claim bumps the epoch.
+CLAIM_LEASES = """
+UPDATE motet_partitions SET owner = %(node)s, epoch = epoch + 1,
+    expires_at = now() + %(ttl)s * interval '1 second'
+WHERE partition = ANY(%(partitions)s)
+    AND (owner IS NULL OR expires_at <= now() OR owner = %(node)s)
+RETURNING partition, epoch
+"""
+
+# Run under the head lock, like claims; frees the leases the node still holds
+# at its epochs (a lease taken over meanwhile is left to its new owner).
+RELEASE_LEASES = """
+UPDATE motet_partitions p SET owner = NULL, expires_at = NULL
+FROM unnest(%s::integer[], %s::bigint[]) AS h(partition, epoch)
+WHERE p.partition = h.partition AND p.epoch = h.epoch AND p.owner = %s
+RETURNING p.partition
+"""
+
+LEAVE_NODE = "DELETE FROM motet_nodes WHERE node_id = %s"

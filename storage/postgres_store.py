@@ -2,7 +2,10 @@
 
 Tables (see :mod:`motet.storage.postgres_sql` for every statement):
 
-``motet_meta``         ``format`` → the schema version (``motet-postgres/1``)
+``motet_meta``         ``format`` → the schema version (``motet-postgres/2``),
+                       ``partitions`` → the partition count
+``motet_partitions``   partition → owner node, epoch, lease expiry
+``motet_nodes``        node id → advertised address, role, heartbeat expiry
 ``motet_head``         one row: the last committed position, locked by every append
 ``motet_events``       position → stream, version, envelope (the msgpack
                        :class:`StoredEvent`, the same bytes as the LMDB log value)
@@ -23,10 +26,17 @@ commit is flushed (``synchronous_commit = on``) before
 An unknown commit outcome (the connection dropped during COMMIT) is resolved
 by reading: the batch committed if and only if its first planned event is in
 the log.
+
+Writer nodes share the log through partition leases (see
+:mod:`motet.storage.partitions` and :meth:`PostgresStore.heartbeat`): once
+a handle has claimed leases as a node, each of its appends is checked, in
+its own transaction and under the head lock, against the epochs it holds,
+and refused with :class:`~motet.storage.errors.NotOwner` when one is stale.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +48,8 @@ from psycopg_pool import ConnectionPool
 
 from . import postgres_sql as sql
 from .deletion import deletion_after, position_runs, truncation_after
-from .errors import CodecError, StorageError, StoreFormatError
+from .errors import CodecError, NotOwner, StorageError, StoreFormatError
+from .partitions import DEFAULT_PARTITIONS, Lease, LeaseView, NodeInfo, partition_of
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
 from .store import (
     AppendError,
@@ -52,6 +63,8 @@ from .store import (
 __all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("motet.storage")
 
 FORMAT = sql.FORMAT
 """The schema version this code reads and writes, recorded in ``motet_meta``."""
@@ -110,7 +123,10 @@ class PostgresStore:
         durability: Durability = "sync",
         readers: int = 4,
         poll_interval: float = 1.0,
+        partitions: int | None = None,
     ) -> None:
+        if partitions is not None and (type(partitions) is not int or partitions < 1):
+            raise ValueError(f"partitions must be an int >= 1, got {partitions!r}")
         if durability not in ("sync", "none"):
             raise ValueError(f"durability must be 'sync' or 'none', got {durability!r}")
         if readers < 1:
@@ -128,6 +144,14 @@ class PostgresStore:
         self._listener: _Connection | None = None
         self._listener_lock = threading.Lock()
         self._listener_retry_at = 0.0
+        self._partitions = partitions or DEFAULT_PARTITIONS
+        self._asked_partitions = partitions
+        # Set by the first lease call: from then on every append is fenced by
+        # the epochs in _fence (partition -> epoch this node holds).
+        self._node: str | None = None
+        self._fence: dict[int, int] = {}
+        self._leases: _Connection | None = None
+        self._lease_lock = threading.Lock()
         writer = self._connect_writer()
         try:
             self._open_schema(writer)
@@ -205,8 +229,11 @@ class PostgresStore:
         return conn
 
     def _open_schema(self, conn: _Connection) -> None:
-        """Create the tables in an empty schema, or check the format of ours;
-        refuse anything else without changing it."""
+        """Create the tables in an empty schema, or check the format of ours
+        (upgrading a /1 store in place); refuse anything else without
+        changing it."""
+        asked = self._partitions
+        partitions = self._asked_partitions
         try:
             with conn.transaction():
                 conn.execute(sql.LOCK_SCHEMA)
@@ -219,11 +246,23 @@ class PostgresStore:
                 self._where += f", schema {schema!r}"
                 present = {row[0] for row in conn.execute(sql.TABLES_PRESENT, (list(sql.TABLES),))}
                 if not present:
-                    for statement in sql.CREATE_SCHEMA + sql.CREATE_LATER_TABLES:
+                    for statement in [
+                        *sql.CREATE_SCHEMA,
+                        *sql.CREATE_LATER_TABLES,
+                        *sql.PARTITION_TABLES,
+                    ]:
                         conn.execute(statement)
                     conn.execute(sql.WRITE_FORMAT, (FORMAT,))
+                    conn.execute(sql.WRITE_PARTITIONS, (asked,))
+                    conn.execute(sql.CREATE_PARTITIONS, (asked,))
                 else:
                     self._check_format(conn, present)
+                    self._partitions = int(_one(conn.execute(sql.READ_PARTITIONS)))
+                    if partitions is not None and partitions != self._partitions:
+                        raise StoreFormatError(
+                            f"{self._where} has {self._partitions} partitions, fixed when it "
+                            f"was created; got partitions={partitions}"
+                        )
                     if not present >= set(sql.LATER_TABLES):
                         for statement in sql.CREATE_LATER_TABLES:
                             conn.execute(statement)
@@ -245,10 +284,21 @@ class PostgresStore:
             raise StoreFormatError(
                 f"{self._where} holds a table motet_meta that is not Motet's: {exc}"
             ) from exc
+        if found == sql.UPGRADABLE_FORMAT and not present & {"motet_partitions", "motet_nodes"}:
+            # /2 only adds tables, so a /1 store is upgraded where it stands,
+            # in this transaction (under the schema lock). A /1 process still
+            # running on it keeps appending unfenced: stop those first.
+            for statement in sql.PARTITION_TABLES:
+                conn.execute(statement)
+            conn.execute(sql.WRITE_PARTITIONS, (self._partitions,))
+            conn.execute(sql.CREATE_PARTITIONS, (self._partitions,))
+            conn.execute(sql.UPGRADE_FORMAT, (FORMAT,))
+            log.warning("upgraded the store in %s from %r to %r", self._where, found, FORMAT)
+            return
         if found not in (FORMAT, sql.DELETIONS_FORMAT):
             raise StoreFormatError(
                 f"{self._where} holds store format {found!r}; this version reads {FORMAT!r} "
-                f"and {sql.DELETIONS_FORMAT!r} only"
+                f"and {sql.DELETIONS_FORMAT!r} (and upgrades {sql.UPGRADABLE_FORMAT!r}) only"
             )
         missing = sorted(set(sql.TABLES) - set(sql.LATER_TABLES) - present)
         if missing:
@@ -362,6 +412,9 @@ class PostgresStore:
                 a.events and a.metadata.command_id is not None and a.metadata.command_id in recorded
             )
         ]
+        refused = self._fenced_off(conn, fresh) if self._node is not None and fresh else {}
+        if refused:
+            fresh = [a for a in fresh if id(a) not in refused]
         versions: dict[str, int] = {}
         deleted: set[str] = set()
         if fresh:
@@ -428,6 +481,8 @@ class PostgresStore:
             command_id = append.metadata.command_id
             if append.events and command_id is not None and command_id in recorded:
                 results.append(recorded[command_id])
+            elif id(append) in refused:
+                results.append(refused[id(append)])
             else:
                 results.append(next(planned_iter))
         first = (records[0].position, envelopes[0]) if records else None
@@ -520,6 +575,172 @@ class PostgresStore:
         conn.execute(sql.SET_HEAD, (new_head,))
         conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
         return records[0].position, envelopes[0]
+
+    def _fenced_off(self, conn: _Connection, appends: Sequence[Append]) -> dict[int, NotOwner]:
+        """The appends (by ``id``) of partitions this node does not hold at
+        the epoch the database has: read under the head lock, which every
+        claim takes too, so the answer holds until this transaction ends."""
+        count = self._partitions
+        fence = self._fence
+        partition_of_stream = {a.stream: partition_of(a.stream, count) for a in appends}
+        current = {
+            partition: (owner, epoch)
+            for partition, owner, epoch in conn.execute(
+                sql.READ_FENCES, (sorted(set(partition_of_stream.values())),)
+            )
+        }
+        refused: dict[int, NotOwner] = {}
+        for append in appends:
+            partition = partition_of_stream[append.stream]
+            owner, epoch = current.get(partition, (None, 0))
+            held = fence.get(partition)
+            if owner == self._node and held is not None and held == epoch:
+                continue
+            if held is None:
+                why = "this node holds no lease on it"
+            else:
+                why = f"this node's lease (epoch {held}) was taken over (epoch {epoch}"
+                why += f", owner {owner!r})" if owner else ", now free)"
+            refused[id(append)] = NotOwner(
+                f"stream {append.stream!r} is in partition {partition} and {why}: "
+                "nothing was written; retry on any node"
+            )
+        return refused
+
+    # -- partitions and leases ----------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions the store's streams are split into (fixed
+        when it was created; see :func:`~motet.storage.partitions.partition_of`)."""
+        return self._partitions
+
+    @property
+    def held(self) -> dict[int, int]:
+        """The leases this handle holds as a node: partition → epoch (a copy)."""
+        return dict(self._fence)
+
+    def _lease_call(self, work: Callable[[_Connection], T], doing: str) -> T:
+        """Run ``work`` in one transaction on the lease connection: a
+        connection of its own (not the writer's, which the writer thread uses
+        meanwhile, nor a reader's, which busy reads could hold past a lease's
+        expiry). A connection found lost is replaced and ``work`` run once
+        more: every lease call may run twice (a claim repeated takes the
+        same leases at a newer epoch). One caller at a time."""
+        self._check_open()
+        with self._lease_lock:
+            for attempt in (1, 2):
+                try:
+                    conn = self._lease_connection()
+                    with conn.transaction():
+                        return work(conn)
+                except psycopg.Error as exc:
+                    lost = self._leases is None or self._leases.closed or self._leases.broken
+                    if not lost or attempt == 2:
+                        raise StorageError(
+                            f"PostgreSQL failed while {doing} in {self._where}: {exc}"
+                        ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lease_connection(self) -> _Connection:
+        conn = self._leases
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._leases = None
+            conn = self._connect("leases")
+            try:
+                self._configure(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._leases = conn
+        return conn
+
+    def _as_node(self, node: str) -> None:
+        if not isinstance(node, str) or not node:
+            raise ValueError(f"node must be a non-empty node id, got {node!r}")
+        if self._node is None:
+            self._node = node
+        elif self._node != node:
+            raise ValueError(f"this store handle is node {self._node!r}, not {node!r}")
+
+    def heartbeat(self, node: str, address: str, role: str, ttl: float) -> LeaseView:
+        """Record that ``node`` (advertising ``address``, in ``role``) is live
+        for ``ttl`` more seconds, renew the leases it holds for as long, and
+        return what it sees: the leases it still holds (one taken over by
+        another node is dropped from the fence at once), the live nodes and
+        every partition's lease. From the first call on, this handle's
+        appends are fenced. Raises :class:`StorageError`."""
+        self._as_node(node)
+        if not ttl > 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
+        fence = dict(self._fence)
+
+        def beat(conn: _Connection) -> LeaseView:
+            conn.execute(sql.HEARTBEAT_NODE, (node, address, role, ttl))
+            renewed: dict[int, int] = dict(
+                conn.execute(sql.RENEW_LEASES, (ttl, list(fence), list(fence.values()), node))
+            )
+            nodes = [NodeInfo(*row) for row in conn.execute(sql.READ_NODES)]
+            leases = [Lease(*row) for row in conn.execute(sql.READ_LEASES)]
+            return LeaseView(renewed, nodes, leases)
+
+        view = self._lease_call(beat, f"renewing the leases of node {node!r}")
+        # Only the leases lost meanwhile leave the fence: one claimed while
+        # this call ran stays.
+        lost = set(fence) - set(view.held)
+        if lost:
+            self._fence = {p: e for p, e in self._fence.items() if p not in lost}
+        return view
+
+    def claim(self, node: str, partitions: Sequence[int], ttl: float) -> dict[int, int]:
+        """Take the leases of those of ``partitions`` that are free, expired
+        or this node's own (an earlier process with the same id, which the new
+        epoch fences off), for ``ttl`` seconds, bumping each one's epoch; return partition →
+        new epoch for those taken (they join the fence). Runs under the head
+        lock: it waits for the append transaction in flight. Raises
+        :class:`StorageError`."""
+        self._as_node(node)
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+
+        def take(conn: _Connection) -> dict[int, int]:
+            conn.execute(sql.LOCK_HEAD)
+            return dict(
+                conn.execute(sql.CLAIM_LEASES, {"node": node, "ttl": ttl, "partitions": wanted})
+            )
+
+        taken = self._lease_call(take, f"claiming partitions for node {node!r}")
+        if taken:
+            self._fence = {**self._fence, **taken}
+        return taken
+
+    def release(self, node: str, partitions: Sequence[int]) -> None:
+        """Hand back the leases of ``partitions`` this node holds: they leave
+        the fence first (no append of theirs commits from now on), then are
+        freed, under the head lock, for another node to claim at once.
+        Raises :class:`StorageError` (the leases then expire instead)."""
+        self._as_node(node)
+        giving = {p: e for p, e in self._fence.items() if p in set(partitions)}
+        if not giving:
+            return
+        self._fence = {p: e for p, e in self._fence.items() if p not in giving}
+
+        def free(conn: _Connection) -> None:
+            conn.execute(sql.LOCK_HEAD)
+            conn.execute(sql.RELEASE_LEASES, (list(giving), list(giving.values()), node))
+
+        self._lease_call(free, f"releasing partitions of node {node!r}")
+
+    def leave(self, node: str) -> None:
+        """Release every lease this node holds and remove its heartbeat, so
+        the others rebalance at once instead of waiting for expiry. Raises
+        :class:`StorageError`."""
+        self._as_node(node)
+        self.release(node, list(self._fence))
+        self._lease_call(lambda conn: conn.execute(sql.LEAVE_NODE, (node,)), "leaving")
 
     def _abandon(self, conn: _Connection) -> None:
         """Roll back what the writer connection holds; drop it when it is broken."""
@@ -898,6 +1119,10 @@ class PostgresStore:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+        with self._lease_lock:
+            if self._leases is not None:
+                self._leases.close()
+                self._leases = None
         self._pool.close()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord, StreamDeleted
+from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord, NotOwner, StreamDeleted
 from .idempotency import AckRecord, ack_record, retried_ack
 from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
 
-AppendError = Conflict | InvalidKey | CommandIdReused | StreamDeleted
-"""The per-append errors of a batch (each refuses its append alone)."""
+AppendError = Conflict | InvalidKey | CommandIdReused | StreamDeleted | NotOwner
+"""The per-append errors of a batch (each refuses its append alone;
+:class:`NotOwner` comes from a partitioned store only, see
+:mod:`motet.storage.partitions`)."""
 
 __all__ = [
     "MAX_COMMAND_ID_BYTES",

@@ -238,9 +238,10 @@ def _add_serve(commands: Any) -> None:
         "--role",
         choices=("writer", "reader"),
         default="writer",
-        help="writer: take commands and append (one per store, default); reader: open "
-        "--data read-only beside a running writer, follow its log and serve queries, "
-        "reads, subscriptions and status (commands answer 'unavailable')",
+        help="writer: take commands and append (default; one per LMDB store, any number "
+        "of --node-id nodes on PostgreSQL); reader: follow the log another process writes "
+        "(--data opened read-only beside its writer, or --store postgresql://...) and serve "
+        "queries, reads, subscriptions and status (commands answer 'unavailable')",
     )
     serve.add_argument(
         "--durability",
@@ -248,9 +249,43 @@ def _add_serve(commands: Any) -> None:
         default="sync",
         help="sync: fsync before every Ack (default); none: no fsync",
     )
+    serve.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="run as node ID of a cluster sharing a --store postgresql://... URL: a writer "
+        "owns the aggregates of the partitions it holds leases on and forwards other "
+        "commands to their owners; ids must be unique among the store's nodes",
+    )
+    serve.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="the address other nodes forward commands to (default: --host:--port, with "
+        "this host's name for a wildcard --host)",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="a node's partitions go to the others this long after its last renewal "
+        "(renewed every 0.3 x this; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--partitions",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="partitions of a new PostgreSQL store (fixed at creation; default 64)",
+    )
     _token_options(serve, serving=True)
     serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
+    serve.add_argument(
+        "--peer-cafile",
+        metavar="FILE",
+        help="with --node-id and --tls-cert: the CA certificate that signed the other nodes' "
+        "certificates, trusted when forwarding commands to them (default: the system's CAs)",
+    )
     _limit_options(serve)
     serve.add_argument(
         "--max-actors",

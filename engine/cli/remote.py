@@ -158,7 +158,27 @@ def format_status(server: EngineStatus) -> str:
         )
         if manager.error:
             lines.append(f"  stopped at position {manager.failed_position}: {manager.error}")
+    if server.node is not None:
+        lines.insert(3, f"node           {server.node.id} ({server.node.role})")
+        lines.append(f"\n{'node':<20}{'role':<8}{'address':<24}partitions")
+        for node in server.nodes:
+            mark = " *" if node.id == server.node.id else ""
+            lines.append(
+                f"{node.id + mark:<20}{node.role:<8}{node.address or '-':<24}"
+                f"{_ranges(node.partitions) or '-'}"
+            )
     return "\n".join(lines)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"0-2, 5"``."""
+    spans: list[list[int]] = []
+    for number in sorted(numbers):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _vocabulary(server: EngineStatus) -> Vocabulary:

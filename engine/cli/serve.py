@@ -88,6 +88,50 @@ def _can_bind(host: str, port: int) -> bool:
     return True
 
 
+def _check_node_options(args: argparse.Namespace) -> None:
+    """Refuse node flags that cannot work, naming the flag."""
+    postgres = isinstance(args.store, str) and args.store.startswith(
+        ("postgresql://", "postgres://")
+    )
+    if args.node_id is not None and not postgres:
+        fail("--node-id needs --store postgresql://...: only PostgreSQL is shared by nodes", USAGE)
+    if args.node_id is not None and not (0 < len(args.node_id) <= 200):
+        fail(f"--node-id must be 1 to 200 characters, got {args.node_id!r}", USAGE)
+    if args.advertise is not None:
+        if args.node_id is None:
+            fail("--advertise needs --node-id", USAGE)
+        host, sep, port = args.advertise.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"--advertise must be HOST:PORT, got {args.advertise!r}", USAGE)
+    if args.peer_cafile is not None and (args.node_id is None or args.tls_cert is None):
+        fail("--peer-cafile goes with --node-id and --tls-cert", USAGE)
+    if args.partitions is not None and not postgres:
+        fail("--partitions applies to a new --store postgresql://... store only", USAGE)
+
+
+def _peer_ssl_context(
+    args: argparse.Namespace, server_context: ssl.SSLContext | None
+) -> ssl.SSLContext | None:
+    """Nodes serving TLS forward over TLS, trusting ``--peer-cafile`` (or the
+    system's CAs); the others forward in the clear."""
+    if server_context is None or args.node_id is None:
+        return None
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=args.peer_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot load --peer-cafile: {exc}", USAGE)
+
+
+def _advertised(host: str, port: int) -> str:
+    """The address other nodes reach this one at: the listening address,
+    or this host's name when listening on every address."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def tune_gc() -> None:
     """Tune the garbage collector for a server process that is up and running.
 
@@ -128,6 +172,7 @@ def serve(args: argparse.Namespace) -> int:
                 option.replace("_", "-"),
                 option.upper(),
             )
+    _check_node_options(args)
     ssl_context = server_ssl_context(args)
     if args.role == "reader" and (args.retention_every is not None or args.allow_hard_delete):
         fail(
@@ -183,6 +228,7 @@ async def _run_server(
                 args.store or args.data,
                 app,
                 durability=None if args.role == "reader" else args.durability,
+                store_options=None if args.partitions is None else {"partitions": args.partitions},
                 max_actors=args.max_actors,
                 passivate_after=args.passivate_after,
                 metrics_port=None if args.no_metrics else args.metrics_port,
@@ -194,6 +240,11 @@ async def _run_server(
                 metrics_token=tokens[2],
                 role=args.role,
                 retention_every=args.retention_every,
+                node_id=args.node_id,
+                advertise=args.advertise or "",
+                lease_ttl=args.lease_ttl,
+                peer_token=tokens[0],
+                peer_ssl_context=_peer_ssl_context(args, ssl_context),
             )
             async with engine_cm as engine, trio.open_nursery() as nursery:
                 server = await nursery.start(
@@ -233,6 +284,8 @@ async def _run_server(
                             allow_hard_delete=args.allow_hard_delete,
                         )
                     )
+                if engine.node is not None and not engine.node.advertise:
+                    engine.node.advertise = _advertised(args.host, server.port)
                 tune_gc()
                 metrics = (
                     f"http://{args.metrics_host}:{engine.metrics_port}/metrics"
@@ -242,7 +295,7 @@ async def _run_server(
                 scheme = "https" if ssl_context else "http"
                 _log.info(
                     "serving %s from %s on %s:%d%s (metrics: %s, http: %s, durability: %s, "
-                    "role: %s)",
+                    "role: %s%s)",
                     args.app,
                     _redacted(args.store) if args.store else args.data,
                     args.host,
@@ -252,6 +305,7 @@ async def _run_server(
                     f"{scheme}://{args.host}:{http.port}/" if http is not None else "off",
                     args.durability,
                     args.role,
+                    "" if engine.node is None else f", node: {engine.node!r}",
                 )
                 async for signum in signals:
                     _log.info("%s received: draining and closing", signal.Signals(signum).name)

@@ -101,7 +101,7 @@ def test_a_new_schema_gets_our_tables_and_the_format_record(
         }
     # motet_keys is made by every opening (older stores lack it), not by CREATE_SCHEMA.
     assert tables == {*TABLES, "motet_keys"}
-    assert FORMAT == "motet-postgres/1"
+    assert FORMAT == "motet-postgres/2"
     assert "head=0" in repr(store) and "durability=sync" in repr(store)
 
 
@@ -123,13 +123,15 @@ def test_an_unknown_format_is_refused_and_left_alone(
 ) -> None:
     open_store().close()
     with admin(postgres_cluster, url) as conn:
-        conn.execute("UPDATE motet_meta SET value = 'motet-postgres/99'")
+        conn.execute("UPDATE motet_meta SET value = 'motet-postgres/99' WHERE key = 'format'")
 
     with pytest.raises(StoreFormatError, match=r"holds store format 'motet-postgres/99'; this"):
         PostgresStore(url)
 
     with admin(postgres_cluster, url) as conn:
-        assert conn.execute("SELECT value FROM motet_meta").fetchall() == [("motet-postgres/99",)]
+        assert conn.execute("SELECT value FROM motet_meta WHERE key = 'format'").fetchall() == [
+            ("motet-postgres/99",)
+        ]
 
 
 def test_the_first_deletion_marks_the_store_and_older_tables_are_added(
