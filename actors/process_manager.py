@@ -773,6 +773,9 @@ class ProcessManagerActor(Generic[S]):
             instance.version,
             encoded,
             Metadata(None, correlation, causation),
+            # Every writer node runs every manager: the expected version keeps
+            # each record single, whichever node's lease the stream is under.
+            fenced=False,
         )
         request.owner = self
         self._writer.submit(request)

@@ -582,6 +582,7 @@ class PostgresStore:
         claim takes too, so the answer holds until this transaction ends."""
         count = self._partitions
         fence = self._fence
+        appends = [a for a in appends if a.fenced]
         partition_of_stream = {a.stream: partition_of(a.stream, count) for a in appends}
         current = {
             partition: (owner, epoch)

@@ -68,7 +68,10 @@ class Append(msgspec.Struct, gc=False):
     kept beside its Ack so that a retry can be told from another command.
     ``subjects`` names the data subjects whose personal data the snapshot
     may hold: the writer seals it under their keys (see
-    :mod:`motet.storage.keyring`); stores ignore it.
+    :mod:`motet.storage.keyring`); stores ignore it. ``fenced=False`` exempts
+    the append from a partitioned store's lease fence: a process manager's
+    records, which every writer node may append and whose expected version
+    alone keeps them single (see :mod:`motet.actors.process_manager`).
     """
 
     stream: str
@@ -78,6 +81,7 @@ class Append(msgspec.Struct, gc=False):
     snapshot: Snapshot | None = None
     fingerprint: CommandFingerprint | None = None
     subjects: tuple[str, ...] = ()
+    fenced: bool = True
 
 
 class Ack(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -173,3 +173,50 @@ async def test_node_options_are_checked(url: str) -> None:
     with pytest.raises(ValueError, match=r"lease_ttl must be > 0 seconds, got 0"):
         async with open_engine(url, app, node_id="x", lease_ttl=0):
             pass  # pragma: no cover
+
+
+async def test_process_managers_on_two_nodes_record_each_outcome_once(url: str) -> None:
+    # Every writer node runs every process manager, and an instance's stream
+    # may sit in a partition the node does not lease: its records are not
+    # fenced (their expected version keeps them single), so neither node
+    # stalls on them, and each unpaid order is cancelled exactly once.
+    from motet.engine.example import shop
+    from motet.engine.example.shop_app import SubmitOrder
+
+    @asynccontextmanager
+    async def shop_engine(node_id: str) -> AsyncIterator[Engine]:
+        async with (
+            open_engine(
+                url,
+                shop,
+                node_id=node_id,
+                lease_ttl=TTL,
+                store_options={"partitions": PARTITIONS},
+            ) as engine,
+            trio.open_nursery() as nursery,
+        ):
+            server = await nursery.start(partial(serve_engine, engine, port=0))
+            assert engine.node is not None
+            engine.node.advertise = f"127.0.0.1:{server.port}"
+            yield engine
+            server.stop()
+
+    orders = [f"o{i}" for i in range(12)]
+    async with shop_engine("a") as a, shop_engine("b") as b:
+        assert a.node is not None and b.node is not None
+        await wait_until(lambda: len(a.node.owned) == 2 and len(b.node.owned) == 2)
+        for i, order_id in enumerate(orders):
+            sender = a if i % 2 else b
+            await sender.send(
+                SubmitOrder(order_id=order_id, customer_id=f"c{i}", amount=10.0, pay_within=0.5)
+            )
+
+        def cancelled() -> list[str]:
+            return [e.stream for e in a.store.read_all(0, 100_000) if e.type == "OrderCancelled"]
+
+        await wait_until(lambda: len(cancelled()) >= len(orders), seconds=30)
+        for engine in (a, b):
+            manager = engine.process_managers["OrderFulfilment"]
+            await wait_until(lambda m=manager: m.position == a.store.head_position, seconds=30)
+            assert manager.error is None
+        assert sorted(cancelled()) == sorted(f"Order-{o}" for o in orders)
