@@ -57,7 +57,9 @@ async def forget(engine: Engine, subject: str, *, timeout: float = 10.0) -> Forg
         version = await calls.run(engine.store.stream_version, stream)
         had_key = await calls.run(engine.store.get_key, subject) is not None
         request = CommandRequest(None)
-        request.append = Append(stream, version, [event])
+        # Outside the lease fence: no actor holds a Subject stream, and the
+        # expected version (re-read on a conflict) keeps the record single.
+        request.append = Append(stream, version, [event], fenced=False)
         request.owner = _Owner()
         engine.writer.submit(request)
         await request.wait_done()

@@ -220,3 +220,20 @@ async def test_process_managers_on_two_nodes_record_each_outcome_once(url: str) 
             await wait_until(lambda m=manager: m.position == a.store.head_position, seconds=30)
             assert manager.error is None
         assert sorted(cancelled()) == sorted(f"Order-{o}" for o in orders)
+
+
+async def test_any_node_forgets_a_subject_whose_stream_another_node_leases(url: str) -> None:
+    async with node(url, "a") as a, node(url, "b") as b:
+        assert a.node is not None and b.node is not None
+        await wait_until(lambda: len(a.node.owned) == 2 and len(b.node.owned) == 2)
+        subject = next(
+            f"u{i}"
+            for i in range(10_000)
+            if partition_of(f"Subject-u{i}", PARTITIONS) in b.node.owned
+        )
+        await a.send(create(subject))
+        forgotten = await a.forget(subject)
+        assert not forgotten.already_forgotten
+        events = a.store.read_stream(f"Subject-{subject}")
+        assert [e.type for e in events] == ["SubjectForgotten"]
+        assert a.store.get_key(subject) is None
