@@ -266,11 +266,8 @@ class Engine:
         waiting = self._accept(command, command_id, expected_version, correlation_id, causation_id)
         if isinstance(waiting, Ack):
             return waiting
-        # Awaited here, not through a helper coroutine: every extra level is
-        # paid again each time this task is resumed.
         try:
-            while not waiting.done:
-                await waiting.next_event().wait()
+            await waiting.wait_done()
         finally:
             self._complete(waiting, command)
         if waiting.error is not None:
