@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Protocol
 
+import outcome
 import trio
 
 from motet.storage.records import Ack, Append
@@ -122,7 +123,7 @@ class CommandRequest:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            trio.lowlevel.reschedule(waiter)
+            trio.lowlevel.reschedule(waiter, _RESUMED)
         if self.finished is not None:
             self.finished.set()
         callbacks, self._callbacks = self._callbacks, None
@@ -166,6 +167,29 @@ class CommandRequest:
             raise self.error
         assert self.ack is not None
         return self.ack
+
+
+class _Resumed(outcome.Outcome[None]):
+    """``outcome.Value(None)`` that may be unwrapped any number of times.
+
+    What a parked sender is rescheduled with: trio unwraps it once per
+    wake-up, so one shared instance serves every wake-up, where
+    ``reschedule(task)`` would build a ``Value`` per woken sender.
+    """
+
+    __slots__ = ()
+
+    def unwrap(self) -> None:
+        return None
+
+    def send(self, gen: Generator[Any, None, object]) -> Any:
+        return gen.send(None)
+
+    async def asend(self, agen: AsyncGenerator[Any, None]) -> Any:
+        return await agen.asend(None)
+
+
+_RESUMED = _Resumed()
 
 
 class _NoOwner:
