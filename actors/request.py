@@ -136,15 +136,24 @@ class CommandRequest:
                     # everybody else; a broken callback is a bug to report.
                     log.exception("a done-callback of %r raised", self)
 
+    def park(self, task: trio.lowlevel.Task) -> bool:
+        """Make ``task`` the waiter the answer reschedules; it must then await
+        ``trio.lowlevel.wait_task_rescheduled(request)`` at once (the request
+        is its own abort callback, see :meth:`__call__`). Returns ``False``,
+        parking nothing, when the request is answered or has a waiter
+        already: use :meth:`wait_done` then. For the hottest waits (one
+        coroutine fewer per wait than :meth:`wait_done`)."""
+        if self._done or self._waiter is not None:
+            return False
+        self._waiter = task
+        return True
+
     async def wait_done(self) -> None:
         """Wait until the request has its answer (returns at once, without a
         checkpoint, when it has one)."""
         if self._done:
             return
-        if self._waiter is None:
-            self._waiter = trio.lowlevel.current_task()
-            # The request is its own abort callback (see __call__): one object
-            # fewer per wait than a closure.
+        if self.park(trio.lowlevel.current_task()):
             await trio.lowlevel.wait_task_rescheduled(self)
             return
         if self.finished is None:

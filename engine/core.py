@@ -267,7 +267,12 @@ class Engine:
         if isinstance(waiting, Ack):
             return waiting
         try:
-            await waiting.wait_done()
+            # Parked here rather than through waiting.wait_done(): a coroutine
+            # fewer per command, and one level less each time it is resumed.
+            if waiting.park(trio.lowlevel.current_task()):
+                await trio.lowlevel.wait_task_rescheduled(waiting)
+            else:
+                await waiting.wait_done()
         finally:
             self._complete(waiting, command)
         if waiting.error is not None:
@@ -413,7 +418,7 @@ class Engine:
                 ack = stored_ack(self.store, command_id)
                 if ack is not None:
                     return retried_ack(command_id, ack, None, stream, fingerprint)
-        self.registry.tell(aggregate, aggregate_id, request)
+        self.registry.tell(aggregate, aggregate_id, request, started)
         if command_id is not None:
             self._by_command_id[command_id] = request
         return request
