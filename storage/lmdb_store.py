@@ -338,9 +338,7 @@ class LmdbStore:
                 raw = txn.get(command_id.encode(), db=commands)
                 return None if raw is None else decode_ack(raw)
 
-            plan = plan_appends(
-                appends, self._head, timestamp, version_of, ack_of, self._versions
-            )
+            plan = plan_appends(appends, self._head, timestamp, version_of, ack_of, self._versions)
             encode = self._encode
             records = plan.records
             if records:
@@ -348,7 +346,9 @@ class LmdbStore:
                     [(_pack(r.position), seal(encode(r))) for r in records], append=True
                 )
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
-                keys = [(r.stream.encode() + b"\x00" + _pack(r.version), r.position) for r in records]
+                keys = [
+                    (r.stream.encode() + b"\x00" + _pack(r.version), r.position) for r in records
+                ]
                 keys.sort()
                 index.putmulti([(key, _pack(position)) for key, position in keys])
             for stream, snapshot in plan.snapshots:
