@@ -23,13 +23,16 @@ time one ``engine.send`` took, in milliseconds (it includes the time a command
 waits for its group commit and its fsync). ``commits`` and ``batch`` come from
 ``engine.statistics()``: the number of LMDB write transactions during phase B and
 the mean number of commands (and events) each one made durable. ``peak RSS`` is
-the process' maximum resident set size after the Motet run.
+the process' maximum resident set size after the Motet run. ``CPU s/1k`` is
+the process' CPU time (all threads) during the phase per 1,000 commands: on a
+machine shared with other work it moves far less than the rates do.
 
 With ``--compare`` the same workload, generated from the same seed, also runs
 through the Python ``eventsourcing`` library with its SQLite module (WAL mode,
 ``synchronous=FULL``), sequentially from one thread, as that library's users
 call it; ``--compare-commands`` shortens its phase B, as it is much slower. The
-ratio compares phase-B rates (commands/s), so differing command counts are fine.
+ratio compares phase-B rates (commands/s), so differing command counts are fine;
+the CPU ratio compares the phase-B CPU time each spends per command.
 
 The table goes to stdout followed by one JSON line (sorted keys) holding every
 figure; ``--json-only`` prints just the JSON line. Progress goes to stderr.
