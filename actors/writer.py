@@ -48,10 +48,6 @@ class WriterStatistics(msgspec.Struct, frozen=True):
     snapshots: int
 
 
-SPLIT_FROM_IDLE = 64
-"""Appends queued at once that the writer commits in two halves from idle
-(see :meth:`GroupCommitWriter.serve`)."""
-
 CommitListener = Callable[[int, int, float, int], None]
 """Called after each commit with (appends, events, seconds, head position)."""
 
@@ -144,19 +140,9 @@ class GroupCommitWriter:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            idle = True
             while self._queue:
-                take = self._max_batch
-                if idle and len(self._queue) >= 2 * SPLIT_FROM_IDLE:
-                    # Woken from idle, what is queued arrived at once (often
-                    # the senders of the last commit, sending again): commit
-                    # half of it now and the rest right after, so that the
-                    # first half's senders run while the second half commits,
-                    # rather than every sender waiting on every commit.
-                    take = min(take, (len(self._queue) + 1) // 2)
-                idle = False
-                batch = self._queue[:take]
-                del self._queue[:take]
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
                 self._inflight = batch
                 await self._commit(batch)
                 self._inflight = []

@@ -186,29 +186,6 @@ async def test_a_thousand_concurrent_senders_match_a_sequential_model(tmp_path: 
             ), stream
 
 
-@pytest.mark.parametrize(("senders", "batches"), [(127, [127]), (128, [64, 64]), (301, [151, 150])])
-async def test_a_burst_from_idle_is_committed_in_two_halves(
-    senders: int, batches: list[int]
-) -> None:
-    # So that the first half's senders can go on while the second half
-    # commits; a burst under 2 x SPLIT_FROM_IDLE (64) is committed at once.
-    async with open_engine(None, app) as engine:
-        await engine.send(CreateUser(user_id="u1", name="N", email="u1@example.org", password="pw"))
-        committed: list[int] = []
-        engine.writer.listeners.append(lambda appends, *_: committed.append(appends))
-        acks: list[Ack] = []
-
-        async def place(n: int) -> None:
-            acks.append(await engine.send(PlaceOrder(user_id="u1", order_id=f"o{n}", amount=1.0)))
-
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                for n in range(senders):
-                    nursery.start_soon(place, n)
-        assert committed == batches
-        assert sorted(ack.version for ack in acks) == list(range(2, senders + 2))
-
-
 async def test_batches_split_at_max_batch_still_answer_every_sender(tmp_path: Path) -> None:
     # 60 senders, at most 7 commands per write transaction: the commands left
     # queued behind a full batch must be answered by a later commit.
