@@ -9,7 +9,8 @@ from typing import Any, Protocol
 import outcome
 import trio
 
-from motet.storage.records import Ack, Append
+from motet.storage.idempotency import fingerprint_of
+from motet.storage.records import Ack, Append, CommandFingerprint
 
 __all__ = ["AppendOwner", "CommandRequest"]
 
@@ -50,6 +51,7 @@ class CommandRequest:
         "correlation_id",
         "error",
         "expected_version",
+        "fingerprint",
         "finished",
         "lookup_command_id",
         "owner",
@@ -74,6 +76,9 @@ class CommandRequest:
         # Set when the store's command-id index is still to be asked (by the
         # actor, which may wait) whether this command already ran.
         self.lookup_command_id = False
+        # The command's fingerprint, computed once, by whoever needs it first
+        # (only commands with a command id have one).
+        self.fingerprint: CommandFingerprint | None = None
         self.ack: Ack | None = None
         # Set by the actor when the command produced an append for the writer.
         self.append: Append | None = None
@@ -85,6 +90,13 @@ class CommandRequest:
         # For the waiters after the first one.
         self.finished: trio.Event | None = None
         self._callbacks: list[Callable[[CommandRequest], None]] | None = None
+
+    def command_fingerprint(self) -> CommandFingerprint | None:
+        """The fingerprint of the command under its command id (``None``
+        without one), computed on the first call only."""
+        if self.fingerprint is None and self.command_id is not None:
+            self.fingerprint = fingerprint_of(self.command, self.command_id)
+        return self.fingerprint
 
     def __repr__(self) -> str:
         state = "ok" if self.ack else f"failed: {self.error!r}" if self.error else "pending"

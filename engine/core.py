@@ -20,7 +20,7 @@ from motet.actors.request import CommandRequest
 from motet.actors.store_calls import StoreCalls
 from motet.actors.writer import GroupCommitWriter
 from motet.storage.codec import Codec
-from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
+from motet.storage.idempotency import retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
 from motet.storage.records import Ack, RecordedEvent
 from motet.storage.store import Durability, EventStore, check_command_id, check_stream_id
@@ -403,12 +403,12 @@ class Engine:
         if command_id is not None:
             check_command_id(command_id)
             stream = aggregate.stream_of(aggregate_id)
-            fingerprint = fingerprint_of(command, command_id)
+            fingerprint = request.command_fingerprint()
             earlier = self._by_command_id.get(command_id)
             if earlier is not None:
                 first, first_id = self.mediator.route(earlier.command)
                 first_ack = Ack(first.stream_of(first_id), 0, 0)
-                first_print = fingerprint_of(earlier.command, command_id)
+                first_print = earlier.command_fingerprint()
                 retried_ack(command_id, first_ack, first_print, stream, fingerprint)
                 return earlier
             if self._calls.blocking:
