@@ -11,7 +11,7 @@ import trio
 
 from motet.storage.codec import Codec
 from motet.storage.errors import CodecError, Conflict, InvalidKey, StreamDeleted
-from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
+from motet.storage.idempotency import retried_ack, stored_ack
 from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
 
@@ -206,7 +206,7 @@ class AggregateActor(Generic[S]):
                 return
             if ack is not None:
                 try:
-                    fingerprint = fingerprint_of(request.command, command_id)
+                    fingerprint = request.command_fingerprint()
                     ack = retried_ack(command_id, ack, None, self.stream, fingerprint)
                 except ValueError as exc:  # the command id names another command
                     request.fail(exc)
@@ -398,9 +398,7 @@ class AggregateActor(Generic[S]):
             if request.command_id or request.correlation_id or request.causation_id
             else _NO_METADATA
         )
-        fingerprint = (
-            fingerprint_of(request.command, request.command_id) if request.command_id else None
-        )
+        fingerprint = request.command_fingerprint() if request.command_id else None
         request.append = Append(
             self.stream,
             expected,

@@ -127,15 +127,19 @@ class Registry:
         erasures are rare)."""
         return sum(actor.forget_subject(subject) for actor in self._actors.values())
 
-    def actor_for(self, definition: Aggregate[Any], aggregate_id: str) -> AggregateActor[Any]:
-        """The live actor of that aggregate, started now if needed (never blocks).
+    def actor_for(
+        self, definition: Aggregate[Any], aggregate_id: str, now: float | None = None
+    ) -> AggregateActor[Any]:
+        """The live actor of that aggregate, started now if needed (never blocks);
+        ``now`` is the current trio time when the caller has it already.
 
         Raises ``ValueError`` for an id that cannot name a stream and
         :class:`EngineClosed` when the registry is not serving.
         """
         stream = definition.stream_of(aggregate_id)
         actor = self._actors.get(stream)
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         if actor is not None:
             self._actors.move_to_end(stream)
             actor.last_used = now
@@ -166,14 +170,21 @@ class Registry:
             self._evict(keep=stream)
         return actor
 
-    def tell(self, definition: Aggregate[Any], aggregate_id: str, request: CommandRequest) -> None:
+    def tell(
+        self,
+        definition: Aggregate[Any],
+        aggregate_id: str,
+        request: CommandRequest,
+        now: float | None = None,
+    ) -> None:
         """Hand ``request`` to the aggregate's actor (started if needed),
-        running the actor's task when the command had to queue.
+        running the actor's task when the command had to queue (``now``: as
+        for :meth:`actor_for`).
 
         Raises :class:`~motet.actors.errors.Overloaded` when the mailbox is full,
         plus what :meth:`actor_for` raises.
         """
-        actor = self.actor_for(definition, aggregate_id)
+        actor = self.actor_for(definition, aggregate_id, now)
         if actor.tell(request):
             assert self._nursery is not None
             self._nursery.start_soon(actor.run, name=f"actor {actor.stream}")

@@ -77,10 +77,6 @@ class GroupCommitWriter:
         self._queue: list[CommandRequest] = []
         self._inflight: list[CommandRequest] = []
         self._wakeup = trio.Event()
-        # Set once the commit that takes the requests queued now has settled
-        # them; each request's ``batch`` (see CommandRequest).
-        self._next_commit = trio.Event()
-        self._committing: trio.Event | None = None
         self._idle = trio.Event()
         self._idle.set()
         self._limiter = trio.CapacityLimiter(1)
@@ -132,7 +128,6 @@ class GroupCommitWriter:
             request.fail(InternalError("the writer has stopped; the command was not committed"))
             request.owner.append_settled(False)
             return
-        request.batch = self._next_commit
         self._queue.append(request)
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -157,21 +152,10 @@ class GroupCommitWriter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                self._committing = self._next_commit
-                self._next_commit = trio.Event()
-                self._rebatch_queue()
                 self._inflight = batch
                 await self._commit(batch)
                 self._inflight = []
-                self._committing.set()
-                self._committing = None
             self._idle.set()
-
-    def _rebatch_queue(self) -> None:
-        """Point what stays queued at the next commit's event."""
-        event = self._next_commit
-        for request in self._queue:
-            request.batch = event
 
     async def _commit(self, batch: list[CommandRequest]) -> None:
         started = time.perf_counter()
@@ -237,11 +221,6 @@ class GroupCommitWriter:
         for request in batch + dependent:
             request.fail(error)
             request.owner.append_settled(False)
-        if dependent:
-            # Their senders wait on the next commit's event, which may never come.
-            settled, self._next_commit = self._next_commit, trio.Event()
-            self._rebatch_queue()
-            settled.set()
 
     def fail_all(self, error: BaseException) -> None:
         """Stop taking appends and fail every one not yet committed."""
@@ -251,7 +230,4 @@ class GroupCommitWriter:
         for request in pending:
             request.fail(error)
             request.owner.append_settled(False)
-        self._next_commit.set()
-        if self._committing is not None:
-            self._committing.set()
         self._idle.set()

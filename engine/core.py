@@ -23,7 +23,7 @@ from motet.actors.store_calls import StoreCalls
 from motet.actors.writer import GroupCommitWriter
 from motet.storage.codec import Codec
 from motet.storage.errors import StorageError
-from motet.storage.idempotency import fingerprint_of, retried_ack, stored_ack
+from motet.storage.idempotency import retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
 from motet.storage.personal import Forgotten
 from motet.storage.records import Ack, RecordedEvent, StreamDeletion
@@ -345,11 +345,13 @@ class Engine:
         waiting = self._accept(command, command_id, expected_version, correlation_id, causation_id)
         if isinstance(waiting, Ack):
             return waiting
-        # Awaited here, not through a helper coroutine: every extra level is
-        # paid again each time this task is resumed.
         try:
-            while not waiting.done:
-                await waiting.next_event().wait()
+            # Parked here rather than through waiting.wait_done(): a coroutine
+            # fewer per command, and one level less each time it is resumed.
+            if waiting.park(trio.lowlevel.current_task()):
+                await trio.lowlevel.wait_task_rescheduled(waiting)
+            else:
+                await waiting.wait_done()
         finally:
             self._complete(waiting, command)
         if waiting.error is not None:
@@ -508,12 +510,12 @@ class Engine:
         if command_id is not None:
             check_command_id(command_id)
             stream = aggregate.stream_of(aggregate_id)
-            fingerprint = fingerprint_of(command, command_id)
+            fingerprint = request.command_fingerprint()
             earlier = self._by_command_id.get(command_id)
             if earlier is not None:
                 first, first_id = self.mediator.route(earlier.command)
                 first_ack = Ack(first.stream_of(first_id), 0, 0)
-                first_print = fingerprint_of(earlier.command, command_id)
+                first_print = earlier.command_fingerprint()
                 retried_ack(command_id, first_ack, first_print, stream, fingerprint)
                 return earlier
             if self._calls.blocking:
@@ -524,9 +526,9 @@ class Engine:
                 if ack is not None:
                     return retried_ack(command_id, ack, None, stream, fingerprint)
         if node is None:
-            self.registry.tell(aggregate, aggregate_id, request)
+            self.registry.tell(aggregate, aggregate_id, request, started)
         elif where == LOCAL:
-            self.registry.tell(aggregate, aggregate_id, request)
+            self.registry.tell(aggregate, aggregate_id, request, started)
             node.track(partition, request)
         elif where == WAIT:
 

@@ -173,6 +173,10 @@ class LmdbStore:
         self._closed = False
         self._marking = False
         self._head = 0
+        # Committed stream versions, kept like the head: this process is the
+        # store's only writer (see _lock_for_writing), so they stay exact and
+        # spare most appends a B-tree lookup. Updated only after a commit.
+        self._versions: dict[str, int] = {}
         try:
             self._head = self._read_head()
         except BaseException:
@@ -387,29 +391,38 @@ class LmdbStore:
                     record = self._deletion_in(txn, stream)
                     return record is not None and record.deleted
 
-                plan = plan_appends(appends, self._head, timestamp, version_of, ack_of, deleted_of)
+                plan = plan_appends(
+                    appends,
+                    self._head,
+                    timestamp,
+                    version_of,
+                    ack_of,
+                    deleted_of,
+                    known=self._versions,
+                )
             else:
                 # No stream was ever deleted or truncated (the common case):
-                # one index probe per stream, nothing else.
+                # one index probe per stream not known yet, nothing else.
                 plan = plan_appends(
                     appends,
                     self._head,
                     timestamp,
                     lambda stream: _last_version(index, _stream_prefix(stream)),
                     ack_of,
+                    known=self._versions,
                 )
             encode = self._encode
-            if plan.records:
+            records = plan.records
+            if records:
                 txn.cursor(self._log).putmulti(
-                    [(_pack(r.position), seal(encode(r))) for r in plan.records], append=True
+                    [(_pack(r.position), seal(encode(r))) for r in records], append=True
                 )
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
-                index.putmulti(
-                    sorted(
-                        (_stream_prefix(r.stream) + _pack(r.version), _pack(r.position))
-                        for r in plan.records
-                    )
-                )
+                rows = [
+                    (r.stream.encode() + b"\x00" + _pack(r.version), r.position) for r in records
+                ]
+                rows.sort()
+                index.putmulti([(key, _pack(position)) for key, position in rows])
             for stream, snapshot in plan.snapshots:
                 txn.put(stream.encode(), encode(snapshot), db=self._snapshots)
             for command_id, record in plan.acks:
@@ -419,6 +432,11 @@ class LmdbStore:
                 txn.put(b"format", FORMAT, db=self._meta)
         if plan.records:
             self._format_written = True
+        versions = self._versions
+        if len(versions) + len(plan.versions) > _KNOWN_VERSIONS:
+            versions.clear()  # bounded memory: start over, lookups refill it
+        if len(plan.versions) <= _KNOWN_VERSIONS:
+            versions.update(plan.versions)
         return plan.results, plan.head
 
     def append_recorded(self, records: Sequence[StoredEvent]) -> None:
@@ -909,6 +927,9 @@ def _translate(exc: BaseException, doing: str, path: Path) -> StorageError:
         )
     return StorageError(f"storage failure while {doing}: {text}")
 
+
+_KNOWN_VERSIONS = 1 << 16
+"""How many committed stream versions the writer keeps in memory at most."""
 
 _POLL_SECONDS = 0.005
 """How often a shared handle looks for commits another process made."""

@@ -218,6 +218,8 @@ class AppendPlan(NamedTuple):
     """(command id, record) for each append whose command id is new."""
     snapshots: list[tuple[str, Snapshot]]
     """(stream, snapshot) for each accepted append that carries one."""
+    versions: dict[str, int]
+    """The version of each stream the batch looked at, once it is written."""
 
 
 def plan_appends(
@@ -227,6 +229,7 @@ def plan_appends(
     version_of: Callable[[str], int],
     ack_of: Callable[[str], Ack | None] = lambda command_id: None,
     deleted_of: Callable[[str], bool] = lambda stream: False,
+    known: Mapping[str, int] | None = None,
 ) -> AppendPlan:
     """Check every append of a batch and assign positions and versions.
 
@@ -241,6 +244,9 @@ def plan_appends(
     ``version_of`` gives a stream's committed version and ``ack_of`` the
     stored record of a command id (an :class:`Ack`, possibly an
     :class:`AckRecord`); appends earlier in the same batch count too.
+    ``known`` holds committed versions a store already knows (from the
+    ``versions`` of its earlier plans): a stream found there is neither
+    checked again nor looked up with ``version_of``.
     """
     results: list[Ack | AppendError] = []
     records: list[StoredEvent] = []
@@ -251,8 +257,14 @@ def plan_appends(
     for append in appends:
         stream = append.stream
         command_id = append.metadata.command_id if append.events else None
+        # A stream seen before (in this batch, or committed by an earlier one)
+        # was checked then.
+        current = versions.get(stream)
+        if current is None and known is not None:
+            current = known.get(stream)
         try:
-            check_stream_id(stream, "stream id")
+            if current is None:
+                check_stream_id(stream, "stream id")
             if command_id is not None:
                 check_command_id(command_id)
         except InvalidKey as exc:
@@ -271,7 +283,6 @@ def plan_appends(
         if deleted_of(stream):
             results.append(StreamDeleted(stream))
             continue
-        current = versions.get(stream)
         if current is None:
             current = version_of(stream)
         if append.expected_version != current:
@@ -303,7 +314,7 @@ def plan_appends(
             record = ack_record(result, append.fingerprint)
             batch_acks[command_id] = record
             acks.append((command_id, record))
-    return AppendPlan(results, records, head, acks, snapshots)
+    return AppendPlan(results, records, head, acks, snapshots, versions)
 
 
 def plan_recorded(

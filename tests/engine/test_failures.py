@@ -567,6 +567,45 @@ async def test_a_cancelled_send_may_commit_and_its_retry_returns_the_original_ac
             assert sorted(ids) == ["create-u2", "order-o1", "order-o2", "order-o3"]
 
 
+async def test_senders_of_one_command_id_in_flight_all_get_its_ack_whoever_gives_up(
+    tmp_path: Path, faulty_store: type[FaultyStore]
+) -> None:
+    with trio.fail_after(15):
+        async with open_engine(tmp_path / "store", app) as engine:
+            store = engine.store
+            assert isinstance(store, FaultyStore)
+            await engine.send(create("u1"))
+            store.hold_next = True
+            command = order("u1", "o1")
+            answered: dict[str, Ack] = {}
+
+            async def send(name: str, scope: trio.CancelScope | None = None) -> None:
+                with scope or trio.CancelScope():
+                    answered[name] = await engine.send(command, command_id="order-o1")
+
+            async with trio.open_nursery() as nursery:
+                # The first sender, who parks in the request, gives up; so does
+                # one of those waiting behind it; the others still get the Ack.
+                first, third = trio.CancelScope(), trio.CancelScope()
+                nursery.start_soon(send, "first", first)
+                await wait_entered(store)
+                nursery.start_soon(send, "second")
+                nursery.start_soon(send, "third", third)
+                nursery.start_soon(send, "fourth")
+                await trio.testing.wait_all_tasks_blocked()
+                first.cancel()
+                third.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert answered == {}
+                nursery.start_soon(send, "late")
+                await trio.testing.wait_all_tasks_blocked()
+                store.release.set()
+
+            assert set(answered) == {"second", "fourth", "late"}
+            assert set(answered.values()) == {Ack("User-u1", 2, 2)}
+            assert [e.version for e in await engine.read_stream("User-u1")] == [1, 2]
+
+
 # --- 5. Bad bytes on disk -------------------------------------------------------------
 
 GARBAGE = b"\xc1 not msgpack at all \xc1"

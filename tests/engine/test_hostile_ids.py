@@ -199,3 +199,27 @@ async def test_acks_from_before_fingerprints_are_honoured(tmp_path: Any) -> None
             command_id="old",
         )
         assert again == ack
+
+
+async def test_a_command_is_fingerprinted_once_however_far_it_goes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import motet.actors.request as request_module
+
+    digested: list[Any] = []
+    real = request_module.fingerprint_of
+
+    def counted(command: Any, command_id: str) -> Any:
+        digested.append(command)
+        return real(command, command_id)
+
+    monkeypatch.setattr(request_module, "fingerprint_of", counted)
+    async with open_engine(tmp_path / "store", example_app) as engine:
+        create_u1 = CreateUser(user_id="u1", name="N", email="u1@example.com", password="pw")
+        await engine.send(create_u1, command_id="create-u1")
+        assert digested == [create_u1]  # checked on arrival, stored with the append
+        order = PlaceOrder(user_id="u1", order_id="o1", amount=2.0)
+        first = await engine.send(order, command_id="order-o1")
+        assert await engine.send(order, command_id="order-o1") == first
+        assert digested == [create_u1, order, order]  # the retry: its own, once
+        assert engine.store.get_ack_record("order-o1").digest is not None  # type: ignore[attr-defined]

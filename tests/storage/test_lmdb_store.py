@@ -99,6 +99,48 @@ def test_a_reopened_store_continues_positions_and_checks_versions(lmdb_store_fac
     assert [e.position for e in read_everything(reopened)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_versions_kept_in_memory_stay_exact_past_their_bound(
+    lmdb_store_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("motet.storage.lmdb_store._KNOWN_VERSIONS", 3)
+    store = lmdb_store_factory()
+    streams = [f"S-{i}" for i in range(5)]
+    for version in range(3):
+        for pair in (streams[0:2], streams[2:4], streams[4:5]):
+            results = store.append_batch([Append(s, version, new_events(1)) for s in pair], TS)
+            assert [r.version for r in results] == [version + 1] * len(pair)  # type: ignore[union-attr]
+            assert 0 < len(store._versions) <= 3
+    too_many = store.append_batch([Append(s, 3, new_events(1)) for s in streams], TS)
+    stale = store.append_batch([Append(s, 3, new_events(1)) for s in streams[:3]], TS)
+
+    assert [r.version for r in too_many] == [4] * 5  # type: ignore[union-attr]
+    assert [(c.expected, c.actual) for c in stale] == [(3, 4)] * 3  # type: ignore[union-attr]
+    assert store.streams() == [(s, 4) for s in streams]
+
+
+def test_a_failed_commit_leaves_the_known_versions_as_committed(
+    lmdb_store_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = lmdb_store_factory()
+    store.append_batch([Append("A", 0, new_events(1))], TS)
+    with monkeypatch.context() as patched:
+        patched.setattr("motet.storage.lmdb_store.seal", _failing_seal)
+        with pytest.raises(StorageError, match="device gone"):
+            store.append_batch([Append("A", 1, new_events(2)), Append("B", 0, new_events(1))], TS)
+
+    results = store.append_batch(
+        [Append("A", 3, new_events(1)), Append("A", 1, new_events(1)), Append("B", 0, [])], TS
+    )
+
+    assert isinstance(results[0], Conflict)
+    assert (results[0].expected, results[0].actual) == (3, 1)
+    assert results[1:] == [Ack("A", 2, 2), Ack("B", 0, 2)]
+
+
+def _failing_seal(body: bytes) -> bytes:
+    raise OSError("device gone")
+
+
 def test_the_store_directory_and_its_parents_are_created(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "store"
 
