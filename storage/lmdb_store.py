@@ -8,6 +8,10 @@ Layout (see docs/design.md, "Storage"):
 ``commands``     command id → msgpack :class:`Ack` (the original Ack)
 ``checkpoints``  projection name → msgpack :class:`Checkpoint`
 ``meta``         ``format`` → the store format name
+``groups``       group + NUL → msgpack :class:`GroupProgress`; group + NUL +
+                 8-byte big-endian position → msgpack :class:`ParkedEvent`
+                 (created on first open by this version; older stores lack it
+                 until a writer opens them, and read as holding no groups)
 
 Each log value is checksummed (see :mod:`motet.storage.integrity`); a record
 whose checksum does not match raises :class:`CodecError` naming its position.
@@ -37,8 +41,8 @@ import msgspec
 from .errors import CodecError, StorageError, StorageFull, StoreFormatError
 from .idempotency import AckRecord
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import AppendError, Durability, plan_appends
+from .records import Ack, Append, Checkpoint, GroupProgress, ParkedEvent, Snapshot, StoredEvent
+from .store import AppendError, Durability, check_group_name, plan_appends
 
 if sys.platform != "win32":
     import fcntl
@@ -59,6 +63,7 @@ _U64 = struct.Struct(">Q")
 _pack = _U64.pack
 _MAX_VERSION = b"\xff" * 8
 _DATABASES = (b"log", b"streams", b"snapshots", b"commands", b"checkpoints", b"meta")
+_GROUPS = b"groups"
 _LMDB_FILES = {"data.mdb", "lock.mdb"}
 
 DEFAULT_MAP_SIZE = 1 << 30
@@ -154,6 +159,8 @@ class LmdbStore:
         self._snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
         self._ack_decoder = msgspec.msgpack.Decoder(AckRecord)
         self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+        self._group_decoder = msgspec.msgpack.Decoder(GroupProgress)
+        self._parked_decoder = msgspec.msgpack.Decoder(ParkedEvent)
         self._closed = False
         self._head = 0
         try:
@@ -209,6 +216,18 @@ class LmdbStore:
         self._snapshots = dbs[b"snapshots"]
         self._commands = dbs[b"commands"]
         self._checkpoints = dbs[b"checkpoints"]
+        self._groups = self._open_groups()
+
+    def _open_groups(self) -> Any:
+        """The ``groups`` database; ``None`` in a read-only handle of a store
+        no writer of this version has opened yet (it then holds no groups)."""
+        if self.readonly:
+            try:
+                return self._env.open_db(_GROUPS, create=False)
+            except lmdb.NotFoundError:
+                return None
+        with self._env.begin(write=True) as txn:
+            return self._env.open_db(_GROUPS, txn=txn, create=True)
 
     def _open_existing(self) -> dict[bytes, Any]:
         """Open the databases of an existing store without writing to it.
@@ -383,6 +402,47 @@ class LmdbStore:
             except (lmdb.Error, OSError) as exc:
                 raise _translate(exc, f"saving checkpoint {name!r}", self.path) from exc
 
+    def _put_group_key(self, key: bytes, value: bytes | None, doing: str) -> bool:
+        """Put (or, with ``value=None``, delete) one key of the groups
+        database in its own write transaction; whether a deleted key was there."""
+        while True:
+            try:
+                with self._env.begin(write=True, db=self._groups) as txn:
+                    if value is None:
+                        return bool(txn.delete(key))
+                    txn.put(key, value)
+                    return True
+            except lmdb.MapFullError:
+                self._grow()
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, doing, self.path) from exc
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        check_group_name(name)
+        self._check_writable(f"save the progress of group {name!r} in")
+        self._put_group_key(
+            _stream_prefix(name), self._encode(progress), f"saving the progress of group {name!r}"
+        )
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        check_group_name(name)
+        self._check_writable(f"park an event of group {name!r} in")
+        self._put_group_key(
+            _stream_prefix(name) + _pack(event.position),
+            self._encode(event),
+            f"parking position {event.position} of group {name!r}",
+        )
+
+    def unpark(self, name: str, position: int) -> bool:
+        self._check_writable(f"unpark an event of group {name!r} in")
+        if position < 0 or not name or "\x00" in name:
+            return False
+        return self._put_group_key(
+            _stream_prefix(name) + _pack(position),
+            None,
+            f"unparking position {position} of group {name!r}",
+        )
+
     # -- reads --------------------------------------------------------------
 
     def read_stream(
@@ -513,6 +573,42 @@ class LmdbStore:
             return [
                 bytes(key).decode() for key in txn.cursor(self._checkpoints).iternext(values=False)
             ]
+
+    def get_group(self, name: str) -> GroupProgress | None:
+        if self._groups is None:
+            return None
+        return self._get(
+            self._groups, name + "\x00", self._group_decoder, f"the progress of group {name!r}"
+        )
+
+    def group_names(self) -> list[str]:
+        names: set[str] = set()
+        with self._read() as txn:
+            if self._groups is None:
+                return []
+            for key in txn.cursor(self._groups).iternext(values=False):
+                names.add(bytes(key).partition(b"\x00")[0].decode())
+        return sorted(names)
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        found: list[ParkedEvent] = []
+        prefix = _stream_prefix(name)
+        with self._read() as txn:
+            if self._groups is None or "\x00" in name:
+                return found
+            cursor = txn.cursor(self._groups)
+            if not cursor.set_range(prefix + bytes(8)):
+                return found
+            for key, value in cursor:
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                try:
+                    found.append(self._parked_decoder.decode(value))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise CodecError(
+                        f"a parked event of group {name!r} in {self.path} is corrupt: {exc}"
+                    ) from exc
+        return found
 
     def close(self) -> None:
         if self._closed:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from .errors import StorageError
 from .idempotency import AckRecord
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent
-from .store import AppendError, Durability, plan_appends
+from .records import Ack, Append, Checkpoint, GroupProgress, ParkedEvent, Snapshot, StoredEvent
+from .store import AppendError, Durability, check_group_name, plan_appends
 
 __all__ = ["MemoryStore"]
 
@@ -37,6 +37,8 @@ class MemoryStore:
         self._snapshots: dict[str, Snapshot] = {}
         self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
+        self._groups: dict[str, GroupProgress] = {}
+        self._parked: dict[str, dict[int, ParkedEvent]] = {}
         self._closed = False
         self._committed = threading.Condition()
 
@@ -130,6 +132,32 @@ class MemoryStore:
     def checkpoint_names(self) -> list[str]:
         self._check_open()
         return sorted(self._checkpoints)
+
+    def get_group(self, name: str) -> GroupProgress | None:
+        self._check_open()
+        return self._groups.get(name)
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        self._check_open()
+        check_group_name(name)
+        self._groups[name] = progress
+
+    def group_names(self) -> list[str]:
+        self._check_open()
+        return sorted({*self._groups, *(n for n, parked in self._parked.items() if parked)})
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        self._check_open()
+        check_group_name(name)
+        self._parked.setdefault(name, {})[event.position] = event
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        self._check_open()
+        return sorted(self._parked.get(name, {}).values(), key=lambda e: e.position)
+
+    def unpark(self, name: str, position: int) -> bool:
+        self._check_open()
+        return self._parked.get(name, {}).pop(position, None) is not None
 
     def close(self) -> None:
         with self._committed:

@@ -18,7 +18,9 @@ __all__ = [
     "BEGIN",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CREATE_GROUP_TABLES",
     "CREATE_SCHEMA",
+    "DELETE_PARKED",
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
@@ -28,12 +30,17 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "NOTIFY_COMMIT",
     "PUT_CHECKPOINT",
+    "PUT_GROUP",
+    "PUT_PARKED",
     "PUT_SNAPSHOTS",
     "READ_ACK",
     "READ_ALL",
     "READ_CHECKPOINT",
     "READ_CHECKPOINT_NAMES",
     "READ_FORMAT",
+    "READ_GROUP",
+    "READ_GROUP_NAMES",
+    "READ_PARKED",
     "READ_HEAD",
     "READ_SCHEMA",
     "READ_SNAPSHOT",
@@ -258,3 +265,46 @@ SET position = EXCLUDED.position, schema_version = EXCLUDED.schema_version, mode
 """
 
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+# -- consumer groups --------------------------------------------------------------
+
+# Created when a store is opened (IF NOT EXISTS): stores made before consumer
+# groups existed gain them without a format change. A group's progress is one
+# row replaced whole, so its buckets never disagree with one another.
+CREATE_GROUP_TABLES = [
+    """
+    CREATE TABLE IF NOT EXISTS motet_groups (
+        name text COLLATE "C" PRIMARY KEY,
+        progress bytea NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS motet_parked (
+        name text COLLATE "C" NOT NULL,
+        position bigint NOT NULL,
+        parked bytea NOT NULL,
+        PRIMARY KEY (name, position)
+    )
+    """,
+]
+
+READ_GROUP = "SELECT progress FROM motet_groups WHERE name = %s"
+
+# One statement: the progress is replaced whole, never half-written.
+PUT_GROUP = """
+INSERT INTO motet_groups (name, progress) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET progress = EXCLUDED.progress
+"""
+
+READ_GROUP_NAMES = """
+SELECT name FROM motet_groups UNION SELECT name FROM motet_parked ORDER BY name
+"""
+
+PUT_PARKED = """
+INSERT INTO motet_parked (name, position, parked) VALUES (%s, %s, %s)
+ON CONFLICT (name, position) DO UPDATE SET parked = EXCLUDED.parked
+"""
+
+READ_PARKED = "SELECT parked FROM motet_parked WHERE name = %s ORDER BY position"
+
+DELETE_PARKED = "DELETE FROM motet_parked WHERE name = %s AND position = %s"

@@ -48,7 +48,7 @@ from motet.storage import (
     StorageError,
     StoredEvent,
 )
-from motet.storage.records import Ack
+from motet.storage.records import Ack, BucketProgress, GroupProgress, ParkedEvent
 from tests.support.logs import read_everything
 
 __all__ = [
@@ -167,6 +167,12 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "get_checkpoint": lambda s: s.get_checkpoint("users"),
     "put_checkpoint": lambda s: s.put_checkpoint("users", Checkpoint(1)),
     "checkpoint_names": lambda s: s.checkpoint_names(),
+    "get_group": lambda s: s.get_group("mailer"),
+    "put_group": lambda s: s.put_group("mailer", GroupProgress((BucketProgress(1),))),
+    "group_names": lambda s: s.group_names(),
+    "park": lambda s: s.park("mailer", ParkedEvent(1, "A", 5, "boom", TS)),
+    "parked": lambda s: s.parked("mailer"),
+    "unpark": lambda s: s.unpark("mailer", 1),
 }
 
 
@@ -866,3 +872,64 @@ class StoreContract:
         finally:
             factory.close_all()
             shutil.rmtree(directory)
+
+    # -- consumer groups ----------------------------------------------------------------
+
+    def test_a_group_progress_is_replaced_whole_and_survives_reopening(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        assert store.get_group("mailer") is None
+        assert store.group_names() == []
+        first = GroupProgress((BucketProgress(3), BucketProgress(0, (2, 5))))
+        second = GroupProgress((BucketProgress(7), BucketProgress(6, (9,)), BucketProgress()))
+
+        store.put_group("mailer", first)
+        store.put_group("mailer-2", first)
+        store.put_group("mailer", second)
+
+        assert store.get_group("mailer") == second
+        assert store.get_group("mailer-2") == first
+        assert store.group_names() == ["mailer", "mailer-2"]
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+            assert store.get_group("mailer") == second
+            assert store.group_names() == ["mailer", "mailer-2"]
+
+    def test_parked_events_are_kept_per_group_by_position_until_unparked(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        late = ParkedEvent(300, "User-1", 5, "ValueError: bad", TS)
+        early = ParkedEvent(4, "Order-9", 6, "timeout", TS + 1)
+        other = ParkedEvent(4, "User-2", 1, "nope", TS)
+
+        store.park("mailer", late)
+        store.park("mailer", early)
+        store.park("billing", other)
+        replaying = ParkedEvent(300, "User-1", 5, "ValueError: bad", TS, replaying=True)
+        store.park("mailer", replaying)
+
+        assert store.parked("mailer") == [early, replaying]
+        assert store.parked("billing") == [other]
+        assert store.parked("mail") == []
+        assert store.group_names() == ["billing", "mailer"]
+        assert store.get_group("billing") is None
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+            assert store.parked("mailer") == [early, replaying]
+        assert store.unpark("mailer", 4) is True
+        assert store.unpark("mailer", 4) is False
+        assert store.unpark("nobody", 4) is False
+        assert store.parked("mailer") == [replaying]
+        assert store.parked("billing") == [other]
+
+    def test_group_names_that_cannot_be_keys_are_refused(self, store: Any) -> None:
+        progress = GroupProgress((BucketProgress(),))
+        with pytest.raises(ValueError, match=r"^group must be a non-empty string, got ''$"):
+            store.put_group("", progress)
+        with pytest.raises(ValueError, match="group must not contain NUL characters"):
+            store.park("a\x00b", ParkedEvent(1, "A", 1, "e", TS))
+        with pytest.raises(ValueError, match="longer than the limit of 200 bytes"):
+            store.put_group("g" * 201, progress)
+        assert store.group_names() == []
