@@ -12,6 +12,13 @@ from typing import Any, Literal
 
 import trio
 
+from motet.actors.consumer_group import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PREFETCH,
+    EventFilter,
+    Groups,
+    Member,
+)
 from motet.actors.errors import EngineClosed, QueryTimeout, Unavailable, UnknownMessageType
 from motet.actors.head_watch import HeadWatch, serve_commit_watch
 from motet.actors.projection import ProjectionActor, Query
@@ -35,6 +42,7 @@ __all__ = ["ROLES", "Ack", "Engine", "EngineStatistics", "EngineStatus", "Role",
 log = logging.getLogger("motet.engine")
 
 _READ_BATCH = 1000
+_SCAN_LIMIT = 100_000  # log records one filtered read looks at, at most
 
 Role = Literal["writer", "reader"]
 """What an engine does with its store: a ``writer`` takes commands and appends;
@@ -62,6 +70,7 @@ class Engine:
         metrics: bool = True,
         max_batch: int = 10_000,
         role: Role = "writer",
+        group_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         _check_role(role)
         self.app = app
@@ -93,6 +102,14 @@ class Engine:
             )
             for projection in app.projections
         }
+        self.groups = Groups(
+            store,
+            codec=self.codec,
+            calls=calls,
+            watch=self.writer.watch,
+            write_limiter=self.writer.limiter,
+            max_attempts=group_max_attempts,
+        )
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
@@ -157,6 +174,7 @@ class Engine:
             commands=list(self._command_names),
             queries=list(self._query_names),
             schemas=self._message_schemas(),
+            groups=self.groups.status(),
         )
 
     def _message_schemas(self) -> dict[str, Any]:
@@ -456,14 +474,24 @@ class Engine:
         return [decode(event) for event in stored]
 
     async def subscribe(
-        self, from_position: int = 0, *, batch_size: int = _READ_BATCH
+        self,
+        from_position: int = 0,
+        *,
+        batch_size: int = _READ_BATCH,
+        category: str | None = None,
+        types: list[str] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
         one as it is committed (live), by this engine or, on a shared store,
         by another process. Ends only with :class:`EngineClosed` when the
-        engine closes; stop iterating (or cancel) to unsubscribe."""
+        engine closes; stop iterating (or cancel) to unsubscribe. With
+        ``category`` and/or ``types``, only the events that pass (see
+        :meth:`read_filtered`); the log is still read once, filtered before
+        decoding."""
         self._check_open()
+        event_filter = EventFilter.of(category, types)
+        select = None if event_filter.everything else event_filter.matches
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
         position = from_position
@@ -484,8 +512,79 @@ class Engine:
             far = watch.head_position - position > batch_size
             stored = await run(read_all, position, batch_size, offload=far)
             for event in stored:
-                yield decode(event)
                 position = event.position
+                if select is None or select(event.stream, event.type):
+                    yield decode(event)
+
+    async def read_filtered(
+        self,
+        from_position: int = 0,
+        limit: int = _READ_BATCH,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        scan_limit: int = _SCAN_LIMIT,
+    ) -> tuple[list[RecordedEvent], int]:
+        """Events with a position greater than ``from_position`` that pass
+        the filter (``category``: the part of the stream id before its first
+        ``-``; ``types``: event type names), in log order, at most ``limit``
+        of them; and the last position looked at, to pass as the next
+        ``from_position``. One call looks at no more than ``scan_limit`` log
+        records, so a rare category costs bounded work per call (a page
+        may then hold fewer than ``limit`` events, even none, before the
+        head). Raises ``ValueError`` for a bad argument and
+        :class:`EngineClosed` once the engine has closed."""
+        self._check_open()
+        event_filter = EventFilter.of(category, types)
+        if not isinstance(from_position, int) or from_position < 0:
+            raise ValueError(f"from_position must be >= 0, got {from_position!r}")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        position = from_position
+        found: list[RecordedEvent] = []
+        decode = self.codec.decode_record
+        scanned = 0
+        head = self.writer.head_position
+        while len(found) < limit and scanned < scan_limit and position < head:
+            batch = min(_READ_BATCH * 10, scan_limit - scanned)
+            stored = await self._calls.run(self.store.read_all, position, batch, offload=True)
+            if not stored:
+                break
+            scanned += len(stored)
+            for record in stored:
+                position = record.position
+                if event_filter.matches(record.stream, record.type):
+                    found.append(decode(record))
+                    if len(found) >= limit:
+                        break
+        return found, position
+
+    @asynccontextmanager
+    async def consume(
+        self,
+        group: str,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> AsyncIterator[Member]:
+        """Be a member of consumer group ``group`` for the block: iterate the
+        member for deliveries and settle each with ``await delivery.ack()``
+        (or ``nack``). Delivery is at least once: a delivery's ``position``
+        is the idempotency key. Events of one stream come in version order,
+        to one member at a time. ``category`` and ``types`` filter the events
+        (every member of a group passes the same); ``prefetch`` caps the
+        unacked deliveries this member holds. Raises ``ValueError``
+        (:class:`~motet.storage.errors.InvalidMessage`) for bad arguments,
+        :class:`Unavailable` on a reader and :class:`EngineClosed` once the
+        engine has closed (the iteration then ends)."""
+        self._check_open()
+        if self.role != "writer":
+            raise Unavailable("consumer groups are served by the writer; this engine is a reader")
+        async with self.groups.consume(
+            group, category=category, types=types, prefetch=prefetch
+        ) as member:
+            yield member
 
     def _check_open(self) -> None:
         if self._closed:
@@ -587,6 +686,7 @@ async def open_engine(
     http_token: str | None = None,
     max_batch: int = 10_000,
     role: Role = "writer",
+    group_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -623,7 +723,9 @@ async def open_engine(
     ``shared`` store), commands are refused with
     :class:`~motet.storage.errors.Unavailable`, and projections keep their
     models in memory only (no checkpoint is saved); queries (with
-    ``after=``), reads, subscriptions and status work as on the writer. Raises
+    ``after=``), reads, subscriptions and status work as on the writer.
+    ``group_max_attempts`` is how many failed deliveries park an event of a
+    consumer group (see :meth:`Engine.consume`). Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
     Motet store, ``OSError`` when a port cannot be bound,
     ``TypeError`` without an app and ``ValueError`` for invalid options.
@@ -663,6 +765,7 @@ async def open_engine(
             metrics=metrics,
             max_batch=max_batch,
             role=role,
+            group_max_attempts=group_max_attempts,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")
@@ -672,6 +775,8 @@ async def open_engine(
                     await nursery.start(serve_commit_watch, store, engine.writer.watch)
                 await nursery.start(engine.writer.serve)
                 await nursery.start(engine.registry.serve)
+                if role == "writer":
+                    await nursery.start(engine.groups.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
                 http = None

@@ -11,9 +11,16 @@ from typing import Any
 
 import msgspec
 
-from motet.storage.status import ProjectionStatus
+from motet.storage.status import GroupStatus, ParkedStatus, ProjectionStatus
 
-__all__ = ["EngineStatistics", "EngineStatus", "ProjectionStatus", "message_schemas"]
+__all__ = [
+    "EngineStatistics",
+    "EngineStatus",
+    "GroupStatus",
+    "ParkedStatus",
+    "ProjectionStatus",
+    "message_schemas",
+]
 
 
 class EngineStatistics(msgspec.Struct, frozen=True):
@@ -40,7 +47,8 @@ class EngineStatistics(msgspec.Struct, frozen=True):
 class EngineStatus(msgspec.Struct, frozen=True):
     """What :meth:`Engine.status` reports: the log's head, each projection's
     position, lag and state, the live actors per aggregate type, and the
-    command and query types the app handles (by tag)."""
+    command and query types the app handles (by tag), and each consumer
+    group's members, lag and parked events."""
 
     head_position: int
     projections: list[ProjectionStatus]
@@ -50,6 +58,7 @@ class EngineStatus(msgspec.Struct, frozen=True):
     commands: list[str] = []
     queries: list[str] = []
     schemas: dict[str, Any] = {}
+    groups: list[GroupStatus] = []
 
 
 def message_schemas(*types_by_tag: Mapping[str, type]) -> dict[str, Any]:
