@@ -47,6 +47,7 @@ from motet.storage.records import (
     RecordedEvent,
     StoredEvent,
 )
+from motet.storage.status import GroupStatus, ParkedStatus
 from motet.storage.store import EventStore, check_group_name
 from motet.storage.streams import category_of
 
@@ -59,6 +60,7 @@ __all__ = [
     "DEFAULT_PREFETCH",
     "MAX_PREFETCH",
     "MAX_RETRY_AFTER",
+    "GroupStatus",
     "ConsumerGroup",
     "Delivery",
     "EventFilter",
@@ -66,6 +68,7 @@ __all__ = [
     "Groups",
     "Member",
     "bucket_of",
+    "parked_status",
 ]
 
 BUCKETS = 64
@@ -782,10 +785,8 @@ class ConsumerGroup:
         for done in saves:
             done(closed)
 
-    def status(self) -> Any:
-        """A snapshot of the group (a :class:`GroupStatus`)."""
-        from motet.storage.status import GroupStatus, ParkedStatus
-
+    def status(self) -> GroupStatus:
+        """A snapshot of the group."""
         events, seconds = self.lag()
         event_filter = self.filter
         return GroupStatus(
@@ -802,11 +803,20 @@ class ConsumerGroup:
             delivered=self.delivered,
             acked=self.acked,
             redelivered=self.redelivered,
-            parked=[
-                ParkedStatus(p.position, p.stream, p.attempts, p.error, p.parked_at, p.replaying)
-                for p in self.parked_events
-            ],
+            parked=[parked_status(p) for p in self.parked_events],
         )
+
+
+def parked_status(parked: ParkedEvent) -> ParkedStatus:
+    """A parked event as status reports show it (an object, not an array)."""
+    return ParkedStatus(
+        parked.position,
+        parked.stream,
+        parked.attempts,
+        parked.error,
+        parked.parked_at,
+        parked.replaying,
+    )
 
 
 def _unpack(progress: GroupProgress | None) -> tuple[list[int], list[set[int]]]:
@@ -969,6 +979,6 @@ class Groups:
         finally:
             member.leave()
 
-    def status(self) -> list[Any]:
+    def status(self) -> list[GroupStatus]:
         """Every known group's :class:`GroupStatus`, by name."""
         return [self._groups[name].status() for name in sorted(self._groups)]

@@ -39,8 +39,11 @@ from typing import Any
 import msgspec
 import trio
 
-from motet.storage.errors import MotetError, Overloaded, Unavailable
+from motet.storage.errors import BadRequest as _BadRequest
+from motet.storage.errors import MotetError, NotFound, Overloaded, Unavailable
 from motet.storage.records import Ack
+
+from motet.actors.consumer_group import EventFilter, parked_status
 
 from ..core import Engine
 from .access import (
@@ -57,16 +60,22 @@ from .protocol import (
     DEFAULT_PORT,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,
+    AckOp,
     AuthOp,
     BadRequest,
     CommandOp,
+    JoinOp,
+    LeaveOp,
+    NackOp,
     PingOp,
     QueryOp,
     ReadOp,
+    ReplayOp,
     ReplyEncoder,
     RequestDecoder,
     RequestId,
     RequestTooLarge,
+    SkipOp,
     StatusOp,
     SubscribeOp,
     Unauthorized,
@@ -359,6 +368,8 @@ class _Connection:
         self._in_flight = trio.Semaphore(server._max_in_flight)
         self._read_scope = trio.CancelScope()
         self._subscriptions: dict[tuple[type, RequestId], _Subscription] = {}
+        # Consumer-group memberships of this connection, by group name.
+        self._memberships: dict[str, _Membership] = {}
         self._draining = False
         self._reading = trio.Lock()  # one store read at a time (see _execute)
         # One subscription of the connection catches up at a time: each holds
@@ -440,6 +451,8 @@ class _Connection:
         self._read_scope.cancel()
         for subscription in self._subscriptions.values():
             subscription.end(Unavailable("the server is shutting down"))
+        for membership in self._memberships.values():
+            membership.end(Unavailable("the server is shutting down"))
 
     async def run(self) -> None:
         try:
@@ -460,6 +473,9 @@ class _Connection:
                         # never end.
                         for subscription in self._subscriptions.values():
                             subscription.end(None)
+                        # The peer is gone: its unacked deliveries go to other members.
+                        for membership in self._memberships.values():
+                            membership.end(None)
                         await self._wait_submitted()
                 finally:
                     self._outbox.close()
@@ -583,9 +599,93 @@ class _Connection:
         elif isinstance(request, CommandOp):
             await self._take_slot()
             self._submit(request, spawn)
+        elif isinstance(request, JoinOp):
+            if request.group in self._memberships:
+                self.server._errors += 1
+                again = BadRequest(
+                    f"this connection is already a member of group {request.group!r} "
+                    f"(join request {self._memberships[request.group].request.id!r}); "
+                    "leave it first"
+                )
+                await self._reply(self._encoder.exception(request.id, again))
+                return
+            membership = _Membership(request)
+            self._memberships[request.group] = membership
+            await self._take_slot()
+            spawn(self._consume, membership)
+        elif isinstance(request, (AckOp, NackOp, LeaveOp)):
+            self._settle(request)
         else:
             await self._take_slot()
             spawn(self._run, request)
+
+    def _membership(self, request: AckOp | NackOp | LeaveOp) -> _Membership:
+        membership = self._memberships.get(request.group)
+        if membership is None or membership.member is None:
+            raise NotFound(
+                f"this connection is not a member of group {request.group!r}: "
+                'join it first ({"op": "join", "group": ...})'
+            )
+        return membership
+
+    def _settle(self, request: AckOp | NackOp | LeaveOp) -> None:
+        """Ack, nack or leave: answered at once, except an ack, answered once
+        it is durable (without a task: acks come as fast as events)."""
+        request_id = request.id
+        try:
+            membership = self._membership(request)
+            member = membership.member
+            assert member is not None
+            if isinstance(request, NackOp):
+                member.nack(request.position, request.error or "", retry_after=request.retry_after)
+                self._put(self._encoder.ok(request_id, {"position": request.position}))
+            elif isinstance(request, LeaveOp):
+                membership.end(None)
+                self._put(self._encoder.ok(request_id, {"member": member.id}))
+            else:
+                position = request.position
+
+                def saved(error: BaseException | None) -> None:
+                    if error is None:
+                        self._put(self._encoder.ok(request_id, {"position": position}))
+                    else:
+                        assert isinstance(error, Exception)
+                        self._put(self._failure(request_id, error))
+
+                member.ack_nowait(position, saved)
+        except Exception as exc:
+            self._put(self._failure(request_id, exc))
+
+    async def _consume(self, membership: _Membership) -> None:
+        """Be a member of a consumer group for the peer: answer the join
+        with the member id, then write each delivery as an event line (the
+        member's prefetch bounds the lines in flight)."""
+        request = membership.request
+        outbox = self._outbox
+        try:
+            try:
+                with membership.scope:
+                    async with self.engine.consume(
+                        request.group,
+                        category=request.category,
+                        types=request.types,
+                        prefetch=50 if request.prefetch is None else request.prefetch,
+                    ) as member:
+                        membership.member = member
+                        self._put(self._encoder.ok(request.id, {"member": member.id}))
+                        async for delivery in member:
+                            await outbox.wait_for_room()
+                            outbox.put(self._encoder.event(request.id, delivery.event))
+                if membership.reason is not None:
+                    self._put(self._encoder.exception(request.id, membership.reason))
+            except trio.ClosedResourceError:
+                pass  # the connection is gone
+            except Exception as exc:
+                self._put(self._failure(request.id, exc))
+        finally:
+            if self._memberships.get(request.group) is membership:
+                del self._memberships[request.group]
+            self._release()
 
     async def _authenticate(self, request: AuthOp) -> None:
         """Grant the token's scope, or answer a wrong token late (see
@@ -667,7 +767,7 @@ class _Connection:
             log.error("request %r failed", request_id, exc_info=exc)
         return self._encoder.exception(request_id, exc)
 
-    async def _run(self, request: QueryOp | ReadOp) -> None:
+    async def _run(self, request: QueryOp | ReadOp | ReplayOp | SkipOp) -> None:
         try:
             try:
                 line = await self._execute(request)
@@ -677,7 +777,7 @@ class _Connection:
         finally:
             self._release()
 
-    async def _execute(self, request: QueryOp | ReadOp) -> bytes:
+    async def _execute(self, request: QueryOp | ReadOp | ReplayOp | SkipOp) -> bytes:
         """Answer a query or a read (commands go through :meth:`_submit`).
 
         A reply is encoded only once the outbox has room, with no checkpoint
@@ -693,12 +793,38 @@ class _Connection:
             result = await engine.ask(query, after=request.after, timeout=timeout)
             await outbox.wait_for_room()
             return encoder.ok(request.id, result)
+        if isinstance(request, (ReplayOp, SkipOp)):
+            group = engine.groups.get(request.group)
+            if isinstance(request, ReplayOp):
+                parked = await group.replay(request.position)
+            else:
+                parked = await group.skip(request.position)
+            return encoder.ok(request.id, parked_status(parked))
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
         async with self._reading:
             await outbox.wait_for_room()
+            if request.stream is None:
+                if request.category is None and request.types is None:
+                    raise _BadRequest(
+                        "invalid read request: give a stream, or a category and/or types "
+                        "to read the log by"
+                    )
+                events, scanned = await engine.read_filtered(
+                    request.from_, limit, category=request.category, types=request.types
+                )
+                await outbox.wait_for_room()
+                return encoder.read(request.id, events, request.from_, scanned)
+            event_filter = EventFilter.of(request.category, request.types)
             events = await engine.read_stream(request.stream, request.from_, limit)
+            if event_filter.everything:
+                await outbox.wait_for_room()
+                return encoder.read(request.id, events, request.from_)
+            # next stays the last version read, so paging never stalls on a
+            # page whose events were all filtered out.
+            last = events[-1].version if events else request.from_
+            events = [e for e in events if event_filter.matches(e.stream, e.type)]
             await outbox.wait_for_room()
-            return encoder.read(request.id, events, request.from_)
+            return encoder.read(request.id, events, request.from_, last)
 
     async def _subscribe(self, subscription: _Subscription) -> None:
         """Stream events to the client: the catch-up part as fast as it reads
@@ -719,7 +845,12 @@ class _Connection:
                     if not live:
                         await catching_up.acquire()
                         holding = True
-                    events = self.engine.subscribe(request.from_, batch_size=_SUBSCRIBE_BATCH)
+                    events = self.engine.subscribe(
+                        request.from_,
+                        batch_size=_SUBSCRIBE_BATCH,
+                        category=request.category,
+                        types=request.types,
+                    )
                     async with aclosing(events):  # type: ignore[type-var]
                         async for record in events:
                             if live:
@@ -759,6 +890,22 @@ class _Connection:
                 catching_up.release()
             self._subscriptions.pop(_key(request.id), None)
             self._release()
+
+
+class _Membership:
+    """One consumer-group membership of a connection: its join request, its
+    member once joined, and how to end it."""
+
+    def __init__(self, request: JoinOp) -> None:
+        self.request = request
+        self.member: Any = None
+        self.scope = trio.CancelScope()
+        self.reason: MotetError | None = None
+
+    def end(self, reason: MotetError | None) -> None:
+        if not self.scope.cancel_called and self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
 
 
 class _Subscription:
