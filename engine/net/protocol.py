@@ -92,6 +92,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_PREFETCH",
     "DEFAULT_QUERY_TIMEOUT",
     "DEFAULT_READ_LIMIT",
     "ERROR_CODES",
@@ -105,6 +106,7 @@ __all__ = [
     "ErrorBody",
     "ErrorCode",
     "InvalidMessage",
+    "JoinBody",
     "JoinOp",
     "LeaveOp",
     "NackOp",
@@ -142,6 +144,10 @@ DEFAULT_READ_LIMIT: Final = 1_000
 
 MAX_READ_LIMIT: Final = 10_000
 """The largest ``limit`` a ``read`` may ask for (page with ``next`` for more)."""
+
+DEFAULT_PREFETCH: Final = 100
+"""Deliveries a consumer-group member holds unacked when its ``join`` gives
+no ``prefetch``."""
 
 DEFAULT_QUERY_TIMEOUT: Final = 5.0
 """Seconds a ``query`` with ``after`` waits for its projection, by default."""
@@ -617,6 +623,12 @@ class AckBody(msgspec.Struct):
     stream: str
     version: int
     position: int
+
+
+class JoinBody(msgspec.Struct):
+    """The ``result`` of a ``join`` reply: the new member's id."""
+
+    member: str
 
 
 class ReadBody(msgspec.Struct):

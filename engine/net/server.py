@@ -58,6 +58,7 @@ from .access import (
 from .framing import RECEIVE_SIZE, ByteBudget, LineReader, Outbox, write_outbox
 from .protocol import (
     DEFAULT_PORT,
+    DEFAULT_PREFETCH,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,
     AckOp,
@@ -669,7 +670,7 @@ class _Connection:
                         request.group,
                         category=request.category,
                         types=request.types,
-                        prefetch=50 if request.prefetch is None else request.prefetch,
+                        prefetch=DEFAULT_PREFETCH if request.prefetch is None else request.prefetch,
                     ) as member:
                         membership.member = member
                         self._put(self._encoder.ok(request.id, {"member": member.id}))
