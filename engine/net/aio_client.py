@@ -22,7 +22,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Final
 
 import msgspec
@@ -259,7 +259,8 @@ class Client:
                 raise error_from_reply(reply.error)
             self._decode(reply.result, JoinBody)
             joined = True
-            yield self._deliveries(group, subscription)
+            async with aclosing(self._deliveries(group, subscription)) as deliveries:
+                yield deliveries
         finally:
             self._subscriptions.pop(request_id, None)
             if joined and self._lost is None:

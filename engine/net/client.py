@@ -310,7 +310,10 @@ class Client:
                 raise error_from_reply(reply.error)
             self._decode(reply.result, JoinBody)
             joined = True
-            yield self._deliveries(group, request_id, receive)
+            async with contextlib.aclosing(
+                self._deliveries(group, request_id, receive)
+            ) as deliveries:
+                yield deliveries
         finally:
             self._subscriptions.pop(request_id, None)
             if joined and self._lost is None:
