@@ -305,6 +305,12 @@ def _add_demo(commands: Any) -> None:
     )
 
 
+def _add_groups(commands: Any) -> None:
+    from .groups import add_parser
+
+    add_parser(commands, _connection_options)
+
+
 def _add_verify(commands: Any) -> None:
     from .verify import add_parser
 
@@ -317,6 +323,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_status,
     _add_inspect,
     _add_verify,
+    _add_groups,
     _add_demo,
 )
 
@@ -352,6 +359,8 @@ def _run(args: argparse.Namespace) -> int:
             from .inspect import inspect as run
         case "verify":
             from .verify import run
+        case "groups":
+            from .groups import run
         case "demo":
             from ..example.demo import demo
 

@@ -116,6 +116,10 @@ def format_status(server: EngineStatus) -> str:
         )
         if projection.error:
             lines.append(f"  stopped at position {projection.failed_position}: {projection.error}")
+    if server.groups:
+        from .groups import format_groups
+
+        lines.append("\n" + format_groups(server.groups))
     return "\n".join(lines)
 
 

@@ -175,3 +175,51 @@ def test_a_restarted_server_resumes_the_group_from_its_durable_progress(
         assert not again & acked
         [group] = client.status().groups
         assert group.lag_events == 0
+
+
+def test_the_cli_lists_groups_and_replays_or_skips_parked_events(motet: Any) -> None:
+    server = motet.serve("--durability", "none", "--no-metrics")
+    port = ["--port", str(server.port)]
+    assert motet.run("groups", *port).stdout == "no consumer groups\n"
+    with connect("127.0.0.1", server.port) as client:
+        client.send(create_user("u1"))
+        client.send(create_user("u2"))
+        nacks = 0
+        with client.consume("mailer", types=["UserCreated"]) as events:
+            for event in events:
+                if event.stream == "User-u1":
+                    event.nack("mailbox full")
+                    nacks += 1
+                else:
+                    event.ack()
+                if nacks == 5 and client.status().groups[0].acked == 1:
+                    break
+        listed = motet.run("groups", *port)
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert lines[1].split() == ["mailer", "0", "2", "0", "0.000", "0", "1"]
+        assert lines[2].startswith("  parked 1 User-u1 after 5 attempts at ")
+        assert lines[2].endswith(": mailbox full")
+        assert "parked 1 User-u1" in motet.run("status", *port).stdout
+
+        wrong = motet.run("groups", *port, "skip", "mailer", "2")
+        assert wrong.returncode == 1
+        assert "not_found: group 'mailer' has no parked event at position 2 (parked: 1)" in (
+            wrong.stderr
+        )
+        assert motet.run("groups", *port, "replay", "mailer").returncode != 0
+        replayed = motet.run("groups", *port, "replay", "mailer", "1")
+        assert replayed.stdout == "replaying position 1 of group 'mailer'\n", replayed.stderr
+        with client.consume("mailer", types=["UserCreated"]) as events:
+            for attempt, event in enumerate(events, 1):
+                assert event.position == 1
+                event.nack("still full")
+                if attempt == 1:
+                    assert "(replaying)" in motet.run("groups", *port).stdout
+                if attempt == 5:
+                    break
+        [parked] = client.status().groups[0].parked
+        assert (parked.replaying, parked.error) == (False, "still full")
+        skipped = motet.run("groups", *port, "skip", "mailer", "1")
+        assert skipped.stdout == "skipped position 1 of group 'mailer'\n"
+        assert client.status().groups[0].parked == []
