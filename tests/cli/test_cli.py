@@ -148,7 +148,7 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         (
             ["frob"],
             "motet: unknown command 'frob' "
-            "(choose from: client, demo, inspect, serve, status, verify)",
+            "(choose from: client, demo, groups, inspect, serve, status, verify)",
         ),
         ([], "the following arguments are required: COMMAND"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),
