@@ -60,7 +60,6 @@ __all__ = [
     "DEFAULT_PREFETCH",
     "MAX_PREFETCH",
     "MAX_RETRY_AFTER",
-    "GroupStatus",
     "ConsumerGroup",
     "Delivery",
     "EventFilter",
@@ -591,8 +590,7 @@ class ConsumerGroup:
         if parked is None:
             listed = ", ".join(str(p) for p in sorted(self._parked)[:10]) or "none"
             raise NotFound(
-                f"group {self.name!r} has no parked event at position {position} "
-                f"(parked: {listed})"
+                f"group {self.name!r} has no parked event at position {position} (parked: {listed})"
             )
         return parked
 
@@ -945,7 +943,9 @@ class Groups:
             or isinstance(prefetch, bool)
             or not 1 <= prefetch <= MAX_PREFETCH
         ):
-            raise InvalidMessage(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, got {prefetch!r}")
+            raise InvalidMessage(
+                f"prefetch must be an integer from 1 to {MAX_PREFETCH}, got {prefetch!r}"
+            )
         event_filter = EventFilter.of(category, None if types is None else list(types))
         group = await self._load(name)
         member = group._join(event_filter, prefetch)

@@ -79,11 +79,14 @@ def _seed_commands(users: int, orders: int) -> tuple[list[Any], list[Any]]:
 
 async def _member(port: int, group: str, prefetch: int) -> None:
     """One member process: ack every delivery as it arrives (acks pipelined)."""
-    async with open_client("127.0.0.1", port) as client, trio.open_nursery() as nursery:
-        async with client.consume(group, types=_GROUP_TYPES, prefetch=prefetch) as events:
-            print("joined", flush=True)
-            async for event in events:
-                nursery.start_soon(event.ack)
+    async with (
+        open_client("127.0.0.1", port) as client,
+        trio.open_nursery() as nursery,
+        client.consume(group, types=_GROUP_TYPES, prefetch=prefetch) as events,
+    ):
+        print("joined", flush=True)
+        async for event in events:
+            nursery.start_soon(event.ack)
 
 
 async def _acked(client: Any, group: str) -> int:
@@ -129,29 +132,32 @@ async def _throughput(port: int, members: int, orders: int, prefetch: int) -> di
 
 async def _latency(port: int, users: int, count: int, rate: float) -> dict[str, Any]:
     latencies: list[float] = []
-    async with open_client("127.0.0.1", port) as member, open_client("127.0.0.1", port) as writer:
-        async with member.consume("latency", types=_GROUP_TYPES, prefetch=1000) as events:
-            caught_up = trio.Event()
+    async with (
+        open_client("127.0.0.1", port) as member,
+        open_client("127.0.0.1", port) as writer,
+        member.consume("latency", types=_GROUP_TYPES, prefetch=1000) as events,
+    ):
+        caught_up = trio.Event()
 
-            async def consume() -> None:
-                async for event in events:
-                    if caught_up.is_set():
-                        latencies.append(time.time() - event.time.timestamp())
-                    await event.ack()
-                    if len(latencies) >= count:
-                        return
+        async def consume() -> None:
+            async for event in events:
+                if caught_up.is_set():
+                    latencies.append(time.time() - event.time.timestamp())
+                await event.ack()
+                if len(latencies) >= count:
+                    return
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                while (await member.status()).groups[-1].lag_events:
-                    await trio.sleep(0.05)
-                caught_up.set()
-                for n in range(count):
-                    nursery.start_soon(
-                        writer.send,
-                        PlaceOrder(user_id=f"u{n % users}", order_id=f"late{n}", amount=2.0),
-                    )
-                    await trio.sleep(1 / rate)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            while (await member.status()).groups[-1].lag_events:
+                await trio.sleep(0.05)
+            caught_up.set()
+            for n in range(count):
+                nursery.start_soon(
+                    writer.send,
+                    PlaceOrder(user_id=f"u{n % users}", order_id=f"late{n}", amount=2.0),
+                )
+                await trio.sleep(1 / rate)
     ms = [latency * 1000.0 for latency in latencies]
     return {"events": len(ms), **quantiles(ms, {"p50": 0.5, "p99": 0.99})}
 

@@ -32,7 +32,10 @@ def add_parser(commands: Any, connection_options: Any) -> None:
     )
     connection_options(groups)
     groups.add_argument(
-        "action", nargs="?", choices=["list", "replay", "skip"], default="list",
+        "action",
+        nargs="?",
+        choices=["list", "replay", "skip"],
+        default="list",
         help="(default: %(default)s)",
     )
     groups.add_argument("group", nargs="?", help="the group (replay, skip)")
@@ -44,7 +47,9 @@ def _position(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a position is a whole number >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"a position is a whole number >= 1, got {text!r}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"a position is a whole number >= 1, got {text!r}")
     return value

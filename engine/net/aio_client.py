@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -32,19 +32,20 @@ from motet.storage.errors import ConnectionLost, MotetError, Overloaded
 from motet.storage.records import Ack
 
 from ..status import EngineStatus
+from .consumer import GroupEvent
 from .protocol import (
     DEFAULT_PORT,
+    DEFAULT_PREFETCH,
     MAX_READ_LIMIT,
     AckBody,
     AuthOp,
     CommandOp,
     ErrorBody,
-    PingOp,
-    QueryOp,
-    DEFAULT_PREFETCH,
     JoinBody,
     JoinOp,
     LeaveOp,
+    PingOp,
+    QueryOp,
     ReadBody,
     ReadOp,
     Reply,
@@ -54,7 +55,6 @@ from .protocol import (
     WireEvent,
     error_from_reply,
 )
-from .consumer import GroupEvent
 from .typed import AppTypes
 
 __all__ = ["Client", "ConnectionLost", "open_client"]
@@ -279,7 +279,7 @@ class Client:
 
     async def _deliveries(
         self, group: str, subscription: _Subscription
-    ) -> AsyncIterator[GroupEvent]:
+    ) -> AsyncGenerator[GroupEvent, None]:
         ids = self._ids.__next__
         while True:
             reply = await self._next_line(subscription)

@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -211,10 +211,8 @@ class BlockingClient:
         finally:
             token = self._token
             if token is not None and not call.future.done():
-                try:
+                with suppress(trio.RunFinishedError):
                     trio.from_thread.run_sync(scope.cancel, trio_token=token)
-                except trio.RunFinishedError:
-                    pass
                 call.future.exception()
 
     def status(self) -> EngineStatus:

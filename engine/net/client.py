@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -45,22 +45,21 @@ from motet.storage.errors import ConnectionLost, MotetError, Overloaded, Request
 from motet.storage.records import Ack
 
 from ..status import EngineStatus
+from .consumer import GroupEvent
 from .framing import LineReader, write_lines
 from .protocol import (
     DEFAULT_PORT,
+    DEFAULT_PREFETCH,
     MAX_READ_LIMIT,
     AckBody,
     AuthOp,
     CommandOp,
     ErrorBody,
-    PingOp,
-    QueryOp,
-    DEFAULT_PREFETCH,
-    AckOp,
     JoinBody,
     JoinOp,
     LeaveOp,
-    NackOp,
+    PingOp,
+    QueryOp,
     ReadBody,
     ReadOp,
     Reply,
@@ -70,7 +69,6 @@ from .protocol import (
     WireEvent,
     error_from_reply,
 )
-from .consumer import GroupEvent
 from .typed import AppTypes
 
 __all__ = ["Client", "ConnectionLost", "open_client"]
@@ -324,7 +322,7 @@ class Client:
 
     async def _deliveries(
         self, group: str, request_id: int, receive: trio.MemoryReceiveChannel[Reply]
-    ) -> AsyncIterator[GroupEvent]:
+    ) -> AsyncGenerator[GroupEvent, None]:
         ids = self._ids.__next__
         async for reply in receive:
             if reply.event is not None:

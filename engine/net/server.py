@@ -39,11 +39,10 @@ from typing import Any
 import msgspec
 import trio
 
+from motet.actors.consumer_group import EventFilter, parked_status
 from motet.storage.errors import BadRequest as _BadRequest
 from motet.storage.errors import MotetError, NotFound, Overloaded, Unavailable
 from motet.storage.records import Ack
-
-from motet.actors.consumer_group import EventFilter, parked_status
 
 from ..core import Engine
 from .access import (

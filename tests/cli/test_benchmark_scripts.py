@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLED = ("engine", "actors", "storage")
-SCRIPTS = ("seed_workload", "tcp_workload", "catchup")
+SCRIPTS = ("seed_workload", "tcp_workload", "catchup", "consumer_groups")
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -156,7 +156,9 @@ async def test_members_share_streams_and_take_over_when_one_leaves(tmp_path: Pat
 
 async def test_bad_joins_acks_and_nacks_are_refused_precisely(tmp_path: Path) -> None:
     async with open_engine(None, app) as engine:
-        with pytest.raises(InvalidMessage, match=r"^prefetch must be an integer from 1 to 10000, got 0$"):
+        with pytest.raises(
+            InvalidMessage, match=r"^prefetch must be an integer from 1 to 10000, got 0$"
+        ):
             async with engine.consume("g", prefetch=0):
                 pass
         with pytest.raises(InvalidMessage, match="cannot contain '-', got 'User-1'"):
@@ -169,7 +171,9 @@ async def test_bad_joins_acks_and_nacks_are_refused_precisely(tmp_path: Path) ->
             async with engine.consume(""):
                 pass
         async with engine.consume("g", category="User") as member:
-            with pytest.raises(InvalidMessage, match="every member of a group uses the same filter"):
+            with pytest.raises(
+                InvalidMessage, match="every member of a group uses the same filter"
+            ):
                 async with engine.consume("g", category="Order"):
                     pass
             with pytest.raises(NotFound, match="position 7 is not in flight for member g/"):

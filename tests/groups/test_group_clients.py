@@ -31,9 +31,8 @@ async def test_the_trio_client_consumes_acks_and_nacks(server: Server) -> None:
                     await event.nack("try again")
                     continue
                 await event.ack()
-                if len(seen) == 3 and all(seen.values()):
-                    if sum(seen.values()) == 4:
-                        break
+                if len(seen) == 3 and sum(seen.values()) == 4:
+                    break
             with pytest.raises(NotFound, match="is not in flight for member"):
                 await event.ack()
         assert sorted(seen.values()) == [1, 1, 2]
@@ -73,7 +72,7 @@ def test_the_asyncio_and_blocking_clients_consume(motet_server: Any) -> None:
                     await event.ack()
                     if len(got) == 5:
                         break
-            with pytest.raises(InvalidMessage, match="prefetch|category"):
+            with pytest.raises(InvalidMessage, match=r"category is the part of a stream id"):
                 async with client.consume("aio", category="a-b"):
                     pass
             return got

@@ -4,6 +4,7 @@ a group is half done."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -21,9 +22,19 @@ from tests.support.paths import REPO
 pytestmark = pytest.mark.process
 
 
-def start_member(motet: Any, port: int, group: str, log: Path, work: float) -> subprocess.Popen[bytes]:
+def start_member(
+    motet: Any, port: int, group: str, log: Path, work: float
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.groups.member_process", str(port), group, str(log), str(work)],
+        [
+            sys.executable,
+            "-m",
+            "tests.groups.member_process",
+            str(port),
+            group,
+            str(log),
+            str(work),
+        ],
         cwd=REPO,
         env=motet.env,
         stdout=subprocess.PIPE,
@@ -61,9 +72,7 @@ def matching_positions(client: Any) -> dict[int, tuple[str, int]]:
     found: dict[int, tuple[str, int]] = {}
     position = 0
     while True:
-        events, position = client.read_log(
-            position, 10_000, category="User", types=["OrderPlaced"]
-        )
+        events, position = client.read_log(position, 10_000, category="User", types=["OrderPlaced"])
         found.update({e.position: (e.stream, e.version) for e in events})
         if position >= client.status().head_position:
             return found
@@ -139,7 +148,7 @@ def test_three_members_one_killed_every_event_acked_in_order_never_shared(
             intervals[stream].append((began, killed_at, i))
     for stream, spans in intervals.items():
         spans.sort()
-        for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
+        for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
             assert end <= begin, f"{stream} handled by members {first} and {second} at once"
 
 
