@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import secrets
 import time
 import zlib
@@ -90,7 +91,7 @@ MAX_BUFFERED = 10_000
 a group without members (or with stuck ones) holds bounded memory."""
 
 _READ_BATCH = 1_000
-_SAVE_EVERY = 0.05  # seconds between progress saves while events are acked
+_REREAD_AFTER = 0.05  # seconds before reading again after a read found nothing
 
 
 def bucket_of(stream: str, buckets: int = BUCKETS) -> int:
@@ -676,20 +677,28 @@ class ConsumerGroup:
             self._poke()
 
     async def _loop(self) -> None:
+        empty_read = False
         while True:
             read = False
             if self._scan < self._watch.head_position and self._buffered < MAX_BUFFERED:
                 read = await self._read_batch()
+                empty_read = not read
             self._release_retries()
             if self._dirty:
                 await self._save()
             if not read:
                 self._wake = trio.Event()
                 if self._dirty or (
-                    self._scan < self._watch.head_position and self._buffered < MAX_BUFFERED
+                    not empty_read
+                    and self._scan < self._watch.head_position
+                    and self._buffered < MAX_BUFFERED
                 ):
                     continue
-                deadline = self._retries[0][0] if self._retries else float("inf")
+                deadline = self._retries[0][0] if self._retries else math.inf
+                if empty_read:
+                    # The head is known before its events can be read (another
+                    # process's commit): look again shortly rather than spin.
+                    deadline = min(deadline, trio.current_time() + _REREAD_AFTER)
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
 

@@ -838,11 +838,16 @@ class _Connection:
         last = request.from_
         catching_up = self._catching_up
         holding = False
+        # A filtered subscription may match nothing up to the head, so it
+        # cannot tell when it is live: it never takes the connection's
+        # catch-up turn (its batches are bounded all the same), and waits for
+        # room in the outbox until an event it gets is at the head.
+        filtered = request.category is not None or request.types is not None
         live = request.from_ >= self.engine.head_position
         try:
             try:
                 with subscription.scope:
-                    if not live:
+                    if not live and not filtered:
                         await catching_up.acquire()
                         holding = True
                     events = self.engine.subscribe(
@@ -873,7 +878,7 @@ class _Connection:
                                 await outbox.wait_for_room()
                                 outbox.put(self._encoder.event(request.id, record))
                                 live = record.position >= self.engine.head_position
-                                if live:
+                                if live and holding:
                                     catching_up.release()
                                     holding = False
                             last = record.position
