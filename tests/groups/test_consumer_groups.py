@@ -180,3 +180,48 @@ async def test_bad_joins_acks_and_nacks_are_refused_precisely(tmp_path: Path) ->
                 await member.ack(7)
             with pytest.raises(InvalidMessage, match="retry_after must be a number of seconds"):
                 member.nack(7, retry_after=-1)
+
+
+async def test_group_metrics_show_lag_parked_in_flight_and_redeliveries(tmp_path: Path) -> None:
+    from tests.engine.test_metrics import scrape
+
+    async with open_engine(tmp_path / "db", app, metrics_port=0, group_max_attempts=2) as engine:
+        await seed(engine, users=2, orders=1)
+        async with engine.consume("g", types=["OrderPlaced"]) as member:
+            scraped = await scrape(engine)
+            assert scraped.value("motet_group_lag_events", group="g") == 2
+            assert scraped.value("motet_group_in_flight", group="g") == 2
+            assert scraped.value("motet_group_members", group="g") == 1
+            async for delivery in member:
+                if delivery.event.stream == "User-u0":
+                    await delivery.nack("no")
+                else:
+                    await delivery.ack()
+                if engine.status().groups[0].parked:
+                    break
+            scraped = await scrape(engine)
+            assert scraped.value("motet_group_parked", group="g") == 1
+            assert scraped.value("motet_group_lag_events", group="g") == 0
+            assert scraped.value("motet_group_lag_seconds", group="g") == 0
+            assert scraped.value("motet_group_redeliveries_total", group="g") == 1
+            assert scraped.value("motet_group_acked_total", group="g") == 1
+            assert scraped.value("motet_group_delivered_total", group="g") == 3
+
+
+async def test_groups_work_on_postgresql(postgres_cluster: Any) -> None:
+    from tests.support.postgres import new_schema_url
+
+    url = new_schema_url(postgres_cluster)
+    async with open_engine(url, app) as engine:
+        await seed(engine, users=3, orders=2)
+        async with engine.consume("pg", category="User", types=["OrderPlaced"]) as member:
+            first = await take(member, 3, ack=True)
+    async with open_engine(url, app) as engine:
+        [status] = engine.status().groups
+        assert status.lag_events == 3
+        async with engine.consume("pg", category="User", types=["OrderPlaced"]) as member:
+            rest = await take(member, 3, ack=True)
+            await nothing_more(member)
+        assert {d.event.version for d in first} == {2}
+        assert {d.event.version for d in rest} == {3}
+        assert engine.status().groups[0].lag_events == 0
