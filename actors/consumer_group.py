@@ -40,7 +40,7 @@ from typing import Any
 import trio
 
 from motet.storage.codec import Codec
-from motet.storage.errors import InvalidMessage, NotFound
+from motet.storage.errors import InvalidMessage, NotFound, Unavailable
 from motet.storage.records import (
     BucketProgress,
     GroupProgress,
@@ -788,7 +788,10 @@ class ConsumerGroup:
 
     def _fail_saves(self, error: BaseException | None) -> None:
         saves, self._saves = self._saves, []
-        closed = error or NotFound(f"group {self.name!r} stopped before the ack was saved")
+        closed = error or Unavailable(
+            f"group {self.name!r} stopped before the ack was saved; the event will be "
+            "delivered again"
+        )
         for done in saves:
             done(closed)
 
