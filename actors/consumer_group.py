@@ -19,8 +19,9 @@ An event that failed ``max_attempts`` deliveries (nacks, or members lost
 while holding it) is parked: recorded durably with its last error, taken out
 of the way of its stream, and kept until it is replayed or skipped.
 
-The group reads the log once for all its members (batches of raw records,
-filtered before they are decoded), however many members it has.
+The group reads once for all its members, however many it has: with a
+category, through the store's category index; otherwise the log itself;
+batches of raw records, filtered by type before they are decoded.
 """
 
 from __future__ import annotations
@@ -346,6 +347,7 @@ class ConsumerGroup:
         self._dirty = False
         self._buffered = 0
         self._wake = trio.Event()
+        self._save_wanted = trio.Event()
         self.running = False
         self.error: str | None = None
         self.delivered = self.acked = self.redelivered = 0
@@ -537,7 +539,7 @@ class ConsumerGroup:
         self._settled(flight)
         if on_saved is not None:
             self._saves.append(on_saved)
-        self._dirty = True
+        self._mark_dirty()
         self._refill(member)
         self._poke()
 
@@ -569,7 +571,7 @@ class ConsumerGroup:
             parked = ParkedEvent(position, event.stream, attempts, error[:1000], time.time())
             self._parked[position] = parked
             self._to_park.append(parked)
-            self._dirty = True
+            self._mark_dirty()
             self._settled(flight)
             return
         stream.busy = False
@@ -581,6 +583,11 @@ class ConsumerGroup:
 
     def _poke(self) -> None:
         self._wake.set()
+
+    def _mark_dirty(self) -> None:
+        """Something to save (an ack, a parked event): wake the saver."""
+        self._dirty = True
+        self._save_wanted.set()
 
     # -- parked events -------------------------------------------------------------------
 
@@ -660,6 +667,9 @@ class ConsumerGroup:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_head)
+                # Saving runs beside reading and delivering: a save waits for
+                # the store's writer (behind command commits) and its fsync.
+                nursery.start_soon(self._save_loop)
                 task_status.started()
                 await self._loop()
         finally:
@@ -684,11 +694,9 @@ class ConsumerGroup:
                 read = await self._read_batch()
                 empty_read = not read
             self._release_retries()
-            if self._dirty:
-                await self._save()
             if not read:
                 self._wake = trio.Event()
-                if self._dirty or (
+                if (
                     not empty_read
                     and self._scan < self._watch.head_position
                     and self._buffered < MAX_BUFFERED
@@ -704,8 +712,19 @@ class ConsumerGroup:
 
     async def _read_batch(self) -> bool:
         assert self.filter is not None
-        far = self._watch.head_position - self._scan > _READ_BATCH
-        stored = await self._calls.run(self._store.read_all, self._scan, _READ_BATCH, offload=far)
+        head = self._watch.head_position
+        far = head - self._scan > _READ_BATCH
+        category = self.filter.category
+        if category is None:
+            stored = await self._calls.run(
+                self._store.read_all, self._scan, _READ_BATCH, offload=far
+            )
+        else:
+            # The store's category index: a rare category costs what it holds.
+            stored = await self._calls.run(
+                self._store.read_category, category, self._scan, _READ_BATCH, offload=far
+            )
+        before = self._scan
         matches = self.filter.matches
         decode = self._codec.decode_record
         base = self._base
@@ -727,7 +746,7 @@ class ConsumerGroup:
                 )
                 self._parked[position] = parked
                 self._to_park.append(parked)
-                self._dirty = True
+                self._mark_dirty()
                 continue
             stream = self._streams.get(record.stream)
             if stream is None:
@@ -737,7 +756,10 @@ class ConsumerGroup:
             self._times[position] = record.timestamp
             self._buffered += 1
             self._ready(stream)
-        return bool(stored)
+        if category is not None and len(stored) < _READ_BATCH:
+            # Every event of the category up to the head seen before the read is in.
+            self._scan = max(self._scan, head)
+        return self._scan > before
 
     def _release_retries(self) -> None:
         now = trio.current_time()
@@ -747,6 +769,14 @@ class ConsumerGroup:
             if stream is not None and stream.retry_at is not None:
                 stream.retry_at = None
                 self._ready(stream)
+
+    async def _save_loop(self) -> None:
+        while True:
+            if not self._dirty:
+                self._save_wanted = trio.Event()
+                await self._save_wanted.wait()
+                continue
+            await self._save()
 
     async def _save(self) -> None:
         """Write what was parked and the progress in one worker-thread call

@@ -487,8 +487,8 @@ class Engine:
         by another process. Ends only with :class:`EngineClosed` when the
         engine closes; stop iterating (or cancel) to unsubscribe. With
         ``category`` and/or ``types``, only the events that pass (see
-        :meth:`read_filtered`); the log is still read once, filtered before
-        decoding."""
+        :meth:`read_filtered`): a category is read through the store's
+        category index, types are filtered before decoding."""
         self._check_open()
         event_filter = EventFilter.of(category, types)
         select = None if event_filter.everything else event_filter.matches
@@ -497,6 +497,7 @@ class Engine:
         position = from_position
         decode = self.codec.decode_record
         read_all = self.store.read_all
+        read_category = self.store.read_category
         run = self._calls.run
         watch = self.writer.watch
         while True:
@@ -509,12 +510,19 @@ class Engine:
                         self._waits.discard(scope)
             self._check_open()
             # Far behind: decode off the event loop; near the head, inline.
-            far = watch.head_position - position > batch_size
-            stored = await run(read_all, position, batch_size, offload=far)
+            head = watch.head_position
+            far = head - position > batch_size
+            if category is None:
+                stored = await run(read_all, position, batch_size, offload=far)
+            else:
+                stored = await run(read_category, category, position, batch_size, offload=far)
             for event in stored:
                 position = event.position
                 if select is None or select(event.stream, event.type):
                     yield decode(event)
+            if category is not None and len(stored) < batch_size:
+                # The category index holds nothing more up to the head seen before.
+                position = max(position, head)
 
     async def read_filtered(
         self,
@@ -529,10 +537,11 @@ class Engine:
         the filter (``category``: the part of the stream id before its first
         ``-``; ``types``: event type names), in log order, at most ``limit``
         of them; and the last position looked at, to pass as the next
-        ``from_position``. One call looks at no more than ``scan_limit`` log
-        records, so a rare category costs bounded work per call (a page
-        may then hold fewer than ``limit`` events, even none, before the
-        head). Raises ``ValueError`` for a bad argument and
+        ``from_position``. A category is read through the store's category
+        index (its own events only); types alone filter the log. One call
+        looks at no more than ``scan_limit`` records, so a rare type costs
+        bounded work per call (a page may then hold fewer than ``limit``
+        events, even none, before the head). Raises ``ValueError`` for a bad argument and
         :class:`EngineClosed` once the engine has closed."""
         self._check_open()
         event_filter = EventFilter.of(category, types)
@@ -545,11 +554,15 @@ class Engine:
         decode = self.codec.decode_record
         scanned = 0
         head = self.writer.head_position
+        category = event_filter.category
         while len(found) < limit and scanned < scan_limit and position < head:
             batch = min(_READ_BATCH * 10, scan_limit - scanned)
-            stored = await self._calls.run(self.store.read_all, position, batch, offload=True)
-            if not stored:
-                break
+            if category is None:
+                stored = await self._calls.run(self.store.read_all, position, batch, offload=True)
+            else:
+                stored = await self._calls.run(
+                    self.store.read_category, category, position, batch, offload=True
+                )
             scanned += len(stored)
             for record in stored:
                 position = record.position
@@ -557,6 +570,11 @@ class Engine:
                     found.append(decode(record))
                     if len(found) >= limit:
                         break
+            if len(stored) < batch:
+                if category is not None and len(found) < limit:
+                    # The category holds nothing more up to the head seen before.
+                    position = max(position, head)
+                break
         return found, position
 
     @asynccontextmanager

@@ -8,6 +8,10 @@ Layout (see docs/design.md, "Storage"):
 ``commands``     command id → msgpack :class:`Ack` (the original Ack)
 ``checkpoints``  projection name → msgpack :class:`Checkpoint`
 ``meta``         ``format`` → the store format name
+``categories``   category + NUL + 8-byte big-endian position → empty: the
+                 category index (written in the append's transaction; built
+                 from the log the first time a writer of this version opens
+                 an older store)
 ``groups``       group + NUL → msgpack :class:`GroupProgress`; group + NUL +
                  8-byte big-endian position → msgpack :class:`ParkedEvent`
                  (created on first open by this version; older stores lack it
@@ -43,6 +47,7 @@ from .idempotency import AckRecord
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
 from .records import Ack, Append, Checkpoint, GroupProgress, ParkedEvent, Snapshot, StoredEvent
 from .store import AppendError, Durability, check_group_name, plan_appends
+from .streams import category_of
 
 if sys.platform != "win32":
     import fcntl
@@ -64,6 +69,7 @@ _pack = _U64.pack
 _MAX_VERSION = b"\xff" * 8
 _DATABASES = (b"log", b"streams", b"snapshots", b"commands", b"checkpoints", b"meta")
 _GROUPS = b"groups"
+_CATEGORIES = b"categories"
 _LMDB_FILES = {"data.mdb", "lock.mdb"}
 
 DEFAULT_MAP_SIZE = 1 << 30
@@ -216,18 +222,28 @@ class LmdbStore:
         self._snapshots = dbs[b"snapshots"]
         self._commands = dbs[b"commands"]
         self._checkpoints = dbs[b"checkpoints"]
-        self._groups = self._open_groups()
+        self._groups = self._open_added(_GROUPS)
+        self._categories = self._open_added(_CATEGORIES)
 
-    def _open_groups(self) -> Any:
-        """The ``groups`` database; ``None`` in a read-only handle of a store
-        no writer of this version has opened yet (it then holds no groups)."""
+    def _open_added(self, name: bytes) -> Any:
+        """A database added after the store format (``groups``,
+        ``categories``); ``None`` in a read-only handle of a store no writer
+        of this version has opened yet. A new category index is filled from
+        the log in the same transaction, so it never lags the log."""
         if self.readonly:
             try:
-                return self._env.open_db(_GROUPS, create=False)
+                return self._env.open_db(name, create=False)
             except lmdb.NotFoundError:
                 return None
-        with self._env.begin(write=True) as txn:
-            return self._env.open_db(_GROUPS, txn=txn, create=True)
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    db = self._env.open_db(name, txn=txn, create=True)
+                    if name == _CATEGORIES and not txn.stat(db)["entries"]:
+                        _index_categories(txn, self._log, db)
+                return db
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
     def _open_existing(self) -> dict[bytes, Any]:
         """Open the databases of an existing store without writing to it.
@@ -358,6 +374,9 @@ class LmdbStore:
             if plan.records:
                 txn.cursor(self._log).putmulti(
                     [(_pack(r.position), seal(encode(r))) for r in plan.records], append=True
+                )
+                txn.cursor(self._categories).putmulti(
+                    sorted((_category_key(r.stream, r.position), b"") for r in plan.records)
                 )
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
                 index.putmulti(
@@ -505,6 +524,50 @@ class LmdbStore:
             f"and cannot be read: {exc}"
         )
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """See :meth:`EventStore.read_category`. A read-only handle of a
+        store without the index (no writer of this version opened it yet)
+        filters the log instead."""
+        events: list[StoredEvent] = []
+        if limit <= 0 or not category or "\x00" in category:
+            return events
+        if self._categories is None:
+            after = after_position
+            while len(events) < limit:
+                batch = self.read_all(after, 10_000)
+                if not batch:
+                    break
+                events += [e for e in batch if category_of(e.stream) == category]
+                after = batch[-1].position
+            return events[:limit]
+        prefix = category.encode() + b"\x00"
+        decode = self._event_decoder.decode
+        with self._read() as txn:
+            index = txn.cursor(self._categories)
+            log = txn.cursor(self._log)
+            if not index.set_range(prefix + _pack(max(after_position, 0) + 1)):
+                return events
+            for key in index.iternext(values=False):
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                position = bytes(key[len(prefix) :])
+                if not log.set_key(position):
+                    raise CodecError(
+                        f"the category index of {category!r} in {self.path} points at "
+                        f"position {_position_text(position)}, which is not in the log"
+                    )
+                try:
+                    events.append(decode(unseal(log.value())))
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                    if events:
+                        break
+                    raise self._corrupt(position, exc) from exc
+                if len(events) >= limit:
+                    break
+        return events
+
     def stream_version(self, stream: str) -> int:
         with self._read() as txn:
             return _last_version(txn.cursor(self._index), _stream_prefix(stream))
@@ -647,6 +710,28 @@ def _lock_for_writing(path: Path) -> int | None:
             ) from None
         raise StorageError(f"cannot lock the store {path} for writing: {exc}") from exc
     return fd
+
+
+def _category_key(stream: str, position: int) -> bytes:
+    """The category index's key of an event of ``stream`` at ``position``."""
+    return category_of(stream).encode() + b"\x00" + _pack(position)
+
+
+def _index_categories(txn: lmdb.Transaction, log: Any, categories: Any) -> None:
+    """Fill the category index from the whole log, in ``txn``."""
+    decode = msgspec.msgpack.Decoder(StoredEvent).decode
+    index = txn.cursor(categories)
+    keys: list[tuple[bytes, bytes]] = []
+    for key, value in txn.cursor(log):
+        try:
+            stream = decode(unseal(value)).stream
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            continue  # a damaged record: `motet verify` reports it; reads raise there
+        keys.append((category_of(stream).encode() + b"\x00" + bytes(key), b""))
+        if len(keys) >= 100_000:
+            index.putmulti(sorted(keys))
+            keys.clear()
+    index.putmulti(sorted(keys))
 
 
 def _position_text(key: bytes) -> str:

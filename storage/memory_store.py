@@ -6,6 +6,7 @@ ends. Tests run the same contract suite against it and the LMDB store.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from .errors import StorageError
 from .idempotency import AckRecord
 from .records import Ack, Append, Checkpoint, GroupProgress, ParkedEvent, Snapshot, StoredEvent
 from .store import AppendError, Durability, check_group_name, plan_appends
+from .streams import category_of
 
 __all__ = ["MemoryStore"]
 
@@ -34,6 +36,7 @@ class MemoryStore:
         self.shared = shared
         self._log: list[StoredEvent] = []
         self._streams: dict[str, list[int]] = {}
+        self._categories: dict[str, list[int]] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
@@ -77,6 +80,7 @@ class MemoryStore:
         self._log.extend(plan.records)
         for record in plan.records:
             self._streams.setdefault(record.stream, []).append(record.position)
+            self._categories.setdefault(category_of(record.stream), []).append(record.position)
         self._snapshots.update(plan.snapshots)
         self._acks.update(plan.acks)
         if plan.records:
@@ -97,6 +101,14 @@ class MemoryStore:
         self._check_open()
         start = max(after_position, 0)
         return self._log[start : start + max(limit, 0)]
+
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        self._check_open()
+        positions = self._categories.get(category, [])
+        start = bisect.bisect_right(positions, after_position)
+        return [self._log[p - 1] for p in positions[start : start + max(limit, 0)]]
 
     def stream_version(self, stream: str) -> int:
         self._check_open()

@@ -35,6 +35,7 @@ __all__ = [
     "PUT_SNAPSHOTS",
     "READ_ACK",
     "READ_ALL",
+    "READ_CATEGORY",
     "READ_CHECKPOINT",
     "READ_CHECKPOINT_NAMES",
     "READ_FORMAT",
@@ -272,6 +273,14 @@ LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 # groups existed gain them without a format change. A group's progress is one
 # row replaced whole, so its buckets never disagree with one another.
 CREATE_GROUP_TABLES = [
+    # The category index: an expression index, so the append path is
+    # unchanged (PostgreSQL maintains it in the append's transaction) and a
+    # store made before it gains it when opened. split_part(stream, '-', 1)
+    # is the stream's category, as streams.category_of reads it.
+    """
+    CREATE INDEX IF NOT EXISTS motet_events_by_category
+    ON motet_events (split_part(stream, '-', 1), position)
+    """,
     """
     CREATE TABLE IF NOT EXISTS motet_groups (
         name text COLLATE "C" PRIMARY KEY,
@@ -287,6 +296,13 @@ CREATE_GROUP_TABLES = [
     )
     """,
 ]
+
+# Served by motet_events_by_category: the same expression, then the position.
+READ_CATEGORY = """
+SELECT envelope FROM motet_events
+WHERE split_part(stream, '-', 1) = %s AND position > %s
+ORDER BY position LIMIT %s
+"""
 
 READ_GROUP = "SELECT progress FROM motet_groups WHERE name = %s"
 

@@ -518,6 +518,21 @@ class PostgresStore:
             for i, (envelope,) in enumerate(rows)
         ]
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        if limit <= 0:
+            self._check_open()
+            return []
+        after = max(after_position, 0)
+        rows = self._read(
+            lambda conn: conn.execute(
+                sql.READ_CATEGORY, (category, after, limit), binary=True
+            ).fetchall(),
+            f"reading category {category!r} after position {after}",
+        )
+        return [self._decode(envelope, f"of category {category!r}") for (envelope,) in rows]
+
     def stream_version(self, stream: str) -> int:
         found = self._read(
             lambda conn: _one_or_none(conn.execute(sql.READ_STREAM_VERSION, (stream,))),

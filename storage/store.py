@@ -104,6 +104,16 @@ class EventStore(Protocol):
         """
         ...
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events of the streams of ``category`` (the part of
+        a stream id before its first ``-``, see :func:`~.streams.category_of`)
+        with position > ``after_position``, in log order. Served by a
+        category index written in the append's transaction, so a rare
+        category costs what it holds, not the log's length."""
+        ...
+
     def stream_version(self, stream: str) -> int:
         """Current version of ``stream`` (0 when it has no events)."""
         ...

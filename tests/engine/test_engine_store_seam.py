@@ -283,6 +283,12 @@ class BlockingStore:
         self._enter("read_all")
         return self._inner.read_all(after_position, limit)
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        self._enter("read_category")
+        return self._inner.read_category(category, after_position, limit)
+
     def stream_version(self, stream: str) -> int:
         self._enter("stream_version")
         return self._inner.stream_version(stream)

@@ -49,6 +49,7 @@ from motet.storage import (
     StoredEvent,
 )
 from motet.storage.records import Ack, BucketProgress, GroupProgress, ParkedEvent
+from motet.storage.streams import category_of
 from tests.support.logs import read_everything
 
 __all__ = [
@@ -160,6 +161,7 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "append_batch": lambda s: s.append_batch([append("A", 1, events(1))], TS),
     "read_stream": lambda s: s.read_stream("A"),
     "read_all": lambda s: s.read_all(),
+    "read_category": lambda s: s.read_category("User"),
     "stream_version": lambda s: s.stream_version("A"),
     "streams": lambda s: s.streams(),
     "load_snapshot": lambda s: s.load_snapshot("A"),
@@ -341,6 +343,10 @@ class StoreMatchesModel(RuleBasedStateMachine):
         )
         assert read_everything(store, page=7) == self.log
         assert store.head_position == len(self.log)
+        for category in {category_of(stream) for stream in STREAMS}:
+            assert store.read_category(category) == [
+                e for e in self.log if category_of(e.stream) == category
+            ]
         assert store.streams() == versions
         for stream in STREAMS:
             assert store.load_snapshot(stream) == self.snapshots.get(stream)
@@ -933,3 +939,39 @@ class StoreContract:
         with pytest.raises(ValueError, match="longer than the limit of 200 bytes"):
             store.put_group("g" * 201, progress)
         assert store.group_names() == []
+
+    # -- the category index -------------------------------------------------------------
+
+    def test_a_category_reads_its_streams_events_in_log_order(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        store.append_batch(
+            [
+                append("User-1", 0, events(2)),
+                append("Order-1", 0, events(1)),
+                append("User-a-b", 0, events(1)),
+                append("Users-2", 0, events(1)),
+                append("User", 0, events(1)),
+            ],
+            TS,
+        )
+        store.append_batch([append("User-1", 2, events(1)), append("Order-2", 0, events(2))], TS)
+
+        users = store.read_category("User")
+        assert [(e.position, e.stream, e.version) for e in users] == [
+            (1, "User-1", 1),
+            (2, "User-1", 2),
+            (4, "User-a-b", 1),
+            (6, "User", 1),
+            (7, "User-1", 3),
+        ]
+        assert store.read_category("User", after_position=2, limit=2) == users[2:4]
+        assert store.read_category("User", after_position=7) == []
+        assert [e.position for e in store.read_category("Order")] == [3, 8, 9]
+        assert [e.stream for e in store.read_category("Users")] == ["Users-2"]
+        assert store.read_category("Use") == []
+        assert store.read_category("User", limit=0) == []
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+            assert store.read_category("User") == users
