@@ -24,6 +24,7 @@ __all__ = [
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
+    "GROUP_TABLES",
     "LISTEN",
     "LOCK_HEAD",
     "LOCK_SCHEMA",
@@ -70,6 +71,10 @@ TABLES = (
 )
 """Our table names: a schema holding any of them without our format record is
 someone else's, and is refused."""
+
+GROUP_TABLES = ("motet_groups", "motet_parked")
+"""The consumer groups' tables, created when a store opens (see
+:data:`CREATE_GROUP_TABLES`), so a store made before them is not refused."""
 
 NOTIFY_CHANNEL = "motet_commit"
 """The LISTEN/NOTIFY channel every append transaction notifies (payload: the new head)."""
