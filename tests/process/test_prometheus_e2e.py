@@ -52,9 +52,11 @@ METRICS = {
     "motet_commit_duration_seconds",
     "motet_actors_active",
     "motet_snapshots_total",
+    "motet_group_parked",
 }
 ALERTS = {
     "MotetDown",
+    "MotetGroupEventsParked",
     "MotetProjectionLagging",
     "MotetProjectionFailed",
     "MotetProjectionStalled",
@@ -186,7 +188,7 @@ def test_rules_use_only_motet_metrics_and_name_the_design_alerts() -> None:
 
 
 def test_rules_and_configs_pass_promtool(tmp_path: Path) -> None:
-    assert "SUCCESS: 11 rules found" in _promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 12 rules found" in _promtool("check", "rules", str(RULES))
     assert "SUCCESS" in _promtool("test", "rules", str(RULES_TESTS))
     assert "SUCCESS: 1 rule files found" in _promtool("check", "config", str(PROMETHEUS_CONFIG))
     generated = _generated_config(tmp_path, "127.0.0.1:9707")
