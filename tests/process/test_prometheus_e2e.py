@@ -53,6 +53,7 @@ METRICS = {
     "motet_actors_active",
     "motet_snapshots_total",
     "motet_group_parked",
+    "motet_group_lag_events",
 }
 ALERTS = {
     "MotetDown",
@@ -364,6 +365,14 @@ def test_prometheus_scrapes_motet_serve(
     assert server.metrics_port is not None
     target = f"127.0.0.1:{server.metrics_port}"
     load, load_log = _start_load(tmp_path, processes, server.host, server.port)
+    # A consumer group, so that its series exist for the dashboard's panels.
+    from motet.engine.net.blocking import connect
+
+    with (
+        connect(server.host, server.port) as client,
+        client.consume("dashboard", types=["UserCreated"], prefetch=1) as events,
+    ):
+        next(iter(events)).ack()
 
     web_port = _free_port()
     prometheus_log = tmp_path / "prometheus.log"
