@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from motet.engine.net.blocking import connect
 from tests.support.paths import REPO as ROOT
 from tests.support.ports import free_port as _free_port
 
@@ -366,8 +367,6 @@ def test_prometheus_scrapes_motet_serve(
     target = f"127.0.0.1:{server.metrics_port}"
     load, load_log = _start_load(tmp_path, processes, server.host, server.port)
     # A consumer group, so that its series exist for the dashboard's panels.
-    from motet.engine.net.blocking import connect
-
     with (
         connect(server.host, server.port) as client,
         client.consume("dashboard", types=["UserCreated"], prefetch=1) as events,
