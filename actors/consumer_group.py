@@ -898,6 +898,7 @@ class Groups:
         self.max_attempts = max_attempts
         self._groups: dict[str, ConsumerGroup] = {}
         self._loading: dict[str, trio.Event] = {}
+        self._starting: dict[str, trio.Event] = {}
         self._start_send, self._start_receive = trio.open_memory_channel[
             tuple[ConsumerGroup, trio.Event]
         ](16)
@@ -992,9 +993,12 @@ class Groups:
         group = await self._load(name)
         member = group._join(event_filter, prefetch)
         if not group.running and group.error is None:
-            started = trio.Event()
+            # Joins racing for a new group start its loop once.
+            started = self._starting.get(name)
             try:
-                await self._start_send.send((group, started))
+                if started is None:
+                    started = self._starting[name] = trio.Event()
+                    await self._start_send.send((group, started))
                 await started.wait()
             except BaseException:
                 group._leave(member)
