@@ -10,10 +10,11 @@ import pytest
 import trio
 
 from motet.engine import Engine
-from motet.engine.net.server import Server
+from motet.engine.net.server import Server, open_server
 from tests.support.commands import create_user_request as create
 from tests.support.commands import place_order_request as order
 from tests.support.peer import Peer, open_peer
+from tests.support.tokens import CLIENT_TOKEN, FULL_TOKEN
 
 
 def error(reply: dict[str, Any]) -> tuple[str, str]:
@@ -293,3 +294,23 @@ async def test_subscribe_and_read_take_category_and_type_filters(server: Server)
                     "User-u9",
                     "OrderPlaced",
                 )
+
+
+async def test_group_ops_need_the_full_access_token(engine: Engine) -> None:
+    async with (
+        open_server(engine, port=0, token=FULL_TOKEN, client_token=CLIENT_TOKEN) as server,
+        open_peer(server.port) as peer,
+    ):
+        assert (await peer.ask({"id": 0, "op": "auth", "token": CLIENT_TOKEN}))["ok"]
+        for request in (
+            {"id": 1, "op": "join", "group": "g"},
+            {"id": 2, "op": "ack", "group": "g", "position": 1},
+            {"id": 3, "op": "nack", "group": "g", "position": 1},
+            {"id": 4, "op": "leave", "group": "g"},
+            {"id": 5, "op": "replay", "group": "g", "position": 1},
+            {"id": 6, "op": "skip", "group": "g", "position": 1},
+        ):
+            code, message = error(await peer.ask(request))
+            assert code == "unauthorized"
+            assert f"{request['op']} needs the full-access token (scope 'full')" in message
+        assert engine.status().groups == []
