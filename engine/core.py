@@ -13,6 +13,13 @@ from typing import Any, Literal
 
 import trio
 
+from motet.actors.consumer_group import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PREFETCH,
+    EventFilter,
+    Groups,
+    Member,
+)
 from motet.actors.errors import EngineClosed, QueryTimeout, Unavailable, UnknownMessageType
 from motet.actors.head_watch import HeadWatch, serve_commit_watch
 from motet.actors.process_manager import ProcessManagerActor
@@ -26,7 +33,7 @@ from motet.storage.errors import StorageError
 from motet.storage.idempotency import retried_ack, stored_ack
 from motet.storage.memory_store import MemoryStore
 from motet.storage.personal import Forgotten
-from motet.storage.records import Ack, RecordedEvent, StreamDeletion
+from motet.storage.records import Ack, RecordedEvent, StoredEvent, StreamDeletion
 from motet.storage.retention import RetentionResult, retain_stream
 from motet.storage.store import (
     Durability,
@@ -58,6 +65,7 @@ __all__ = [
 log = logging.getLogger("motet.engine")
 
 _READ_BATCH = 1000
+_SCAN_LIMIT = 100_000  # log records one filtered read looks at, at most
 
 Role = Literal["writer", "reader"]
 """What an engine does with its store: a ``writer`` takes commands and appends;
@@ -90,6 +98,7 @@ class Engine:
         lease_ttl: float = 10.0,
         peer_token: str | None = None,
         peer_ssl_context: Any = None,
+        group_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         _check_role(role)
         self.app = app
@@ -159,6 +168,14 @@ class Engine:
             )
         elif advertise:
             raise ValueError("advertise needs a node_id")
+        self.groups = Groups(
+            store,
+            codec=self.codec,
+            calls=calls,
+            watch=self.writer.watch,
+            write_limiter=self.writer.limiter,
+            max_attempts=group_max_attempts,
+        )
         self._queries: dict[type, Query[Any, Any]] = {query.type: query for query in app.queries}
         self._command_types = app.command_types()
         self._command_tags = {command: tag for tag, command in self._command_types.items()}
@@ -226,6 +243,7 @@ class Engine:
             schemas=self._message_schemas(),
             node=None if self.node is None else self.node.status(),
             nodes=[] if self.node is None else self.node.nodes(),
+            groups=self.groups.status(),
         )
 
     def _message_schemas(self) -> dict[str, Any]:
@@ -682,6 +700,8 @@ class Engine:
         *,
         batch_size: int = _READ_BATCH,
         on_caught_up: Callable[[], None] | None = None,
+        category: str | None = None,
+        types: list[str] | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event with a position greater than ``from_position`` in
         log order: first those already committed (catch-up), then each new
@@ -691,13 +711,19 @@ class Engine:
         subscription has read everything up to the head and waits for new
         commits (the last event delivered may be below the head when the
         newest events were removed). Ends only with :class:`EngineClosed`
-        when the engine closes; stop iterating (or cancel) to unsubscribe."""
+        when the engine closes; stop iterating (or cancel) to unsubscribe.
+        With ``category`` and/or ``types``, only the events that pass (see
+        :meth:`read_filtered`): a category is read through the store's
+        category index, types are filtered before decoding."""
         self._check_open()
+        event_filter = EventFilter.of(category, types)
+        select = None if event_filter.everything else event_filter.matches
         if from_position < 0:
             raise ValueError(f"from_position must be >= 0, got {from_position}")
         position = from_position
         decode = self.codec.decode_record
         read_all = self.store.read_all
+        read_category = self.store.read_category
         run = self._calls.run
         watch = self.writer.watch
         while True:
@@ -714,20 +740,108 @@ class Engine:
             # Far behind: decode off the event loop; near the head, inline.
             head = watch.head_position
             far = head - position > batch_size
+            if category is None:
+                read: Callable[..., list[StoredEvent]] = read_all
+                args: tuple[Any, ...] = (position, batch_size)
+            else:
+                read, args = read_category, (category, position, batch_size)
             if far or self._calls.blocking:
                 # Keys are looked up in the worker thread too, not by decode below.
-                stored = await run(
-                    self.codec.read_warm, read_all, position, batch_size, offload=far
-                )
+                stored = await run(self.codec.read_warm, read, *args, offload=far)
             else:
-                stored = read_all(position, batch_size)
+                stored = read(*args)
             if not stored:
-                # Everything up to the (committed) head was removed on purpose.
+                # Everything up to the (committed) head was removed on purpose,
+                # or holds nothing of the category.
                 position = max(position, head)
                 continue
             for event in stored:
-                yield decode(event)
                 position = event.position
+                if select is None or select(event.stream, event.type):
+                    yield decode(event)
+            if category is not None and len(stored) < batch_size:
+                # The category index holds nothing more up to the head seen before.
+                position = max(position, head)
+
+    async def read_filtered(
+        self,
+        from_position: int = 0,
+        limit: int = _READ_BATCH,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        scan_limit: int = _SCAN_LIMIT,
+    ) -> tuple[list[RecordedEvent], int]:
+        """Events with a position greater than ``from_position`` that pass
+        the filter (``category``: the part of the stream id before its first
+        ``-``; ``types``: event type names), in log order, at most ``limit``
+        of them; and the last position looked at, to pass as the next
+        ``from_position``. A category is read through the store's category
+        index (its own events only); types alone filter the log. One call
+        looks at no more than ``scan_limit`` records, so a rare type costs
+        bounded work per call (a page may then hold fewer than ``limit``
+        events, even none, before the head). Raises ``ValueError`` for a bad argument and
+        :class:`EngineClosed` once the engine has closed."""
+        self._check_open()
+        event_filter = EventFilter.of(category, types)
+        if not isinstance(from_position, int) or from_position < 0:
+            raise ValueError(f"from_position must be >= 0, got {from_position!r}")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        position = from_position
+        found: list[RecordedEvent] = []
+        decode = self.codec.decode_record
+        scanned = 0
+        head = self.writer.head_position
+        category = event_filter.category
+        while len(found) < limit and scanned < scan_limit and position < head:
+            batch = min(_READ_BATCH * 10, scan_limit - scanned)
+            if category is None:
+                stored = await self._calls.run(self.store.read_all, position, batch, offload=True)
+            else:
+                stored = await self._calls.run(
+                    self.store.read_category, category, position, batch, offload=True
+                )
+            scanned += len(stored)
+            for record in stored:
+                position = record.position
+                if event_filter.matches(record.stream, record.type):
+                    found.append(decode(record))
+                    if len(found) >= limit:
+                        break
+            if len(stored) < batch:
+                if category is not None and len(found) < limit:
+                    # The category holds nothing more up to the head seen before.
+                    position = max(position, head)
+                break
+        return found, position
+
+    @asynccontextmanager
+    async def consume(
+        self,
+        group: str,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> AsyncIterator[Member]:
+        """Be a member of consumer group ``group`` for the block: iterate the
+        member for deliveries and settle each with ``await delivery.ack()``
+        (or ``nack``). Delivery is at least once: a delivery's ``position``
+        is the idempotency key. Events of one stream come in version order,
+        to one member at a time. ``category`` and ``types`` filter the events
+        (every member of a group passes the same); ``prefetch`` caps the
+        unacked deliveries this member holds. Raises ``ValueError``
+        (:class:`~motet.storage.errors.InvalidMessage`) for bad arguments,
+        :class:`Unavailable` on a reader and :class:`EngineClosed` once the
+        engine has closed (the iteration then ends)."""
+        self._check_open()
+        if self.role != "writer":
+            raise Unavailable("consumer groups are served by the writer; this engine is a reader")
+        async with self.groups.consume(
+            group, category=category, types=types, prefetch=prefetch
+        ) as member:
+            yield member
 
     def _check_open(self) -> None:
         if self._closed:
@@ -850,6 +964,7 @@ async def open_engine(
     lease_ttl: float = 10.0,
     peer_token: str | None = None,
     peer_ssl_context: Any = None,
+    group_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> AsyncIterator[Engine]:
     """Open the store, start the engine's tasks for ``app``, and yield the
     :class:`Engine`.
@@ -902,7 +1017,9 @@ async def open_engine(
     of their line server; with ``peer_token`` as token, and over TLS with
     ``peer_ssl_context``, an ``ssl.SSLContext`` trusting their certificates), answers
     :class:`~motet.storage.errors.Unavailable` for a partition with no live
-    owner, and hands its partitions over when it closes. Raises
+    owner, and hands its partitions over when it closes.
+    ``group_max_attempts`` is how many failed deliveries park an event of a
+    consumer group (see :meth:`Engine.consume`). Raises
     :class:`~motet.storage.errors.StoreFormatError` when the path is not a
     Motet store, ``OSError`` when a port cannot be bound,
     ``TypeError`` without an app and ``ValueError`` for invalid options.
@@ -949,6 +1066,7 @@ async def open_engine(
             lease_ttl=lease_ttl,
             peer_token=peer_token,
             peer_ssl_context=peer_ssl_context,
+            group_max_attempts=group_max_attempts,
         )
         if metrics_port is not None and engine.metrics is None:
             raise ValueError("metrics_port needs metrics=True")
@@ -960,6 +1078,8 @@ async def open_engine(
                 await nursery.start(engine.registry.serve)
                 if engine.node is not None:
                     await nursery.start(engine.node.serve)
+                if role == "writer":
+                    await nursery.start(engine.groups.serve)
                 for projection in engine.projections.values():
                     await nursery.start(projection.run)
                 if retention_every is not None:

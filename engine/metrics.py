@@ -232,7 +232,7 @@ class EngineMetrics:
         for aggregate in engine.app.aggregates:
             snapshots.add_metric([aggregate.name], written.get(aggregate.name, 0))
         yield snapshots
-
+        yield from self._group_metrics()
         node = engine.node
         if node is not None:
             yield GaugeMetricFamily(
@@ -245,6 +245,58 @@ class EngineMetrics:
                 "Commands this node forwarded to the partition's owner and got an Ack for.",
                 value=node.forwarded,
             )
+
+    def _group_metrics(self) -> Iterator[Metric]:
+        """One sample per consumer group (a few per engine, not per member)."""
+        families = {
+            "lag_events": GaugeMetricFamily(
+                "motet_group_lag_events",
+                "Log head minus the position up to which the group has settled every event.",
+                labels=["group"],
+            ),
+            "lag_seconds": GaugeMetricFamily(
+                "motet_group_lag_seconds",
+                "Age of the oldest event the group has read and not settled; 0 when caught up.",
+                labels=["group"],
+            ),
+            "parked": GaugeMetricFamily(
+                "motet_group_parked",
+                "Events the group parked after too many failed deliveries.",
+                labels=["group"],
+            ),
+            "in_flight": GaugeMetricFamily(
+                "motet_group_in_flight",
+                "Events delivered to the group's members and not settled yet.",
+                labels=["group"],
+            ),
+            "members": GaugeMetricFamily(
+                "motet_group_members", "Live members of the group.", labels=["group"]
+            ),
+        }
+        delivered = CounterMetricFamily(
+            "motet_group_delivered", "Deliveries to the group's members.", labels=["group"]
+        )
+        redelivered = CounterMetricFamily(
+            "motet_group_redeliveries",
+            "Deliveries of events that had been delivered before (nacked or unacked).",
+            labels=["group"],
+        )
+        acked = CounterMetricFamily(
+            "motet_group_acked", "Deliveries the group's members acked.", labels=["group"]
+        )
+        for group in self._engine.groups:
+            events, seconds = group.lag()
+            name = [group.name]
+            families["lag_events"].add_metric(name, events)
+            families["lag_seconds"].add_metric(name, seconds)
+            families["parked"].add_metric(name, len(group.parked_events))
+            families["in_flight"].add_metric(name, group.in_flight)
+            families["members"].add_metric(name, len(group.members))
+            delivered.add_metric(name, group.delivered)
+            redelivered.add_metric(name, group.redelivered)
+            acked.add_metric(name, group.acked)
+        yield from families.values()
+        yield from (delivered, redelivered, acked)
 
     def _process_manager_families(self) -> Iterator[Metric]:
         """The process managers' gauges and counters, labelled ``process``."""

@@ -11,12 +11,14 @@ from typing import Any
 
 import msgspec
 
-from motet.storage.status import ProcessManagerStatus, ProjectionStatus
+from motet.storage.status import GroupStatus, ParkedStatus, ProcessManagerStatus, ProjectionStatus
 
 __all__ = [
     "EngineStatistics",
     "EngineStatus",
+    "GroupStatus",
     "NodeStatus",
+    "ParkedStatus",
     "ProcessManagerStatus",
     "ProjectionStatus",
     "message_schemas",
@@ -58,8 +60,9 @@ class NodeStatus(msgspec.Struct, frozen=True):
 class EngineStatus(msgspec.Struct, frozen=True):
     """What :meth:`Engine.status` reports: the log's head, each projection's
     position, lag and state, each process manager's position, lag and
-    pending timers, the live actors per aggregate type, and the command and
-    query types the app handles (by tag)."""
+    pending timers, the live actors per aggregate type, the command and
+    query types the app handles (by tag), and each consumer group's members,
+    lag and parked events."""
 
     head_position: int
     projections: list[ProjectionStatus]
@@ -74,6 +77,7 @@ class EngineStatus(msgspec.Struct, frozen=True):
     """This engine as a node (``None`` unless it runs with a node id)."""
     nodes: list[NodeStatus] = []
     """Every live node of the store, as of this node's last heartbeat."""
+    groups: list[GroupStatus] = []
 
 
 def message_schemas(*types_by_tag: Mapping[str, type]) -> dict[str, Any]:

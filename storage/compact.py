@@ -114,9 +114,11 @@ def _rewrite(source: Any, target: Path) -> None:
     ``target``, record by record in key order (each page filled)."""
     import lmdb
 
-    from .lmdb_store import _DATABASES, _LATER_DATABASES
+    from .lmdb_store import _CATEGORIES, _DATABASES, _GROUPS, _LATER_DATABASES
 
-    names = _DATABASES + _LATER_DATABASES
+    # Every database, consumer groups' progress included: a compacted store
+    # must not deliver a group's acked events again.
+    names = (*_DATABASES, *_LATER_DATABASES, _GROUPS, _CATEGORIES)
     info = source.info()
     env = lmdb.open(
         str(target), map_size=info["map_size"], max_dbs=len(names) + 2, subdir=True, sync=False

@@ -10,6 +10,14 @@ Layout (see docs/design.md, "Storage"):
 ``meta``         ``format`` → the store format name
 ``deletions``    stream id → msgpack :class:`StreamDeletion` (tombstones, removals)
 ``removed``      8-byte first position → 8-byte last position of a removed run
+``categories``   category + NUL + 8-byte big-endian position → empty: the
+                 category index (written in the append's transaction; built
+                 from the log the first time a writer of this version opens
+                 an older store)
+``groups``       group + NUL → msgpack :class:`GroupProgress`; group + NUL +
+                 8-byte big-endian position → msgpack :class:`ParkedEvent`
+                 (created on first open by this version; older stores lack it
+                 until a writer opens them, and read as holding no groups)
 
 Each log value is checksummed (see :mod:`motet.storage.integrity`); a record
 whose checksum does not match raises :class:`CodecError` naming its position.
@@ -41,8 +49,18 @@ from .deletion import deletion_after, position_runs, truncation_after
 from .errors import CodecError, StorageError, StorageFull, StoreFormatError
 from .idempotency import AckRecord
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
-from .store import AppendError, Durability, plan_appends, plan_recorded
+from .records import (
+    Ack,
+    Append,
+    Checkpoint,
+    GroupProgress,
+    ParkedEvent,
+    Snapshot,
+    StoredEvent,
+    StreamDeletion,
+)
+from .store import AppendError, Durability, check_group_name, plan_appends, plan_recorded
+from .streams import category_of
 
 if sys.platform != "win32":
     import fcntl
@@ -74,6 +92,10 @@ _DATABASES = (b"log", b"streams", b"snapshots", b"commands", b"checkpoints", b"m
 # the subject keys (see :mod:`motet.storage.keyring`).
 _KEYS = b"keys"
 _LATER_DATABASES = (b"deletions", b"removed", _KEYS)
+# Also added later, opened by `_open_added` (the category index is filled
+# from the log when it is made).
+_GROUPS = b"groups"
+_CATEGORIES = b"categories"
 _LMDB_FILES = {"data.mdb", "lock.mdb"}
 
 DEFAULT_MAP_SIZE = 1 << 30
@@ -135,7 +157,7 @@ class LmdbStore:
                 str(self.path),
                 readonly=readonly,
                 map_size=map_size,
-                max_dbs=len(_DATABASES) + len(_LATER_DATABASES) + 2,
+                max_dbs=len(_DATABASES) + len(_LATER_DATABASES) + 4,
                 subdir=True,
                 sync=durability == "sync",
                 metasync=durability == "sync",
@@ -170,6 +192,8 @@ class LmdbStore:
         self._ack_decoder = msgspec.msgpack.Decoder(AckRecord)
         self._checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
         self._deletion_decoder = msgspec.msgpack.Decoder(StreamDeletion)
+        self._group_decoder = msgspec.msgpack.Decoder(GroupProgress)
+        self._parked_decoder = msgspec.msgpack.Decoder(ParkedEvent)
         self._closed = False
         self._marking = False
         self._head = 0
@@ -242,6 +266,28 @@ class LmdbStore:
         self._deletions: Any = dbs.get(b"deletions")
         self._removed: Any = dbs.get(b"removed")
         self._keys: Any = dbs.get(_KEYS)
+        self._groups = self._open_added(_GROUPS)
+        self._categories = self._open_added(_CATEGORIES)
+
+    def _open_added(self, name: bytes) -> Any:
+        """A database added after the store format (``groups``,
+        ``categories``); ``None`` in a read-only handle of a store no writer
+        of this version has opened yet. A new category index is filled from
+        the log in the same transaction, so it never lags the log."""
+        if self.readonly:
+            try:
+                return self._env.open_db(name, create=False)
+            except lmdb.NotFoundError:
+                return None
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    db = self._env.open_db(name, txn=txn, create=True)
+                    if name == _CATEGORIES and not txn.stat(db)["entries"]:
+                        _index_categories(txn, self._log, db)
+                return db
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
     def _open_existing(self) -> dict[bytes, Any]:
         """Open the databases of an existing store without writing to it.
@@ -417,6 +463,9 @@ class LmdbStore:
                 txn.cursor(self._log).putmulti(
                     [(_pack(r.position), seal(encode(r))) for r in records], append=True
                 )
+                txn.cursor(self._categories).putmulti(
+                    sorted((_category_key(r.stream, r.position), b"") for r in records)
+                )
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
                 rows = [
                     (r.stream.encode() + b"\x00" + _pack(r.version), r.position) for r in records
@@ -479,6 +528,9 @@ class LmdbStore:
                     for r in records
                 )
             )
+            txn.cursor(self._categories).putmulti(
+                sorted((_category_key(r.stream, r.position), b"") for r in records)
+            )
             txn.cursor(commands).putmulti(
                 sorted((command_id.encode(), encode(ack)) for command_id, ack in acks)
             )
@@ -539,9 +591,12 @@ class LmdbStore:
                 if not index.delete():
                     break
         log = txn.cursor(self._log)
+        categories = self._categories
         for position in positions:
             if log.set_key(_pack(position)):
                 log.delete()
+            if categories is not None:
+                txn.delete(_category_key(stream, position), db=categories)
         runs = txn.cursor(self._removed)
         for first, last in position_runs(positions):
             # Merge with the neighbouring runs, so deleting interleaved
@@ -687,6 +742,47 @@ class LmdbStore:
             except (lmdb.Error, OSError) as exc:
                 raise _translate(exc, f"saving checkpoint {name!r}", self.path) from exc
 
+    def _put_group_key(self, key: bytes, value: bytes | None, doing: str) -> bool:
+        """Put (or, with ``value=None``, delete) one key of the groups
+        database in its own write transaction; whether a deleted key was there."""
+        while True:
+            try:
+                with self._env.begin(write=True, db=self._groups) as txn:
+                    if value is None:
+                        return bool(txn.delete(key))
+                    txn.put(key, value)
+                    return True
+            except lmdb.MapFullError:
+                self._grow()
+            except (lmdb.Error, OSError) as exc:
+                raise _translate(exc, doing, self.path) from exc
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        check_group_name(name)
+        self._check_writable(f"save the progress of group {name!r} in")
+        self._put_group_key(
+            _stream_prefix(name), self._encode(progress), f"saving the progress of group {name!r}"
+        )
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        check_group_name(name)
+        self._check_writable(f"park an event of group {name!r} in")
+        self._put_group_key(
+            _stream_prefix(name) + _pack(event.position),
+            self._encode(event),
+            f"parking position {event.position} of group {name!r}",
+        )
+
+    def unpark(self, name: str, position: int) -> bool:
+        self._check_writable(f"unpark an event of group {name!r} in")
+        if position < 0 or not name or "\x00" in name:
+            return False
+        return self._put_group_key(
+            _stream_prefix(name) + _pack(position),
+            None,
+            f"unparking position {position} of group {name!r}",
+        )
+
     # -- reads --------------------------------------------------------------
 
     def read_stream(
@@ -751,6 +847,50 @@ class LmdbStore:
         if len(key) == 8:
             error.position = _U64.unpack(key)[0]
         return error
+
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """See :meth:`EventStore.read_category`. A read-only handle of a
+        store without the index (no writer of this version opened it yet)
+        filters the log instead."""
+        events: list[StoredEvent] = []
+        if limit <= 0 or not category or "\x00" in category:
+            return events
+        if self._categories is None:
+            after = after_position
+            while len(events) < limit:
+                batch = self.read_all(after, 10_000)
+                if not batch:
+                    break
+                events += [e for e in batch if category_of(e.stream) == category]
+                after = batch[-1].position
+            return events[:limit]
+        prefix = category.encode() + b"\x00"
+        decode = self._event_decoder.decode
+        with self._read() as txn:
+            index = txn.cursor(self._categories)
+            log = txn.cursor(self._log)
+            if not index.set_range(prefix + _pack(max(after_position, 0) + 1)):
+                return events
+            for key in index.iternext(values=False):
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                position = bytes(key[len(prefix) :])
+                if not log.set_key(position):
+                    raise CodecError(
+                        f"the category index of {category!r} in {self.path} points at "
+                        f"position {_position_text(position)}, which is not in the log"
+                    )
+                try:
+                    events.append(decode(unseal(log.value())))
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                    if events:
+                        break
+                    raise self._corrupt(position, exc) from exc
+                if len(events) >= limit:
+                    break
+        return events
 
     def stream_version(self, stream: str) -> int:
         with self._read() as txn:
@@ -853,6 +993,42 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise _translate(exc, f"copying the store to {directory}", Path(directory)) from exc
 
+    def get_group(self, name: str) -> GroupProgress | None:
+        if self._groups is None:
+            return None
+        return self._get(
+            self._groups, name + "\x00", self._group_decoder, f"the progress of group {name!r}"
+        )
+
+    def group_names(self) -> list[str]:
+        names: set[str] = set()
+        with self._read() as txn:
+            if self._groups is None:
+                return []
+            for key in txn.cursor(self._groups).iternext(values=False):
+                names.add(bytes(key).partition(b"\x00")[0].decode())
+        return sorted(names)
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        found: list[ParkedEvent] = []
+        prefix = _stream_prefix(name)
+        with self._read() as txn:
+            if self._groups is None or "\x00" in name:
+                return found
+            cursor = txn.cursor(self._groups)
+            if not cursor.set_range(prefix + bytes(8)):
+                return found
+            for key, value in cursor:
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                try:
+                    found.append(self._parked_decoder.decode(value))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise CodecError(
+                        f"a parked event of group {name!r} in {self.path} is corrupt: {exc}"
+                    ) from exc
+        return found
+
     def close(self) -> None:
         if self._closed:
             return
@@ -890,6 +1066,28 @@ def _lock_for_writing(path: Path) -> int | None:
             ) from None
         raise StorageError(f"cannot lock the store {path} for writing: {exc}") from exc
     return fd
+
+
+def _category_key(stream: str, position: int) -> bytes:
+    """The category index's key of an event of ``stream`` at ``position``."""
+    return category_of(stream).encode() + b"\x00" + _pack(position)
+
+
+def _index_categories(txn: lmdb.Transaction, log: Any, categories: Any) -> None:
+    """Fill the category index from the whole log, in ``txn``."""
+    decode = msgspec.msgpack.Decoder(StoredEvent).decode
+    index = txn.cursor(categories)
+    keys: list[tuple[bytes, bytes]] = []
+    for key, value in txn.cursor(log):
+        try:
+            stream = decode(unseal(value)).stream
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            continue  # a damaged record: `motet verify` reports it; reads raise there
+        keys.append((category_of(stream).encode() + b"\x00" + bytes(key), b""))
+        if len(keys) >= 100_000:
+            index.putmulti(sorted(keys))
+            keys.clear()
+    index.putmulti(sorted(keys))
 
 
 def _position_text(key: bytes) -> str:

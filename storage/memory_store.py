@@ -6,6 +6,7 @@ ends. Tests run the same contract suite against it and the LMDB store.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -14,8 +15,18 @@ from typing import cast
 from .deletion import deletion_after, position_runs, truncation_after
 from .errors import StorageError
 from .idempotency import AckRecord
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
-from .store import AppendError, Durability, plan_appends, plan_recorded
+from .records import (
+    Ack,
+    Append,
+    Checkpoint,
+    GroupProgress,
+    ParkedEvent,
+    Snapshot,
+    StoredEvent,
+    StreamDeletion,
+)
+from .store import AppendError, Durability, check_group_name, plan_appends, plan_recorded
+from .streams import category_of
 
 __all__ = ["MemoryStore"]
 
@@ -38,12 +49,15 @@ class MemoryStore:
         # list of positions, indexed by version - 1).
         self._log: list[StoredEvent | None] = []
         self._streams: dict[str, list[int | None]] = {}
+        self._categories: dict[str, list[int]] = {}
         self._deletions: dict[str, StreamDeletion] = {}
         self._removed: set[int] = set()
         self._snapshots: dict[str, Snapshot] = {}
         self._acks: dict[str, AckRecord] = {}
         self._checkpoints: dict[str, Checkpoint] = {}
         self._keys: dict[str, bytes] = {}
+        self._groups: dict[str, GroupProgress] = {}
+        self._parked: dict[str, dict[int, ParkedEvent]] = {}
         self._closed = False
         self._committed = threading.Condition()
 
@@ -98,6 +112,7 @@ class MemoryStore:
         self._log.extend(plan.records)
         for record in plan.records:
             self._streams.setdefault(record.stream, []).append(record.position)
+            self._categories.setdefault(category_of(record.stream), []).append(record.position)
         self._snapshots.update(plan.snapshots)
         self._acks.update(plan.acks)
         if plan.records:
@@ -111,6 +126,7 @@ class MemoryStore:
         self._log.extend(records)
         for record in records:
             self._streams.setdefault(record.stream, []).append(record.position)
+            self._categories.setdefault(category_of(record.stream), []).append(record.position)
         self._acks.update(acks)
         if records:
             with self._committed:
@@ -192,6 +208,20 @@ class MemoryStore:
             start += len(chunk)
         return found[:limit]
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        self._check_open()
+        positions = self._categories.get(category, [])
+        found: list[StoredEvent] = []
+        for position in positions[bisect.bisect_right(positions, after_position) :]:
+            if len(found) >= limit:
+                break
+            event = self._log[position - 1]
+            if event is not None:  # not removed on purpose
+                found.append(event)
+        return found
+
     def stream_version(self, stream: str) -> int:
         self._check_open()
         return len(self._streams.get(stream, ()))
@@ -246,6 +276,32 @@ class MemoryStore:
                 self._keys.pop(subject, None)
             else:
                 self._keys[subject] = bytes(record)
+
+    def get_group(self, name: str) -> GroupProgress | None:
+        self._check_open()
+        return self._groups.get(name)
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        self._check_open()
+        check_group_name(name)
+        self._groups[name] = progress
+
+    def group_names(self) -> list[str]:
+        self._check_open()
+        return sorted({*self._groups, *(n for n, parked in self._parked.items() if parked)})
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        self._check_open()
+        check_group_name(name)
+        self._parked.setdefault(name, {})[event.position] = event
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        self._check_open()
+        return sorted(self._parked.get(name, {}).values(), key=lambda e: e.position)
+
+    def unpark(self, name: str, position: int) -> bool:
+        self._check_open()
+        return self._parked.get(name, {}).pop(position, None) is not None
 
     def close(self) -> None:
         with self._committed:

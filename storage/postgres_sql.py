@@ -20,17 +20,20 @@ __all__ = [
     "CLAIM_LEASES",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CREATE_GROUP_TABLES",
     "CREATE_KEYS",
     "CREATE_LATER_TABLES",
     "CREATE_PARTITIONS",
     "CREATE_SCHEMA",
     "DELETE_KEYS",
+    "DELETE_PARKED",
     "DELETE_SNAPSHOT",
     "DELETE_STREAM_EVENTS",
     "DELETIONS_FORMAT",
     "FIND_ACKS",
     "FIND_EVENT",
     "FORMAT",
+    "GROUP_TABLES",
     "HEARTBEAT_NODE",
     "LATER_TABLES",
     "LEAVE_NODE",
@@ -43,20 +46,26 @@ __all__ = [
     "PARTITION_TABLES",
     "PUT_CHECKPOINT",
     "PUT_DELETION",
+    "PUT_GROUP",
     "PUT_KEYS",
+    "PUT_PARKED",
     "PUT_RECORDED_ACKS",
     "PUT_SNAPSHOTS",
     "READ_ACK",
     "READ_ALL",
+    "READ_CATEGORY",
     "READ_CHECKPOINT",
     "READ_CHECKPOINT_NAMES",
     "READ_DELETION",
     "READ_FENCES",
     "READ_FORMAT",
+    "READ_GROUP",
+    "READ_GROUP_NAMES",
     "READ_HEAD",
     "READ_KEY",
     "READ_LEASES",
     "READ_NODES",
+    "READ_PARKED",
     "READ_PARTITIONS",
     "READ_REMOVED_RUNS",
     "READ_SCHEMA",
@@ -108,6 +117,10 @@ someone else's, and is refused."""
 LATER_TABLES = ("motet_deletions", "motet_removed")
 """Tables added after format ``/1`` was first written: a store without them
 gets them when it is next opened (:data:`CREATE_LATER_TABLES`)."""
+
+GROUP_TABLES = ("motet_groups", "motet_parked")
+"""The consumer groups' tables, created when a store opens (see
+:data:`CREATE_GROUP_TABLES`), so a store made before them is not refused."""
 
 NOTIFY_CHANNEL = "motet_commit"
 """The LISTEN/NOTIFY channel every append transaction notifies (payload: the new head)."""
@@ -517,3 +530,61 @@ RETURNING p.partition
 """
 
 LEAVE_NODE = "DELETE FROM motet_nodes WHERE node_id = %s"
+
+# -- consumer groups --------------------------------------------------------------
+
+# Created when a store is opened (IF NOT EXISTS): stores made before consumer
+# groups existed gain them without a format change. A group's progress is one
+# row replaced whole, so its buckets never disagree with one another.
+CREATE_GROUP_TABLES = [
+    # The category index: an expression index, so the append path is
+    # unchanged (PostgreSQL maintains it in the append's transaction) and a
+    # store made before it gains it when opened. split_part(stream, '-', 1)
+    # is the stream's category, as streams.category_of reads it.
+    """
+    CREATE INDEX IF NOT EXISTS motet_events_by_category
+    ON motet_events (split_part(stream, '-', 1), position)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS motet_groups (
+        name text COLLATE "C" PRIMARY KEY,
+        progress bytea NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS motet_parked (
+        name text COLLATE "C" NOT NULL,
+        position bigint NOT NULL,
+        parked bytea NOT NULL,
+        PRIMARY KEY (name, position)
+    )
+    """,
+]
+
+# Served by motet_events_by_category: the same expression, then the position.
+READ_CATEGORY = """
+SELECT envelope FROM motet_events
+WHERE split_part(stream, '-', 1) = %s AND position > %s
+ORDER BY position LIMIT %s
+"""
+
+READ_GROUP = "SELECT progress FROM motet_groups WHERE name = %s"
+
+# One statement: the progress is replaced whole, never half-written.
+PUT_GROUP = """
+INSERT INTO motet_groups (name, progress) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET progress = EXCLUDED.progress
+"""
+
+READ_GROUP_NAMES = """
+SELECT name FROM motet_groups UNION SELECT name FROM motet_parked ORDER BY name
+"""
+
+PUT_PARKED = """
+INSERT INTO motet_parked (name, position, parked) VALUES (%s, %s, %s)
+ON CONFLICT (name, position) DO UPDATE SET parked = EXCLUDED.parked
+"""
+
+READ_PARKED = "SELECT parked FROM motet_parked WHERE name = %s ORDER BY position"
+
+DELETE_PARKED = "DELETE FROM motet_parked WHERE name = %s AND position = %s"

@@ -50,11 +50,21 @@ from . import postgres_sql as sql
 from .deletion import deletion_after, position_runs, truncation_after
 from .errors import CodecError, NotOwner, StorageError, StoreFormatError
 from .partitions import DEFAULT_PARTITIONS, Lease, LeaseView, NodeInfo, partition_of
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
+from .records import (
+    Ack,
+    Append,
+    Checkpoint,
+    GroupProgress,
+    ParkedEvent,
+    Snapshot,
+    StoredEvent,
+    StreamDeletion,
+)
 from .store import (
     AppendError,
     Durability,
     check_command_id,
+    check_group_name,
     check_stream_id,
     plan_appends,
     plan_recorded,
@@ -140,6 +150,8 @@ class PostgresStore:
         self._notices: list[str] = []
         self._encode = msgspec.msgpack.Encoder().encode
         self._event_decoder = msgspec.msgpack.Decoder(StoredEvent)
+        self._group_decoder = msgspec.msgpack.Decoder(GroupProgress)
+        self._parked_decoder = msgspec.msgpack.Decoder(ParkedEvent)
         self._writer: _Connection | None = None
         self._listener: _Connection | None = None
         self._listener_lock = threading.Lock()
@@ -267,6 +279,8 @@ class PostgresStore:
                         for statement in sql.CREATE_LATER_TABLES:
                             conn.execute(statement)
                 conn.execute(sql.CREATE_KEYS)
+                for statement in sql.CREATE_GROUP_TABLES:
+                    conn.execute(statement)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the store in {self._where}: {exc}") from exc
 
@@ -986,6 +1000,21 @@ class PostgresStore:
             for i, (envelope,) in enumerate(rows)
         ]
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        if limit <= 0:
+            self._check_open()
+            return []
+        after = max(after_position, 0)
+        rows = self._read(
+            lambda conn: conn.execute(
+                sql.READ_CATEGORY, (category, after, limit), binary=True
+            ).fetchall(),
+            f"reading category {category!r} after position {after}",
+        )
+        return [self._decode(envelope, f"of category {category!r}") for (envelope,) in rows]
+
     def stream_version(self, stream: str) -> int:
         found = self._read(
             lambda conn: _one_or_none(conn.execute(sql.READ_STREAM_VERSION, (stream, stream))),
@@ -1027,6 +1056,63 @@ class PostgresStore:
             "listing checkpoints",
         )
         return [name for (name,) in rows]
+
+    # -- consumer groups ------------------------------------------------------------
+
+    def get_group(self, name: str) -> GroupProgress | None:
+        row = self._read(
+            lambda conn: conn.execute(sql.READ_GROUP, (name,), binary=True).fetchone(),
+            f"reading the progress of group {name!r}",
+        )
+        if row is None:
+            return None
+        try:
+            return self._group_decoder.decode(row[0])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CodecError(
+                f"the progress of group {name!r} in {self._where} is corrupt: {exc}"
+            ) from exc
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        check_group_name(name)
+        value = self._encode(progress)
+        self._read(
+            lambda conn: conn.execute(sql.PUT_GROUP, (name, value)),
+            f"saving the progress of group {name!r}",
+        )
+
+    def group_names(self) -> list[str]:
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_GROUP_NAMES).fetchall(), "listing groups"
+        )
+        return [name for (name,) in rows]
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        check_group_name(name)
+        value = self._encode(event)
+        self._read(
+            lambda conn: conn.execute(sql.PUT_PARKED, (name, event.position, value)),
+            f"parking position {event.position} of group {name!r}",
+        )
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_PARKED, (name,), binary=True).fetchall(),
+            f"reading the parked events of group {name!r}",
+        )
+        try:
+            return [self._parked_decoder.decode(row[0]) for row in rows]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CodecError(
+                f"a parked event of group {name!r} in {self._where} is corrupt: {exc}"
+            ) from exc
+
+    def unpark(self, name: str, position: int) -> bool:
+        deleted = self._read(
+            lambda conn: conn.execute(sql.DELETE_PARKED, (name, position)).rowcount,
+            f"unparking position {position} of group {name!r}",
+        )
+        return bool(deleted)
 
     # -- waiting for other processes' commits ------------------------------------------
 

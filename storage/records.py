@@ -13,10 +13,13 @@ import msgspec
 __all__ = [
     "Ack",
     "Append",
+    "BucketProgress",
     "Checkpoint",
     "CommandFingerprint",
+    "GroupProgress",
     "Metadata",
     "NewEvent",
+    "ParkedEvent",
     "RecordedEvent",
     "Snapshot",
     "StoredEvent",
@@ -158,3 +161,35 @@ class StreamDeletion(msgspec.Struct, frozen=True, array_like=True, gc=False):
     removed_through: int = 0
     removed: int = 0
     deleted_at: float | None = None
+
+
+class BucketProgress(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """How far a consumer group got in one hash bucket of streams: every
+    event of the bucket at or below ``position`` is done (acked or parked),
+    and so are the positions in ``done`` above it (acked out of order,
+    while an earlier event of another stream in the bucket was in flight)."""
+
+    position: int = 0
+    done: tuple[int, ...] = ()
+
+
+class GroupProgress(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A consumer group's durable progress: one :class:`BucketProgress` per
+    hash bucket (the bucket of a stream is a stable hash of its id modulo
+    ``len(buckets)``)."""
+
+    buckets: tuple[BucketProgress, ...]
+
+
+class ParkedEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """An event a consumer group gave up on after ``attempts`` failed
+    deliveries, with the last ``error``; kept until it is replayed (and
+    acked) or skipped. ``replaying`` is set while a replay is in flight, so
+    a replay interrupted by a restart is delivered again."""
+
+    position: int
+    stream: str
+    attempts: int
+    error: str
+    parked_at: float
+    replaying: bool = False

@@ -11,6 +11,8 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "GroupStatus",
+    "ParkedStatus",
     "ProcessManagerState",
     "ProcessManagerStatus",
     "ProjectionState",
@@ -61,3 +63,35 @@ class ProcessManagerStatus(msgspec.Struct, frozen=True):
     commands_rejected: int = 0
     error: str | None = None
     failed_position: int | None = None
+
+
+class ParkedStatus(msgspec.Struct, frozen=True):
+    """An event a consumer group parked: where it is, how often it failed,
+    the last error, and whether a replay of it is in flight."""
+
+    position: int
+    stream: str
+    attempts: int
+    error: str
+    parked_at: float
+    replaying: bool = False
+
+
+class GroupStatus(msgspec.Struct, frozen=True):
+    """Where a consumer group stands (see ``ConsumerGroup.status``):
+    ``position`` is the last position up to which every matching event is
+    done; ``lag_events`` the head minus it; ``lag_seconds`` the age of the
+    oldest event not done yet (0 when caught up)."""
+
+    name: str
+    category: str | None
+    types: list[str] | None
+    members: list[str]
+    position: int
+    lag_events: int
+    lag_seconds: float
+    in_flight: int
+    delivered: int
+    acked: int
+    redelivered: int
+    parked: list[ParkedStatus] = []

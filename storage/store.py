@@ -7,7 +7,16 @@ from typing import Literal, NamedTuple, Protocol
 
 from .errors import CommandIdReused, Conflict, InvalidKey, MisplacedRecord, NotOwner, StreamDeleted
 from .idempotency import AckRecord, ack_record, retried_ack
-from .records import Ack, Append, Checkpoint, Snapshot, StoredEvent, StreamDeletion
+from .records import (
+    Ack,
+    Append,
+    Checkpoint,
+    GroupProgress,
+    ParkedEvent,
+    Snapshot,
+    StoredEvent,
+    StreamDeletion,
+)
 
 AppendError = Conflict | InvalidKey | CommandIdReused | StreamDeleted | NotOwner
 """The per-append errors of a batch (each refuses its append alone;
@@ -16,6 +25,7 @@ AppendError = Conflict | InvalidKey | CommandIdReused | StreamDeleted | NotOwner
 
 __all__ = [
     "MAX_COMMAND_ID_BYTES",
+    "MAX_GROUP_BYTES",
     "MAX_KEY_BYTES",
     "MAX_STREAM_BYTES",
     "AppendError",
@@ -24,6 +34,7 @@ __all__ = [
     "EventStore",
     "check_aggregate_id",
     "check_command_id",
+    "check_group_name",
     "check_key",
     "check_stream_id",
     "plan_appends",
@@ -159,6 +170,16 @@ class EventStore(Protocol):
         """
         ...
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events of the streams of ``category`` (the part of
+        a stream id before its first ``-``, see :func:`~.streams.category_of`)
+        with position > ``after_position``, in log order. Served by a
+        category index written in the append's transaction, so a rare
+        category costs what it holds, not the log's length."""
+        ...
+
     def stream_version(self, stream: str) -> int:
         """Current version of ``stream`` (0 when it never had events); removed
         events still count."""
@@ -198,6 +219,34 @@ class EventStore(Protocol):
     def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
         """Write key records (``None``: delete that subject's key; deleting a
         missing key is harmless) in one transaction, durably in ``sync`` mode."""
+        ...
+
+    def get_group(self, name: str) -> GroupProgress | None:
+        """A consumer group's saved progress, if it saved any."""
+        ...
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        """Replace a consumer group's progress whole (durably in ``sync``
+        mode). Raises :class:`InvalidKey` for a name that cannot be a key."""
+        ...
+
+    def group_names(self) -> list[str]:
+        """Names of the consumer groups that saved progress or parked an
+        event, sorted."""
+        ...
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        """Record (or replace) ``event`` as parked by group ``name``, durably
+        in ``sync`` mode."""
+        ...
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        """The events group ``name`` parked, by position."""
+        ...
+
+    def unpark(self, name: str, position: int) -> bool:
+        """Forget the parked event at ``position`` of group ``name``; whether
+        there was one."""
         ...
 
     def close(self) -> None:
@@ -391,6 +440,11 @@ MAX_COMMAND_ID_BYTES = MAX_KEY_BYTES
 """The longest command id, in UTF-8 bytes (the command-id index's key)."""
 
 
+MAX_GROUP_BYTES = 200
+"""The longest consumer group name, in UTF-8 bytes (a key prefix of its
+parked events, which add a NUL and an 8-byte position)."""
+
+
 def check_key(kind: str, value: str, max_bytes: int = MAX_KEY_BYTES) -> None:
     """Raise :class:`InvalidKey` (a ``ValueError``) naming the problem when
     ``value`` cannot be used as a key of at most ``max_bytes`` UTF-8 bytes
@@ -420,6 +474,12 @@ def check_command_id(command_id: str) -> None:
     """Raise :class:`InvalidKey` unless ``command_id`` can be a command id
     (at most :data:`MAX_COMMAND_ID_BYTES` bytes)."""
     check_key("command_id", command_id, MAX_COMMAND_ID_BYTES)
+
+
+def check_group_name(name: str) -> None:
+    """Raise :class:`InvalidKey` unless ``name`` can name a consumer group
+    (at most :data:`MAX_GROUP_BYTES` bytes, no NUL)."""
+    check_key("group", name, MAX_GROUP_BYTES)
 
 
 def check_aggregate_id(aggregate: str, aggregate_id: str) -> None:

@@ -518,6 +518,12 @@ def _add_maintenance(commands: Any) -> None:
     )
 
 
+def _add_groups(commands: Any) -> None:
+    from .groups import add_parser
+
+    add_parser(commands, _connection_options)
+
+
 def _add_verify(commands: Any) -> None:
     from .verify import add_parser
 
@@ -546,6 +552,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_backup,
     _add_transfer,
     _add_maintenance,
+    _add_groups,
     _add_demo,
 )
 
@@ -597,6 +604,8 @@ def _run(args: argparse.Namespace) -> int:
             from .maintenance import retention as run
         case "compact":
             from .maintenance import compact as run
+        case "groups":
+            from .groups import run
         case "demo":
             from ..example.demo import demo
 

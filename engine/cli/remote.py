@@ -167,6 +167,10 @@ def format_status(server: EngineStatus) -> str:
                 f"{node.id + mark:<20}{node.role:<8}{node.address or '-':<24}"
                 f"{_ranges(node.partitions) or '-'}"
             )
+    if server.groups:
+        from .groups import format_groups
+
+        lines.append("\n" + format_groups(server.groups))
     return "\n".join(lines)
 
 

@@ -21,8 +21,8 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Final
 
 import msgspec
@@ -33,8 +33,10 @@ from motet.storage.personal import Forgotten
 from motet.storage.records import Ack
 
 from ..status import EngineStatus
+from .consumer import GroupEvent
 from .protocol import (
     DEFAULT_PORT,
+    DEFAULT_PREFETCH,
     MAX_READ_LIMIT,
     AckBody,
     AuthOp,
@@ -43,6 +45,9 @@ from .protocol import (
     DeletionBody,
     ErrorBody,
     ForgetOp,
+    JoinBody,
+    JoinOp,
+    LeaveOp,
     PingOp,
     QueryOp,
     ReadBody,
@@ -221,6 +226,80 @@ class Client:
         finally:
             if self._subscriptions.pop(request_id, None) is not None:
                 self._unsubscribe(request_id)
+
+    async def read_log(
+        self,
+        from_position: int = 0,
+        limit: int | None = None,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+    ) -> tuple[list[WireEvent], int]:
+        """One page of the log's events that pass ``category``/``types``,
+        and the last position looked at (see the trio client's ``read_log``)."""
+        op = ReadOp(
+            id=next(self._ids), from_=from_position, limit=limit, category=category, types=types
+        )
+        result = self._decode(await self._result(op), ReadBody)
+        return [self._event(e) for e in result.events], result.next
+
+    @asynccontextmanager
+    async def consume(
+        self,
+        group: str,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        prefetch: int | None = None,
+    ) -> AsyncIterator[AsyncIterator[GroupEvent]]:
+        """Be a member of consumer group ``group`` for the block; iterate
+        for events and ``await event.ack()`` (or ``nack``) each one. The same
+        behaviour and errors as the trio client's ``consume``."""
+        self._check_open()
+        request_id = next(self._ids)
+        capacity = (DEFAULT_PREFETCH if prefetch is None else prefetch) + 2
+        subscription = _Subscription(capacity)
+        self._subscriptions[request_id] = subscription
+        joined = False
+        try:
+            await self._write(
+                JoinOp(
+                    id=request_id, group=group, category=category, types=types, prefetch=prefetch
+                )
+            )
+            reply = await self._next_line(subscription)
+            if reply.error is not None:
+                raise error_from_reply(reply.error)
+            self._decode(reply.result, JoinBody)
+            joined = True
+            async with aclosing(self._deliveries(group, subscription)) as deliveries:
+                yield deliveries
+        finally:
+            self._subscriptions.pop(request_id, None)
+            if joined and self._lost is None:
+                with suppress(MotetError, asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self._result(LeaveOp(id=next(self._ids), group=group)), 5
+                    )
+
+    async def _next_line(self, subscription: _Subscription) -> Reply:
+        while not subscription.lines:
+            if subscription.end is not None:
+                raise subscription.end
+            subscription.readable = self._loop.create_future()
+            await subscription.readable
+        return subscription.lines.popleft()
+
+    async def _deliveries(
+        self, group: str, subscription: _Subscription
+    ) -> AsyncGenerator[GroupEvent, None]:
+        ids = self._ids.__next__
+        while True:
+            reply = await self._next_line(subscription)
+            if reply.event is not None:
+                yield GroupEvent(group, self._event(reply.event), self._result, ids)
+            elif reply.error is not None:
+                raise error_from_reply(reply.error)
 
     async def status(self) -> EngineStatus:
         """The server engine's status."""

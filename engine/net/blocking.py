@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -28,9 +29,10 @@ from motet.storage.records import Ack
 
 from ..status import EngineStatus
 from .client import Client, open_client
+from .consumer import GroupEvent
 from .protocol import DEFAULT_PORT, DeletionBody, WireEvent
 
-__all__ = ["BlockingClient", "connect"]
+__all__ = ["BlockingClient", "BlockingGroupEvent", "connect"]
 
 T = TypeVar("T")
 
@@ -64,6 +66,7 @@ class BlockingClient:
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._token: trio.lowlevel.TrioToken | None = None
         ready: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._run_thread,
@@ -143,6 +146,80 @@ class BlockingClient:
         """See :meth:`Client.delete_stream`."""
         return self._call(lambda c: c.delete_stream(stream, hard=hard))
 
+    def read_log(
+        self,
+        from_position: int = 0,
+        limit: int | None = None,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+    ) -> tuple[list[WireEvent], int]:
+        """See :meth:`Client.read_log`."""
+        return self._call(
+            lambda c: c.read_log(from_position, limit, category=category, types=types)
+        )
+
+    @contextmanager
+    def consume(
+        self,
+        group: str,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        prefetch: int | None = None,
+    ) -> Iterator[Iterator[BlockingGroupEvent]]:
+        """Be a member of consumer group ``group`` for the block (see
+        :meth:`Client.consume`)::
+
+            with client.consume("mailer", category="User") as events:
+                for event in events:
+                    ...
+                    event.ack()
+
+        Leaving the block leaves the group; unacked events go to the others.
+        """
+        deliveries: queue.Queue[BlockingGroupEvent | BaseException] = queue.Queue()
+        joined: Future[trio.CancelScope] = Future()
+
+        async def membership(client: Client) -> None:
+            with trio.CancelScope() as scope:
+                try:
+                    async with client.consume(
+                        group, category=category, types=types, prefetch=prefetch
+                    ) as events:
+                        joined.set_result(scope)
+                        async for event in events:
+                            deliveries.put(BlockingGroupEvent(self, event))
+                except Exception as exc:
+                    if not joined.done():
+                        joined.set_exception(exc)
+                    deliveries.put(exc)
+                    return
+            deliveries.put(ConnectionLost("the membership ended"))
+
+        call = _Call(membership)
+        with self._lock:
+            if self._closed:
+                raise ConnectionLost("the client is closed")
+            self._calls.put(call)
+        scope = joined.result()
+
+        def events() -> Iterator[BlockingGroupEvent]:
+            while True:
+                item = deliveries.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        try:
+            yield events()
+        finally:
+            token = self._token
+            if token is not None and not call.future.done():
+                with suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(scope.cancel, trio_token=token)
+                call.future.exception()
+
     def status(self) -> EngineStatus:
         """See :meth:`Client.status`."""
         return self._call(lambda c: c.status())
@@ -195,6 +272,8 @@ class BlockingClient:
         app: Any,
     ) -> None:
         async with open_client(host, port, token=token, ssl_context=ssl_context, app=app) as client:
+            # Lets a caller's thread end a consumer-group membership.
+            self._token = trio.lowlevel.current_trio_token()
             ready.set_result(None)
             async with trio.open_nursery() as nursery:
                 while True:
@@ -229,6 +308,32 @@ class BlockingClient:
             else:  # wakes a worker thread left waiting for calls, if any
                 self._calls.put(None)
                 return
+
+
+class BlockingGroupEvent:
+    """A :class:`~motet.engine.net.consumer.GroupEvent` for code without
+    trio: the same fields, and :meth:`ack` and :meth:`nack` that block."""
+
+    __slots__ = ("_client", "event")
+
+    def __init__(self, client: BlockingClient, event: GroupEvent) -> None:
+        self._client = client
+        self.event = event
+
+    def __repr__(self) -> str:
+        return repr(self.event).replace("<GroupEvent", "<BlockingGroupEvent", 1)
+
+    def __getattr__(self, name: str) -> Any:
+        # position, stream, version, type, time, data, metadata, group
+        return getattr(self.event, name)
+
+    def ack(self) -> None:
+        """See :meth:`GroupEvent.ack`."""
+        self._client._call(lambda c: self.event.ack())
+
+    def nack(self, error: str | None = None, *, retry_after: float = 0.0) -> None:
+        """See :meth:`GroupEvent.nack`."""
+        self._client._call(lambda c: self.event.nack(error, retry_after=retry_after))
 
 
 def connect(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -46,9 +46,11 @@ from motet.storage.personal import Forgotten
 from motet.storage.records import Ack
 
 from ..status import EngineStatus
+from .consumer import GroupEvent
 from .framing import LineReader, write_lines
 from .protocol import (
     DEFAULT_PORT,
+    DEFAULT_PREFETCH,
     MAX_READ_LIMIT,
     AckBody,
     AuthOp,
@@ -57,6 +59,9 @@ from .protocol import (
     DeletionBody,
     ErrorBody,
     ForgetOp,
+    JoinBody,
+    JoinOp,
+    LeaveOp,
     PingOp,
     QueryOp,
     ReadBody,
@@ -250,6 +255,95 @@ class Client:
             self._ended.pop(request_id, None)
             if self._subscriptions.pop(request_id, None) is not None:
                 self._unsubscribe(request_id)
+
+    async def read_log(
+        self,
+        from_position: int = 0,
+        limit: int | None = None,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+    ) -> tuple[list[WireEvent], int]:
+        """One page of the events after ``from_position`` whose stream is in
+        ``category`` and whose type is one of ``types`` (give at least one),
+        and the last position the server looked at: pass it as the next
+        ``from_position``. A page may be short (even empty) before the head,
+        since the server looks at a bounded part of the log per request."""
+        op = ReadOp(
+            id=next(self._ids), from_=from_position, limit=limit, category=category, types=types
+        )
+        result = self._decode(await self._result(op), ReadBody)
+        return [self._event(e) for e in result.events], result.next
+
+    @asynccontextmanager
+    async def consume(
+        self,
+        group: str,
+        *,
+        category: str | None = None,
+        types: list[str] | None = None,
+        prefetch: int | None = None,
+    ) -> AsyncIterator[AsyncIterator[GroupEvent]]:
+        """Be a member of consumer group ``group`` for the block::
+
+            async with client.consume("mailer", category="User") as events:
+                async for event in events:
+                    ...
+                    await event.ack()
+
+        Events of one stream come in version order, to one member at a time;
+        delivery is at least once (``event.position`` is the idempotency key).
+        ``prefetch`` (default 100) caps the events this member holds unacked.
+        Leaving the block leaves the group: unacked events go to the other
+        members. Raises what the join is refused with
+        (:class:`~motet.storage.errors.InvalidMessage`, ...),
+        :class:`~motet.storage.errors.Unavailable` when the server stops and
+        :class:`ConnectionLost`.
+        """
+        self._check_open()
+        request_id = next(self._ids)
+        capacity = (DEFAULT_PREFETCH if prefetch is None else prefetch) + 2
+        send, receive = trio.open_memory_channel[Reply](capacity)
+        self._subscriptions[request_id] = send
+        joined = False
+        try:
+            await self._write(
+                JoinOp(
+                    id=request_id, group=group, category=category, types=types, prefetch=prefetch
+                )
+            )
+            try:
+                reply = await receive.receive()
+            except trio.EndOfChannel:
+                self._check_open()
+                raise ConnectionLost("the connection closed before the join was answered") from None
+            if reply.error is not None:
+                raise error_from_reply(reply.error)
+            self._decode(reply.result, JoinBody)
+            joined = True
+            async with contextlib.aclosing(
+                self._deliveries(group, request_id, receive)
+            ) as deliveries:
+                yield deliveries
+        finally:
+            self._subscriptions.pop(request_id, None)
+            if joined and self._lost is None:
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    with contextlib.suppress(MotetError):
+                        await self._result(LeaveOp(id=next(self._ids), group=group))
+
+    async def _deliveries(
+        self, group: str, request_id: int, receive: trio.MemoryReceiveChannel[Reply]
+    ) -> AsyncGenerator[GroupEvent, None]:
+        ids = self._ids.__next__
+        async for reply in receive:
+            if reply.event is not None:
+                yield GroupEvent(group, self._event(reply.event), self._result, ids)
+            elif reply.error is not None:
+                raise error_from_reply(reply.error)
+        ended = self._ended.pop(request_id, None) or self._lost
+        raise ended or ConnectionLost("the membership ended")
 
     async def status(self) -> EngineStatus:
         """The server engine's status (see :meth:`engine.Engine.status`)."""

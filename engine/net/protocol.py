@@ -22,6 +22,9 @@ Requests are a tagged union on ``op``:
 - ``unsubscribe``: ``subscription`` (the id of a subscribe request on the same
   connection) → ``{"unsubscribed": true|false}``; an addition to docs/design.md's
   list so one subscription can end without closing the connection;
+- ``join``, ``ack``, ``nack``, ``leave``: membership of a consumer group
+  (see docs/design.md, "Consumer groups"); ``replay`` and ``skip``: a
+  group's parked events;
 - ``status`` → the engine's status; ``ping`` → ``"pong"``;
 - ``auth``: ``token`` → ``true`` (needed first when the server has a token);
 - ``delete_stream``: ``stream``, ``hard`` (default false) → the deletion
@@ -97,12 +100,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_PREFETCH",
     "DEFAULT_QUERY_TIMEOUT",
     "DEFAULT_READ_LIMIT",
     "ERROR_CODES",
     "MAX_QUERY_TIMEOUT",
     "MAX_READ_LIMIT",
     "AckBody",
+    "AckOp",
     "ApplyRetentionOp",
     "AuthOp",
     "BadRequest",
@@ -113,11 +118,16 @@ __all__ = [
     "ErrorCode",
     "ForgetOp",
     "InvalidMessage",
+    "JoinBody",
+    "JoinOp",
+    "LeaveOp",
+    "NackOp",
     "PingOp",
     "QueryOp",
     "ReadBody",
     "ReadOp",
     "RemoteError",
+    "ReplayOp",
     "Reply",
     "ReplyEncoder",
     "Request",
@@ -125,6 +135,7 @@ __all__ = [
     "RequestId",
     "RequestTooLarge",
     "RetentionBody",
+    "SkipOp",
     "StatusOp",
     "SubscribeOp",
     "Unauthorized",
@@ -147,6 +158,10 @@ DEFAULT_READ_LIMIT: Final = 1_000
 MAX_READ_LIMIT: Final = 10_000
 """The largest ``limit`` a ``read`` may ask for (page with ``next`` for more)."""
 
+DEFAULT_PREFETCH: Final = 100
+"""Deliveries a consumer-group member holds unacked when its ``join`` gives
+no ``prefetch``."""
+
 DEFAULT_QUERY_TIMEOUT: Final = 5.0
 """Seconds a ``query`` with ``after`` waits for its projection, by default."""
 
@@ -157,6 +172,9 @@ MAX_QUERY_TIMEOUT: Final = 3_600.0
 _NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 _Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_QUERY_TIMEOUT)]
 _Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_READ_LIMIT)]
+_Position = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+_Prefetch = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+_RetryAfter = Annotated[float, msgspec.Meta(ge=0, le=3_600)]
 
 
 # --- Errors -------------------------------------------------------------------
@@ -210,18 +228,78 @@ class QueryOp(_Op, frozen=True, tag="query"):
 
 class ReadOp(_Op, frozen=True, tag="read"):
     """``{"op": "read", "stream": s, "from": version, "limit": n}``: read up to
-    ``limit`` events of a stream with versions above ``from``."""
+    ``limit`` events of a stream with versions above ``from``. Without
+    ``stream``, ``category`` and/or ``types`` read the log: the matching
+    events with positions above ``from``, and ``next`` is the last position
+    looked at. ``types`` also filters a stream's events."""
 
-    stream: str
+    stream: str | None = None
     from_: _NonNegative = msgspec.field(default=0, name="from")
     limit: _Limit | None = None
+    category: str | None = None
+    types: list[str] | None = None
 
 
 class SubscribeOp(_Op, frozen=True, tag="subscribe"):
     """``{"op": "subscribe", "from": position}``: stream every event after the
-    position, catch-up then live, until unsubscribed or disconnected."""
+    position (only those of ``category`` and ``types`` when given), catch-up
+    then live, until unsubscribed or disconnected."""
 
     from_: _NonNegative = msgspec.field(default=0, name="from")
+    category: str | None = None
+    types: list[str] | None = None
+
+
+class JoinOp(_Op, frozen=True, tag="join"):
+    """``{"op": "join", "group": g, "category": c, "types": [...],
+    "prefetch": n}``: become a member of consumer group ``g``; answered with
+    ``{"member": id}``, then one event line per delivery (with this request's
+    id) until ``leave`` or the connection closes."""
+
+    group: str
+    category: str | None = None
+    types: list[str] | None = None
+    prefetch: _Prefetch | None = None
+
+
+class AckOp(_Op, frozen=True, tag="ack"):
+    """``{"op": "ack", "group": g, "position": p}``: the delivery at ``p`` is
+    handled; answered once that is durable."""
+
+    group: str
+    position: _Position
+
+
+class NackOp(_Op, frozen=True, tag="nack"):
+    """``{"op": "nack", "group": g, "position": p, "retry_after": s,
+    "error": text}``: handling failed; deliver it again after ``s`` seconds
+    (or park it after the group's limit of failures)."""
+
+    group: str
+    position: _Position
+    retry_after: _RetryAfter = 0.0
+    error: str | None = None
+
+
+class LeaveOp(_Op, frozen=True, tag="leave"):
+    """``{"op": "leave", "group": g}``: leave the group; unacked deliveries go
+    to the other members."""
+
+    group: str
+
+
+class ReplayOp(_Op, frozen=True, tag="replay"):
+    """``{"op": "replay", "group": g, "position": p}``: deliver a parked event again."""
+
+    group: str
+    position: _Position
+
+
+class SkipOp(_Op, frozen=True, tag="skip"):
+    """``{"op": "skip", "group": g, "position": p}``: forget a parked event."""
+
+    group: str
+    position: _Position
 
 
 class UnsubscribeOp(_Op, frozen=True, tag="unsubscribe"):
@@ -279,6 +357,12 @@ Request = (
     | DeleteStreamOp
     | ApplyRetentionOp
     | ForgetOp
+    | JoinOp
+    | AckOp
+    | NackOp
+    | LeaveOp
+    | ReplayOp
+    | SkipOp
 )
 """Any request line, as decoded by :meth:`RequestDecoder.decode_request`."""
 
@@ -294,6 +378,12 @@ _OPS: Final = (
     "delete_stream",
     "apply_retention",
     "forget",
+    "join",
+    "ack",
+    "nack",
+    "leave",
+    "replay",
+    "skip",
 )
 _JSON_TYPES: Final = {
     list: "an array",
@@ -576,11 +666,17 @@ class AckBody(msgspec.Struct):
     position: int
 
 
+class JoinBody(msgspec.Struct):
+    """The ``result`` of a ``join`` reply: the new member's id."""
+
+    member: str
+
+
 class ReadBody(msgspec.Struct, omit_defaults=True):
     """The ``result`` of a ``read`` reply: a page of events and the last
-    version in it; ``deleted: true`` (present only then) when the stream was
-    deleted (its events are still there after a soft delete, gone after a
-    hard one)."""
+    version (or, for a read of the log, position) in it; ``deleted: true``
+    (present only then) when the stream was deleted (its events are still
+    there after a soft delete, gone after a hard one)."""
 
     events: list[WireEvent]
     next: int
@@ -651,15 +747,18 @@ class ReplyEncoder:
         events: list[RecordedEvent],
         after: int,
         deletion: StreamDeletion | None = None,
+        next_position: int | None = None,
     ) -> bytes:
-        """A read's reply: the events and ``next``, the last version returned
-        (``after`` when there are none), to pass as the next ``from``, and
-        ``deleted`` when the stream was."""
-        next_version = events[-1].version if events else after
+        """A read's reply: the events and ``next``, to pass as the next
+        ``from``: the last version returned (``after`` when there are none),
+        or for a read of the log ``next_position``, the last position looked
+        at; and ``deleted`` when the stream was."""
+        if next_position is not None:
+            next_from = next_position
+        else:
+            next_from = events[-1].version if events else after
         deleted = deletion is not None and deletion.deleted
-        return self.ok(
-            request_id, ReadBody([_event_body(e) for e in events], next_version, deleted)
-        )
+        return self.ok(request_id, ReadBody([_event_body(e) for e in events], next_from, deleted))
 
     def deletion(self, request_id: RequestId, stream: str, record: StreamDeletion) -> bytes:
         """A ``delete_stream`` reply: the deletion record (times in RFC 3339)."""

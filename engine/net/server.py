@@ -39,7 +39,9 @@ from typing import Any
 import msgspec
 import trio
 
-from motet.storage.errors import MotetError, Overloaded, Unavailable
+from motet.actors.consumer_group import EventFilter, parked_status
+from motet.storage.errors import BadRequest as _BadRequest
+from motet.storage.errors import MotetError, NotFound, Overloaded, Unavailable
 from motet.storage.records import Ack
 
 from ..core import Engine
@@ -57,21 +59,28 @@ from .framing import RECEIVE_SIZE, ByteBudget, LineReader, Outbox, write_outbox
 from .listening import AcceptFailures, open_listeners, serve_listeners
 from .protocol import (
     DEFAULT_PORT,
+    DEFAULT_PREFETCH,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_READ_LIMIT,
+    AckOp,
     ApplyRetentionOp,
     AuthOp,
     BadRequest,
     CommandOp,
     DeleteStreamOp,
     ForgetOp,
+    JoinOp,
+    LeaveOp,
+    NackOp,
     PingOp,
     QueryOp,
     ReadOp,
+    ReplayOp,
     ReplyEncoder,
     RequestDecoder,
     RequestId,
     RequestTooLarge,
+    SkipOp,
     StatusOp,
     SubscribeOp,
     Unauthorized,
@@ -372,6 +381,8 @@ class _Connection:
         self._in_flight = trio.Semaphore(server._max_in_flight)
         self._read_scope = trio.CancelScope()
         self._subscriptions: dict[tuple[type, RequestId], _Subscription] = {}
+        # Consumer-group memberships of this connection, by group name.
+        self._memberships: dict[str, _Membership] = {}
         self._draining = False
         self._reading = trio.Lock()  # one store read at a time (see _execute)
         # One subscription of the connection catches up at a time: each holds
@@ -460,6 +471,8 @@ class _Connection:
         self._read_scope.cancel()
         for subscription in self._subscriptions.values():
             subscription.end(Unavailable("the server is shutting down"))
+        for membership in self._memberships.values():
+            membership.end(Unavailable("the server is shutting down"))
 
     async def run(self) -> None:
         try:
@@ -480,6 +493,9 @@ class _Connection:
                         # never end.
                         for subscription in self._subscriptions.values():
                             subscription.end(None)
+                        # The peer is gone: its unacked deliveries go to other members.
+                        for membership in self._memberships.values():
+                            membership.end(None)
                         await self._wait_submitted()
                 finally:
                     self._outbox.close()
@@ -603,9 +619,93 @@ class _Connection:
         elif isinstance(request, CommandOp):
             await self._take_slot()
             self._submit(request, spawn)
+        elif isinstance(request, JoinOp):
+            if request.group in self._memberships:
+                self.server._errors += 1
+                again = BadRequest(
+                    f"this connection is already a member of group {request.group!r} "
+                    f"(join request {self._memberships[request.group].request.id!r}); "
+                    "leave it first"
+                )
+                await self._reply(self._encoder.exception(request.id, again))
+                return
+            membership = _Membership(request)
+            self._memberships[request.group] = membership
+            await self._take_slot()
+            spawn(self._consume, membership)
+        elif isinstance(request, (AckOp, NackOp, LeaveOp)):
+            self._settle(request)
         else:
             await self._take_slot()
             spawn(self._run, request)
+
+    def _membership(self, request: AckOp | NackOp | LeaveOp) -> _Membership:
+        membership = self._memberships.get(request.group)
+        if membership is None or membership.member is None:
+            raise NotFound(
+                f"this connection is not a member of group {request.group!r}: "
+                'join it first ({"op": "join", "group": ...})'
+            )
+        return membership
+
+    def _settle(self, request: AckOp | NackOp | LeaveOp) -> None:
+        """Ack, nack or leave: answered at once, except an ack, answered once
+        it is durable (without a task: acks come as fast as events)."""
+        request_id = request.id
+        try:
+            membership = self._membership(request)
+            member = membership.member
+            assert member is not None
+            if isinstance(request, NackOp):
+                member.nack(request.position, request.error or "", retry_after=request.retry_after)
+                self._put(self._encoder.ok(request_id, {"position": request.position}))
+            elif isinstance(request, LeaveOp):
+                membership.end(None)
+                self._put(self._encoder.ok(request_id, {"member": member.id}))
+            else:
+                position = request.position
+
+                def saved(error: BaseException | None) -> None:
+                    if error is None:
+                        self._put(self._encoder.ok(request_id, {"position": position}))
+                    else:
+                        assert isinstance(error, Exception)
+                        self._put(self._failure(request_id, error))
+
+                member.ack_nowait(position, saved)
+        except Exception as exc:
+            self._put(self._failure(request_id, exc))
+
+    async def _consume(self, membership: _Membership) -> None:
+        """Be a member of a consumer group for the peer: answer the join
+        with the member id, then write each delivery as an event line (the
+        member's prefetch bounds the lines in flight)."""
+        request = membership.request
+        outbox = self._outbox
+        try:
+            try:
+                with membership.scope:
+                    async with self.engine.consume(
+                        request.group,
+                        category=request.category,
+                        types=request.types,
+                        prefetch=DEFAULT_PREFETCH if request.prefetch is None else request.prefetch,
+                    ) as member:
+                        membership.member = member
+                        self._put(self._encoder.ok(request.id, {"member": member.id}))
+                        async for delivery in member:
+                            await outbox.wait_for_room()
+                            outbox.put(self._encoder.event(request.id, delivery.event))
+                if membership.reason is not None:
+                    self._put(self._encoder.exception(request.id, membership.reason))
+            except trio.ClosedResourceError:
+                pass  # the connection is gone
+            except Exception as exc:
+                self._put(self._failure(request.id, exc))
+        finally:
+            if self._memberships.get(request.group) is membership:
+                del self._memberships[request.group]
+            self._release()
 
     async def _authenticate(self, request: AuthOp) -> None:
         """Grant the token's scope, or answer a wrong token late (see
@@ -688,7 +788,14 @@ class _Connection:
         return self._encoder.exception(request_id, exc)
 
     async def _run(
-        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp | ForgetOp
+        self,
+        request: QueryOp
+        | ReadOp
+        | DeleteStreamOp
+        | ApplyRetentionOp
+        | ForgetOp
+        | ReplayOp
+        | SkipOp,
     ) -> None:
         try:
             line: bytes | None = None
@@ -711,7 +818,14 @@ class _Connection:
             self._release()
 
     async def _execute(
-        self, request: QueryOp | ReadOp | DeleteStreamOp | ApplyRetentionOp | ForgetOp
+        self,
+        request: QueryOp
+        | ReadOp
+        | DeleteStreamOp
+        | ApplyRetentionOp
+        | ForgetOp
+        | ReplayOp
+        | SkipOp,
     ) -> bytes:
         """Answer a query or a read (commands go through :meth:`_submit`).
 
@@ -739,13 +853,39 @@ class _Connection:
             forgotten = await engine.forget(request.subject)
             await outbox.wait_for_room()
             return encoder.ok(request.id, forgotten)
+        if isinstance(request, (ReplayOp, SkipOp)):
+            group = engine.groups.get(request.group)
+            if isinstance(request, ReplayOp):
+                parked = await group.replay(request.position)
+            else:
+                parked = await group.skip(request.position)
+            return encoder.ok(request.id, parked_status(parked))
         limit = DEFAULT_READ_LIMIT if request.limit is None else request.limit
         async with self._reading:
             await outbox.wait_for_room()
+            if request.stream is None:
+                if request.category is None and request.types is None:
+                    raise _BadRequest(
+                        "invalid read request: give a stream, or a category and/or types "
+                        "to read the log by"
+                    )
+                events, scanned = await engine.read_filtered(
+                    request.from_, limit, category=request.category, types=request.types
+                )
+                await outbox.wait_for_room()
+                return encoder.read(request.id, events, request.from_, next_position=scanned)
+            event_filter = EventFilter.of(request.category, request.types)
             events = await engine.read_stream(request.stream, request.from_, limit)
             deletion = await engine.stream_deletion(request.stream)
+            if event_filter.everything:
+                await outbox.wait_for_room()
+                return encoder.read(request.id, events, request.from_, deletion)
+            # next stays the last version read, so paging never stalls on a
+            # page whose events were all filtered out.
+            last = events[-1].version if events else request.from_
+            events = [e for e in events if event_filter.matches(e.stream, e.type)]
             await outbox.wait_for_room()
-            return encoder.read(request.id, events, request.from_, deletion)
+            return encoder.read(request.id, events, request.from_, deletion, next_position=last)
 
     async def _subscribe(self, subscription: _Subscription) -> None:
         """Stream events to the client: the catch-up part as fast as it reads
@@ -759,6 +899,11 @@ class _Connection:
         last = request.from_
         catching_up = self._catching_up
         holding = False
+        # A filtered subscription may match nothing up to the head, so it
+        # cannot tell when it is live: it never takes the connection's
+        # catch-up turn (its batches are bounded all the same), and waits for
+        # room in the outbox until an event it gets is at the head.
+        filtered = request.category is not None or request.types is not None
         live = request.from_ >= self.engine.head_position
 
         def caught_up() -> None:
@@ -773,11 +918,15 @@ class _Connection:
         try:
             try:
                 with subscription.scope:
-                    if not live:
+                    if not live and not filtered:
                         await catching_up.acquire()
                         holding = True
                     events = self.engine.subscribe(
-                        request.from_, batch_size=_SUBSCRIBE_BATCH, on_caught_up=caught_up
+                        request.from_,
+                        batch_size=_SUBSCRIBE_BATCH,
+                        on_caught_up=caught_up,
+                        category=request.category,
+                        types=request.types,
                     )
                     async with aclosing(events):  # type: ignore[type-var]
                         async for record in events:
@@ -801,7 +950,7 @@ class _Connection:
                                 await outbox.wait_for_room()
                                 outbox.put(self._encoder.event(request.id, record))
                                 live = record.position >= self.engine.head_position
-                                if live:
+                                if live and holding:
                                     catching_up.release()
                                     holding = False
                             last = record.position
@@ -818,6 +967,22 @@ class _Connection:
                 catching_up.release()
             self._subscriptions.pop(_key(request.id), None)
             self._release()
+
+
+class _Membership:
+    """One consumer-group membership of a connection: its join request, its
+    member once joined, and how to end it."""
+
+    def __init__(self, request: JoinOp) -> None:
+        self.request = request
+        self.member: Any = None
+        self.scope = trio.CancelScope()
+        self.reason: MotetError | None = None
+
+    def end(self, reason: MotetError | None) -> None:
+        if not self.scope.cancel_called and self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
 
 
 class _Subscription:

@@ -16,7 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLED = ("engine", "actors", "storage")
-SCRIPTS = ("seed_workload", "tcp_workload", "catchup", "export_import", "process_managers")
+SCRIPTS = (
+    "seed_workload",
+    "tcp_workload",
+    "catchup",
+    "export_import",
+    "process_managers",
+    "consumer_groups",
+)
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:

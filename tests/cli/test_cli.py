@@ -152,7 +152,7 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
             ["frob"],
             "motet: unknown command 'frob' "
             "(choose from: backup, client, compact, delete-stream, demo, export, forget, "
-            "import, inspect, restore, retention, serve, status, verify)",
+            "groups, import, inspect, restore, retention, serve, status, verify)",
         ),
         ([], "the following arguments are required: COMMAND"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),

@@ -30,6 +30,8 @@ from motet.storage import Append, LmdbStore, MemoryStore, Metadata, StorageError
 from motet.storage.records import (
     Ack,
     Checkpoint,
+    GroupProgress,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredEvent,
@@ -292,6 +294,12 @@ class BlockingStore:
         self._enter("read_all")
         return self._inner.read_all(after_position, limit)
 
+    def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        self._enter("read_category")
+        return self._inner.read_category(category, after_position, limit)
+
     def stream_version(self, stream: str) -> int:
         self._enter("stream_version")
         return self._inner.stream_version(stream)
@@ -336,6 +344,30 @@ class BlockingStore:
         self._enter("removed_runs")
         return self._inner.removed_runs()
 
+    def get_group(self, name: str) -> GroupProgress | None:
+        self._enter("get_group")
+        return self._inner.get_group(name)
+
+    def put_group(self, name: str, progress: GroupProgress) -> None:
+        self._enter("put_group")
+        self._inner.put_group(name, progress)
+
+    def group_names(self) -> list[str]:
+        self._enter("group_names")
+        return self._inner.group_names()
+
+    def park(self, name: str, event: ParkedEvent) -> None:
+        self._enter("park")
+        self._inner.park(name, event)
+
+    def parked(self, name: str) -> list[ParkedEvent]:
+        self._enter("parked")
+        return self._inner.parked(name)
+
+    def unpark(self, name: str, position: int) -> bool:
+        self._enter("unpark")
+        return self._inner.unpark(name, position)
+
     def wait_for_commit(self, after_position: int, timeout: float) -> int:
         self._enter("wait_for_commit")
         return self._inner.wait_for_commit(after_position, timeout)
@@ -362,6 +394,11 @@ async def test_a_blocking_store_is_never_called_on_the_event_loop_thread() -> No
             assert status.projections[0].position == 4
             assert engine.metrics is not None
             engine.metrics.registry.collect()
+            async with engine.consume("g", types=["OrderPlaced"]) as member:
+                async for delivery in member:
+                    await delivery.ack()
+                    if delivery.event.version == 4:
+                        break
 
         # Reopened: actors load (snapshot and events) and projections restore
         # through the store, and a command id is found in the store's index.
@@ -373,7 +410,16 @@ async def test_a_blocking_store_is_never_called_on_the_event_loop_thread() -> No
             assert summary.order_count == 4
 
     assert store.wrong_thread == []
-    for call in ("append_batch", "read_stream", "read_all", "load_snapshot", "get_ack"):
+    for call in (
+        "append_batch",
+        "read_stream",
+        "read_all",
+        "load_snapshot",
+        "get_ack",
+        "group_names",
+        "get_group",
+        "put_group",
+    ):
         assert store.calls[call] > 0, call
     store._inner.close()
 

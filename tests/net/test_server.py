@@ -268,10 +268,13 @@ async def test_lines_that_are_not_requests(peer: Peer, line: bytes, message: str
         ({"id": 1}, "the request has no op; expected one of: command, query, read, subscribe"),
         ({"id": 1, "op": "launch"}, "unknown op 'launch'; expected one of: command, query"),
         ({"id": 1, "op": 3}, "unknown op 3; expected one of"),
-        ({"id": 1, "op": "read"}, "invalid read request: Object missing required field `stream`"),
+        (
+            {"id": 1, "op": "read"},
+            "invalid read request: give a stream, or a category and/or types to read the log by",
+        ),
         (
             {"id": 1, "op": "read", "stream": 5},
-            "invalid read request: Expected `str`, got `int` - at `$.stream`",
+            "invalid read request: Expected `str | null`, got `int` - at `$.stream`",
         ),
         (
             {"id": 1, "op": "read", "stream": "s", "from": -1},

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from motet.engine.net.blocking import connect
 from tests.support.paths import REPO as ROOT
 from tests.support.ports import free_port as _free_port
 
@@ -52,9 +53,12 @@ METRICS = {
     "motet_commit_duration_seconds",
     "motet_actors_active",
     "motet_snapshots_total",
+    "motet_group_parked",
+    "motet_group_lag_events",
 }
 ALERTS = {
     "MotetDown",
+    "MotetGroupEventsParked",
     "MotetProjectionLagging",
     "MotetProjectionFailed",
     "MotetProjectionStalled",
@@ -186,7 +190,7 @@ def test_rules_use_only_motet_metrics_and_name_the_design_alerts() -> None:
 
 
 def test_rules_and_configs_pass_promtool(tmp_path: Path) -> None:
-    assert "SUCCESS: 11 rules found" in _promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 12 rules found" in _promtool("check", "rules", str(RULES))
     assert "SUCCESS" in _promtool("test", "rules", str(RULES_TESTS))
     assert "SUCCESS: 1 rule files found" in _promtool("check", "config", str(PROMETHEUS_CONFIG))
     generated = _generated_config(tmp_path, "127.0.0.1:9707")
@@ -362,6 +366,12 @@ def test_prometheus_scrapes_motet_serve(
     assert server.metrics_port is not None
     target = f"127.0.0.1:{server.metrics_port}"
     load, load_log = _start_load(tmp_path, processes, server.host, server.port)
+    # A consumer group, so that its series exist for the dashboard's panels.
+    with (
+        connect(server.host, server.port) as client,
+        client.consume("dashboard", types=["UserCreated"], prefetch=1) as events,
+    ):
+        next(iter(events)).ack()
 
     web_port = _free_port()
     prometheus_log = tmp_path / "prometheus.log"

@@ -53,7 +53,8 @@ from motet.storage import (
     StreamDeletion,
 )
 from motet.storage.errors import NotFound
-from motet.storage.records import Ack
+from motet.storage.records import Ack, BucketProgress, GroupProgress, ParkedEvent
+from motet.storage.streams import category_of
 from tests.support.logs import read_everything
 
 __all__ = [
@@ -182,6 +183,7 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "append_recorded": lambda s: s.append_recorded([recorded(1, "A", 1)]),
     "read_stream": lambda s: s.read_stream("A"),
     "read_all": lambda s: s.read_all(),
+    "read_category": lambda s: s.read_category("User"),
     "stream_version": lambda s: s.stream_version("A"),
     "streams": lambda s: s.streams(),
     "load_snapshot": lambda s: s.load_snapshot("A"),
@@ -193,6 +195,12 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "truncate_stream": lambda s: s.truncate_stream("A", 1),
     "stream_deletion": lambda s: s.stream_deletion("A"),
     "removed_runs": lambda s: s.removed_runs(),
+    "get_group": lambda s: s.get_group("mailer"),
+    "put_group": lambda s: s.put_group("mailer", GroupProgress((BucketProgress(1),))),
+    "group_names": lambda s: s.group_names(),
+    "park": lambda s: s.park("mailer", ParkedEvent(1, "A", 5, "boom", TS)),
+    "parked": lambda s: s.parked("mailer"),
+    "unpark": lambda s: s.unpark("mailer", 1),
 }
 
 
@@ -411,6 +419,10 @@ class StoreMatchesModel(RuleBasedStateMachine):
         )
         assert read_everything(store, page=7) == self.log
         assert store.head_position == self.head
+        for category in {category_of(stream) for stream in STREAMS}:
+            assert store.read_category(category) == [
+                e for e in self.log if category_of(e.stream) == category
+            ]
         assert store.streams() == versions
         for stream in STREAMS:
             assert store.load_snapshot(stream) == self.snapshots.get(stream)
@@ -1250,3 +1262,100 @@ class StoreContract:
 
         assert retried == first == [Ack("S-0", 1, 1)]
         assert store.get_ack("c1") == Ack("S-0", 1, 1)
+
+    # -- consumer groups ----------------------------------------------------------------
+
+    def test_a_group_progress_is_replaced_whole_and_survives_reopening(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        assert store.get_group("mailer") is None
+        assert store.group_names() == []
+        first = GroupProgress((BucketProgress(3), BucketProgress(0, (2, 5))))
+        second = GroupProgress((BucketProgress(7), BucketProgress(6, (9,)), BucketProgress()))
+
+        store.put_group("mailer", first)
+        store.put_group("mailer-2", first)
+        store.put_group("mailer", second)
+
+        assert store.get_group("mailer") == second
+        assert store.get_group("mailer-2") == first
+        assert store.group_names() == ["mailer", "mailer-2"]
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+            assert store.get_group("mailer") == second
+            assert store.group_names() == ["mailer", "mailer-2"]
+
+    def test_parked_events_are_kept_per_group_by_position_until_unparked(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        late = ParkedEvent(300, "User-1", 5, "ValueError: bad", TS)
+        early = ParkedEvent(4, "Order-9", 6, "timeout", TS + 1)
+        other = ParkedEvent(4, "User-2", 1, "nope", TS)
+
+        store.park("mailer", late)
+        store.park("mailer", early)
+        store.park("billing", other)
+        replaying = ParkedEvent(300, "User-1", 5, "ValueError: bad", TS, replaying=True)
+        store.park("mailer", replaying)
+
+        assert store.parked("mailer") == [early, replaying]
+        assert store.parked("billing") == [other]
+        assert store.parked("mail") == []
+        assert store.group_names() == ["billing", "mailer"]
+        assert store.get_group("billing") is None
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+            assert store.parked("mailer") == [early, replaying]
+        assert store.unpark("mailer", 4) is True
+        assert store.unpark("mailer", 4) is False
+        assert store.unpark("nobody", 4) is False
+        assert store.parked("mailer") == [replaying]
+        assert store.parked("billing") == [other]
+
+    def test_group_names_that_cannot_be_keys_are_refused(self, store: Any) -> None:
+        progress = GroupProgress((BucketProgress(),))
+        with pytest.raises(ValueError, match=r"^group must be a non-empty string, got ''$"):
+            store.put_group("", progress)
+        with pytest.raises(ValueError, match="group must not contain NUL characters"):
+            store.park("a\x00b", ParkedEvent(1, "A", 1, "e", TS))
+        with pytest.raises(ValueError, match="longer than the limit of 200 bytes"):
+            store.put_group("g" * 201, progress)
+        assert store.group_names() == []
+
+    # -- the category index -------------------------------------------------------------
+
+    def test_a_category_reads_its_streams_events_in_log_order(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        store.append_batch(
+            [
+                append("User-1", 0, events(2)),
+                append("Order-1", 0, events(1)),
+                append("User-a-b", 0, events(1)),
+                append("Users-2", 0, events(1)),
+                append("User", 0, events(1)),
+            ],
+            TS,
+        )
+        store.append_batch([append("User-1", 2, events(1)), append("Order-2", 0, events(2))], TS)
+
+        users = store.read_category("User")
+        assert [(e.position, e.stream, e.version) for e in users] == [
+            (1, "User-1", 1),
+            (2, "User-1", 2),
+            (4, "User-a-b", 1),
+            (6, "User", 1),
+            (7, "User-1", 3),
+        ]
+        assert store.read_category("User", after_position=2, limit=2) == users[2:4]
+        assert store.read_category("User", after_position=7) == []
+        assert [e.position for e in store.read_category("Order")] == [3, 8, 9]
+        assert [e.stream for e in store.read_category("Users")] == ["Users-2"]
+        assert store.read_category("Use") == []
+        assert store.read_category("User", limit=0) == []
+        if store_factory.persistent:
+            store = store_factory(reopen_of=store)
+            assert store.read_category("User") == users

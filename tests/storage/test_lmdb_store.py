@@ -404,3 +404,46 @@ def test_the_first_deletion_marks_the_store_for_versions_that_know_deletions(
     reopened = LmdbStore(tmp_path, readonly=True)
     assert reopened.head_position == 4
     reopened.close()
+
+
+# -- the category index of a store made before it ---------------------------------------------
+
+
+def drop_added_databases(path: Path) -> None:
+    """Make ``path`` look like a store written before the groups and category
+    databases existed."""
+    env = lmdb.open(str(path), max_dbs=10, subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            for name in (b"categories", b"groups"):
+                txn.drop(env.open_db(name, txn=txn), delete=True)
+    finally:
+        env.close()
+
+
+def test_an_older_store_gains_its_category_index_from_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    store = LmdbStore(path)
+    store.append_batch(
+        [Append("User-1", 0, new_events(2)), Append("Order-1", 0, new_events(1))], TS
+    )
+    store.append_batch([Append("User-2", 0, new_events(1))], TS)
+    users = store.read_category("User")
+    store.close()
+    drop_added_databases(path)
+
+    # A read-only handle of the older store filters the log instead.
+    reader = LmdbStore(path, readonly=True)
+    try:
+        assert reader.read_category("User") == users
+        assert reader.parked("g") == [] and reader.group_names() == []
+    finally:
+        reader.close()
+    store = LmdbStore(path)
+    try:
+        assert [e.position for e in users] == [1, 2, 4]
+        assert store.read_category("User") == users
+        store.append_batch([Append("User-1", 2, new_events(1))], TS)
+        assert [e.position for e in store.read_category("User", 2)] == [4, 5]
+    finally:
+        store.close()

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from motet.storage import Ack, Append, Metadata, NewEvent, StorageError, StoreFormatError
-from motet.storage.postgres_sql import FORMAT, TABLES
+from motet.storage.postgres_sql import FORMAT, GROUP_TABLES, TABLES
 from motet.storage.postgres_store import PostgresStore, is_postgres_url
 from tests.support.postgres import Cluster, new_schema_url
 
@@ -100,7 +100,7 @@ def test_a_new_schema_gets_our_tables_and_the_format_record(
             )
         }
     # motet_keys is made by every opening (older stores lack it), not by CREATE_SCHEMA.
-    assert tables == {*TABLES, "motet_keys"}
+    assert tables == {*TABLES, *GROUP_TABLES, "motet_keys"}
     assert FORMAT == "motet-postgres/2"
     assert "head=0" in repr(store) and "durability=sync" in repr(store)
 
