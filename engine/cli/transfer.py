@@ -120,8 +120,11 @@ def export(args: argparse.Namespace) -> int:
     from motet.storage.errors import MotetError
     from motet.storage.transfer import export_events
 
-    codec = load_app(args.app).codec()
+    app = load_app(args.app)
     store = _open(args, readonly=True)
+    # The store's subject keys: personal fields are exported in clear, or
+    # redacted for a forgotten subject.
+    codec = app.codec(keys=store)
     progress = ProgressLine("exporting", quiet=args.quiet)
     out_path = Path(args.out) if args.out else None
     partial = out_path.with_name(f".{out_path.name}.partial") if out_path else None
@@ -172,6 +175,8 @@ def import_(args: argparse.Namespace) -> int:
     from motet.storage.errors import ExportFileError, MotetError
     from motet.storage.transfer import import_events, import_into_directory
 
+    # Rebound to the target store's keys by the import, which encrypts
+    # personal fields under them.
     codec = load_app(args.app).codec()
     if args.file == "-":
         file: BinaryIO = sys.stdin.buffer
