@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from motet.engine import StreamDeleted, open_engine
+from motet.engine.cli import main
 from motet.engine.example import DeleteUser, GetUserById, UpdateUser, app
 from motet.engine.net.protocol import ReplyEncoder
 from motet.storage import LmdbStore
@@ -295,3 +296,34 @@ async def test_a_bad_deletion_or_removed_line_is_refused_naming_it(
         import_into_directory(io.BytesIO(_resummarized(lines)), tmp_path / "copy", CODEC)
 
     assert not (tmp_path / "copy").exists()
+
+
+async def test_a_backup_taken_after_forget_holds_none_of_the_subjects_data(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    async with open_engine(source, app) as engine:
+        for n in range(6):
+            user = f"u{n}"
+            await engine.send(
+                create_user(user, f"Zqname {user}", email=f"zq.{user}@example.org", city="Oslo")
+            )
+            await engine.send(UpdateUser(user_id=user, city=f"Zqtown-{user}"))
+        key = engine.store.get_key(FORGOTTEN)
+        assert key is not None
+        await engine.forget(FORGOTTEN)
+
+    assert main(["backup", "--data", str(source), str(tmp_path / "backup")]) == 0
+
+    raw = b"".join(path.read_bytes() for path in (tmp_path / "backup").iterdir())
+    assert [secret for secret in [*secrets_of(FORGOTTEN), key] if secret in raw] == []
+    backup = LmdbStore(tmp_path / "backup", readonly=True)
+    try:
+        assert backup.get_key(FORGOTTEN) is None
+        codec = CODEC.with_keys(backup)
+        created, updated = (codec.decode_event(e) for e in backup.read_stream(f"User-{FORGOTTEN}"))
+        assert (created.name, created.email, created.city, updated.city) == ("", "", "", "")
+        kept = codec.decode_event(backup.read_stream("User-u1")[1])
+        assert kept.city == "Zqtown-u1"
+    finally:
+        backup.close()
