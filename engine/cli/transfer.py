@@ -66,9 +66,11 @@ def add_parsers(commands: Any, default_data: str) -> None:
         "export",
         help="write a store's events as NDJSON (one event per line) to move or keep them",
         description="Write every event of a store, up to its head when the export starts, as "
-        "newline-delimited JSON: one event per line (position, stream, version, type, "
-        "event_version, time, metadata, data as the protocol's read shows it), then a summary "
-        "line with the count and a SHA-256 of the event lines that 'motet import' checks. Safe "
+        "newline-delimited JSON: a line per deleted stream first, then one event per line "
+        "(position, stream, version, type, event_version, time, metadata, data as the "
+        "protocol's read shows it: personal fields in clear, redacted once forgotten) with a "
+        "line per run of positions removed on purpose, then a summary line with the counts and "
+        "a SHA-256 of the lines that 'motet import' checks. Safe "
         "beside a running server (the LMDB store is opened read-only). A progress line goes to "
         "stderr when it is a terminal.",
     )
@@ -83,9 +85,10 @@ def add_parsers(commands: Any, default_data: str) -> None:
         help="fill an empty store from an export: positions, versions, times, command ids kept",
         description="Read a 'motet export' file into a new or empty store, keeping every "
         "event's position, stream version, time and metadata (a retried command id still gets "
-        "its original Ack). Events are re-encoded by --app's types; an unknown type, a line "
-        "that is not an event, a gap in positions, a version out of order or a summary that "
-        "does not match stops the import, naming the line. Into --data the store appears only "
+        "its original Ack), removed positions and deleted streams. Events are re-encoded by "
+        "--app's types, personal fields encrypted under the new store's keys; an unknown type, "
+        "a line that is not an export line, a gap no removed line declares, a version out of "
+        "order or a summary that does not match stops the import, naming the line. Into --data the store appears only "
         "once the whole file is in; into --store, the events before a bad line stay.",
     )
     importer.add_argument("file", metavar="FILE", help="the export to read ('-': standard input)")
