@@ -88,8 +88,9 @@ def add_parsers(commands: Any, default_data: str) -> None:
         "its original Ack), removed positions and deleted streams. Events are re-encoded by "
         "--app's types, personal fields encrypted under the new store's keys; an unknown type, "
         "a line that is not an export line, a gap no removed line declares, a version out of "
-        "order or a summary that does not match stops the import, naming the line. Into --data the store appears only "
-        "once the whole file is in; into --store, the events before a bad line stay.",
+        "order or a summary that does not match stops the import, naming the line. Into "
+        "--data the store appears only once the whole file is in; into --store, the events "
+        "before a bad line stay.",
     )
     importer.add_argument("file", metavar="FILE", help="the export to read ('-': standard input)")
     _common(importer, default_data, "import into")
