@@ -202,13 +202,18 @@ class Codec:
             f"personal={len(self._personal_by_class)}>"
         )
 
-    def with_keys(self, keys: KeySource) -> Codec:
+    def with_keys(self, keys: KeySource, *, key_cache_size: int | None = None) -> Codec:
         """A codec for the same event types and upcasters whose subject keys
         come from ``keys`` (a store): the one to encrypt or decrypt that
-        store's events with."""
-        event_types, upcasters, personal, key_cache_size = self._arguments
+        store's events with. ``key_cache_size`` (default: this codec's)
+        bounds the keys it keeps in memory."""
+        event_types, upcasters, personal, cache_size = self._arguments
         return Codec(
-            event_types, upcasters, personal=personal, keys=keys, key_cache_size=key_cache_size
+            event_types,
+            upcasters,
+            personal=personal,
+            keys=keys,
+            key_cache_size=cache_size if key_cache_size is None else key_cache_size,
         )
 
     @property

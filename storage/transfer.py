@@ -62,6 +62,7 @@ from .store import EventStore, check_command_id, check_deletion, check_stream_id
 __all__ = [
     "DEFAULT_BATCH",
     "EXPORT_FORMAT",
+    "KEY_CACHE",
     "MAX_LINE_BYTES",
     "ExportSummary",
     "Progress",
@@ -81,6 +82,10 @@ DEFAULT_BATCH = 10_000
 MAX_LINE_BYTES = 16 << 20
 """The longest line an import reads: no event of a sound export comes near
 it, and a file without newlines must not be read into memory whole."""
+
+KEY_CACHE = 10_000
+"""Subject keys an export or import keeps in memory (least recently used
+first out): a few tens of MiB, whatever the number of subjects."""
 
 Progress = Callable[[int, float | None], None]
 """Called after each batch with the events done so far and the fraction of
@@ -174,8 +179,9 @@ def export_events(
     NDJSON, then the summary line; return the summary.
 
     Events are decoded by ``decode`` (default: ``codec.decode_record``, the
-    path the protocol's ``read`` takes, with ``store`` as the codec's key
-    source when it has none), so the file holds what a reader is shown.
+    path the protocol's ``read`` takes; the codec's types and upcasters with
+    ``store``'s subject keys, at most :data:`KEY_CACHE` of them in memory),
+    so the file holds what a reader is shown.
     Deletion records and removed runs are written as they are when the
     export begins; commits made meanwhile (a server still running) are not
     included: the file is the log up to the head when the export began.
@@ -187,8 +193,7 @@ def export_events(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if codec.keyring.source is None:
-        codec = codec.with_keys(store)
+    codec = codec.with_keys(store, key_cache_size=KEY_CACHE)
     decode = decode or codec.decode_record
     versions = {tag_of(cls): event_version_of(cls) for cls in codec.event_types}
     encoder = msgspec.json.Encoder()
@@ -323,8 +328,8 @@ def import_events(
     upcast by the codec) and encoded by ``encode`` (default:
     ``codec.encode_event``), its personal fields encrypted under the
     subject keys of ``store`` (:meth:`Codec.seal_recorded`, the writer's
-    sealing; the codec is rebound to ``store`` as its key source when it has
-    another), then committed with its position, version, time and metadata
+    sealing, by the codec's types with ``store``'s keys, at most
+    :data:`KEY_CACHE` of them in memory), then committed with its position, version, time and metadata
     through :meth:`EventStore.append_recorded`, ``batch_size`` lines at a
     time, with the file's removed runs and deletion records. A batch's new
     keys are written before its events, the keys its ``SubjectForgotten``
@@ -349,8 +354,7 @@ def import_events(
             f"the target store is not empty (its log is at position {head}); "
             "import only into a new, empty store"
         )
-    if codec.keyring.source is not store:
-        codec = codec.with_keys(store)
+    codec = codec.with_keys(store, key_cache_size=KEY_CACHE)
     encode = encode or codec.encode_event
     types = {tag_of(cls): _EventType(cls) for cls in codec.event_types}
     read_line = msgspec.json.Decoder(_ReadLine).decode
