@@ -329,9 +329,9 @@ def import_events(
     ``codec.encode_event``), its personal fields encrypted under the
     subject keys of ``store`` (:meth:`Codec.seal_recorded`, the writer's
     sealing, by the codec's types with ``store``'s keys, at most
-    :data:`KEY_CACHE` of them in memory), then committed with its position, version, time and metadata
-    through :meth:`EventStore.append_recorded`, ``batch_size`` lines at a
-    time, with the file's removed runs and deletion records. A batch's new
+    :data:`KEY_CACHE` of them in memory), then committed with its position,
+    version, time and metadata through :meth:`EventStore.append_recorded`,
+    ``batch_size`` lines at a time, with the file's removed runs and deletion records. A batch's new
     keys are written before its events, the keys its ``SubjectForgotten``
     events delete after them. ``size`` (the file's length in bytes) lets
     ``progress`` say how far along it is.
