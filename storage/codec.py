@@ -158,6 +158,7 @@ class Codec:
         keys: KeySource | None = None,
         key_cache_size: int = 100_000,
     ) -> None:
+        self._arguments = (tuple(event_types), dict(upcasters or {}), personal, key_cache_size)
         self._types: dict[str, _EventType] = {}
         self._by_class: dict[type, _EventType] = {}
         self._personal_by_class: dict[type, tuple[_PersonalField, ...]] = {}
@@ -199,6 +200,20 @@ class Codec:
         return (
             f"<Codec events={len(self._types)} upcasters={len(self._upcasters)} "
             f"personal={len(self._personal_by_class)}>"
+        )
+
+    def with_keys(self, keys: KeySource, *, key_cache_size: int | None = None) -> Codec:
+        """A codec for the same event types and upcasters whose subject keys
+        come from ``keys`` (a store): the one to encrypt or decrypt that
+        store's events with. ``key_cache_size`` (default: this codec's)
+        bounds the keys it keeps in memory."""
+        event_types, upcasters, personal, cache_size = self._arguments
+        return Codec(
+            event_types,
+            upcasters,
+            personal=personal,
+            keys=keys,
+            key_cache_size=cache_size if key_cache_size is None else key_cache_size,
         )
 
     @property
@@ -302,6 +317,27 @@ class Codec:
                 )
             sealed.append(append)
         return sealed, changes
+
+    def seal_recorded(
+        self, records: Sequence[StoredEvent]
+    ) -> tuple[list[StoredEvent], dict[str, bytes | None]]:
+        """:meth:`seal_appends` for events that already have their positions
+        (an import): each record sealed as a one-event append of its stream;
+        return the records to write and the key records to write no later
+        than them."""
+        if not self._personal_by_class:
+            return list(records), {}
+        appends = [
+            Append(r.stream, r.version - 1, [NewEvent(r.type, r.event_version, r.data)])
+            for r in records
+        ]
+        sealed, keys = self.seal_appends(appends)
+        return [
+            record
+            if append.events[0].data is record.data
+            else msgspec.structs.replace(record, data=append.events[0].data)
+            for record, append in zip(records, sealed, strict=True)
+        ], keys
 
     def _seal_event(
         self,

@@ -59,7 +59,14 @@ from .records import (
     StoredEvent,
     StreamDeletion,
 )
-from .store import AppendError, Durability, check_group_name, plan_appends, plan_recorded
+from .store import (
+    AppendError,
+    Durability,
+    check_deletion,
+    check_group_name,
+    plan_appends,
+    plan_recorded,
+)
 from .streams import category_of
 
 if sys.platform != "win32":
@@ -488,36 +495,62 @@ class LmdbStore:
             versions.update(plan.versions)
         return plan.results, plan.head
 
-    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+    def append_recorded(
+        self,
+        records: Sequence[StoredEvent],
+        *,
+        removed: Sequence[tuple[int, int]] = (),
+        deletions: Sequence[tuple[str, StreamDeletion]] = (),
+    ) -> None:
         """See :meth:`EventStore.append_recorded`: one write transaction."""
         self._check_writable("import into")
-        if not records:
+        if not (records or removed or deletions):
             return
+        for stream, record in deletions:
+            check_deletion(stream, record)
+        if removed or deletions:
+            self._ensure_deletion_databases()
         while True:
             try:
-                self._append_recorded_once(records)
+                self._marking = False
+                head = self._append_recorded_once(records, removed, deletions)
             except lmdb.MapFullError:
                 self._grow()
                 continue
             except (lmdb.Error, OSError) as exc:
                 raise _translate(exc, f"importing into {self.path}", self.path) from exc
-            self._head = records[-1].position
+            if self._marking:
+                self._deletions_format_written = True
+            self._head = head
             return
 
-    def _append_recorded_once(self, records: Sequence[StoredEvent]) -> None:
+    def _append_recorded_once(
+        self,
+        records: Sequence[StoredEvent],
+        removed: Sequence[tuple[int, int]],
+        deletions: Sequence[tuple[str, StreamDeletion]],
+    ) -> int:
         with self._env.begin(write=True) as txn:
             index = txn.cursor(self._index)
             commands = self._commands
             decode_ack = self._ack_decoder.decode
+            for stream, record in deletions:
+                txn.put(stream.encode(), self._encode(record), db=self._deletions)
+            has_deletions = self._has_deletions(txn)
 
             def version_of(stream: str) -> int:
-                return _last_version(index, _stream_prefix(stream))
+                version = _last_version(index, _stream_prefix(stream))
+                if has_deletions:
+                    record = self._deletion_in(txn, stream)
+                    if record is not None:
+                        version = max(version, record.removed_through)
+                return version
 
             def ack_of(command_id: str) -> AckRecord | None:
                 raw = txn.get(command_id.encode(), db=commands)
                 return None if raw is None else decode_ack(raw)
 
-            acks = plan_recorded(records, self._head, version_of, ack_of)
+            plan = plan_recorded(records, self._head, version_of, ack_of, removed)
             encode = self._encode
             txn.cursor(self._log).putmulti(
                 [(_pack(r.position), seal(encode(r))) for r in records], append=True
@@ -532,11 +565,21 @@ class LmdbStore:
                 sorted((_category_key(r.stream, r.position), b"") for r in records)
             )
             txn.cursor(commands).putmulti(
-                sorted((command_id.encode(), encode(ack)) for command_id, ack in acks)
+                sorted((command_id.encode(), encode(ack)) for command_id, ack in plan.acks)
             )
-            if not self._format_written:
+            if plan.removed:
+                runs = txn.cursor(self._removed)
+                for first, last in plan.removed:
+                    # Merged with a run just before it (one of an earlier batch).
+                    if runs.last() and _U64.unpack(runs.value())[0] == first - 1:
+                        first = _U64.unpack(runs.key())[0]
+                    txn.put(_pack(first), _pack(last), db=self._removed)
+            if plan.removed or deletions:
+                self._mark_deletions(txn)
+            elif not self._format_written:
                 txn.put(b"format", FORMAT, db=self._meta)
         self._format_written = True
+        return plan.head
 
     # -- deletion and retention ------------------------------------------------
 
@@ -684,6 +727,27 @@ class LmdbStore:
                 (_U64.unpack(first)[0], _U64.unpack(last)[0])
                 for first, last in txn.cursor(self._removed)
             ]
+
+    def stream_deletions(
+        self, after: str = "", limit: int = 1000
+    ) -> list[tuple[str, StreamDeletion]]:
+        """See :meth:`EventStore.stream_deletions`."""
+        found: list[tuple[str, StreamDeletion]] = []
+        if self._deletions is None or limit < 1:
+            return found
+        key = after.encode()
+        with self._read() as txn:
+            cursor = txn.cursor(self._deletions)
+            more = cursor.set_range(key)
+            while more and len(found) < limit:
+                name = bytes(cursor.key())
+                if name != key:
+                    stream = name.decode()
+                    record = self._deletion_in(txn, stream)
+                    assert record is not None
+                    found.append((stream, record))
+                more = cursor.next()
+        return found
 
     def _check_writable(self, doing: str) -> None:
         if self._closed:

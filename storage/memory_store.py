@@ -25,7 +25,14 @@ from .records import (
     StoredEvent,
     StreamDeletion,
 )
-from .store import AppendError, Durability, check_group_name, plan_appends, plan_recorded
+from .store import (
+    AppendError,
+    Durability,
+    check_deletion,
+    check_group_name,
+    plan_appends,
+    plan_recorded,
+)
 from .streams import category_of
 
 __all__ = ["MemoryStore"]
@@ -120,17 +127,62 @@ class MemoryStore:
                 self._committed.notify_all()
         return plan.results
 
-    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+    def append_recorded(
+        self,
+        records: Sequence[StoredEvent],
+        *,
+        removed: Sequence[tuple[int, int]] = (),
+        deletions: Sequence[tuple[str, StreamDeletion]] = (),
+    ) -> None:
         self._check_open()
-        acks = plan_recorded(records, len(self._log), self.stream_version, self._acks.get)
-        self._log.extend(records)
+        for stream, deletion in deletions:
+            check_deletion(stream, deletion)
+        taken = {stream: deletion.removed_through for stream, deletion in deletions}
+
+        def version_of(stream: str) -> int:
+            return max(len(self._streams.get(stream, ())), taken.get(stream, 0))
+
+        plan = plan_recorded(records, len(self._log), version_of, self._acks.get, removed)
+        # Checked above: nothing below fails.
+        for stream, deletion in deletions:
+            positions = self._streams.setdefault(stream, [])
+            positions.extend([None] * (deletion.removed_through - len(positions)))
+            self._deletions[stream] = deletion
+        runs = iter(plan.removed)
+        run = next(runs, None)
         for record in records:
-            self._streams.setdefault(record.stream, []).append(record.position)
+            while run is not None and run[0] < record.position:
+                self._extend_removed(run)
+                run = next(runs, None)
+            self._log.append(record)
+            positions = self._streams.setdefault(record.stream, [])
+            positions.extend([None] * (record.version - 1 - len(positions)))
+            positions.append(record.position)
             self._categories.setdefault(category_of(record.stream), []).append(record.position)
-        self._acks.update(acks)
-        if records:
+        while run is not None:
+            self._extend_removed(run)
+            run = next(runs, None)
+        self._acks.update(plan.acks)
+        if records or removed:
             with self._committed:
                 self._committed.notify_all()
+
+    def _extend_removed(self, run: tuple[int, int]) -> None:
+        first, last = run
+        self._removed.update(range(first, last + 1))
+        self._log.extend([None] * (last - first + 1))
+
+    def stream_deletions(
+        self, after: str = "", limit: int = 1000
+    ) -> list[tuple[str, StreamDeletion]]:
+        self._check_open()
+        key = after.encode()
+        found = sorted(
+            (stream.encode(), stream, record)
+            for stream, record in self._deletions.items()
+            if stream.encode() > key
+        )
+        return [(stream, record) for _, stream, record in found[: max(limit, 0)]]
 
     def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
         self._check_open()

@@ -46,6 +46,7 @@ __all__ = [
     "PARTITION_TABLES",
     "PUT_CHECKPOINT",
     "PUT_DELETION",
+    "PUT_DELETIONS",
     "PUT_GROUP",
     "PUT_KEYS",
     "PUT_PARKED",
@@ -57,6 +58,7 @@ __all__ = [
     "READ_CHECKPOINT",
     "READ_CHECKPOINT_NAMES",
     "READ_DELETION",
+    "READ_DELETIONS_AFTER",
     "READ_FENCES",
     "READ_FORMAT",
     "READ_GROUP",
@@ -67,6 +69,7 @@ __all__ = [
     "READ_NODES",
     "READ_PARKED",
     "READ_PARTITIONS",
+    "READ_RECORDED_VERSIONS",
     "READ_REMOVED_RUNS",
     "READ_SCHEMA",
     "READ_SNAPSHOT",
@@ -324,6 +327,30 @@ SELECT s.stream, GREATEST((
 FROM unnest(%s::text[]) AS s(stream) LEFT JOIN motet_deletions d ON d.stream = s.stream
 """
 
+# An import's view of the streams its batch touches: the version to follow,
+# counting the versions removed in the copied log (removed_through) as taken,
+# read under the head lock after the batch's deletion records are written.
+READ_RECORDED_VERSIONS = """
+SELECT s.stream, GREATEST((
+    SELECT e.version FROM motet_events e
+    WHERE e.stream = s.stream ORDER BY e.version DESC LIMIT 1
+), d.removed_through)
+FROM unnest(%s::text[]) AS s(stream) LEFT JOIN motet_deletions d ON d.stream = s.stream
+"""
+
+# An import's deletion records, copied as they are in one statement (under
+# the head lock, before its events).
+PUT_DELETIONS = """
+INSERT INTO motet_deletions
+    (stream, version, deleted, hard, removed_through, removed, deleted_at)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::boolean[], %s::boolean[], %s::bigint[],
+                     %s::bigint[], %s::double precision[])
+ON CONFLICT (stream) DO UPDATE
+SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, hard = EXCLUDED.hard,
+    removed_through = EXCLUDED.removed_through, removed = EXCLUDED.removed,
+    deleted_at = EXCLUDED.deleted_at
+"""
+
 # The batch's events in one statement (never a loop of INSERTs): binary COPY,
 # measured at twice the rate of INSERT ... SELECT FROM unnest(...).
 APPEND_EVENTS = "COPY motet_events (position, stream, version, envelope) FROM STDIN (FORMAT BINARY)"
@@ -453,6 +480,13 @@ SELECT stream, max(version) FROM (
 """
 
 READ_REMOVED_RUNS = "SELECT first, last FROM motet_removed ORDER BY first"
+
+# A page of deletion records in stream order (text COLLATE "C": UTF-8 byte
+# order, as the other stores sort), for an export.
+READ_DELETIONS_AFTER = """
+SELECT stream, version, deleted, hard, removed_through, removed, deleted_at
+FROM motet_deletions WHERE stream > %s ORDER BY stream LIMIT %s
+"""
 
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
 

@@ -64,6 +64,7 @@ from .store import (
     AppendError,
     Durability,
     check_command_id,
+    check_deletion,
     check_group_name,
     check_stream_id,
     plan_appends,
@@ -502,21 +503,29 @@ class PostgresStore:
         first = (records[0].position, envelopes[0]) if records else None
         return results, first, new_head
 
-    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+    def append_recorded(
+        self,
+        records: Sequence[StoredEvent],
+        *,
+        removed: Sequence[tuple[int, int]] = (),
+        deletions: Sequence[tuple[str, StreamDeletion]] = (),
+    ) -> None:
         """See :meth:`EventStore.append_recorded`: one transaction under the
         head row lock, events by binary COPY."""
         self._check_open()
-        if not records:
+        if not (records or removed or deletions):
             return
         # Before any SQL: PostgreSQL refuses NUL in text with an error of its own.
         for record in records:
             check_stream_id(record.stream, "stream id")
             if record.metadata.command_id is not None:
                 check_command_id(record.metadata.command_id)
+        for stream, deletion in deletions:
+            check_deletion(stream, deletion)
         conn = self._writer_connection()
         self._notices.clear()
         try:
-            first = self._write_recorded(conn, records)
+            first, head = self._write_recorded(conn, records, removed, deletions)
         except psycopg.Error as exc:
             self._abandon(conn)
             raise StorageError(
@@ -537,19 +546,37 @@ class PostgresStore:
                 ) from exc
             self._resolve_lost_commit(first, exc)
         self._refuse_unreplicated()
-        self._head = max(self._head, records[-1].position)
+        self._head = max(self._head, head)
 
     def _write_recorded(
-        self, conn: _Connection, records: Sequence[StoredEvent]
-    ) -> tuple[int, bytes]:
+        self,
+        conn: _Connection,
+        records: Sequence[StoredEvent],
+        removed: Sequence[tuple[int, int]],
+        deletions: Sequence[tuple[str, StreamDeletion]],
+    ) -> tuple[tuple[int, bytes] | None, int]:
         """Every statement of one import transaction but the COMMIT; returns
-        the first event (position, envelope)."""
+        the first event (position, envelope) and the new head."""
         conn.execute(sql.BEGIN, prepare=False)
         head = int(_one(conn.execute(sql.LOCK_HEAD)))
+        if deletions:
+            conn.execute(sql.MARK_DELETIONS_FORMAT, (sql.DELETIONS_FORMAT, sql.DELETIONS_FORMAT))
+            kept = [d for _, d in deletions]
+            conn.execute(
+                sql.PUT_DELETIONS,
+                (
+                    [stream for stream, _ in deletions],
+                    [d.version for d in kept],
+                    [d.deleted for d in kept],
+                    [d.hard for d in kept],
+                    [d.removed_through for d in kept],
+                    [d.removed for d in kept],
+                    [d.deleted_at for d in kept],
+                ),
+            )
         stream_ids = sorted({r.stream for r in records})
         versions: dict[str, int] = {}
-        # Into an empty store only: no stream there is deleted.
-        for stream, version, _deleted in conn.execute(sql.READ_STREAM_VERSIONS, (stream_ids,)):
+        for stream, version in conn.execute(sql.READ_RECORDED_VERSIONS, (stream_ids,)):
             versions[stream] = version or 0
         command_ids = sorted(
             {r.metadata.command_id for r in records if r.metadata.command_id is not None}
@@ -560,35 +587,43 @@ class PostgresStore:
                 sql.FIND_ACKS, (command_ids,)
             ):
                 recorded[command_id] = Ack(stream, version, position)
-        acks = plan_recorded(records, head, versions.__getitem__, recorded.get)
+        plan = plan_recorded(records, head, versions.__getitem__, recorded.get, removed)
         encode = self._encode
         envelopes = [encode(r) for r in records]
-        _copy(
-            conn,
-            sql.APPEND_EVENTS,
-            sql.APPEND_EVENTS_TYPES,
-            zip(
-                [r.position for r in records],
-                [r.stream for r in records],
-                [r.version for r in records],
-                envelopes,
-                strict=True,
-            ),
-        )
-        if acks:
+        if records:
+            _copy(
+                conn,
+                sql.APPEND_EVENTS,
+                sql.APPEND_EVENTS_TYPES,
+                zip(
+                    [r.position for r in records],
+                    [r.stream for r in records],
+                    [r.version for r in records],
+                    envelopes,
+                    strict=True,
+                ),
+            )
+        if plan.acks:
             conn.execute(
                 sql.PUT_RECORDED_ACKS,
                 (
-                    [c for c, _ in acks],
-                    [a.stream for _, a in acks],
-                    [a.version for _, a in acks],
-                    [a.position for _, a in acks],
+                    [c for c, _ in plan.acks],
+                    [a.stream for _, a in plan.acks],
+                    [a.version for _, a in plan.acks],
+                    [a.position for _, a in plan.acks],
                 ),
             )
-        new_head = records[-1].position
-        conn.execute(sql.SET_HEAD, (new_head,))
-        conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
-        return records[0].position, envelopes[0]
+        if plan.removed:
+            conn.execute(sql.MARK_DELETIONS_FORMAT, (sql.DELETIONS_FORMAT, sql.DELETIONS_FORMAT))
+            conn.execute(
+                sql.ADD_REMOVED_RUNS,
+                ([first for first, _ in plan.removed], [last for _, last in plan.removed]),
+            )
+        if plan.head != head:
+            conn.execute(sql.SET_HEAD, (plan.head,))
+            conn.execute(sql.NOTIFY_COMMIT, (str(plan.head),))
+        first = (records[0].position, envelopes[0]) if records else None
+        return first, plan.head
 
     def _fenced_off(self, conn: _Connection, appends: Sequence[Append]) -> dict[int, NotOwner]:
         """The appends (by ``id``) of partitions this node does not hold at
@@ -918,6 +953,18 @@ class PostgresStore:
             else:
                 runs.append((first, last))
         return runs
+
+    def stream_deletions(
+        self, after: str = "", limit: int = 1000
+    ) -> list[tuple[str, StreamDeletion]]:
+        """See :meth:`EventStore.stream_deletions`."""
+        if limit < 1:
+            return []
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_DELETIONS_AFTER, (after, limit)).fetchall(),
+            "reading deletion records",
+        )
+        return [(stream, StreamDeletion(*values)) for stream, *values in rows]
 
     def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
         def put(conn: _Connection) -> None:

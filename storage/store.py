@@ -32,8 +32,10 @@ __all__ = [
     "AppendPlan",
     "Durability",
     "EventStore",
+    "RecordedPlan",
     "check_aggregate_id",
     "check_command_id",
+    "check_deletion",
     "check_group_name",
     "check_key",
     "check_stream_id",
@@ -111,22 +113,43 @@ class EventStore(Protocol):
         """
         ...
 
-    def append_recorded(self, records: Sequence[StoredEvent]) -> None:
+    def append_recorded(
+        self,
+        records: Sequence[StoredEvent],
+        *,
+        removed: Sequence[tuple[int, int]] = (),
+        deletions: Sequence[tuple[str, StreamDeletion]] = (),
+    ) -> None:
         """Commit events that already have their positions, versions, times and
-        metadata (an import, a copy of another log), all in one transaction.
+        metadata (an import, a copy of another log), all in one transaction,
+        with the runs of positions ``removed`` on purpose in the copied log and
+        the streams' ``deletions`` records (tombstones, removed versions).
 
-        The records must follow the log's head without a gap, each at its
-        stream's next version; the command id in a record's metadata is indexed
+        ``deletions`` are written first, as they are; a stream's versions up
+        to its record's ``removed_through`` count as taken. Then records and
+        removed runs ``(first, last)`` together must follow the log's head
+        without a gap (a run moves the head to its ``last``, as a removal of
+        the newest events does), each record at its stream's next version;
+        the command id in a record's metadata is indexed
         with the Ack of that record (the last event of its command wins, as an
         append's Ack is its last event), so a retried command gets its original
         Ack. Raises :class:`~motet.storage.errors.MisplacedRecord` naming the
         first record that does not fit, and
         :class:`~motet.storage.errors.InvalidKey` for an id that cannot be a
-        key; then nothing of the batch is written. Raises
+        key, or a deletion record that cannot be; then nothing of the batch
+        is written. Raises
         :class:`~motet.storage.errors.StorageError` when nothing could be
         committed. Snapshots and checkpoints are not written: they are derived
         from the log.
         """
+        ...
+
+    def stream_deletions(
+        self, after: str = "", limit: int = 1000
+    ) -> list[tuple[str, StreamDeletion]]:
+        """Up to ``limit`` streams with a deletion record (deleted or with
+        events removed), the first ones whose id sorts after ``after`` (by
+        UTF-8 bytes), with their records, in that order."""
         ...
 
     def delete_stream(self, stream: str, *, hard: bool, timestamp: float) -> StreamDeletion:
@@ -366,26 +389,85 @@ def plan_appends(
     return AppendPlan(results, records, head, acks, snapshots, versions)
 
 
+class RecordedPlan(NamedTuple):
+    """What :func:`plan_recorded` decided for an import batch."""
+
+    acks: list[tuple[str, AckRecord]]
+    """(command id, Ack) to index, at most one per command id."""
+    removed: list[tuple[int, int]]
+    """The batch's removed runs, neighbouring ones merged."""
+    head: int
+    """The head position once the batch is written."""
+
+
+def check_deletion(stream: str, record: StreamDeletion) -> None:
+    """Raise :class:`InvalidKey` for a stream id that cannot be a key and
+    ``ValueError`` for a deletion record that cannot be true (what an
+    import writes as it is)."""
+    check_stream_id(stream, "stream id")
+    if not 0 <= record.removed_through <= record.version or not (
+        0 <= record.removed <= record.removed_through
+    ):
+        raise ValueError(
+            f"the deletion record of stream {stream!r} does not add up: version "
+            f"{record.version}, removed through version {record.removed_through}, "
+            f"{record.removed} removed"
+        )
+    if record.hard and not (record.deleted and record.removed_through == record.version):
+        raise ValueError(
+            f"the deletion record of stream {stream!r} is hard but leaves versions "
+            f"{record.removed_through + 1}..{record.version} or is no tombstone"
+        )
+    if record.deleted != (record.deleted_at is not None):
+        raise ValueError(
+            f"the deletion record of stream {stream!r} must have a deletion time if and "
+            "only if it is deleted"
+        )
+
+
 def plan_recorded(
     records: Sequence[StoredEvent],
     head: int,
     version_of: Callable[[str], int],
     ack_of: Callable[[str], Ack | None] = lambda command_id: None,
-) -> list[tuple[str, AckRecord]]:
-    """Check already-positioned ``records`` against a log whose head is
-    ``head`` and return the (command id, Ack) pairs to index, at most one per
-    command id (see :meth:`EventStore.append_recorded`).
+    removed: Sequence[tuple[int, int]] = (),
+) -> RecordedPlan:
+    """Check already-positioned ``records`` and ``removed`` runs against a
+    log whose head is ``head`` (see :meth:`EventStore.append_recorded`).
 
-    ``version_of`` gives a stream's committed version and ``ack_of`` the Ack
-    already indexed for a command id. A command id already indexed may only
-    be carried on by the very next event of its stream (its command's events
-    split over two batches). Raises :class:`MisplacedRecord` for the first
-    record that does not fit, :class:`InvalidKey` for an unusable id.
+    ``version_of`` gives a stream's committed version (its removed versions
+    included) and ``ack_of`` the Ack already indexed for a command id. A
+    command id already indexed may only be carried on by the very next event
+    of its stream (its command's events split over two batches). Raises
+    :class:`MisplacedRecord` for the first record or run that does not fit,
+    :class:`InvalidKey` for an unusable id.
     """
     versions: dict[str, int] = {}
     acks: dict[str, AckRecord] = {}
+    runs: list[tuple[int, int]] = []
+    pending = iter(sorted(removed))
+    run = next(pending, None)
+
+    def take_runs(before: int) -> None:
+        nonlocal head, run
+        while run is not None and run[0] < before:
+            first, last = run
+            if first != head + 1 or last < first:
+                raise MisplacedRecord(
+                    f"the removed run {first}..{last} does not follow position {head}: "
+                    f"positions must be {head + 1}, {head + 2}, ... without gaps",
+                    first,
+                )
+            if runs and runs[-1][1] == first - 1:
+                runs[-1] = (runs[-1][0], last)
+            else:
+                runs.append((first, last))
+            head = last
+            run = next(pending, None)
+
     for record in records:
         position = record.position
+        take_runs(position)
         if position != head + 1:
             raise MisplacedRecord(
                 f"the record at position {position} does not follow the log's head "
@@ -423,7 +505,8 @@ def plan_recorded(
                 position,
             )
         acks[command_id] = AckRecord(stream, record.version, position)
-    return list(acks.items())
+    take_runs(1 << 63)
+    return RecordedPlan(list(acks.items()), runs, head)
 
 
 LMDB_MAX_KEY_BYTES = 511

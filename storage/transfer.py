@@ -1,28 +1,41 @@
 """Moving a log between stores: export to NDJSON, import from it.
 
-An export file holds one JSON object per line (see docs/design.md, "Export
-format"): every event of the log in position order, then one summary line::
+An export file holds one JSON object per line (see docs/design.md, "Backup
+and moving data"): the deletion record of every stream that was deleted or
+had events removed, then every event of the log in position order with a
+line for each run of positions removed on purpose where it falls, then one
+summary line::
 
-    {"position":1,"stream":"User-u1","version":1,"type":"UserCreated","event_version":1,
+    {"deletion":{"stream":"User-u9","version":2,"deleted":true,"hard":false,
+     "removed_through":0,"removed":0,"deleted_at":"2026-12-07T19:20:00Z"}}
+    {"removed":[1,3]}
+    {"position":4,"stream":"User-u1","version":1,"type":"UserCreated","event_version":1,
      "time":"2026-12-07T19:13:06.872028Z","metadata":{"command_id":"c1"},"data":{...}}
     ...
-    {"motet_export":"motet-export/1","events":2,"last_position":2,"sha256":"..."}
+    {"motet_export":"motet-export/1","events":2,"last_position":5,"sha256":"...",
+     "removed":3,"deletions":1}
 
 ``data`` is the event as the protocol's ``read`` answers it: decoded by the
-app's codec (upcast to the newest version, which ``event_version`` names)
-and encoded as JSON. The summary's ``sha256`` is the digest of every event
-line (newline included) as written, so an import can tell a truncated or
-edited file from the one exported.
+app's codec (upcast to the newest version, which ``event_version`` names;
+personal fields in clear, or redacted for a forgotten subject) and encoded
+as JSON. The summary's ``sha256`` is the digest of every line before it
+(newline included) as written, so an import can tell a truncated or edited
+file from the one exported; ``removed`` and ``deletions`` are left out when
+0, so an export of a log without deletions reads as it always did.
 
 An import refills an empty store with the same positions, stream versions,
 times and metadata (command ids included, so a retried command still gets
-its original Ack), each event re-encoded by the target app's codec. Both
+its original Ack), the same removed positions and deletion records (a
+deleted stream still refuses appends), each event re-encoded by the target
+app's codec and its personal fields encrypted under the target's subject
+keys, as the engine's writer does. Both
 directions read and write in batches, so memory stays bounded whatever the
 size of the log.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import hashlib
 import os
@@ -43,12 +56,13 @@ from .errors import (
     StoreFormatError,
     StoreNotEmpty,
 )
-from .records import Metadata, NewEvent, RecordedEvent, StoredEvent
-from .store import EventStore, check_command_id, check_stream_id
+from .records import Metadata, NewEvent, RecordedEvent, StoredEvent, StreamDeletion
+from .store import EventStore, check_command_id, check_deletion, check_stream_id
 
 __all__ = [
     "DEFAULT_BATCH",
     "EXPORT_FORMAT",
+    "KEY_CACHE",
     "MAX_LINE_BYTES",
     "ExportSummary",
     "Progress",
@@ -68,6 +82,10 @@ DEFAULT_BATCH = 10_000
 MAX_LINE_BYTES = 16 << 20
 """The longest line an import reads: no event of a sound export comes near
 it, and a file without newlines must not be read into memory whole."""
+
+KEY_CACHE = 10_000
+"""Subject keys an export or import keeps in memory (least recently used
+first out): a few tens of MiB, whatever the number of subjects."""
 
 Progress = Callable[[int, float | None], None]
 """Called after each batch with the events done so far and the fraction of
@@ -108,7 +126,29 @@ class _ReadLine(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     data: msgspec.Raw
 
 
-class ExportSummary(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class _Deletion(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A stream's deletion record (see :class:`StreamDeletion`) as a line holds it."""
+
+    stream: str
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    deleted: bool
+    hard: bool
+    removed_through: Annotated[int, msgspec.Meta(ge=0)]
+    removed: Annotated[int, msgspec.Meta(ge=0)]
+    deleted_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | None
+
+
+class _DeletionLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    deletion: _Deletion
+
+
+class _RemovedLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    removed: tuple[Annotated[int, msgspec.Meta(ge=1)], Annotated[int, msgspec.Meta(ge=1)]]
+
+
+class ExportSummary(
+    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """An export's last line: what it holds, to check an import against."""
 
     motet_export: str
@@ -116,9 +156,14 @@ class ExportSummary(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     events: int
     """How many event lines come before it."""
     last_position: int
-    """The position of the last event (0 for an empty log)."""
+    """The log's head: the position of the last event, or of the last one
+    removed when the newest were removed (0 for an empty log)."""
     sha256: str
-    """Hex SHA-256 of every event line, newline included, as written."""
+    """Hex SHA-256 of every line before the summary, newline included, as written."""
+    removed: int = 0
+    """How many positions the removed-run lines cover."""
+    deletions: int = 0
+    """How many deletion lines come first."""
 
 
 def export_events(
@@ -134,34 +179,82 @@ def export_events(
     NDJSON, then the summary line; return the summary.
 
     Events are decoded by ``decode`` (default: ``codec.decode_record``, the
-    path the protocol's ``read`` takes), so the file holds what a reader is
-    shown. Commits made meanwhile (a server still running) are not included:
-    the file is the log up to the head when the export began. Raises
-    :class:`~motet.storage.errors.CodecError` naming the position of an event
-    the codec cannot decode, :class:`~motet.storage.errors.StorageError` when
-    the store fails.
+    path the protocol's ``read`` takes; the codec's types and upcasters with
+    ``store``'s subject keys, at most :data:`KEY_CACHE` of them in memory),
+    so the file holds what a reader is shown.
+    Deletion records and removed runs are written as they are when the
+    export begins; commits made meanwhile (a server still running) are not
+    included: the file is the log up to the head when the export began.
+    Raises :class:`~motet.storage.errors.CodecError` naming the position of
+    an event the codec cannot decode,
+    :class:`~motet.storage.errors.StorageError` when the store fails or the
+    log has a gap that is not recorded as removed (damage, or events removed
+    ahead of the export while it ran: then export again).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    codec = codec.with_keys(store, key_cache_size=KEY_CACHE)
     decode = decode or codec.decode_record
     versions = {tag_of(cls): event_version_of(cls) for cls in codec.event_types}
     encoder = msgspec.json.Encoder()
     digest = hashlib.sha256()
     head = store.head_position
-    position = 0
+    runs = _up_to(store.removed_runs(), head)
+    starts = [first for first, _ in runs]
     buffer = bytearray()
     utc = datetime.UTC
     from_timestamp = datetime.datetime.fromtimestamp
+    deletions = 0
+    after = ""
+    while page := store.stream_deletions(after, batch_size):
+        buffer.clear()
+        for stream, deletion in page:
+            deleted_at = deletion.deleted_at
+            deletion_line = _DeletionLine(
+                _Deletion(
+                    stream=stream,
+                    version=deletion.version,
+                    deleted=deletion.deleted,
+                    hard=deletion.hard,
+                    removed_through=deletion.removed_through,
+                    removed=deletion.removed,
+                    deleted_at=None if deleted_at is None else from_timestamp(deleted_at, utc),
+                )
+            )
+            encoder.encode_into(deletion_line, buffer, -1)
+            buffer += b"\n"
+        deletions += len(page)
+        after = page[-1][0]
+        digest.update(buffer)
+        out.write(buffer)
+    removed = 0
+
+    def write_removed(first: int, last: int) -> None:
+        # A gap must lie inside a run recorded as removed, else it is damage.
+        nonlocal removed
+        index = bisect.bisect_right(starts, first) - 1
+        if index < 0 or runs[index][1] < last:
+            raise StorageError(
+                f"the log has a gap at positions {first}..{last} that is not recorded as "
+                f"removed (the head is {head}); run 'motet verify'"
+            )
+        encoder.encode_into(_RemovedLine((first, last)), buffer, -1)
+        buffer.extend(b"\n")
+        removed += last - first + 1
+
+    position = 0
+    events = 0
     while position < head:
         stored = store.read_all(position, min(batch_size, head - position))
-        if not stored or stored[0].position != position + 1:
-            found = stored[0].position if stored else "nothing"
-            raise StorageError(
-                f"the log has a gap after position {position} (found {found}, the head is "
-                f"{head}); run 'motet verify'"
-            )
+        if stored and stored[-1].position > head:
+            stored = [event for event in stored if event.position <= head]
         buffer.clear()
+        if not stored:
+            write_removed(position + 1, head)
+            position = head
         for event in stored:
+            if event.position != position + 1:
+                write_removed(position + 1, event.position - 1)
             try:
                 record = decode(event)
             except CodecError as exc:
@@ -186,19 +279,27 @@ def export_events(
             )
             encoder.encode_into(line, buffer, -1)
             buffer += b"\n"
-        position = stored[-1].position
+            position = event.position
+        events += len(stored)
         digest.update(buffer)
         out.write(buffer)
         if progress is not None:
-            progress(position, position / head)
+            progress(events, position / head)
     summary = ExportSummary(
         motet_export=EXPORT_FORMAT,
-        events=position,
+        events=events,
         last_position=position,
         sha256=digest.hexdigest(),
+        removed=removed,
+        deletions=deletions,
     )
     out.write(encoder.encode(summary) + b"\n")
     return summary
+
+
+def _up_to(runs: list[tuple[int, int]], head: int) -> list[tuple[int, int]]:
+    """``runs`` cut at position ``head``."""
+    return [(first, min(last, head)) for first, last in runs if first <= head]
 
 
 class _EventType:
@@ -225,19 +326,25 @@ def import_events(
 
     Each event is decoded into the app's type (an older ``event_version`` is
     upcast by the codec) and encoded by ``encode`` (default:
-    ``codec.encode_event``), then committed with its position, version,
-    time and metadata through :meth:`EventStore.append_recorded`, ``batch_size``
-    at a time. ``size`` (the file's length in bytes) lets ``progress`` say how
-    far along it is.
+    ``codec.encode_event``), its personal fields encrypted under the
+    subject keys of ``store`` (:meth:`Codec.seal_recorded`, the writer's
+    sealing, by the codec's types with ``store``'s keys, at most
+    :data:`KEY_CACHE` of them in memory), then committed with its position,
+    version, time and metadata through :meth:`EventStore.append_recorded`,
+    ``batch_size`` lines at a time, with the file's removed runs and deletion records. A batch's new
+    keys are written before its events, the keys its ``SubjectForgotten``
+    events delete after them. ``size`` (the file's length in bytes) lets
+    ``progress`` say how far along it is.
 
     Raises :class:`~motet.storage.errors.StoreNotEmpty` when ``store`` holds
     events, and :class:`~motet.storage.errors.ExportFileError` naming the line
     of the first thing wrong in the file: a line that is not JSON or not an
-    event, a position that is not the next one, a stream version that is not
-    contiguous, an event type or a payload the app does not know, a missing
-    or mismatching summary line. The batches before the bad line stay
-    committed (import into a new store, or see :func:`import_into_directory`,
-    which leaves nothing behind).
+    export line, a position that is not the next one (a gap no removed line
+    declares), a deletion line after the events, a deletion record that
+    cannot be, a stream version that is not contiguous, an event type or a
+    payload the app does not know, a missing or mismatching summary line.
+    The batches before the bad line stay committed (import into a new store,
+    or see :func:`import_into_directory`, which leaves nothing behind).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -247,28 +354,49 @@ def import_events(
             f"the target store is not empty (its log is at position {head}); "
             "import only into a new, empty store"
         )
+    codec = codec.with_keys(store, key_cache_size=KEY_CACHE)
     encode = encode or codec.encode_event
     types = {tag_of(cls): _EventType(cls) for cls in codec.event_types}
     read_line = msgspec.json.Decoder(_ReadLine).decode
     read_summary = msgspec.json.Decoder(ExportSummary).decode
+    read_removed = msgspec.json.Decoder(_RemovedLine).decode
+    read_deletion = msgspec.json.Decoder(_DeletionLine).decode
     untyped = msgspec.json.Decoder().decode
     to_msgpack = msgspec.msgpack.Encoder().encode
     digest = hashlib.sha256()
     batch: list[StoredEvent] = []
+    runs: list[tuple[int, int]] = []
+    deletions: list[tuple[str, StreamDeletion]] = []
+    lines: dict[int, int] = {}
     position = 0
     number = 0
+    events = 0
+    removed = 0
+    deleted = 0
     done_bytes = 0
     summary: ExportSummary | None = None
 
     def flush() -> None:
+        sealed, keys = codec.seal_recorded(batch)
+        made = {subject: key for subject, key in keys.items() if key is not None}
+        if made:
+            # Durable before the events that need them.
+            store.put_keys(made)
         try:
-            store.append_recorded(batch)
+            store.append_recorded(sealed, removed=runs, deletions=deletions)
         except MisplacedRecord as exc:
-            # Lines and positions go 1, 2, 3 ... together (checked below).
-            raise ExportFileError(f"line {exc.position}: {exc}", exc.position) from exc
+            line = lines.get(exc.position, number)
+            raise ExportFileError(f"line {line}: {exc}", line) from exc
+        if len(made) < len(keys):
+            # Forgotten: deleted once the SubjectForgotten event is in.
+            store.put_keys({subject: None for subject in keys if subject not in made})
+        codec.keyring.committed(keys)
         batch.clear()
+        runs.clear()
+        deletions.clear()
+        lines.clear()
         if progress is not None:
-            progress(position, done_bytes / size if size else None)
+            progress(events, done_bytes / size if size else None)
 
     while True:
         line = file.readline(MAX_LINE_BYTES + 1)
@@ -289,19 +417,65 @@ def import_events(
         try:
             item = read_line(line)
         except msgspec.ValidationError as exc:
-            if b'"motet_export"' in line:
-                try:
+            other = _line_kind(untyped(line))
+            if other is None:
+                raise ExportFileError(
+                    f"line {number} is not an export event: {exc}", number
+                ) from None
+            try:
+                if other == "motet_export":
                     summary = read_summary(line)
-                except msgspec.ValidationError as bad:
-                    raise ExportFileError(
-                        f"line {number} is not a valid summary line: {bad}", number
-                    ) from None
-                continue
-            raise ExportFileError(f"line {number} is not an export event: {exc}", number) from None
+                    continue
+                if other == "removed":
+                    first, last = read_removed(line).removed
+                    if first != position + 1 or last < first:
+                        raise ExportFileError(
+                            f"line {number}: removed positions {first}..{last} do not follow "
+                            f"position {position} (they must start at {position + 1} and not "
+                            "end before they start)",
+                            number,
+                        )
+                    lines[first] = number
+                    runs.append((first, last))
+                    removed += last - first + 1
+                    position = last
+                else:
+                    if position:
+                        raise ExportFileError(
+                            f"line {number}: a deletion record after the log's lines (deletion "
+                            "lines come first)",
+                            number,
+                        )
+                    record = read_deletion(line).deletion
+                    deletion = StreamDeletion(
+                        record.version,
+                        record.deleted,
+                        record.hard,
+                        record.removed_through,
+                        record.removed,
+                        None if record.deleted_at is None else record.deleted_at.timestamp(),
+                    )
+                    try:
+                        check_deletion(record.stream, deletion)
+                    except ValueError as bad:
+                        raise ExportFileError(f"line {number}: {bad}", number) from None
+                    deletions.append((record.stream, deletion))
+                    deleted += 1
+            except msgspec.ValidationError as bad:
+                what = {"motet_export": "summary", "removed": "removed", "deletion": "deletion"}
+                raise ExportFileError(
+                    f"line {number} is not a valid {what[other]} line: {bad}", number
+                ) from None
+            digest.update(line)
+            if len(batch) + len(runs) + len(deletions) >= batch_size:
+                flush()
+            continue
         except msgspec.DecodeError as exc:
             raise ExportFileError(f"line {number} is not JSON: {exc}", number) from None
         if item.position != position + 1:
-            why = "a gap" if item.position > position + 1 else "out of order"
+            why = (
+                "a gap no removed line declares" if item.position > position + 1 else "out of order"
+            )
             raise ExportFileError(
                 f"line {number}: position {item.position} follows position {position} ({why}; "
                 f"positions must be 1, 2, 3, ... in order)",
@@ -347,9 +521,11 @@ def import_events(
                 new.data,
             )
         )
+        lines[item.position] = number
         digest.update(line)
         position = item.position
-        if len(batch) >= batch_size:
+        events += 1
+        if len(batch) + len(runs) + len(deletions) >= batch_size:
             flush()
     if summary is None:
         raise ExportFileError(
@@ -357,13 +533,26 @@ def import_events(
             "or not a Motet export",
             number,
         )
-    _check_summary(summary, number, position, digest.hexdigest())
-    if batch:
+    _check_summary(summary, number, (events, position, removed, deleted), digest.hexdigest())
+    if batch or runs or deletions:
         flush()
     return summary
 
 
-def _check_summary(summary: ExportSummary, number: int, position: int, sha256: str) -> None:
+def _line_kind(fields: Any) -> str | None:
+    """Which line other than an event JSON ``fields`` (a valid JSON line)
+    means to be, by its first key: ``None`` for an event or anything else."""
+    if isinstance(fields, dict) and "position" not in fields:
+        for kind in ("motet_export", "removed", "deletion"):
+            if kind in fields:
+                return kind
+    return None
+
+
+def _check_summary(
+    summary: ExportSummary, number: int, found: tuple[int, int, int, int], sha256: str
+) -> None:
+    events, position, removed, deletions = found
     where = f"line {number} (the summary)"
     if summary.motet_export != EXPORT_FORMAT:
         raise ExportFileError(
@@ -371,15 +560,18 @@ def _check_summary(summary: ExportSummary, number: int, position: int, sha256: s
             f"{EXPORT_FORMAT!r}",
             number,
         )
-    if summary.events != position or summary.last_position != position:
+    said = (summary.events, summary.last_position, summary.removed, summary.deletions)
+    if said != found:
         raise ExportFileError(
             f"{where} says {summary.events:,} events up to position "
-            f"{summary.last_position:,}, but the file holds {position:,}: lines are missing",
+            f"{summary.last_position:,}, {summary.removed:,} removed positions and "
+            f"{summary.deletions:,} deletion records, but the file holds {events:,} up to "
+            f"{position:,}, {removed:,} and {deletions:,}: lines are missing",
             number,
         )
     if summary.sha256 != sha256:
         raise ExportFileError(
-            f"{where}: the SHA-256 of the event lines is {sha256}, the summary says "
+            f"{where}: the SHA-256 of the lines before it is {sha256}, the summary says "
             f"{summary.sha256}: the file was changed after it was exported",
             number,
         )

@@ -66,9 +66,11 @@ def add_parsers(commands: Any, default_data: str) -> None:
         "export",
         help="write a store's events as NDJSON (one event per line) to move or keep them",
         description="Write every event of a store, up to its head when the export starts, as "
-        "newline-delimited JSON: one event per line (position, stream, version, type, "
-        "event_version, time, metadata, data as the protocol's read shows it), then a summary "
-        "line with the count and a SHA-256 of the event lines that 'motet import' checks. Safe "
+        "newline-delimited JSON: a line per deleted stream first, then one event per line "
+        "(position, stream, version, type, event_version, time, metadata, data as the "
+        "protocol's read shows it: personal fields in clear, redacted once forgotten) with a "
+        "line per run of positions removed on purpose, then a summary line with the counts and "
+        "a SHA-256 of the lines that 'motet import' checks. Safe "
         "beside a running server (the LMDB store is opened read-only). A progress line goes to "
         "stderr when it is a terminal.",
     )
@@ -83,10 +85,12 @@ def add_parsers(commands: Any, default_data: str) -> None:
         help="fill an empty store from an export: positions, versions, times, command ids kept",
         description="Read a 'motet export' file into a new or empty store, keeping every "
         "event's position, stream version, time and metadata (a retried command id still gets "
-        "its original Ack). Events are re-encoded by --app's types; an unknown type, a line "
-        "that is not an event, a gap in positions, a version out of order or a summary that "
-        "does not match stops the import, naming the line. Into --data the store appears only "
-        "once the whole file is in; into --store, the events before a bad line stay.",
+        "its original Ack), removed positions and deleted streams. Events are re-encoded by "
+        "--app's types, personal fields encrypted under the new store's keys; an unknown type, "
+        "a line that is not an export line, a gap no removed line declares, a version out of "
+        "order or a summary that does not match stops the import, naming the line. Into "
+        "--data the store appears only once the whole file is in; into --store, the events "
+        "before a bad line stay.",
     )
     importer.add_argument("file", metavar="FILE", help="the export to read ('-': standard input)")
     _common(importer, default_data, "import into")
@@ -120,8 +124,11 @@ def export(args: argparse.Namespace) -> int:
     from motet.storage.errors import MotetError
     from motet.storage.transfer import export_events
 
-    codec = load_app(args.app).codec()
+    app = load_app(args.app)
     store = _open(args, readonly=True)
+    # The store's subject keys: personal fields are exported in clear, or
+    # redacted for a forgotten subject.
+    codec = app.codec(keys=store)
     progress = ProgressLine("exporting", quiet=args.quiet)
     out_path = Path(args.out) if args.out else None
     partial = out_path.with_name(f".{out_path.name}.partial") if out_path else None
@@ -172,6 +179,8 @@ def import_(args: argparse.Namespace) -> int:
     from motet.storage.errors import ExportFileError, MotetError
     from motet.storage.transfer import import_events, import_into_directory
 
+    # Rebound to the target store's keys by the import, which encrypts
+    # personal fields under them.
     codec = load_app(args.app).codec()
     if args.file == "-":
         file: BinaryIO = sys.stdin.buffer

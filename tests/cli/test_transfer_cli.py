@@ -79,6 +79,31 @@ def test_export_and_import_through_files_and_quietly(
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
+def test_a_store_with_a_deleted_stream_moves_and_verifies(
+    data: Path, tmp_path: Path, capsysbinary: Any
+) -> None:
+    store = LmdbStore(data)
+    assert store.truncate_stream("User-ada", 2) == 2
+    store.delete_stream("User-ada", hard=False, timestamp=1_765_000_000.25)
+    runs, deletions = store.removed_runs(), store.stream_deletions()
+    store.close()
+    out_file = tmp_path / "events.ndjson"
+
+    assert _run(capsysbinary, "export", "--data", str(data), "--out", str(out_file))[0] == 0
+    status, _, err = _run(capsysbinary, "import", str(out_file), "--data", str(tmp_path / "b"))
+
+    assert status == 0, err
+    assert _run(capsysbinary, "verify", "--data", str(tmp_path / "b"))[0] == 0
+    copy = LmdbStore(tmp_path / "b", readonly=True)
+    try:
+        assert copy.removed_runs() == runs == [(1, 2)]
+        assert copy.stream_deletions() == deletions
+        assert [e.position for e in copy.read_all()] == [3, 4, 5]
+        assert copy.head_position == 5
+    finally:
+        copy.close()
+
+
 def test_import_reads_standard_input(
     data: Path, tmp_path: Path, capsysbinary: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -201,6 +201,7 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Any], object]] = {
     "park": lambda s: s.park("mailer", ParkedEvent(1, "A", 5, "boom", TS)),
     "parked": lambda s: s.parked("mailer"),
     "unpark": lambda s: s.unpark("mailer", 1),
+    "stream_deletions": lambda s: s.stream_deletions(),
 }
 
 
@@ -1235,6 +1236,104 @@ class StoreContract:
         )
         assert results == [Ack("S-1", 6, 11)]
         assert store.streams() == [("S-0", 5), ("S-1", 6)]
+
+    def test_a_log_with_deletions_is_copied_with_its_gaps_and_records(
+        self, store_factory: StoreFactory
+    ) -> None:
+        source = store_factory()
+        self.interleaved(source, streams=4, rounds=3)
+        source.delete_stream("S-1", hard=True, timestamp=TS + 1)
+        source.delete_stream("S-2", hard=False, timestamp=TS + 2)
+        source.truncate_stream("S-3", 2)
+        source.append_batch([append("S-0", 3, events(1))], TS)
+        source.delete_stream("S-0", hard=True, timestamp=TS + 3)
+        runs = source.removed_runs()
+        deletions = source.stream_deletions()
+        copy = store_factory()
+
+        # Deletion records first, then events and runs in two batches.
+        copy.append_recorded([], deletions=deletions[:1])
+        log = read_everything(source)
+        copy.append_recorded(log[:2], removed=runs[:2], deletions=deletions[1:])
+        copy.append_recorded(log[2:], removed=runs[2:])
+        if store_factory.persistent:
+            copy = store_factory(reopen_of=copy)
+
+        assert read_everything(copy) == log
+        assert copy.removed_runs() == runs
+        assert copy.head_position == source.head_position == 13
+        assert copy.stream_deletions() == deletions
+        assert copy.streams() == source.streams()
+        for stream in ("S-0", "S-1", "S-2", "S-3"):
+            assert copy.stream_version(stream) == source.stream_version(stream)
+            assert copy.read_stream(stream) == source.read_stream(stream)
+        results = copy.append_batch(
+            [append("S-2", 3, events(1)), append("S-1", 3, events(1)), append("S-3", 3, events(1))],
+            TS,
+        )
+        assert [type(r) for r in results] == [StreamDeleted, StreamDeleted, Ack]
+        assert results[2] == Ack("S-3", 4, 14)
+
+    def test_stream_deletions_are_read_in_pages_in_byte_order(self, store: Any) -> None:
+        for stream in ("b", "a", "\u00e9", "B"):
+            store.append_batch([append(stream, 0, events(1))], TS)
+            store.delete_stream(stream, hard=False, timestamp=TS)
+
+        first = store.stream_deletions(limit=2)
+        rest = store.stream_deletions(first[-1][0])
+
+        assert [s for s, _ in first] == ["B", "a"]
+        assert [s for s, _ in rest] == ["b", "\u00e9"]
+        assert rest[0][1] == StreamDeletion(1, deleted=True, deleted_at=TS)
+        assert store.stream_deletions(limit=0) == []
+
+    @pytest.mark.parametrize(
+        ("removed", "position", "message"),
+        [
+            ([(3, 3)], 3, r"the removed run 3\.\.3 does not follow position 1"),
+            ([(2, 1)], 2, r"the removed run 2\.\.1 does not follow position 1"),
+            ([(2, 3), (3, 4)], 3, r"the removed run 3\.\.4 does not follow position 3"),
+        ],
+    )
+    def test_a_removed_run_out_of_place_is_refused_with_its_batch(
+        self, store: Any, removed: list[tuple[int, int]], position: int, message: str
+    ) -> None:
+        store.append_recorded([recorded(1, "A", 1)])
+
+        with pytest.raises(MisplacedRecord, match=message) as caught:
+            store.append_recorded([], removed=removed, deletions=[("B", StreamDeletion(2))])
+
+        assert caught.value.position == position
+        assert store.removed_runs() == []
+        assert store.stream_deletions() == []
+        assert store.head_position == 1
+
+    def test_a_run_and_a_record_at_the_same_position_are_refused(self, store: Any) -> None:
+        with pytest.raises(MisplacedRecord, match=r"the removed run 1\.\.2 does not follow"):
+            store.append_recorded([recorded(1, "A", 1), recorded(2, "A", 2)], removed=[(1, 2)])
+        with pytest.raises(MisplacedRecord, match="version 1 of stream 'A', which is at version 2"):
+            store.append_recorded(
+                [recorded(1, "A", 1)], deletions=[("A", StreamDeletion(2, removed_through=2))]
+            )
+
+        assert store.head_position == 0
+        assert store.stream_deletions() == []
+
+    @pytest.mark.parametrize(
+        ("record", "message"),
+        [
+            (StreamDeletion(2, removed_through=3), "does not add up"),
+            (StreamDeletion(2, deleted=True, hard=True, deleted_at=TS), "is hard but leaves"),
+            (StreamDeletion(2, deleted=True), "must have a deletion time"),
+        ],
+    )
+    def test_an_impossible_deletion_record_is_refused(
+        self, store: Any, record: StreamDeletion, message: str
+    ) -> None:
+        with pytest.raises(ValueError, match=message):
+            store.append_recorded([], deletions=[("A", record)])
+
+        assert store.stream_deletions() == []
 
     def test_deleting_a_stream_that_never_had_events_is_not_found(self, store: Any) -> None:
         with pytest.raises(NotFound, match="stream 'nobody' has no events"):
