@@ -445,21 +445,7 @@ class PostgresStore:
         )
         planned, records, new_head = plan.results, plan.records, plan.head
 
-        encode = self._encode
-        envelopes = [encode(r) for r in records]
-        if records:
-            _copy(
-                conn,
-                sql.APPEND_EVENTS,
-                sql.APPEND_EVENTS_TYPES,
-                zip(
-                    [r.position for r in records],
-                    [r.stream for r in records],
-                    [r.version for r in records],
-                    envelopes,
-                    strict=True,
-                ),
-            )
+        envelopes = self._copy_events(conn, records)
         acks: dict[str, Ack] = {}
         snapshots: dict[str, Snapshot] = {}
         for append, result in zip(fresh, planned, strict=True):
@@ -588,21 +574,7 @@ class PostgresStore:
             ):
                 recorded[command_id] = Ack(stream, version, position)
         plan = plan_recorded(records, head, versions.__getitem__, recorded.get, removed)
-        encode = self._encode
-        envelopes = [encode(r) for r in records]
-        if records:
-            _copy(
-                conn,
-                sql.APPEND_EVENTS,
-                sql.APPEND_EVENTS_TYPES,
-                zip(
-                    [r.position for r in records],
-                    [r.stream for r in records],
-                    [r.version for r in records],
-                    envelopes,
-                    strict=True,
-                ),
-            )
+        envelopes = self._copy_events(conn, records)
         if plan.acks:
             conn.execute(
                 sql.PUT_RECORDED_ACKS,
@@ -624,6 +596,26 @@ class PostgresStore:
             conn.execute(sql.NOTIFY_COMMIT, (str(plan.head),))
         first = (records[0].position, envelopes[0]) if records else None
         return first, plan.head
+
+    def _copy_events(self, conn: _Connection, records: Sequence[StoredEvent]) -> list[bytes]:
+        """Write ``records`` by one binary COPY (never a loop of INSERTs);
+        returns their envelopes."""
+        encode = self._encode
+        envelopes = [encode(r) for r in records]
+        if records:
+            _copy(
+                conn,
+                sql.APPEND_EVENTS,
+                sql.APPEND_EVENTS_TYPES,
+                zip(
+                    [r.position for r in records],
+                    [r.stream for r in records],
+                    [r.version for r in records],
+                    envelopes,
+                    strict=True,
+                ),
+            )
+        return envelopes
 
     def _fenced_off(self, conn: _Connection, appends: Sequence[Append]) -> dict[int, NotOwner]:
         """The appends (by ``id``) of partitions this node does not hold at

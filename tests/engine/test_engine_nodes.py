@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from motet.engine import Engine, Unavailable, open_engine
+from motet.engine import App, Engine, Unavailable, open_engine
 from motet.engine.example import CreateUser, PlaceOrder, app
 from motet.engine.net.server import serve_engine
 from motet.storage import Append, Metadata, NewEvent
@@ -31,12 +31,15 @@ def url(postgres_cluster: Cluster) -> str:
 
 
 @asynccontextmanager
-async def node(url: str, node_id: str, **options: Any) -> AsyncIterator[Engine]:
-    """An engine as node ``node_id``, its line server on a free port advertised."""
+async def node(
+    url: str, node_id: str, *, served: App = app, **options: Any
+) -> AsyncIterator[Engine]:
+    """An engine of ``served`` as node ``node_id``, its line server on a free
+    port advertised."""
     async with (
         open_engine(
             url,
-            app,
+            served,
             node_id=node_id,
             lease_ttl=TTL,
             store_options={"partitions": PARTITIONS},
@@ -183,26 +186,8 @@ async def test_process_managers_on_two_nodes_record_each_outcome_once(url: str) 
     from motet.engine.example import shop
     from motet.engine.example.shop_app import SubmitOrder
 
-    @asynccontextmanager
-    async def shop_engine(node_id: str) -> AsyncIterator[Engine]:
-        async with (
-            open_engine(
-                url,
-                shop,
-                node_id=node_id,
-                lease_ttl=TTL,
-                store_options={"partitions": PARTITIONS},
-            ) as engine,
-            trio.open_nursery() as nursery,
-        ):
-            server = await nursery.start(partial(serve_engine, engine, port=0))
-            assert engine.node is not None
-            engine.node.advertise = f"127.0.0.1:{server.port}"
-            yield engine
-            server.stop()
-
     orders = [f"o{i}" for i in range(12)]
-    async with shop_engine("a") as a, shop_engine("b") as b:
+    async with node(url, "a", served=shop) as a, node(url, "b", served=shop) as b:
         assert a.node is not None and b.node is not None
         await wait_until(lambda: len(a.node.owned) == 2 and len(b.node.owned) == 2)
         for i, order_id in enumerate(orders):
