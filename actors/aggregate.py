@@ -368,7 +368,7 @@ class AggregateActor(Generic[S]):
                     return
                 state = evolve(state, event)
             codec = self._codec
-            subjects = [s for event in events for s in codec.subjects_of(event)]
+            subjects = codec.subjects_in(events)
             encoded = [codec.encode_event(event) for event in events]
         except (CommandRejected, InvalidKey) as exc:
             # InvalidKey: a personal field's subject field holds no usable

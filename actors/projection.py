@@ -343,9 +343,13 @@ class ProjectionActor(Generic[M]):
                 await self.save()
 
     def _apply(self, events: Sequence[StoredEvent]) -> None:
-        position, error, failed = self._fold(self.model, events, self.position)
+        before = self.position
+        position, error, failed = self._fold(self.model, events, before)
         # Counted by event, not by position: positions may jump over removed events.
-        self.events_applied += sum(1 for e in events if self.position < e.position <= position)
+        if events[0].position > before and events[-1].position <= position:
+            self.events_applied += len(events)  # the usual case: every one applied
+        else:
+            self.events_applied += sum(1 for e in events if before < e.position <= position)
         self.position = position
         if failed is not None:
             assert error is not None

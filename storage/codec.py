@@ -20,6 +20,7 @@ from .keyring import (
     MODELS_KEY,
     Keyring,
     KeySource,
+    NonceSource,
     SubjectKey,
     field_aad,
     is_extension,
@@ -53,6 +54,9 @@ def event_version_of(cls: type) -> int:
         raise TypeError(f"{cls.__qualname__}.event_version must be an int >= 1, got {version!r}")
     return version
 
+
+_CHECKED_SUBJECTS = 65_536
+"""How many subjects :meth:`Codec.subjects_of` remembers as checked."""
 
 _NIL = b"\xc0"
 """msgpack ``None``: a personal field left empty is neither encrypted nor redacted."""
@@ -195,6 +199,7 @@ class Codec:
         """The subject keys this codec encrypts and decrypts with (see
         :mod:`motet.storage.keyring`)."""
         self._forgotten = self._types[tag_of(SubjectForgotten)]
+        self._checked_subjects: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -233,13 +238,30 @@ class Codec:
         if fields is None:
             return ()
         subjects: list[str] = []
+        checked = self._checked_subjects
         for field in fields:
             if getattr(event, field.name) is not None:
                 subject = getattr(event, field.subject)
                 if subject not in subjects:
-                    check_subject(subject)
+                    # The same few subjects come back with every command:
+                    # a string checked once needs no second check.
+                    if type(subject) is not str or subject not in checked:
+                        check_subject(subject)
+                        if len(checked) >= _CHECKED_SUBJECTS:
+                            checked.clear()  # bounded memory: start over
+                        checked.add(subject)
                     subjects.append(subject)
         return tuple(subjects)
+
+    def subjects_in(self, events: Sequence[Any]) -> tuple[str, ...]:
+        """The subjects of every event of ``events`` (see :meth:`subjects_of`),
+        possibly repeated; ``()`` at once when no event type declares
+        personal fields."""
+        if not self._personal_by_class:
+            return ()
+        if len(events) == 1:
+            return self.subjects_of(events[0])
+        return tuple(s for event in events for s in self.subjects_of(event))
 
     # -- encryption (in the writer's worker thread) -------------------------------
 
@@ -269,11 +291,14 @@ class Codec:
                 # Not trusting a cached absence: on a shared store another
                 # process may have made the key since.
                 key = keyring.get(subject) or keyring.refresh(subject)
+                if key is not None:
+                    batch[subject] = key  # the subject's next fields in this batch
             if key is None and create:
                 key = batch[subject] = SubjectKey.generate()
                 changes[subject] = key.record
             return key
 
+        nonces = NonceSource()
         sealed: list[Append] = []
         for append in appends:
             events: list[NewEvent] | None = None
@@ -289,7 +314,9 @@ class Codec:
                     if events is None:
                         events = list(append.events)
                     events[index] = NewEvent(
-                        event.type, event.event_version, self._seal_event(entry, event, key_for)
+                        event.type,
+                        event.event_version,
+                        self._seal_event(entry, event, key_for, nonces),
                     )
             snapshot = append.snapshot
             if snapshot is not None and append.subjects:
@@ -344,6 +371,7 @@ class Codec:
         entry: _EventType,
         event: NewEvent,
         key_for: Callable[[str, bool], SubjectKey | None],
+        nonces: NonceSource | None = None,
     ) -> bytes:
         assert entry.shadow_decoder is not None
         shadow = entry.shadow_decoder.decode(event.data)
@@ -355,7 +383,8 @@ class Codec:
             subject = getattr(shadow, field.subject)
             key = key_for(subject, True)
             assert key is not None
-            ciphertext = key.encrypt(raw, field_aad(subject, field.encode_name))
+            nonce = None if nonces is None else nonces.take()
+            ciphertext = key.encrypt(raw, field_aad(subject, field.encode_name), nonce)
             replaced[field.name] = msgspec.Raw(
                 self._encoder.encode(msgspec.msgpack.Ext(FIELD_EXT, ciphertext))
             )
@@ -501,7 +530,7 @@ class Codec:
         in clear (written before it was declared personal)."""
         assert entry.shadow_decoder is not None
         shadow = entry.shadow_decoder.decode(data)
-        values = {name: getattr(shadow, name) for name in entry.field_names}
+        values = msgspec.structs.asdict(shadow)
         for field in entry.personal:
             raw = bytes(values[field.name])
             if is_extension(raw):

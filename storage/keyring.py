@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 __all__ = [
     "FIELD_EXT",
     "MODELS_KEY",
+    "NONCE_BLOCK",
     "SEALED_EXT",
     "KeySource",
     "Keyring",
+    "NonceSource",
     "SubjectKey",
 ]
 
@@ -106,10 +108,43 @@ class SubjectKey:
     def __repr__(self) -> str:
         return f"<SubjectKey id={self.id.hex()}>"
 
-    def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        """key id + nonce + ciphertext (with its tag)."""
-        nonce = os.urandom(_NONCE_BYTES)
+    def encrypt(self, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
+        """key id + nonce + ciphertext (with its tag). ``nonce`` (12 random
+        bytes, e.g. from a :class:`NonceSource`) is drawn from the OS's
+        CSPRNG when not given; it must never be used twice."""
+        if nonce is None:
+            nonce = os.urandom(_NONCE_BYTES)
         return self.id + nonce + self.aead.encrypt(nonce, plaintext, aad)
+
+
+class NonceSource:
+    """Random 96-bit AES-GCM nonces, read from the OS's CSPRNG a block at a
+    time: one ``os.urandom`` call per block (2 nonces, then twice as many
+    each time, up to :data:`NONCE_BLOCK`) instead of one per encrypted
+    field. Each nonce is handed out once; use one source per thread (the
+    writer makes one per batch)."""
+
+    __slots__ = ("_at", "_block", "_size")
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+        self._size = 2
+
+    def take(self) -> bytes:
+        """The next nonce: 12 bytes never handed out before."""
+        at = self._at
+        if at >= len(self._block):
+            # Small blocks first: a batch with one personal field reads 24 bytes.
+            self._block = os.urandom(_NONCE_BYTES * self._size)
+            self._size = min(self._size * 2, NONCE_BLOCK)
+            at = 0
+        self._at = at + _NONCE_BYTES
+        return self._block[at : at + _NONCE_BYTES]
+
+
+NONCE_BLOCK = 64
+"""Nonces a :class:`NonceSource` reads from the OS at once."""
 
 
 def field_aad(subject: str, field: str) -> bytes:

@@ -67,7 +67,7 @@ from .store import (
     plan_appends,
     plan_recorded,
 )
-from .streams import category_of
+from .streams import SEPARATOR, category_of
 
 if sys.platform != "win32":
     import fcntl
@@ -90,6 +90,7 @@ were removed, hand their positions out again, so it must refuse the store."""
 READABLE_FORMATS = (b"motet-store/1", FORMAT, DELETIONS_FORMAT)
 """The formats this code opens."""
 
+_SEPARATOR = SEPARATOR.encode()
 _U64 = struct.Struct(">Q")
 _pack = _U64.pack
 _MAX_VERSION = b"\xff" * 8
@@ -467,18 +468,23 @@ class LmdbStore:
             encode = self._encode
             records = plan.records
             if records:
-                txn.cursor(self._log).putmulti(
-                    [(_pack(r.position), seal(encode(r))) for r in records], append=True
-                )
-                txn.cursor(self._categories).putmulti(
-                    sorted((_category_key(r.stream, r.position), b"") for r in records)
-                )
+                # One pass over the records builds the rows of the log, of the
+                # category index and of the stream index.
+                log_rows = []
+                category_rows = []
+                index_rows = []
+                for r in records:
+                    position = _pack(r.position)
+                    name = r.stream.encode()
+                    log_rows.append((position, seal(encode(r))))
+                    category_rows.append((_category_prefix(name) + position, b""))
+                    index_rows.append((name + b"\x00" + _pack(r.version), position))
+                txn.cursor(self._log).putmulti(log_rows, append=True)
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
-                rows = [
-                    (r.stream.encode() + b"\x00" + _pack(r.version), r.position) for r in records
-                ]
-                rows.sort()
-                index.putmulti([(key, _pack(position)) for key, position in rows])
+                category_rows.sort()
+                txn.cursor(self._categories).putmulti(category_rows)
+                index_rows.sort()
+                index.putmulti(index_rows)
             for stream, snapshot in plan.snapshots:
                 txn.put(stream.encode(), encode(snapshot), db=self._snapshots)
             for command_id, record in plan.acks:
@@ -1135,6 +1141,13 @@ def _lock_for_writing(path: Path) -> int | None:
 def _category_key(stream: str, position: int) -> bytes:
     """The category index's key of an event of ``stream`` at ``position``."""
     return category_of(stream).encode() + b"\x00" + _pack(position)
+
+
+def _category_prefix(stream: bytes) -> bytes:
+    """The category index's key prefix of the UTF-8 stream id ``stream``:
+    what :func:`_category_key` puts before the position (the separator is
+    ASCII, so splitting the bytes splits the text at the same place)."""
+    return stream.partition(_SEPARATOR)[0] + b"\x00"
 
 
 def _index_categories(txn: lmdb.Transaction, log: Any, categories: Any) -> None:

@@ -167,6 +167,56 @@ def test_personal_fields_are_encrypted_with_a_random_nonce_and_decrypt_back() ->
     assert codec.subjects_of(event) == ("u1",)
 
 
+def test_every_field_of_a_large_batch_gets_its_own_nonce_and_decrypts_back() -> None:
+    from motet.storage.keyring import NONCE_BLOCK
+
+    store = MemoryStore()
+    codec = app.codec(keys=store)
+    # Three fields per event, over several blocks of nonces read at once.
+    events = [
+        UserCreated(user_id="u1", name=f"n{i}", email=f"e{i}@x.org", password_hash="h", city="c")
+        for i in range(NONCE_BLOCK)
+    ]
+    stored, keys = sealed_batch(codec, *events)
+    store.put_keys(keys)
+
+    nonces = []
+    for record in stored:
+        shadow = msgspec.msgpack.decode(record.data)
+        for field in ("name", "email", "city"):
+            ext = shadow[field]
+            assert isinstance(ext, msgspec.msgpack.Ext)
+            nonces.append(bytes(ext.data)[4:16])
+    assert len(nonces) == 3 * NONCE_BLOCK
+    assert len(set(nonces)) == len(nonces)
+    assert [codec.decode_event(record) for record in stored] == events
+
+
+def test_nonce_source_hands_out_distinct_12_byte_nonces() -> None:
+    from motet.storage.keyring import NONCE_BLOCK, NonceSource
+
+    source = NonceSource()
+    nonces = [source.take() for _ in range(5 * NONCE_BLOCK)]
+    assert {len(n) for n in nonces} == {12}
+    assert len(set(nonces)) == len(nonces)
+
+
+def test_a_bad_subject_is_refused_after_good_ones_were_seen() -> None:
+    # subjects_of remembers subjects it checked: never one it refused.
+    codec = app.codec()
+    good = UserCreated(user_id="u1", name="Ann", email="a@x.org", password_hash="h")
+    assert codec.subjects_of(good) == ("u1",)
+    assert codec.subjects_of(good) == ("u1",)
+    for subject in ("", "bad\x01subject", "x" * 1000):
+        bad = UserCreated(user_id=subject, name="Ann", email="a@x.org", password_hash="h")
+        with pytest.raises(InvalidKey):
+            codec.subjects_of(bad)
+        with pytest.raises(InvalidKey):
+            codec.subjects_of(bad)
+    assert codec.subjects_in([good, good]) == ("u1", "u1")
+    assert codec.subjects_in([]) == ()
+
+
 def test_a_ciphertext_moved_to_another_field_or_subject_does_not_decrypt() -> None:
     store = MemoryStore()
     codec = app.codec(keys=store)

@@ -1458,3 +1458,22 @@ class StoreContract:
         if store_factory.persistent:
             store = store_factory(reopen_of=store)
             assert store.read_category("User") == users
+
+    def test_categories_of_non_ascii_streams_split_at_the_first_separator(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        store.append_batch(
+            [
+                append("Größe-1", 0, events(1)),
+                append("Größen-1", 0, events(1)),
+                append("Größe", 0, events(1)),
+                append("日本-a-b", 0, events(1)),
+                append("Größe-ü", 0, events(1)),
+            ],
+            TS,
+        )
+        assert [e.stream for e in store.read_category("Größe")] == ["Größe-1", "Größe", "Größe-ü"]
+        assert [e.stream for e in store.read_category("Größen")] == ["Größen-1"]
+        assert [e.position for e in store.read_category("日本")] == [4]
+        assert store.read_category("Gr") == []
