@@ -371,15 +371,37 @@ class PostgresStore:
             if keys:
                 self.put_keys(keys)
             return []
+        results, _, new_head = self._commit(
+            lambda conn: self._write_batch(conn, appends, timestamp, keys),
+            lambda written: written[1],
+            doing=f"appending {len(appends)} appends",
+            committing=f"{len(appends)} appends",
+        )
+        self._head = max(self._head, new_head)
+        return results
+
+    def _commit(
+        self,
+        write: Callable[[_Connection], T],
+        first_of: Callable[[T], tuple[int, bytes] | None],
+        *,
+        doing: str,
+        committing: str,
+    ) -> T:
+        """Run ``write`` (every statement of one transaction but the COMMIT)
+        on the writer connection, then COMMIT it; ``first_of`` picks the first
+        planned event (position, envelope) out of what ``write`` returned. A
+        connection dropped during COMMIT is resolved by reading that event,
+        never by guessing; a commit cut short waiting for a synchronous
+        standby is refused (:meth:`_refuse_unreplicated`)."""
         conn = self._writer_connection()
         self._notices.clear()
         try:
-            results, first, new_head = self._write_batch(conn, appends, timestamp, keys)
+            written = write(conn)
         except psycopg.Error as exc:
             self._abandon(conn)
             raise StorageError(
-                f"PostgreSQL failed while appending {len(appends)} appends in {self._where}; "
-                f"nothing was committed: {exc}"
+                f"PostgreSQL failed while {doing} in {self._where}; nothing was committed: {exc}"
             ) from exc
         except BaseException:
             self._abandon(conn)
@@ -391,12 +413,11 @@ class PostgresStore:
                 # The server answered: the transaction was rolled back.
                 self._abandon(conn)
                 raise StorageError(
-                    f"PostgreSQL refused to commit {len(appends)} appends in {self._where}: {exc}"
+                    f"PostgreSQL refused to commit {committing} in {self._where}: {exc}"
                 ) from exc
-            self._resolve_lost_commit(first, exc)
+            self._resolve_lost_commit(first_of(written), exc)
         self._refuse_unreplicated()
-        self._head = max(self._head, new_head)
-        return results
+        return written
 
     def _write_batch(
         self,
@@ -508,30 +529,12 @@ class PostgresStore:
                 check_command_id(record.metadata.command_id)
         for stream, deletion in deletions:
             check_deletion(stream, deletion)
-        conn = self._writer_connection()
-        self._notices.clear()
-        try:
-            first, head = self._write_recorded(conn, records, removed, deletions)
-        except psycopg.Error as exc:
-            self._abandon(conn)
-            raise StorageError(
-                f"PostgreSQL failed while importing {len(records)} events in {self._where}; "
-                f"nothing was committed: {exc}"
-            ) from exc
-        except BaseException:
-            self._abandon(conn)
-            raise
-        try:
-            conn.execute(sql.COMMIT, prepare=False)
-        except psycopg.Error as exc:
-            if not (conn.closed or conn.broken):
-                self._abandon(conn)
-                raise StorageError(
-                    f"PostgreSQL refused to commit {len(records)} imported events in "
-                    f"{self._where}: {exc}"
-                ) from exc
-            self._resolve_lost_commit(first, exc)
-        self._refuse_unreplicated()
+        _, head = self._commit(
+            lambda conn: self._write_recorded(conn, records, removed, deletions),
+            lambda written: written[0],
+            doing=f"importing {len(records)} events",
+            committing=f"{len(records)} imported events",
+        )
         self._head = max(self._head, head)
 
     def _write_recorded(
