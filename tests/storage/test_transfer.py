@@ -28,7 +28,6 @@ from motet.engine.example import (
     UserUpdated,
     app,
 )
-from motet.engine.net.protocol import ReplyEncoder
 from motet.storage import Codec, LmdbStore, MemoryStore
 from motet.storage.errors import ExportFileError, StoreNotEmpty
 from motet.storage.records import Append, Metadata
@@ -41,8 +40,7 @@ from motet.storage.transfer import (
 from tests.support.commands import create_user, place_order
 from tests.support.logs import read_everything
 from tests.support.postgres import Cluster, new_store
-
-CODEC = app.codec()
+from tests.support.transfer import CODEC, export_bytes, read_answers
 
 
 async def _fill(path: Path) -> dict[str, Any]:
@@ -66,22 +64,6 @@ async def _fill(path: Path) -> dict[str, Any]:
     return acks
 
 
-def _export(store: Any, **options: Any) -> bytes:
-    out = io.BytesIO()
-    export_events(store, CODEC, out, **options)
-    return out.getvalue()
-
-
-def _read_answers(store: Any) -> list[bytes]:
-    """What the protocol's ``read`` answers for every stream, as sent."""
-    encoder = ReplyEncoder()
-    codec = CODEC.with_keys(store)
-    return [
-        encoder.read(1, [codec.decode_record(e) for e in store.read_stream(stream)], 0)
-        for stream, _ in store.streams()
-    ]
-
-
 @pytest.fixture
 async def filled(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     acks = await _fill(tmp_path / "source")
@@ -91,7 +73,7 @@ async def filled(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 def _same_log(source: Any, copy: Any) -> None:
     assert copy.head_position == source.head_position
     assert copy.streams() == source.streams()
-    assert _read_answers(copy) == _read_answers(source)
+    assert read_answers(copy) == read_answers(source)
     ours, theirs = read_everything(copy), read_everything(source)
     assert [(e.position, e.stream, e.version, e.type, e.metadata) for e in ours] == [
         (e.position, e.stream, e.version, e.type, e.metadata) for e in theirs
@@ -105,7 +87,7 @@ async def test_an_lmdb_log_moved_to_lmdb_answers_reads_byte_for_byte_as_before(
 ) -> None:
     source_path, acks = filled
     source = LmdbStore(source_path, readonly=True)
-    exported = _export(source, batch_size=7)
+    exported = export_bytes(source, batch_size=7)
 
     summary = import_into_directory(io.BytesIO(exported), tmp_path / "copy", CODEC, batch_size=4)
 
@@ -115,7 +97,7 @@ async def test_an_lmdb_log_moved_to_lmdb_answers_reads_byte_for_byte_as_before(
         assert summary.events == summary.last_position == source.head_position == 37
         for command_id, ack in acks.items():
             assert copy.get_ack(command_id) == ack
-        assert _export(copy) == exported
+        assert export_bytes(copy) == exported
     finally:
         copy.close()
         source.close()
@@ -127,7 +109,7 @@ async def test_an_imported_store_answers_a_retried_command_with_its_original_ack
 ) -> None:
     source_path, acks = filled
     source = LmdbStore(source_path, readonly=True)
-    exported = _export(source)
+    exported = export_bytes(source)
     source.close()
     import_into_directory(io.BytesIO(exported), tmp_path / "copy", CODEC)
 
@@ -148,13 +130,13 @@ async def test_an_lmdb_log_moved_through_postgresql_and_back_is_unchanged(
 ) -> None:
     source_path, acks = filled
     source = LmdbStore(source_path, readonly=True)
-    exported = _export(source)
+    exported = export_bytes(source)
     postgres = new_store(postgres_cluster)
     try:
         import_events(io.BytesIO(exported), postgres, CODEC, batch_size=10)
         _same_log(source, postgres)
         assert postgres.get_ack("order-7") == acks["order-7"]
-        through_postgres = _export(postgres, batch_size=3)
+        through_postgres = export_bytes(postgres, batch_size=3)
     finally:
         postgres.close()
     assert through_postgres == exported
@@ -170,7 +152,7 @@ async def test_an_lmdb_log_moved_through_postgresql_and_back_is_unchanged(
 
 
 def test_an_export_of_an_empty_store_is_its_summary_alone() -> None:
-    exported = _export(MemoryStore())
+    exported = export_bytes(MemoryStore())
 
     empty = hashlib.sha256(b"").hexdigest()
     assert json.loads(exported) == {
@@ -194,7 +176,7 @@ def test_export_reports_progress_per_batch_and_stops_at_the_head_it_began_with()
         late = CODEC.encode_event(UserDeleted(user_id="late"))
         store.append_batch([Append("User-late", store.stream_version("User-late"), [late])], 0.0)
 
-    exported = _export(store, batch_size=4, progress=progress)
+    exported = export_bytes(store, batch_size=4, progress=progress)
 
     assert seen == [(4, 0.4), (8, 0.8), (10, 1.0)]
     assert exported.count(b"\n") == 11
@@ -220,7 +202,7 @@ def _memory_log(count: int) -> MemoryStore:
 
 
 def _lines(count: int = 4) -> list[bytes]:
-    return _export(_memory_log(count)).splitlines(keepends=True)
+    return export_bytes(_memory_log(count)).splitlines(keepends=True)
 
 
 def _resummarized(events: list[bytes]) -> bytes:
@@ -462,13 +444,13 @@ def test_any_log_round_trips_through_an_export(
         source.append_batch(
             [Append(stream, source.stream_version(stream), [event], metadata)], timestamp
         )
-    exported = _export(source)
+    exported = export_bytes(source)
     copy = MemoryStore()
 
     import_events(io.BytesIO(exported), copy, CODEC, batch_size=5)
 
-    assert _export(copy) == exported
-    assert _read_answers(copy) == _read_answers(source)
+    assert export_bytes(copy) == exported
+    assert read_answers(copy) == read_answers(source)
     # The copy's personal fields are encrypted (the source's were written in
     # clear, past the writer): they decode the same.
     ours, theirs = CODEC.with_keys(copy), CODEC.with_keys(source)

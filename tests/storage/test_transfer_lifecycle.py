@@ -17,16 +17,15 @@ import pytest
 from motet.engine import StreamDeleted, open_engine
 from motet.engine.cli import main
 from motet.engine.example import DeleteUser, GetUserById, UpdateUser, app
-from motet.engine.net.protocol import ReplyEncoder
 from motet.storage import LmdbStore
 from motet.storage.errors import ExportFileError
-from motet.storage.transfer import export_events, import_events, import_into_directory
+from motet.storage.transfer import import_events, import_into_directory
 from motet.storage.verify import verify_store
 from tests.support.commands import create_user, place_order
 from tests.support.logs import read_everything
 from tests.support.postgres import Cluster, new_store
+from tests.support.transfer import CODEC, export_bytes, read_answers
 
-CODEC = app.codec()
 FORGOTTEN = "u3"
 
 
@@ -69,27 +68,11 @@ async def _fill_deletions(path: Path) -> None:
         store.close()
 
 
-def _export(store: Any, **options: Any) -> bytes:
-    out = io.BytesIO()
-    export_events(store, CODEC, out, **options)
-    return out.getvalue()
-
-
-def _read_answers(store: Any) -> list[bytes]:
-    """What the protocol's ``read`` answers for every stream, as sent."""
-    encoder = ReplyEncoder()
-    codec = CODEC.with_keys(store)
-    return [
-        encoder.read(1, [codec.decode_record(e) for e in store.read_stream(stream)], 0)
-        for stream, _ in store.streams()
-    ]
-
-
 def _same_lifecycle(source: Any, copy: Any) -> None:
     """The copy holds the source's log, gaps and deletion records."""
     assert copy.head_position == source.head_position
     assert copy.streams() == source.streams()
-    assert _read_answers(copy) == _read_answers(source)
+    assert read_answers(copy) == read_answers(source)
     assert [(e.position, e.stream, e.version) for e in read_everything(copy)] == [
         (e.position, e.stream, e.version) for e in read_everything(source)
     ]
@@ -116,8 +99,8 @@ async def test_personal_data_is_imported_encrypted_and_a_forgotten_subject_stays
     await _fill_personal(tmp_path / "source")
     source = LmdbStore(tmp_path / "source", readonly=True)
     try:
-        exported = _export(source, batch_size=5)
-        expected = _read_answers(source)
+        exported = export_bytes(source, batch_size=5)
+        expected = read_answers(source)
     finally:
         source.close()
     live = [secret for n in range(6) if f"u{n}" != FORGOTTEN for secret in secrets_of(f"u{n}")]
@@ -135,12 +118,12 @@ async def test_personal_data_is_imported_encrypted_and_a_forgotten_subject_stays
     assert [secret for secret in live if secret in raw] == []
     copy = LmdbStore(tmp_path / "copy", readonly=True)
     try:
-        assert _read_answers(copy) == expected
+        assert read_answers(copy) == expected
         assert copy.get_key(FORGOTTEN) is None
         assert copy.get_key("u1") is not None
         created = CODEC.with_keys(copy).decode_event(copy.read_stream(f"User-{FORGOTTEN}")[0])
         assert (created.name, created.email, created.city) == ("", "", "")
-        assert _export(copy) == exported
+        assert export_bytes(copy) == exported
     finally:
         copy.close()
     async with open_engine(tmp_path / "copy", app) as engine:
@@ -157,7 +140,7 @@ async def test_a_log_with_deletions_moves_lmdb_to_lmdb_with_its_gaps_and_tombsto
     await _fill_deletions(tmp_path / "source")
     source = LmdbStore(tmp_path / "source", readonly=True)
     try:
-        exported = _export(source, batch_size=3)
+        exported = export_bytes(source, batch_size=3)
         lines = _lines(exported)
         assert [line["removed"] for line in lines[:-1] if "removed" in line] == [
             list(run) for run in source.removed_runs()
@@ -176,7 +159,7 @@ async def test_a_log_with_deletions_moves_lmdb_to_lmdb_with_its_gaps_and_tombsto
         copy = LmdbStore(tmp_path / "copy", readonly=True)
         try:
             _same_lifecycle(source, copy)
-            assert _export(copy) == exported
+            assert export_bytes(copy) == exported
         finally:
             copy.close()
     finally:
@@ -198,12 +181,12 @@ async def test_a_log_with_deletions_moves_through_postgresql_and_back_unchanged(
 ) -> None:
     await _fill_deletions(tmp_path / "source")
     source = LmdbStore(tmp_path / "source", readonly=True)
-    exported = _export(source)
+    exported = export_bytes(source)
     postgres = new_store(postgres_cluster)
     try:
         import_events(io.BytesIO(exported), postgres, CODEC, batch_size=3)
         _same_lifecycle(source, postgres)
-        through_postgres = _export(postgres, batch_size=2)
+        through_postgres = export_bytes(postgres, batch_size=2)
     finally:
         postgres.close()
     assert through_postgres == exported
@@ -246,7 +229,7 @@ async def deletions_export(tmp_path: Path) -> list[bytes]:
     await _fill_deletions(tmp_path / "source")
     source = LmdbStore(tmp_path / "source", readonly=True)
     try:
-        return _export(source).splitlines(keepends=True)[:-1]
+        return export_bytes(source).splitlines(keepends=True)[:-1]
     finally:
         source.close()
 
