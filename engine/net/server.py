@@ -661,6 +661,9 @@ class _Connection:
                 self._put(self._encoder.ok(request_id, {"position": request.position}))
             elif isinstance(request, LeaveOp):
                 membership.end(None)
+                # Gone from this connection now, not when its task ends: a
+                # join read next (even in the same write) starts a new member.
+                del self._memberships[request.group]
                 self._put(self._encoder.ok(request_id, {"member": member.id}))
             else:
                 position = request.position

@@ -314,3 +314,25 @@ async def test_group_ops_need_the_full_access_token(engine: Engine) -> None:
             assert code == "unauthorized"
             assert f"{request['op']} needs the full-access token (scope 'full')" in message
         assert engine.status().groups == []
+
+
+async def test_a_group_can_be_joined_again_right_after_leaving_it(server: Server) -> None:
+    # The leave and the next join in one write: the second join is read
+    # before the first membership's task has ended, and must not be refused.
+    async with open_peer(server.port) as peer:
+        await seed(peer, users=1, orders=0)
+        first = await peer.ask({"id": "j1", "op": "join", "group": "again", "category": "User"})
+        assert first["ok"] is True, first
+        await peer.write(
+            {"id": "l", "op": "leave", "group": "again"},
+            {"id": "j2", "op": "join", "group": "again", "category": "User"},
+        )
+        replies = {}
+        with trio.fail_after(10):
+            while "j2" not in replies or "l" not in replies:
+                line = await peer.read()
+                if "event" not in line:
+                    replies[line["id"]] = line
+        assert replies["l"]["ok"] is True, replies["l"]
+        assert replies["j2"]["ok"] is True, replies["j2"]
+        assert replies["j2"]["result"]["member"] != first["result"]["member"]
