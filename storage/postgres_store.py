@@ -9,7 +9,8 @@ Tables (see :mod:`motet.storage.postgres_sql` for every statement):
 ``motet_head``         one row: the last committed position, locked by every append
 ``motet_events``       position → stream, version, envelope (the msgpack
                        :class:`StoredEvent`, the same bytes as the LMDB log value)
-``motet_commands``     command id → the Ack it was given
+``motet_commands``     command id → the Ack it was given and the fingerprint
+                       (type tag, digest) of the command that earned it
 ``motet_snapshots``    stream → version, state schema version, state
 ``motet_checkpoints``  projection name → position, model schema version, model
 ``motet_deletions``    stream → its deletion record (tombstone, removed versions)
@@ -48,7 +49,8 @@ from psycopg_pool import ConnectionPool
 
 from . import postgres_sql as sql
 from .deletion import deletion_after, position_runs, truncation_after
-from .errors import CodecError, NotOwner, StorageError, StoreFormatError
+from .errors import CodecError, CommandIdReused, NotOwner, StorageError, StoreFormatError
+from .idempotency import AckRecord, retried_ack
 from .partitions import DEFAULT_PARTITIONS, Lease, LeaseView, NodeInfo, partition_of
 from .records import (
     Ack,
@@ -280,6 +282,7 @@ class PostgresStore:
                         for statement in sql.CREATE_LATER_TABLES:
                             conn.execute(statement)
                 conn.execute(sql.CREATE_KEYS)
+                _add_fingerprint_columns(conn)
                 for statement in sql.CREATE_GROUP_TABLES:
                     conn.execute(statement)
         except psycopg.Error as exc:
@@ -435,12 +438,7 @@ class PostgresStore:
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
         ]
-        recorded: dict[str, Ack] = {}
-        if command_ids:
-            for command_id, stream, version, position in conn.execute(
-                sql.FIND_ACKS, (command_ids,)
-            ):
-                recorded[command_id] = Ack(stream, version, position)
+        recorded = _find_acks(conn, command_ids)
         fresh = [
             a
             for a in appends
@@ -467,21 +465,18 @@ class PostgresStore:
         planned, records, new_head = plan.results, plan.records, plan.head
 
         envelopes = self._copy_events(conn, records)
-        acks: dict[str, Ack] = {}
         snapshots: dict[str, Snapshot] = {}
         for append, result in zip(fresh, planned, strict=True):
             if not isinstance(result, Ack):  # refused alone (a conflict, a bad key)
                 continue
             if append.snapshot is not None:
                 snapshots[append.stream] = append.snapshot
-            if append.metadata.command_id is not None and append.events:
-                acks[append.metadata.command_id] = result
-        if acks:
+        if plan.acks:
             _copy(
                 conn,
                 sql.APPEND_ACKS,
                 sql.APPEND_ACKS_TYPES,
-                ((c, a.stream, a.version, a.position) for c, a in acks.items()),
+                ((c, a.stream, a.version, a.position, a.type, a.digest) for c, a in plan.acks),
             )
         if snapshots:
             conn.execute(
@@ -502,7 +497,7 @@ class PostgresStore:
         for append in appends:
             command_id = append.metadata.command_id
             if append.events and command_id is not None and command_id in recorded:
-                results.append(recorded[command_id])
+                results.append(_retry_of(recorded[command_id], append))
             elif id(append) in refused:
                 results.append(refused[id(append)])
             else:
@@ -570,12 +565,7 @@ class PostgresStore:
         command_ids = sorted(
             {r.metadata.command_id for r in records if r.metadata.command_id is not None}
         )
-        recorded: dict[str, Ack] = {}
-        if command_ids:
-            for command_id, stream, version, position in conn.execute(
-                sql.FIND_ACKS, (command_ids,)
-            ):
-                recorded[command_id] = Ack(stream, version, position)
+        recorded = _find_acks(conn, command_ids)
         plan = plan_recorded(records, head, versions.__getitem__, recorded.get, removed)
         envelopes = self._copy_events(conn, records)
         if plan.acks:
@@ -1076,11 +1066,17 @@ class PostgresStore:
         return None if row is None else Snapshot(row[0], row[1], bytes(row[2]))
 
     def get_ack(self, command_id: str) -> Ack | None:
+        record = self.get_ack_record(command_id)
+        return None if record is None else Ack(record.stream, record.version, record.position)
+
+    def get_ack_record(self, command_id: str) -> AckRecord | None:
+        """The Ack recorded for ``command_id`` with the fingerprint of the
+        command that earned it (see :mod:`motet.storage.idempotency`)."""
         row = self._read(
-            lambda conn: conn.execute(sql.READ_ACK, (command_id,)).fetchone(),
+            lambda conn: conn.execute(sql.READ_ACK, (command_id,), binary=True).fetchone(),
             f"reading the Ack of command id {command_id!r}",
         )
-        return None if row is None else Ack(row[0], row[1], row[2])
+        return None if row is None else _ack_record(row)
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         row = self._read(
@@ -1263,6 +1259,40 @@ def _copy(
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+def _ack_record(row: Sequence[Any]) -> AckRecord:
+    """An :class:`AckRecord` from a row (stream, version, position, type, digest)."""
+    stream, version, position, type_, digest = row
+    return AckRecord(stream, version, position, type_, None if digest is None else bytes(digest))
+
+
+def _find_acks(conn: _Connection, command_ids: Sequence[str]) -> dict[str, AckRecord]:
+    """The records already kept for ``command_ids`` (FIND_ACKS), by command id."""
+    if not command_ids:
+        return {}
+    rows = conn.execute(sql.FIND_ACKS, (list(command_ids),), binary=True)
+    return {row[0]: _ack_record(row[1:]) for row in rows}
+
+
+def _retry_of(first: AckRecord, append: Append) -> Ack | CommandIdReused:
+    """The answer to ``append``, whose command id already has ``first``:
+    the first Ack when it is the same command, else the refusal."""
+    command_id = append.metadata.command_id
+    assert command_id is not None
+    try:
+        return retried_ack(command_id, first, None, append.stream, append.fingerprint)
+    except CommandIdReused as exc:
+        return exc
+
+
+def _add_fingerprint_columns(conn: _Connection) -> None:
+    """Give a store made before command fingerprints their columns (see
+    :data:`~motet.storage.postgres_sql.ADD_FINGERPRINT_COLUMNS`)."""
+    columns = {name for (name,) in conn.execute(sql.COMMAND_COLUMNS)}
+    if "digest" not in columns:
+        conn.execute(sql.ADD_FINGERPRINT_COLUMNS)
+        log.info("added the command fingerprint columns to motet_commands")
 
 
 def _write_keys(conn: _Connection, keys: Mapping[str, bytes | None]) -> None:
