@@ -22,7 +22,13 @@ a time and positions are gap-free (but where events were removed on purpose)
 and commit-ordered: a reader that follows the last position it saw never
 skips an event. A deletion takes the same lock. In ``sync`` durability the
 commit is flushed (``synchronous_commit = on``) before
-:meth:`PostgresStore.append_batch` returns.
+:meth:`PostgresStore.append_batch` returns, and confirmed by the
+synchronous standbys when the server names some: a COMMIT still waiting for
+them after ``commit_timeout`` seconds is cancelled and refused
+(:class:`~motet.storage.errors.StandbyUnavailable`; see
+:mod:`motet.storage.commit_watch`). The other connections' writes
+(checkpoints, consumer groups, leases) do not wait for standbys
+(``synchronous_commit = local``): see :meth:`PostgresStore._configure`.
 
 An unknown commit outcome (the connection dropped during COMMIT) is resolved
 by reading: the batch committed if and only if its first planned event is in
@@ -48,8 +54,16 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import postgres_sql as sql
+from .commit_watch import CommitWatch
 from .deletion import deletion_after, position_runs, truncation_after
-from .errors import CodecError, CommandIdReused, NotOwner, StorageError, StoreFormatError
+from .errors import (
+    CodecError,
+    CommandIdReused,
+    NotOwner,
+    StandbyUnavailable,
+    StorageError,
+    StoreFormatError,
+)
 from .idempotency import AckRecord, retried_ack
 from .partitions import DEFAULT_PARTITIONS, Lease, LeaseView, NodeInfo, partition_of
 from .records import (
@@ -73,7 +87,7 @@ from .store import (
     plan_recorded,
 )
 
-__all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
+__all__ = ["DEFAULT_COMMIT_TIMEOUT", "FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
 
 T = TypeVar("T")
 
@@ -98,6 +112,9 @@ _CONNECT: dict[str, Any] = {
 }
 _LOCK_TIMEOUT = "10s"
 """How long an append waits for the head row lock held by another process."""
+DEFAULT_COMMIT_TIMEOUT = 10.0
+"""How long a COMMIT may wait for the synchronous standbys (seconds) before
+it is cancelled and refused; see :mod:`motet.storage.commit_watch`."""
 _IDLE_IN_TRANSACTION = "60s"
 """A writer that stalls inside a transaction is cut off by the server, so its
 head row lock cannot block the other processes' appends for longer."""
@@ -120,7 +137,12 @@ class PostgresStore:
 
     ``durability`` is ``"sync"`` (``synchronous_commit = on``: a returned
     result survives a server crash) or ``"none"`` (``off``: a server crash may
-    lose the last acknowledged commits, never corrupt the log). Every call
+    lose the last acknowledged commits, never corrupt the log). When the
+    server has synchronous standbys (``synchronous_standby_names``), a
+    ``sync`` commit returns once they confirm it; one they have not
+    confirmed after ``commit_timeout`` seconds is cancelled and raises
+    :class:`~motet.storage.errors.StandbyUnavailable` (``unavailable``): it
+    is committed on the primary only and not acknowledged. Every call
     blocks on the network (``blocking``) and other processes may append to the
     same log (``shared``). Every failure of PostgreSQL or of the connection is
     raised as :class:`~motet.storage.errors.StorageError` naming what failed.
@@ -137,6 +159,7 @@ class PostgresStore:
         readers: int = 4,
         poll_interval: float = 1.0,
         partitions: int | None = None,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
     ) -> None:
         if partitions is not None and (type(partitions) is not int or partitions < 1):
             raise ValueError(f"partitions must be an int >= 1, got {partitions!r}")
@@ -146,6 +169,7 @@ class PostgresStore:
             raise ValueError(f"readers must be >= 1, got {readers!r}")
         self._conninfo = conninfo
         self._durability: Durability = durability
+        self._commit_watch = CommitWatch(commit_timeout)
         self._poll_interval = poll_interval
         self._closed = False
         self._head = 0
@@ -200,11 +224,17 @@ class PostgresStore:
 
     # -- connections ------------------------------------------------------------
 
-    def _configure(self, conn: _Connection) -> None:
-        conn.execute(
-            sql.CONFIGURE_SESSION,
-            ("on" if self._durability == "sync" else "off", _LOCK_TIMEOUT, _IDLE_IN_TRANSACTION),
-        )
+    def _configure(self, conn: _Connection, *, replicated: bool = False) -> None:
+        """Set a connection's session. Only the writer's commits
+        (``replicated``: the log, the command ids, deletions) wait for the
+        synchronous standbys; the readers' and the lease connection's
+        writes are flushed on the primary only (``local``), so a standby
+        that is down cannot stall them: checkpoints, group progress and
+        model keys are derived or redone after a failover, and a lease
+        claimed or renewed on the primary only can fence off nothing that
+        was acknowledged, since the standby confirms the WAL in order."""
+        synchronous = "off" if self._durability == "none" else ("on" if replicated else "local")
+        conn.execute(sql.CONFIGURE_SESSION, (synchronous, _LOCK_TIMEOUT, _IDLE_IN_TRANSACTION))
 
     def _connect(self, role: str) -> _Connection:
         try:
@@ -221,7 +251,7 @@ class PostgresStore:
     def _connect_writer(self) -> _Connection:
         conn = self._connect("writer")
         try:
-            self._configure(conn)
+            self._configure(conn, replicated=True)
         except psycopg.Error as exc:
             conn.close()
             raise StorageError(f"cannot configure the writer connection: {exc}") from exc
@@ -410,7 +440,7 @@ class PostgresStore:
             self._abandon(conn)
             raise
         try:
-            conn.execute(sql.COMMIT, prepare=False)
+            self._send_commit(conn)
         except psycopg.Error as exc:
             if not (conn.closed or conn.broken):
                 # The server answered: the transaction was rolled back.
@@ -818,6 +848,21 @@ class PostgresStore:
                 f"position {position} was not committed: {exc}"
             ) from exc
 
+    def _send_commit(self, conn: _Connection) -> None:
+        """COMMIT on the writer connection, cancelled if it still waits for
+        the synchronous standbys after ``commit_timeout`` seconds (the
+        server then answers with the WARNING :meth:`_refuse_unreplicated`
+        looks for)."""
+        with self._commit_watch.watching(lambda: self._cancel(conn)):
+            conn.execute(sql.COMMIT, prepare=False)
+
+    def _cancel(self, conn: _Connection) -> None:
+        try:
+            conn.cancel_safe(timeout=5.0)
+        except psycopg.Error as exc:
+            # The COMMIT waits on; keepalives end it if the server is gone.
+            log.warning("cannot cancel a COMMIT waiting for the synchronous standby: %s", exc)
+
     def _refuse_unreplicated(self) -> None:
         """PostgreSQL reports a commit whose wait for a synchronous standby was
         cancelled as a WARNING and still says COMMIT: it is durable on the
@@ -825,9 +870,11 @@ class PostgresStore:
         for message in self._notices:
             if "synchronous replication" in message:
                 self._notices.clear()
-                raise StorageError(
+                raise StandbyUnavailable(
                     f"the commit in {self._where} was not confirmed by the synchronous "
-                    f"standby ({message}); it is not acknowledged"
+                    f"standby within the commit timeout of {self._commit_watch.timeout:g} s "
+                    f"({message}): it is committed on the primary only and is not "
+                    "acknowledged; check the standby, then retry with the same command id"
                 )
 
     # -- deletion and retention ------------------------------------------------------
@@ -838,12 +885,13 @@ class PostgresStore:
         any process); commit it and notify, so waiting readers look again."""
         self._check_open()
         conn = self._writer_connection()
+        self._notices.clear()
         try:
             conn.execute(sql.BEGIN, prepare=False)
             head = int(_one(conn.execute(sql.LOCK_HEAD)))
             result = work(conn)
             conn.execute(sql.NOTIFY_COMMIT, (str(head),))
-            conn.execute(sql.COMMIT, prepare=False)
+            self._send_commit(conn)
         except psycopg.Error as exc:
             self._abandon(conn)
             raise StorageError(
@@ -853,6 +901,7 @@ class PostgresStore:
         except BaseException:
             self._abandon(conn)
             raise
+        self._refuse_unreplicated()
         return result
 
     def _remove(self, conn: _Connection, stream: str, through: int) -> int:
@@ -1237,6 +1286,7 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
+        self._commit_watch.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
