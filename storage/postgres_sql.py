@@ -22,6 +22,7 @@ __all__ = [
     "COMMAND_COLUMNS",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CONFIRM_REPLICATED",
     "CREATE_GROUP_TABLES",
     "CREATE_KEYS",
     "CREATE_LATER_TABLES",
@@ -519,6 +520,20 @@ FROM motet_deletions WHERE stream > %s ORDER BY stream LIMIT %s
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
 
 READ_KEY = "SELECT record FROM motet_keys WHERE subject = %s"
+
+# A commit the synchronous standbys must confirm, made only to wait for
+# them: they confirm the WAL in order, so once this is confirmed so is every
+# commit before it (an Ack found in the index may come from a commit whose
+# wait was cancelled). One statement, its own transaction: SET LOCAL of
+# synchronous_commit (the readers' session has "local") lasts until its
+# COMMIT. The row lock takes an xid and writes WAL, without which a COMMIT
+# waits for no standby; FOR KEY SHARE blocks no append or deletion. No row,
+# no wait, when the server names no synchronous standby.
+CONFIRM_REPLICATED = """
+SELECT set_config('synchronous_commit', 'on', true) FROM motet_meta
+WHERE key = 'format' AND current_setting('synchronous_standby_names') <> ''
+FOR KEY SHARE
+"""
 
 READ_ACK = """
 SELECT stream, version, position, type, digest FROM motet_commands WHERE command_id = %s

@@ -1115,17 +1115,57 @@ class PostgresStore:
         return None if row is None else Snapshot(row[0], row[1], bytes(row[2]))
 
     def get_ack(self, command_id: str) -> Ack | None:
-        record = self.get_ack_record(command_id)
-        return None if record is None else Ack(record.stream, record.version, record.position)
-
-    def get_ack_record(self, command_id: str) -> AckRecord | None:
-        """The Ack recorded for ``command_id`` with the fingerprint of the
-        command that earned it (see :mod:`motet.storage.idempotency`)."""
         row = self._read(
             lambda conn: conn.execute(sql.READ_ACK, (command_id,), binary=True).fetchone(),
             f"reading the Ack of command id {command_id!r}",
         )
-        return None if row is None else _ack_record(row)
+        return None if row is None else Ack(row[0], row[1], row[2])
+
+    def get_ack_record(self, command_id: str) -> AckRecord | None:
+        """The Ack recorded for ``command_id`` with the fingerprint of the
+        command that earned it (see :mod:`motet.storage.idempotency`), to
+        answer a retry with. In ``sync`` durability a record found is
+        returned only once the synchronous standbys (if the server names
+        any) have its commit: it may come from a commit refused with
+        :class:`~motet.storage.errors.StandbyUnavailable`, which this then
+        raises again while they cannot confirm it."""
+        row = self._read(
+            lambda conn: conn.execute(sql.READ_ACK, (command_id,), binary=True).fetchone(),
+            f"reading the Ack of command id {command_id!r}",
+        )
+        if row is None:
+            return None
+        if self._durability == "sync":
+            self._confirm_replicated(f"the Ack of command id {command_id!r}")
+        return _ack_record(row)
+
+    def _confirm_replicated(self, what: str) -> None:
+        """Return once the synchronous standbys have every commit made so
+        far (:data:`~motet.storage.postgres_sql.CONFIRM_REPLICATED`, on a
+        reader connection, under the commit watch); raise
+        :class:`StandbyUnavailable` naming ``what`` when they do not within
+        the commit timeout."""
+        notices: list[str] = []
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            notices.append(notice.message_primary or "")
+
+        def confirm(conn: _Connection) -> None:
+            conn.add_notice_handler(on_notice)
+            try:
+                with self._commit_watch.watching(lambda: self._cancel(conn)):
+                    conn.execute(sql.CONFIRM_REPLICATED)
+            finally:
+                conn.remove_notice_handler(on_notice)
+
+        self._read(confirm, f"waiting for the synchronous standby to confirm {what}")
+        for message in notices:
+            if "synchronous replication" in message:
+                raise StandbyUnavailable(
+                    f"{what} in {self._where} is not confirmed by the synchronous standby "
+                    f"within the commit timeout of {self._commit_watch.timeout:g} s "
+                    f"({message}): it is not acknowledged yet; check the standby, then retry"
+                )
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         row = self._read(

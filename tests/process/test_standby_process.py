@@ -1,8 +1,9 @@
 """``motet serve`` on a PostgreSQL primary with a synchronous standby, real
 processes and sockets: with the standby stopped a command is answered
 ``unavailable`` naming the standby within the store's commit timeout, while
-the server answers ping and status; once the standby is back, the refused
-command retried under its command id and new ones are acknowledged, and
+the server answers ping and status, and so is its retry; once the standby
+is back, the refused command retried under its command id and new ones are
+acknowledged, and
 the log holds every acknowledged event exactly once."""
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ async def test_a_stopped_standby_makes_commands_unavailable_and_nothing_acknowle
         assert "not confirmed by the synchronous standby" in str(error)
         assert DEFAULT_COMMIT_TIMEOUT <= seconds < DEFAULT_COMMIT_TIMEOUT + 10
         assert server.process.poll() is None
+        # Retried while the standby is still down: its Ack is in the index,
+        # but from a commit the standby never confirmed, so still refused.
+        with trio.fail_after(DEFAULT_COMMIT_TIMEOUT + 20):
+            with pytest.raises(Unavailable, match=r"not confirmed by the synchronous standby"):
+                await client.send(place_order("ann", "o2"), command_id="o2")
 
         await trio.to_thread.run_sync(pair.start_standby)
         # The refused command, retried: committed once on the primary, now

@@ -16,6 +16,7 @@ import pytest
 
 from motet.storage import Ack, Append, Metadata, NewEvent
 from motet.storage.errors import StandbyUnavailable, StorageError, Unavailable
+from motet.storage.idempotency import AckRecord
 from motet.storage.postgres_store import PostgresStore
 from motet.storage.records import Checkpoint
 from tests.support.postgres import StandbyPair, new_schema_url
@@ -124,6 +125,30 @@ def test_writes_resume_once_the_standby_is_back_and_nothing_is_doubled(
     assert [(e.position, e.metadata.command_id) for e in log] == [(1, "c0"), (2, "c1"), (3, "c2")]
     for command_id, ack in acknowledged.items():
         assert store.get_ack(command_id) == ack
+
+
+def test_a_refused_commit_is_not_acknowledged_by_its_command_id_until_the_standby_has_it(
+    pair: StandbyPair, store: PostgresStore
+) -> None:
+    pair.stop_standby()
+    refused, _ = in_thread(lambda: store.append_batch([command("A", 0, "c0")], TS), 30)
+    assert isinstance(refused, StandbyUnavailable)
+
+    # A retry looks the command id up (the engine does, before deciding
+    # again): the Ack is in the index, committed on the primary only, so it
+    # is not handed out while the standby cannot confirm it...
+    error, seconds = in_thread(lambda: store.get_ack_record("c0"), 30)
+    assert isinstance(error, StandbyUnavailable), error
+    assert seconds < TIMEOUT + 5
+    # ...nor by a retry that reaches the writer.
+    error, _ = in_thread(lambda: store.append_batch([command("A", 0, "c0")], TS), 30)
+    assert isinstance(error, StandbyUnavailable), error
+
+    pair.start_standby()
+    assert store.get_ack_record("c0") == AckRecord("A", 1, 1)
+    assert store.append_batch([command("A", 0, "c0")], TS) == [Ack("A", 1, 1)]
+    # Unknown command ids are answered at once, standby or not.
+    assert store.get_ack_record("c9") is None
 
 
 def test_a_commit_timeout_that_is_no_positive_number_is_refused(pair: StandbyPair) -> None:
