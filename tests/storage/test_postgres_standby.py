@@ -85,6 +85,7 @@ def test_with_the_standby_stopped_a_commit_is_refused_as_unavailable_within_the_
     pair: StandbyPair, store: PostgresStore
 ) -> None:
     (first,) = store.append_batch([command("A", 0, "c0")], TS)
+    store_url = store._conninfo
     pair.stop_standby()
 
     error, seconds = in_thread(lambda: store.append_batch([command("A", 1, "c1")], TS), 30)
@@ -94,11 +95,20 @@ def test_with_the_standby_stopped_a_commit_is_refused_as_unavailable_within_the_
     assert "not confirmed by the synchronous standby within the commit timeout of 1 s" in str(error)
     assert "not acknowledged" in str(error)
     assert TIMEOUT <= seconds < TIMEOUT + 5
-    # The rest of the store carries on: reads, and writes that need no standby.
+    # The rest of the store carries on: reads, and writes that need no
+    # standby (checkpoints; heartbeats and lease claims of a node).
     assert store.get_ack("c0") == first
     assert [e.version for e in store.read_stream("A")] == [1, 2]
     _, seconds = in_thread(lambda: store.put_checkpoint("p", Checkpoint(2)), 5)
     assert store.get_checkpoint("p") == Checkpoint(2)
+    node = PostgresStore(store_url, commit_timeout=TIMEOUT)
+    try:
+        view, _ = in_thread(lambda: node.heartbeat("n1", "127.0.0.1:1", "writer", 30.0), 5)
+        assert [n.id for n in view.nodes] == ["n1"]
+        claimed, _ = in_thread(lambda: node.claim("n1", [0, 1], 30.0), 5)
+        assert sorted(claimed) == [0, 1]
+    finally:
+        node.close()
     # A deletion waits for the standby too, and is refused the same way.
     error, _ = in_thread(lambda: store.truncate_stream("A", 1), 30)
     assert isinstance(error, StandbyUnavailable)
