@@ -29,8 +29,7 @@ pytestmark = pytest.mark.process
 def pair(postgres_standby_pair: StandbyPair) -> Iterator[StandbyPair]:
     postgres_standby_pair.wait_synchronous()
     yield postgres_standby_pair
-    if postgres_standby_pair.replication_state() is None:
-        postgres_standby_pair.start_standby()
+    postgres_standby_pair.restore()
 
 
 async def logged(client: Client, head: int) -> list[Any]:

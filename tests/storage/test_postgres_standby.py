@@ -1,6 +1,7 @@
 """PostgresStore on a primary with a synchronous standby (a real one, made
 by ``pg_basebackup -R``): commits are acknowledged once the standby has
-them; with the standby stopped a commit is refused as ``unavailable``
+them; with the standby stopped (or frozen by SIGSTOP) a commit is refused
+as ``unavailable``
 within the commit timeout, naming the standby, while everything else the
 store does carries on; once the standby is back, writes resume and the log
 holds every acknowledged event exactly once."""
@@ -31,8 +32,7 @@ def pair(postgres_standby_pair: StandbyPair) -> Iterator[StandbyPair]:
     again at teardown should the test have left it stopped."""
     postgres_standby_pair.wait_synchronous()
     yield postgres_standby_pair
-    if postgres_standby_pair.replication_state() is None:
-        postgres_standby_pair.start_standby()
+    postgres_standby_pair.restore()
 
 
 @pytest.fixture
@@ -81,12 +81,16 @@ def test_commits_are_acknowledged_while_the_standby_confirms_them(
     assert pair.replication_state() == "sync"
 
 
-def test_with_the_standby_stopped_a_commit_is_refused_as_unavailable_within_the_timeout(
-    pair: StandbyPair, store: PostgresStore
+@pytest.mark.parametrize("how", ["stopped", "frozen"])
+def test_with_the_standby_down_a_commit_is_refused_as_unavailable_within_the_timeout(
+    pair: StandbyPair, store: PostgresStore, how: str
 ) -> None:
     (first,) = store.append_batch([command("A", 0, "c0")], TS)
     store_url = store._conninfo
-    pair.stop_standby()
+    if how == "stopped":
+        pair.stop_standby()  # pg_ctl stop: its connection to the primary ends
+    else:
+        pair.freeze_standby()  # SIGSTOP: a hung host, its connection stays open
 
     error, seconds = in_thread(lambda: store.append_batch([command("A", 1, "c1")], TS), 30)
 

@@ -10,9 +10,11 @@ belongs to the ``postgres`` user and every server program runs through
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -185,6 +187,7 @@ class StandbyPair:
     def __init__(self, primary: Cluster, standby: Cluster) -> None:
         self.primary = primary
         self.standby = standby
+        self.frozen = False
 
     def __repr__(self) -> str:
         return f"<StandbyPair primary={self.primary!r} standby={self.standby!r}>"
@@ -220,6 +223,44 @@ class StandbyPair:
         self.standby.start()
         self.wait_synchronous()
 
+    def freeze_standby(self) -> None:
+        """Stop every process of the standby with SIGSTOP: its connection
+        to the primary stays open, and answers nothing (a hung host)."""
+        self._signal_standby(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw_standby(self) -> None:
+        """Resume the frozen standby (SIGCONT) and wait until it is synchronous."""
+        self._signal_standby(signal.SIGCONT)
+        self.frozen = False
+        self.wait_synchronous()
+
+    def restore(self) -> None:
+        """Bring the standby back however the test left it."""
+        if self.frozen:
+            self.thaw_standby()
+        elif self.replication_state() is None:
+            self.start_standby()
+
+    def _signal_standby(self, signum: int) -> None:
+        postmaster = self.standby.postmaster_pid()
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
+def _children(parent: int) -> list[int]:
+    """The process ids whose parent is ``parent`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
 
 @contextmanager
 def running_standby_pair() -> Iterator[StandbyPair]:
@@ -251,14 +292,16 @@ def running_standby_pair() -> Iterator[StandbyPair]:
             standby.start()
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(f"the standby did not start: {exc.stderr}\n{standby.log()}") from exc
+        pair = StandbyPair(primary, standby)
         try:
-            pair = StandbyPair(primary, standby)
             with primary.connect() as conn:
                 conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'")
                 conn.execute("SELECT pg_reload_conf()")
             pair.wait_synchronous()
             yield pair
         finally:
+            if pair.frozen:
+                pair._signal_standby(signal.SIGCONT)
             if standby.data.joinpath("postmaster.pid").exists():
                 standby.stop()
 
