@@ -284,14 +284,22 @@ def running_standby_pair() -> Iterator[StandbyPair]:
                     "--no-sync", "-c", "fast",
                     "-d", f"host=127.0.0.1 port={primary.port} user={_SERVER_USER} "
                     f"application_name={STANDBY_NAME}")  # fmt: skip
-        # pg_basebackup -R leaves its own name out of primary_conninfo; the
-        # walreceiver then connects as cluster_name, which the primary names.
+        # -R copies application_name into primary_conninfo; cluster_name (the
+        # walreceiver's name when a conninfo has none) says the same, should
+        # another pg_basebackup version leave it out.
         with (standby.data / "postgresql.auto.conf").open("a") as auto:
             auto.write(f"cluster_name = '{STANDBY_NAME}'\n")
-        try:
-            standby.start()
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"the standby did not start: {exc.stderr}\n{standby.log()}") from exc
+        for attempt in range(3):
+            try:
+                standby.start()
+                break
+            except subprocess.CalledProcessError as exc:
+                # The port may have been taken since the probe: try a new one.
+                if attempt == 2:
+                    raise RuntimeError(
+                        f"the standby did not start: {exc.stderr}\n{standby.log()}"
+                    ) from exc
+                standby.port = _free_port()
         pair = StandbyPair(primary, standby)
         try:
             with primary.connect() as conn:
