@@ -3,8 +3,8 @@ processes and sockets: with the standby stopped a command is answered
 ``unavailable`` naming the standby within the store's commit timeout, while
 the server answers ping and status, and so is its retry; once the standby
 is back, the refused command retried under its command id and new ones are
-acknowledged, and
-the log holds every acknowledged event exactly once."""
+acknowledged, and the log holds every acknowledged event exactly once.
+SIGTERM ends a server whose commit waits for the standby."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import trio
 
 from motet.engine import Unavailable
 from motet.engine.net.client import Client, open_client
+from motet.storage.errors import ConnectionLost
 from motet.storage.postgres_store import DEFAULT_COMMIT_TIMEOUT
 from motet.storage.records import Ack
 from tests.support.commands import create_user, place_order
@@ -101,3 +102,28 @@ async def test_a_stopped_standby_makes_commands_unavailable_and_nothing_acknowle
             command_id,
         )
     assert server.terminate() == 0, server.log()
+
+
+async def test_motet_serve_stops_cleanly_while_a_commit_waits_for_a_stopped_standby(
+    motet_server: Any, pair: StandbyPair
+) -> None:
+    server = motet_server(
+        "--store", new_schema_url(pair.primary), "--no-metrics", ready_timeout=60.0
+    )
+    async with open_client(port=server.port) as client:
+        await client.send(create_user("ann"), command_id="create")
+        await trio.to_thread.run_sync(pair.stop_standby)
+        async with trio.open_nursery() as nursery:
+
+            async def order() -> None:
+                with pytest.raises((Unavailable, ConnectionLost)):
+                    await client.send(place_order("ann", "o1"), command_id="o1")
+
+            nursery.start_soon(order)
+            await trio.sleep(0.5)
+            # The commit waits for the standby; SIGTERM still ends the server,
+            # within the commit timeout and the shutdown's own.
+            status = await trio.to_thread.run_sync(
+                lambda: server.terminate(timeout=DEFAULT_COMMIT_TIMEOUT + 20)
+            )
+    assert status == 0, server.log()
