@@ -110,8 +110,9 @@ _CONNECT: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-_LOCK_TIMEOUT = "10s"
-"""How long an append waits for the head row lock held by another process."""
+_LOCK_TIMEOUT = 10.0
+"""How long an append waits for the head row lock held by another process
+(seconds), at least: longer than the commit timeout (see :meth:`PostgresStore._lock_timeout`)."""
 DEFAULT_COMMIT_TIMEOUT = 10.0
 """How long a COMMIT may wait for the synchronous standbys (seconds) before
 it is cancelled and refused; see :mod:`motet.storage.commit_watch`."""
@@ -234,7 +235,16 @@ class PostgresStore:
         claimed or renewed on the primary only can fence off nothing that
         was acknowledged, since the standby confirms the WAL in order."""
         synchronous = "off" if self._durability == "none" else ("on" if replicated else "local")
-        conn.execute(sql.CONFIGURE_SESSION, (synchronous, _LOCK_TIMEOUT, _IDLE_IN_TRANSACTION))
+        conn.execute(
+            sql.CONFIGURE_SESSION, (synchronous, self._lock_timeout(), _IDLE_IN_TRANSACTION)
+        )
+
+    def _lock_timeout(self) -> str:
+        """The session's ``lock_timeout``: another process's commit holds
+        the head row lock while it waits for the synchronous standbys, up
+        to the commit timeout, so a lock wait outlasts that (the waiter then
+        fails naming the standby, as the holder did, not a lock timeout)."""
+        return f"{max(_LOCK_TIMEOUT, self._commit_watch.timeout + 5.0):g}s"
 
     def _connect(self, role: str) -> _Connection:
         try:

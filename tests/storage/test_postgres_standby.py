@@ -18,7 +18,7 @@ import pytest
 from motet.storage import Ack, Append, Metadata, NewEvent
 from motet.storage.errors import StandbyUnavailable, StorageError, Unavailable
 from motet.storage.idempotency import AckRecord
-from motet.storage.postgres_store import PostgresStore
+from motet.storage.postgres_store import DEFAULT_COMMIT_TIMEOUT, PostgresStore
 from motet.storage.records import Checkpoint
 from tests.support.postgres import StandbyPair, new_schema_url
 
@@ -163,6 +163,55 @@ def test_a_refused_commit_is_not_acknowledged_by_its_command_id_until_the_standb
     assert store.append_batch([command("A", 0, "c0")], TS) == [Ack("A", 1, 1)]
     # Unknown command ids are answered at once, standby or not.
     assert store.get_ack_record("c9") is None
+
+
+def test_another_process_waiting_for_the_head_lock_is_refused_naming_the_standby_too(
+    pair: StandbyPair,
+) -> None:
+    # The default commit timeout: a commit waiting for the standby holds the
+    # head row lock that long, so the other process must outwait it.
+    url = new_schema_url(pair.primary)
+    first, second = PostgresStore(url), PostgresStore(url)
+    try:
+        pair.stop_standby()
+        outcomes: dict[str, Any] = {}
+
+        def append(name: str, store: PostgresStore, stream: str) -> None:
+            try:
+                outcomes[name] = store.append_batch([command(stream, 0, name)], TS)
+            except Exception as exc:
+                outcomes[name] = exc
+
+        threads = [
+            threading.Thread(target=append, args=("first", first, "A"), daemon=True),
+            threading.Thread(target=append, args=("second", second, "B"), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)
+        for thread in threads:
+            thread.join(3 * DEFAULT_COMMIT_TIMEOUT + 10)
+            assert not thread.is_alive()
+
+        for name in ("first", "second"):
+            assert isinstance(outcomes[name], StandbyUnavailable), (name, outcomes[name])
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize(
+    ("commit_timeout", "lock_timeout"), [(1.0, "10s"), (10.0, "15s"), (30, "35s")]
+)
+def test_the_wait_for_the_head_lock_outlasts_the_commit_timeout(
+    pair: StandbyPair, commit_timeout: float, lock_timeout: str
+) -> None:
+    store = PostgresStore(new_schema_url(pair.primary), commit_timeout=commit_timeout)
+    try:
+        assert store._writer is not None
+        assert store._writer.execute("SHOW lock_timeout").fetchone() == (lock_timeout,)
+    finally:
+        store.close()
 
 
 def test_a_commit_timeout_that_is_no_positive_number_is_refused(pair: StandbyPair) -> None:
