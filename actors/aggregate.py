@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from motet.storage.codec import Codec
-from motet.storage.errors import CodecError, Conflict, InvalidKey, StreamDeleted
+from motet.storage.errors import CodecError, Conflict, InvalidKey, StreamDeleted, Unavailable
 from motet.storage.idempotency import retried_ack, stored_ack
 from motet.storage.records import Append, Metadata, Snapshot, StoredEvent
 from motet.storage.store import EventStore
@@ -200,6 +200,9 @@ class AggregateActor(Generic[S]):
             assert command_id is not None
             try:
                 ack = await self._calls.run(stored_ack, self._store, command_id)
+            except Unavailable as exc:  # e.g. its commit awaits a synchronous standby
+                request.fail(exc)
+                return
             except Exception as exc:
                 log.exception("looking up command id %r failed", command_id)
                 request.fail(InternalError(f"command id {command_id!r}: {exc}"))

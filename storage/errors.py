@@ -42,6 +42,7 @@ __all__ = [
     "QueryTimeout",
     "RemoteError",
     "RequestTooLarge",
+    "StandbyUnavailable",
     "StorageError",
     "StorageFull",
     "StoreFormatError",
@@ -251,6 +252,20 @@ class StorageFull(StorageError, Unavailable):
     was committed before is intact. A :class:`StorageError` for the embedded
     API, reported as ``unavailable`` (the client raises :class:`Unavailable`):
     the request was fine, retry it later, once space is freed."""
+
+    code = "unavailable"
+    outcome = "unavailable"
+    http_status = 503
+
+
+class StandbyUnavailable(StorageError, Unavailable):
+    """PostgreSQL's synchronous standby did not confirm a commit in time
+    (it is down, unreachable or too slow), or the wait for it was
+    cancelled: the commit is durable on the primary only and is not
+    acknowledged. Its outcome is unknown to the caller, as after a lost
+    connection: a retry with the same command id answers it once the
+    standby is back. The operator's matter (the replication setup), reported
+    as ``unavailable``: retry later."""
 
     code = "unavailable"
     outcome = "unavailable"

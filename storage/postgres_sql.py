@@ -11,6 +11,7 @@ locale.
 from __future__ import annotations
 
 __all__ = [
+    "ADD_FINGERPRINT_COLUMNS",
     "ADD_REMOVED_RUNS",
     "APPEND_ACKS",
     "APPEND_ACKS_TYPES",
@@ -18,8 +19,10 @@ __all__ = [
     "APPEND_EVENTS_TYPES",
     "BEGIN",
     "CLAIM_LEASES",
+    "COMMAND_COLUMNS",
     "COMMIT",
     "CONFIGURE_SESSION",
+    "CONFIRM_REPLICATED",
     "CREATE_GROUP_TABLES",
     "CREATE_KEYS",
     "CREATE_LATER_TABLES",
@@ -188,13 +191,17 @@ CREATE_SCHEMA = [
         UNIQUE (stream, version)
     )
     """,
-    # The Ack each command id was given (written in the append's transaction).
+    # The Ack each command id was given (written in the append's transaction)
+    # and the fingerprint of the command (type tag, digest): NULL for an
+    # import, or for an Ack written before fingerprints were kept.
     """
     CREATE TABLE motet_commands (
         command_id text COLLATE "C" PRIMARY KEY,
         stream text COLLATE "C" NOT NULL,
         version bigint NOT NULL,
-        position bigint NOT NULL
+        position bigint NOT NULL,
+        type text COLLATE "C",
+        digest bytea
     )
     """,
     """
@@ -242,6 +249,24 @@ CREATE_LATER_TABLES = [
 ]
 
 WRITE_FORMAT = "INSERT INTO motet_meta (key, value) VALUES ('format', %s)"
+
+# The columns of motet_commands, to tell a store made before fingerprints
+# (read before altering it: ALTER TABLE locks the table out even when it
+# changes nothing).
+COMMAND_COLUMNS = """
+SELECT a.attname::text FROM pg_attribute a
+WHERE a.attrelid = 'motet_commands'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+# A store made before fingerprints gains the columns, nullable, in place and
+# without a format change: its Acks have no fingerprint (a retry of them is
+# compared by stream only), and an older version that opens the store
+# after this still works, writing Acks without one.
+ADD_FINGERPRINT_COLUMNS = """
+ALTER TABLE motet_commands
+    ADD COLUMN IF NOT EXISTS type text COLLATE "C",
+    ADD COLUMN IF NOT EXISTS digest bytea
+"""
 
 # Subject keys (motet.storage.keyring), apart from the events: deleting a row
 # shreds the subject's personal data. Added after the first stores were made,
@@ -307,11 +332,13 @@ ROLLBACK = "ROLLBACK"
 # read a snapshot from before the lock (duplicate positions).
 LOCK_HEAD = "SELECT position FROM motet_head FOR UPDATE"
 
-# Acks already recorded for the batch's command ids (another process may have
-# committed the same command): checked under the head lock, so no command id
-# is committed twice.
+# Acks already recorded for the batch's command ids, with their commands'
+# fingerprints (another process may have committed the same command, or
+# another one under the same id): checked under the head lock, so no command
+# id is committed twice.
 FIND_ACKS = """
-SELECT command_id, stream, version, position FROM motet_commands WHERE command_id = ANY(%s)
+SELECT command_id, stream, version, position, type, digest
+FROM motet_commands WHERE command_id = ANY(%s)
 """
 
 # The committed version of each stream the batch touches and whether it was
@@ -356,12 +383,14 @@ SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, hard = EXCLUDED.hard
 APPEND_EVENTS = "COPY motet_events (position, stream, version, envelope) FROM STDIN (FORMAT BINARY)"
 APPEND_EVENTS_TYPES = ("int8", "text", "int8", "bytea")
 
-# The Acks of the batch's command ids, in the same transaction as the events:
-# an Ack is recorded if and only if its events are.
+# The Acks of the batch's command ids with their commands' fingerprints, in
+# the same transaction as the events: an Ack is recorded if and only if its
+# events are.
 APPEND_ACKS = (
-    "COPY motet_commands (command_id, stream, version, position) FROM STDIN (FORMAT BINARY)"
+    "COPY motet_commands (command_id, stream, version, position, type, digest) "
+    "FROM STDIN (FORMAT BINARY)"
 )
-APPEND_ACKS_TYPES = ("text", "text", "int8", "int8")
+APPEND_ACKS_TYPES = ("text", "text", "int8", "int8", "text", "bytea")
 
 # The batch's snapshots (at most one per stream: ON CONFLICT cannot touch a row
 # twice in one statement), replacing earlier ones.
@@ -492,7 +521,23 @@ READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHER
 
 READ_KEY = "SELECT record FROM motet_keys WHERE subject = %s"
 
-READ_ACK = "SELECT stream, version, position FROM motet_commands WHERE command_id = %s"
+# A commit the synchronous standbys must confirm, made only to wait for
+# them: they confirm the WAL in order, so once this is confirmed so is every
+# commit before it (an Ack found in the index may come from a commit whose
+# wait was cancelled). One statement, its own transaction: SET LOCAL of
+# synchronous_commit (the readers' session has "local") lasts until its
+# COMMIT. The row lock takes an xid and writes WAL, without which a COMMIT
+# waits for no standby; FOR KEY SHARE blocks no append or deletion. No row,
+# no wait, when the server names no synchronous standby.
+CONFIRM_REPLICATED = """
+SELECT set_config('synchronous_commit', 'on', true) FROM motet_meta
+WHERE key = 'format' AND current_setting('synchronous_standby_names') <> ''
+FOR KEY SHARE
+"""
+
+READ_ACK = """
+SELECT stream, version, position, type, digest FROM motet_commands WHERE command_id = %s
+"""
 
 READ_CHECKPOINT = "SELECT position, schema_version, model FROM motet_checkpoints WHERE name = %s"
 

@@ -9,7 +9,8 @@ Tables (see :mod:`motet.storage.postgres_sql` for every statement):
 ``motet_head``         one row: the last committed position, locked by every append
 ``motet_events``       position → stream, version, envelope (the msgpack
                        :class:`StoredEvent`, the same bytes as the LMDB log value)
-``motet_commands``     command id → the Ack it was given
+``motet_commands``     command id → the Ack it was given and the fingerprint
+                       (type tag, digest) of the command that earned it
 ``motet_snapshots``    stream → version, state schema version, state
 ``motet_checkpoints``  projection name → position, model schema version, model
 ``motet_deletions``    stream → its deletion record (tombstone, removed versions)
@@ -21,7 +22,13 @@ a time and positions are gap-free (but where events were removed on purpose)
 and commit-ordered: a reader that follows the last position it saw never
 skips an event. A deletion takes the same lock. In ``sync`` durability the
 commit is flushed (``synchronous_commit = on``) before
-:meth:`PostgresStore.append_batch` returns.
+:meth:`PostgresStore.append_batch` returns, and confirmed by the
+synchronous standbys when the server names some: a COMMIT still waiting for
+them after ``commit_timeout`` seconds is cancelled and refused
+(:class:`~motet.storage.errors.StandbyUnavailable`; see
+:mod:`motet.storage.commit_watch`). The other connections' writes
+(checkpoints, consumer groups, leases) do not wait for standbys
+(``synchronous_commit = local``): see :meth:`PostgresStore._configure`.
 
 An unknown commit outcome (the connection dropped during COMMIT) is resolved
 by reading: the batch committed if and only if its first planned event is in
@@ -47,8 +54,17 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import postgres_sql as sql
+from .commit_watch import CommitWatch
 from .deletion import deletion_after, position_runs, truncation_after
-from .errors import CodecError, NotOwner, StorageError, StoreFormatError
+from .errors import (
+    CodecError,
+    CommandIdReused,
+    NotOwner,
+    StandbyUnavailable,
+    StorageError,
+    StoreFormatError,
+)
+from .idempotency import AckRecord, retried_ack
 from .partitions import DEFAULT_PARTITIONS, Lease, LeaseView, NodeInfo, partition_of
 from .records import (
     Ack,
@@ -71,7 +87,7 @@ from .store import (
     plan_recorded,
 )
 
-__all__ = ["FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
+__all__ = ["DEFAULT_COMMIT_TIMEOUT", "FORMAT", "URL_SCHEMES", "PostgresStore", "is_postgres_url"]
 
 T = TypeVar("T")
 
@@ -94,8 +110,12 @@ _CONNECT: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-_LOCK_TIMEOUT = "10s"
-"""How long an append waits for the head row lock held by another process."""
+_LOCK_TIMEOUT = 10.0
+"""How long an append waits for the head row lock held by another process
+(seconds), at least: longer than the commit timeout (see :meth:`PostgresStore._lock_timeout`)."""
+DEFAULT_COMMIT_TIMEOUT = 10.0
+"""How long a COMMIT may wait for the synchronous standbys (seconds) before
+it is cancelled and refused; see :mod:`motet.storage.commit_watch`."""
 _IDLE_IN_TRANSACTION = "60s"
 """A writer that stalls inside a transaction is cut off by the server, so its
 head row lock cannot block the other processes' appends for longer."""
@@ -118,7 +138,12 @@ class PostgresStore:
 
     ``durability`` is ``"sync"`` (``synchronous_commit = on``: a returned
     result survives a server crash) or ``"none"`` (``off``: a server crash may
-    lose the last acknowledged commits, never corrupt the log). Every call
+    lose the last acknowledged commits, never corrupt the log). When the
+    server has synchronous standbys (``synchronous_standby_names``), a
+    ``sync`` commit returns once they confirm it; one they have not
+    confirmed after ``commit_timeout`` seconds is cancelled and raises
+    :class:`~motet.storage.errors.StandbyUnavailable` (``unavailable``): it
+    is committed on the primary only and not acknowledged. Every call
     blocks on the network (``blocking``) and other processes may append to the
     same log (``shared``). Every failure of PostgreSQL or of the connection is
     raised as :class:`~motet.storage.errors.StorageError` naming what failed.
@@ -135,6 +160,7 @@ class PostgresStore:
         readers: int = 4,
         poll_interval: float = 1.0,
         partitions: int | None = None,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
     ) -> None:
         if partitions is not None and (type(partitions) is not int or partitions < 1):
             raise ValueError(f"partitions must be an int >= 1, got {partitions!r}")
@@ -144,6 +170,7 @@ class PostgresStore:
             raise ValueError(f"readers must be >= 1, got {readers!r}")
         self._conninfo = conninfo
         self._durability: Durability = durability
+        self._commit_watch = CommitWatch(commit_timeout)
         self._poll_interval = poll_interval
         self._closed = False
         self._head = 0
@@ -198,11 +225,26 @@ class PostgresStore:
 
     # -- connections ------------------------------------------------------------
 
-    def _configure(self, conn: _Connection) -> None:
+    def _configure(self, conn: _Connection, *, replicated: bool = False) -> None:
+        """Set a connection's session. Only the writer's commits
+        (``replicated``: the log, the command ids, deletions) wait for the
+        synchronous standbys; the readers' and the lease connection's
+        writes are flushed on the primary only (``local``), so a standby
+        that is down cannot stall them: checkpoints, group progress and
+        model keys are derived or redone after a failover, and a lease
+        claimed or renewed on the primary only can fence off nothing that
+        was acknowledged, since the standby confirms the WAL in order."""
+        synchronous = "off" if self._durability == "none" else ("on" if replicated else "local")
         conn.execute(
-            sql.CONFIGURE_SESSION,
-            ("on" if self._durability == "sync" else "off", _LOCK_TIMEOUT, _IDLE_IN_TRANSACTION),
+            sql.CONFIGURE_SESSION, (synchronous, self._lock_timeout(), _IDLE_IN_TRANSACTION)
         )
+
+    def _lock_timeout(self) -> str:
+        """The session's ``lock_timeout``: another process's commit holds
+        the head row lock while it waits for the synchronous standbys, up
+        to the commit timeout, so a lock wait outlasts that (the waiter then
+        fails naming the standby, as the holder did, not a lock timeout)."""
+        return f"{max(_LOCK_TIMEOUT, self._commit_watch.timeout + 5.0):g}s"
 
     def _connect(self, role: str) -> _Connection:
         try:
@@ -219,7 +261,7 @@ class PostgresStore:
     def _connect_writer(self) -> _Connection:
         conn = self._connect("writer")
         try:
-            self._configure(conn)
+            self._configure(conn, replicated=True)
         except psycopg.Error as exc:
             conn.close()
             raise StorageError(f"cannot configure the writer connection: {exc}") from exc
@@ -280,6 +322,7 @@ class PostgresStore:
                         for statement in sql.CREATE_LATER_TABLES:
                             conn.execute(statement)
                 conn.execute(sql.CREATE_KEYS)
+                _add_fingerprint_columns(conn)
                 for statement in sql.CREATE_GROUP_TABLES:
                     conn.execute(statement)
         except psycopg.Error as exc:
@@ -407,7 +450,7 @@ class PostgresStore:
             self._abandon(conn)
             raise
         try:
-            conn.execute(sql.COMMIT, prepare=False)
+            self._send_commit(conn)
         except psycopg.Error as exc:
             if not (conn.closed or conn.broken):
                 # The server answered: the transaction was rolled back.
@@ -435,12 +478,7 @@ class PostgresStore:
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
         ]
-        recorded: dict[str, Ack] = {}
-        if command_ids:
-            for command_id, stream, version, position in conn.execute(
-                sql.FIND_ACKS, (command_ids,)
-            ):
-                recorded[command_id] = Ack(stream, version, position)
+        recorded = _find_acks(conn, command_ids)
         fresh = [
             a
             for a in appends
@@ -467,21 +505,18 @@ class PostgresStore:
         planned, records, new_head = plan.results, plan.records, plan.head
 
         envelopes = self._copy_events(conn, records)
-        acks: dict[str, Ack] = {}
         snapshots: dict[str, Snapshot] = {}
         for append, result in zip(fresh, planned, strict=True):
             if not isinstance(result, Ack):  # refused alone (a conflict, a bad key)
                 continue
             if append.snapshot is not None:
                 snapshots[append.stream] = append.snapshot
-            if append.metadata.command_id is not None and append.events:
-                acks[append.metadata.command_id] = result
-        if acks:
+        if plan.acks:
             _copy(
                 conn,
                 sql.APPEND_ACKS,
                 sql.APPEND_ACKS_TYPES,
-                ((c, a.stream, a.version, a.position) for c, a in acks.items()),
+                ((c, a.stream, a.version, a.position, a.type, a.digest) for c, a in plan.acks),
             )
         if snapshots:
             conn.execute(
@@ -502,7 +537,7 @@ class PostgresStore:
         for append in appends:
             command_id = append.metadata.command_id
             if append.events and command_id is not None and command_id in recorded:
-                results.append(recorded[command_id])
+                results.append(_retry_of(recorded[command_id], append))
             elif id(append) in refused:
                 results.append(refused[id(append)])
             else:
@@ -570,12 +605,7 @@ class PostgresStore:
         command_ids = sorted(
             {r.metadata.command_id for r in records if r.metadata.command_id is not None}
         )
-        recorded: dict[str, Ack] = {}
-        if command_ids:
-            for command_id, stream, version, position in conn.execute(
-                sql.FIND_ACKS, (command_ids,)
-            ):
-                recorded[command_id] = Ack(stream, version, position)
+        recorded = _find_acks(conn, command_ids)
         plan = plan_recorded(records, head, versions.__getitem__, recorded.get, removed)
         envelopes = self._copy_events(conn, records)
         if plan.acks:
@@ -828,6 +858,21 @@ class PostgresStore:
                 f"position {position} was not committed: {exc}"
             ) from exc
 
+    def _send_commit(self, conn: _Connection) -> None:
+        """COMMIT on the writer connection, cancelled if it still waits for
+        the synchronous standbys after ``commit_timeout`` seconds (the
+        server then answers with the WARNING :meth:`_refuse_unreplicated`
+        looks for)."""
+        with self._commit_watch.watching(lambda: self._cancel(conn)):
+            conn.execute(sql.COMMIT, prepare=False)
+
+    def _cancel(self, conn: _Connection) -> None:
+        try:
+            conn.cancel_safe(timeout=5.0)
+        except psycopg.Error as exc:
+            # The COMMIT waits on; keepalives end it if the server is gone.
+            log.warning("cannot cancel a COMMIT waiting for the synchronous standby: %s", exc)
+
     def _refuse_unreplicated(self) -> None:
         """PostgreSQL reports a commit whose wait for a synchronous standby was
         cancelled as a WARNING and still says COMMIT: it is durable on the
@@ -835,9 +880,11 @@ class PostgresStore:
         for message in self._notices:
             if "synchronous replication" in message:
                 self._notices.clear()
-                raise StorageError(
+                raise StandbyUnavailable(
                     f"the commit in {self._where} was not confirmed by the synchronous "
-                    f"standby ({message}); it is not acknowledged"
+                    f"standby within the commit timeout of {self._commit_watch.timeout:g} s "
+                    f"({message}): it is committed on the primary only and is not "
+                    "acknowledged; check the standby, then retry with the same command id"
                 )
 
     # -- deletion and retention ------------------------------------------------------
@@ -848,12 +895,13 @@ class PostgresStore:
         any process); commit it and notify, so waiting readers look again."""
         self._check_open()
         conn = self._writer_connection()
+        self._notices.clear()
         try:
             conn.execute(sql.BEGIN, prepare=False)
             head = int(_one(conn.execute(sql.LOCK_HEAD)))
             result = work(conn)
             conn.execute(sql.NOTIFY_COMMIT, (str(head),))
-            conn.execute(sql.COMMIT, prepare=False)
+            self._send_commit(conn)
         except psycopg.Error as exc:
             self._abandon(conn)
             raise StorageError(
@@ -863,6 +911,7 @@ class PostgresStore:
         except BaseException:
             self._abandon(conn)
             raise
+        self._refuse_unreplicated()
         return result
 
     def _remove(self, conn: _Connection, stream: str, through: int) -> int:
@@ -1077,10 +1126,56 @@ class PostgresStore:
 
     def get_ack(self, command_id: str) -> Ack | None:
         row = self._read(
-            lambda conn: conn.execute(sql.READ_ACK, (command_id,)).fetchone(),
+            lambda conn: conn.execute(sql.READ_ACK, (command_id,), binary=True).fetchone(),
             f"reading the Ack of command id {command_id!r}",
         )
         return None if row is None else Ack(row[0], row[1], row[2])
+
+    def get_ack_record(self, command_id: str) -> AckRecord | None:
+        """The Ack recorded for ``command_id`` with the fingerprint of the
+        command that earned it (see :mod:`motet.storage.idempotency`), to
+        answer a retry with. In ``sync`` durability a record found is
+        returned only once the synchronous standbys (if the server names
+        any) have its commit: it may come from a commit refused with
+        :class:`~motet.storage.errors.StandbyUnavailable`, which this then
+        raises again while they cannot confirm it."""
+        row = self._read(
+            lambda conn: conn.execute(sql.READ_ACK, (command_id,), binary=True).fetchone(),
+            f"reading the Ack of command id {command_id!r}",
+        )
+        if row is None:
+            return None
+        if self._durability == "sync":
+            self._confirm_replicated(f"the Ack of command id {command_id!r}")
+        return _ack_record(row)
+
+    def _confirm_replicated(self, what: str) -> None:
+        """Return once the synchronous standbys have every commit made so
+        far (:data:`~motet.storage.postgres_sql.CONFIRM_REPLICATED`, on a
+        reader connection, under the commit watch); raise
+        :class:`StandbyUnavailable` naming ``what`` when they do not within
+        the commit timeout."""
+        notices: list[str] = []
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            notices.append(notice.message_primary or "")
+
+        def confirm(conn: _Connection) -> None:
+            conn.add_notice_handler(on_notice)
+            try:
+                with self._commit_watch.watching(lambda: self._cancel(conn)):
+                    conn.execute(sql.CONFIRM_REPLICATED)
+            finally:
+                conn.remove_notice_handler(on_notice)
+
+        self._read(confirm, f"waiting for the synchronous standby to confirm {what}")
+        for message in notices:
+            if "synchronous replication" in message:
+                raise StandbyUnavailable(
+                    f"{what} in {self._where} is not confirmed by the synchronous standby "
+                    f"within the commit timeout of {self._commit_watch.timeout:g} s "
+                    f"({message}): it is not acknowledged yet; check the standby, then retry"
+                )
 
     def get_checkpoint(self, name: str) -> Checkpoint | None:
         row = self._read(
@@ -1241,6 +1336,7 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
+        self._commit_watch.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -1263,6 +1359,40 @@ def _copy(
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+def _ack_record(row: Sequence[Any]) -> AckRecord:
+    """An :class:`AckRecord` from a row (stream, version, position, type, digest)."""
+    stream, version, position, type_, digest = row
+    return AckRecord(stream, version, position, type_, None if digest is None else bytes(digest))
+
+
+def _find_acks(conn: _Connection, command_ids: Sequence[str]) -> dict[str, AckRecord]:
+    """The records already kept for ``command_ids`` (FIND_ACKS), by command id."""
+    if not command_ids:
+        return {}
+    rows = conn.execute(sql.FIND_ACKS, (list(command_ids),), binary=True)
+    return {row[0]: _ack_record(row[1:]) for row in rows}
+
+
+def _retry_of(first: AckRecord, append: Append) -> Ack | CommandIdReused:
+    """The answer to ``append``, whose command id already has ``first``:
+    the first Ack when it is the same command, else the refusal."""
+    command_id = append.metadata.command_id
+    assert command_id is not None
+    try:
+        return retried_ack(command_id, first, None, append.stream, append.fingerprint)
+    except CommandIdReused as exc:
+        return exc
+
+
+def _add_fingerprint_columns(conn: _Connection) -> None:
+    """Give a store made before command fingerprints their columns (see
+    :data:`~motet.storage.postgres_sql.ADD_FINGERPRINT_COLUMNS`)."""
+    columns = {name for (name,) in conn.execute(sql.COMMAND_COLUMNS)}
+    if "digest" not in columns:
+        conn.execute(sql.ADD_FINGERPRINT_COLUMNS)
+        log.info("added the command fingerprint columns to motet_commands")
 
 
 def _write_keys(conn: _Connection, keys: Mapping[str, bytes | None]) -> None:

@@ -69,6 +69,17 @@ def postgres_cluster() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def postgres_standby_pair() -> Iterator[Any]:
+    """A throwaway primary with a synchronous standby for the session
+    (tests/support/postgres.py). A test that stops the standby starts it
+    again before it ends."""
+    from tests.support.postgres import running_standby_pair
+
+    with running_standby_pair() as pair:
+        yield pair
+
+
+@pytest.fixture(scope="session")
 def tls_contexts(tls_files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """``(server_context, client_context)`` for TLS to 127.0.0.1, made from
     :func:`tls_files`."""

@@ -113,9 +113,13 @@ async def test_a_user_id_past_the_subject_limit_is_refused_naming_it(engine: Eng
     assert engine.store.stream_version("User-" + "u" * (LONGEST_USER_ID + 1)) == 0
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgresql"])
 async def any_engine(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    path = tmp_path / "data" if request.param == "lmdb" else None
+    path: Any = tmp_path / "data" if request.param == "lmdb" else None
+    if request.param == "postgresql":
+        from tests.support.postgres import new_schema_url
+
+        path = new_schema_url(request.getfixturevalue("postgres_cluster"))
     async with open_engine(path, example_app, durability="none") as engine:
         yield engine
 

@@ -16,6 +16,7 @@ other too.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -52,8 +53,15 @@ from motet.storage import (
     StreamDeleted,
     StreamDeletion,
 )
-from motet.storage.errors import NotFound
-from motet.storage.records import Ack, BucketProgress, GroupProgress, ParkedEvent
+from motet.storage.errors import CommandIdReused, NotFound
+from motet.storage.idempotency import AckRecord
+from motet.storage.records import (
+    Ack,
+    BucketProgress,
+    CommandFingerprint,
+    GroupProgress,
+    ParkedEvent,
+)
 from motet.storage.streams import category_of
 from tests.support.logs import read_everything
 
@@ -89,6 +97,20 @@ def append(
     snapshot: Snapshot | None = None,
 ) -> Append:
     return Append(stream, expected, new_events, Metadata(command_id=command_id), snapshot)
+
+
+def fingerprinted(
+    stream: str, expected: int, command_id: str, fingerprint: CommandFingerprint
+) -> Append:
+    """A one-event append of the command with ``fingerprint`` under ``command_id``."""
+    return Append(
+        stream, expected, events(1), Metadata(command_id=command_id), fingerprint=fingerprint
+    )
+
+
+def re_search(pattern: str, error: object) -> bool:
+    """Whether ``pattern`` is found in the message of ``error``."""
+    return re.search(pattern, str(error)) is not None
 
 
 def recorded(
@@ -698,6 +720,88 @@ class StoreContract:
 
         assert store.get_ack("conflicted") is None
         assert store.get_ack("snapshot-only") is None
+
+    def test_a_command_id_reused_by_another_command_is_refused_alone(self, store: Any) -> None:
+        first = CommandFingerprint("CreateUser", b"first-digest-16b")
+        other_data = CommandFingerprint("CreateUser", b"other-digest-16b")
+        other_type = CommandFingerprint("UpdateUser", first.digest)
+        (ack,) = store.append_batch([fingerprinted("User-1", 0, "k", first)], TS)
+
+        results = store.append_batch(
+            [
+                fingerprinted("User-1", 1, "k", first),  # a retry: the first Ack
+                fingerprinted("User-1", 1, "k", other_data),
+                fingerprinted("User-1", 1, "k", other_type),
+                fingerprinted("User-2", 0, "k", first),
+                append("User-3", 0, events(1)),
+            ],
+            TS,
+        )
+
+        assert results[0] == ack == Ack("User-1", 1, 1)
+        assert [type(r) for r in results[1:4]] == [CommandIdReused] * 3
+        already = r"command_id 'k' was already used by a CreateUser command on stream 'User-1'"
+        assert re_search(already + r".*got a CreateUser command with other data", results[1])
+        assert re_search(already + r".*got a UpdateUser command", results[2])
+        assert re_search(already + r".*got a CreateUser command on 'User-2'", results[3])
+        assert results[4] == Ack("User-3", 1, 2)
+        assert store.head_position == 2
+        assert store.get_ack("k") == ack
+        assert store.get_ack_record("k") == AckRecord("User-1", 1, 1, "CreateUser", first.digest)
+
+    def test_a_command_id_reused_in_the_same_batch_is_refused_alone(self, store: Any) -> None:
+        first = CommandFingerprint("CreateUser", b"first-digest-16b")
+        other = CommandFingerprint("CreateUser", b"other-digest-16b")
+
+        results = store.append_batch(
+            [
+                fingerprinted("User-1", 0, "k", first),
+                fingerprinted("User-1", 1, "k", first),
+                fingerprinted("User-1", 1, "k", other),
+            ],
+            TS,
+        )
+
+        assert results[0] == results[1] == Ack("User-1", 1, 1)
+        assert isinstance(results[2], CommandIdReused)
+        assert store.head_position == 1
+
+    def test_the_fingerprint_of_a_command_id_outlives_reopening(
+        self, store_factory: StoreFactory
+    ) -> None:
+        if not store_factory.persistent:
+            pytest.skip("this store keeps nothing across reopening")
+        first = CommandFingerprint("CreateUser", b"first-digest-16b")
+        store = store_factory()
+        store.append_batch([fingerprinted("User-1", 0, "k", first)], TS)
+
+        reopened = store_factory(reopen_of=store)
+
+        assert reopened.get_ack_record("k") == AckRecord("User-1", 1, 1, "CreateUser", first.digest)
+        (refused,) = reopened.append_batch(
+            [fingerprinted("User-1", 1, "k", CommandFingerprint("CreateUser", b"x" * 16))], TS
+        )
+        assert isinstance(refused, CommandIdReused)
+
+    def test_a_command_id_recorded_without_a_fingerprint_takes_any_retry_on_its_stream(
+        self, store: Any
+    ) -> None:
+        # What a store written before fingerprints holds: a retry cannot be
+        # told from another command, so only the stream is compared.
+        (ack,) = store.append_batch([append("User-1", 0, events(1), command_id="k")], TS)
+        fingerprint = CommandFingerprint("CreateUser", b"first-digest-16b")
+
+        results = store.append_batch(
+            [
+                fingerprinted("User-1", 1, "k", fingerprint),
+                fingerprinted("User-2", 0, "k", fingerprint),
+            ],
+            TS,
+        )
+
+        assert results[0] == ack
+        assert isinstance(results[1], CommandIdReused)
+        assert store.get_ack_record("k") == AckRecord("User-1", 1, 1)
 
     # -- already-positioned records (imports) ----------------------------------------------------
 

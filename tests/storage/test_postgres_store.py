@@ -19,8 +19,11 @@ import psycopg
 import pytest
 
 from motet.storage import Ack, Append, Metadata, NewEvent, StorageError, StoreFormatError
+from motet.storage.errors import CommandIdReused
+from motet.storage.idempotency import AckRecord
 from motet.storage.postgres_sql import FORMAT, GROUP_TABLES, TABLES
 from motet.storage.postgres_store import PostgresStore, is_postgres_url
+from motet.storage.records import CommandFingerprint
 from tests.support.postgres import Cluster, new_schema_url
 
 TS = 1_700_000_000.5
@@ -57,6 +60,11 @@ def admin(cluster: Cluster, url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True)
 
 
+def fingerprinted(append: Append, fingerprint: CommandFingerprint) -> Append:
+    append.fingerprint = fingerprint
+    return append
+
+
 def command(stream: str, expected: int, n: int, command_id: str | None = None) -> Append:
     return Append(
         stream,
@@ -67,6 +75,11 @@ def command(stream: str, expected: int, n: int, command_id: str | None = None) -
 
 
 # -- the format record and what is refused --------------------------------------------
+
+
+def format_of(conn: Any) -> str:
+    value: str = conn.execute("SELECT value FROM motet_meta WHERE key = 'format'").fetchone()[0]
+    return value
 
 
 def test_a_store_made_before_subject_keys_gets_its_key_table_when_opened(
@@ -81,6 +94,38 @@ def test_a_store_made_before_subject_keys_gets_its_key_table_when_opened(
     assert store.get_key("u1") is None
     store.put_keys({"u1": b"k1"})
     assert store.get_key("u1") == b"k1"
+
+
+def test_a_store_made_before_fingerprints_gains_them_in_place_and_keeps_its_acks(
+    postgres_cluster: Cluster, url: str, open_store: Any
+) -> None:
+    first = CommandFingerprint("CreateUser", b"first-digest-16b")
+    other = CommandFingerprint("CreateUser", b"other-digest-16b")
+    old = open_store()
+    (old_ack,) = old.append_batch([command("A", 0, 1, "old")], TS)
+    old.close()
+    with admin(postgres_cluster, url) as conn:
+        # A store made before fingerprints: its command index has four columns.
+        conn.execute("ALTER TABLE motet_commands DROP COLUMN type, DROP COLUMN digest")
+
+    store = open_store()
+
+    with admin(postgres_cluster, url) as conn:
+        assert format_of(conn) == FORMAT
+        assert conn.execute(
+            "SELECT type, digest FROM motet_commands WHERE command_id = 'old'"
+        ).fetchone() == (None, None)
+    assert store.get_ack_record("old") == AckRecord("A", 1, 1)
+    # An Ack without a fingerprint takes a retry on its stream, as it did.
+    (retried,) = store.append_batch([fingerprinted(command("A", 1, 1, "old"), other)], TS)
+    assert retried == old_ack
+    # New Acks keep their fingerprints, and another command under their id is refused.
+    (ack,) = store.append_batch([fingerprinted(command("B", 0, 1, "new"), first)], TS)
+    (refused,) = store.append_batch([fingerprinted(command("B", 1, 1, "new"), other)], TS)
+    assert ack == Ack("B", 1, 2)
+    assert isinstance(refused, CommandIdReused)
+    assert "got a CreateUser command with other data" in str(refused)
+    assert store.head_position == 2
 
 
 def test_a_new_schema_gets_our_tables_and_the_format_record(
@@ -132,11 +177,6 @@ def test_an_unknown_format_is_refused_and_left_alone(
         assert conn.execute("SELECT value FROM motet_meta WHERE key = 'format'").fetchall() == [
             ("motet-postgres/99",)
         ]
-
-
-def format_of(conn: Any) -> str:
-    value: str = conn.execute("SELECT value FROM motet_meta WHERE key = 'format'").fetchone()[0]
-    return value
 
 
 def test_the_first_deletion_marks_the_store_and_older_tables_are_added(
