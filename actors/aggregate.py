@@ -408,6 +408,7 @@ class AggregateActor(Generic[S]):
             fingerprint,
             tuple(self.subjects) if snapshot is not None and self.subjects else (),
         )
+        request.decided = events
         request.owner = self
         self.pending += 1
         self._writer.submit(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any, Protocol
 
 import outcome
@@ -49,6 +49,7 @@ class CommandRequest:
         "command",
         "command_id",
         "correlation_id",
+        "decided",
         "error",
         "expected_version",
         "fingerprint",
@@ -82,6 +83,10 @@ class CommandRequest:
         self.ack: Ack | None = None
         # Set by the actor when the command produced an append for the writer.
         self.append: Append | None = None
+        # The event objects ``decide`` returned for that append, in order:
+        # projections caught up with the commit apply them as they are
+        # instead of reading them back (see motet.actors.committed).
+        self.decided: Sequence[Any] | None = None
         self.owner: AppendOwner = _NO_OWNER
         self.error: BaseException | None = None
         self._done = False

@@ -28,6 +28,7 @@ from motet.storage.records import Ack, Append
 from motet.storage.store import AppendError, EventStore
 from motet.storage.streams import category_of
 
+from .committed import CommittedBatch
 from .errors import InternalError
 from .head_watch import HeadWatch
 from .request import AppendOwner, CommandRequest
@@ -87,6 +88,8 @@ class GroupCommitWriter:
         self._appends_committed = 0
         self._events_appended = 0
         self._snapshots: dict[str, int] = {}
+        # The last commit, for projections caught up with it.
+        self.committed = CommittedBatch([], 0, 0.0)
 
     def __repr__(self) -> str:
         return (
@@ -177,6 +180,7 @@ class GroupCommitWriter:
         seconds = time.perf_counter() - started
         events = 0
         appends = 0
+        committed: list[CommandRequest] = []
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):  # this append alone was refused
                 request.fail(result)
@@ -184,6 +188,7 @@ class GroupCommitWriter:
                 continue
             append = request.append
             assert append is not None
+            committed.append(request)
             appends += 1
             events += len(append.events)
             if append.snapshot is not None:
@@ -195,6 +200,7 @@ class GroupCommitWriter:
         self._appends_committed += appends
         self._events_appended += events
         head = self._store.head_position
+        self.committed = CommittedBatch(committed, events, timestamp)
         self.watch.advance(head, timestamp)
         for listener in self.listeners:
             listener(len(batch), events, seconds, head)
