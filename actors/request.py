@@ -44,6 +44,7 @@ class CommandRequest:
         "_done",
         "_waiter",
         "ack",
+        "answered_at",
         "append",
         "causation_id",
         "command",
@@ -74,6 +75,9 @@ class CommandRequest:
         self.correlation_id = correlation_id
         self.causation_id = causation_id
         self.received_at = received_at
+        # When the writer answered it (trio time, one reading per commit);
+        # 0.0 when answered by anyone else.
+        self.answered_at = 0.0
         # Set when the store's command-id index is still to be asked (by the
         # actor, which may wait) whether this command already ran.
         self.lookup_command_id = False

@@ -178,6 +178,7 @@ class GroupCommitWriter:
             self._fail_batch(batch, exc)
             return
         seconds = time.perf_counter() - started
+        answered_at = trio.current_time()
         events = 0
         appends = 0
         committed: list[CommandRequest] = []
@@ -194,6 +195,7 @@ class GroupCommitWriter:
             if append.snapshot is not None:
                 kind = category_of(append.stream)
                 self._snapshots[kind] = self._snapshots.get(kind, 0) + 1
+            request.answered_at = answered_at
             request.succeed(result)
             request.owner.append_settled(True)
         self._commits += 1
