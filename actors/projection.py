@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 import trio
@@ -303,6 +303,8 @@ class ProjectionActor(Generic[M]):
             if self.position >= head:
                 await writer.wait_head_beyond(self.position)
                 continue
+            events: Sequence[StoredEvent] | Sequence[RecordedEvent]
+            records: Sequence[RecordedEvent] | None = None
             try:
                 if blocking or head - self.position > self._batch_size:
                     # Far behind: decode the envelopes off the event loop
@@ -317,9 +319,13 @@ class ProjectionActor(Generic[M]):
                     if self._paused or self.error is not None:
                         continue
                 else:
-                    # Close to the head: read and apply without yielding, so new
-                    # events reach the read model in the same turn they are seen.
-                    events = read_all(self.position, self._batch_size)
+                    # Close to the head: apply without yielding, so new events
+                    # reach the read model in the same turn they are seen;
+                    # right behind the last commit, as the aggregates decided them.
+                    records = writer.committed.records_after(self.position)
+                    events = (
+                        read_all(self.position, self._batch_size) if records is None else records
+                    )
             except CodecError as exc:
                 # The store returns every event before an unreadable record and
                 # raises on the call that starts with it: stop right there, as
@@ -335,16 +341,18 @@ class ProjectionActor(Generic[M]):
                 self._advanced.set()
                 self._advanced = trio.Event()
                 continue
-            self._apply(events)
+            self._apply(events, decoded=events is records)
             if (
                 self.definition.dump is not None
                 and self.position - self.saved_position >= self.definition.snapshot_every
             ):
                 await self.save()
 
-    def _apply(self, events: Sequence[StoredEvent]) -> None:
+    def _apply(
+        self, events: Sequence[StoredEvent] | Sequence[RecordedEvent], *, decoded: bool = False
+    ) -> None:
         before = self.position
-        position, error, failed = self._fold(self.model, events, before)
+        position, error, failed = self._fold(self.model, events, before, decoded=decoded)
         # Counted by event, not by position: positions may jump over removed events.
         if events[0].position > before and events[-1].position <= position:
             self.events_applied += len(events)  # the usual case: every one applied
@@ -367,12 +375,18 @@ class ProjectionActor(Generic[M]):
         self._advanced = trio.Event()
 
     def _fold(
-        self, model: M, events: Sequence[StoredEvent], after: int
+        self,
+        model: M,
+        events: Sequence[StoredEvent] | Sequence[RecordedEvent],
+        after: int,
+        *,
+        decoded: bool = False,
     ) -> tuple[int, str | None, int | None]:
-        """Apply ``events`` past ``after`` to ``model``. Returns the last position
+        """Apply ``events`` (records read from the store, or ``decoded``
+        ones) past ``after`` to ``model``. Returns the last position
         applied and, on a failure, the error and the failing position."""
         handlers = self._handlers
-        decode = self._codec.decode_record
+        decode = None if decoded else self._codec.decode_record
         position = after
         for stored in events:
             if stored.position <= position:
@@ -380,7 +394,11 @@ class ProjectionActor(Generic[M]):
             handler = handlers.get(stored.type)
             if handler is not None:
                 try:
-                    record = decode(stored)
+                    record = (
+                        cast("RecordedEvent", stored)
+                        if decode is None
+                        else decode(cast("StoredEvent", stored))
+                    )
                     handler(model, record.data, record)
                 except Exception as exc:
                     return position, f"{type(exc).__name__}: {exc}", stored.position

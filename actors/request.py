@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any, Protocol
 
 import outcome
@@ -44,11 +44,13 @@ class CommandRequest:
         "_done",
         "_waiter",
         "ack",
+        "answered_at",
         "append",
         "causation_id",
         "command",
         "command_id",
         "correlation_id",
+        "decided",
         "error",
         "expected_version",
         "fingerprint",
@@ -73,6 +75,9 @@ class CommandRequest:
         self.correlation_id = correlation_id
         self.causation_id = causation_id
         self.received_at = received_at
+        # When the writer answered it (trio time, one reading per commit);
+        # 0.0 when answered by anyone else.
+        self.answered_at = 0.0
         # Set when the store's command-id index is still to be asked (by the
         # actor, which may wait) whether this command already ran.
         self.lookup_command_id = False
@@ -82,6 +87,10 @@ class CommandRequest:
         self.ack: Ack | None = None
         # Set by the actor when the command produced an append for the writer.
         self.append: Append | None = None
+        # The event objects ``decide`` returned for that append, in order:
+        # projections caught up with the commit apply them as they are
+        # instead of reading them back (see motet.actors.committed).
+        self.decided: Sequence[Any] | None = None
         self.owner: AppendOwner = _NO_OWNER
         self.error: BaseException | None = None
         self._done = False

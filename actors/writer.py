@@ -28,6 +28,7 @@ from motet.storage.records import Ack, Append
 from motet.storage.store import AppendError, EventStore
 from motet.storage.streams import category_of
 
+from .committed import CommittedBatch
 from .errors import InternalError
 from .head_watch import HeadWatch
 from .request import AppendOwner, CommandRequest
@@ -87,6 +88,8 @@ class GroupCommitWriter:
         self._appends_committed = 0
         self._events_appended = 0
         self._snapshots: dict[str, int] = {}
+        # The last commit, for projections caught up with it.
+        self.committed = CommittedBatch([], 0, 0.0)
 
     def __repr__(self) -> str:
         return (
@@ -175,8 +178,10 @@ class GroupCommitWriter:
             self._fail_batch(batch, exc)
             return
         seconds = time.perf_counter() - started
+        answered_at = trio.current_time()
         events = 0
         appends = 0
+        committed: list[CommandRequest] = []
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):  # this append alone was refused
                 request.fail(result)
@@ -184,17 +189,20 @@ class GroupCommitWriter:
                 continue
             append = request.append
             assert append is not None
+            committed.append(request)
             appends += 1
             events += len(append.events)
             if append.snapshot is not None:
                 kind = category_of(append.stream)
                 self._snapshots[kind] = self._snapshots.get(kind, 0) + 1
+            request.answered_at = answered_at
             request.succeed(result)
             request.owner.append_settled(True)
         self._commits += 1
         self._appends_committed += appends
         self._events_appended += events
         head = self._store.head_position
+        self.committed = CommittedBatch(committed, events, timestamp)
         self.watch.advance(head, timestamp)
         for listener in self.listeners:
             listener(len(batch), events, seconds, head)

@@ -69,6 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import trio
 
 from motet.engine import CommandRejected, Engine, Overloaded, open_engine
@@ -97,7 +98,12 @@ _DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 _STAT_FIELDS = ("commits", "commands_committed", "events_appended", "snapshots")
 
 
-class NewUser(NamedTuple):
+# The prebuilt workload stays alive through each run: untracked by the
+# garbage collector (gc=False, no reference cycles possible), it does not
+# make every collection of the engine under test walk 110,000 more objects.
+
+
+class NewUser(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     name: str
     email: str
@@ -105,13 +111,13 @@ class NewUser(NamedTuple):
     city: str
 
 
-class PlaceOrderSpec(NamedTuple):
+class PlaceOrderSpec(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     order_id: str
     amount: float
 
 
-class UpdateCitySpec(NamedTuple):
+class UpdateCitySpec(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     city: str
 

@@ -475,14 +475,22 @@ class Engine:
         outcome if it has one (a sender cancelled before the answer counts
         nothing) and settle it."""
         if request.done:
-            self._count(command, request.error, request.received_at)
+            self._count(command, request.error, request.received_at, request.answered_at)
         self._settle(request)
 
-    def _count(self, command: Any, error: BaseException | None, started: float) -> None:
-        """The one place commands are counted in the metrics."""
+    def _count(
+        self,
+        command: Any,
+        error: BaseException | None,
+        started: float,
+        answered_at: float = 0.0,
+    ) -> None:
+        """The one place commands are counted in the metrics: the duration
+        runs from ``started`` to ``answered_at`` (the commit that answered
+        it, read once per commit by the writer) or, without one, to now."""
         if self.metrics is None:
             return
-        seconds = trio.current_time() - started
+        seconds = (answered_at or trio.current_time()) - started
         if error is None:
             self.metrics.command_ok(self._command_type(command), seconds)
         else:

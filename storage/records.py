@@ -6,6 +6,7 @@ Event payloads and states travel through storage as already-encoded bytes;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -79,7 +80,7 @@ class Append(msgspec.Struct, gc=False):
 
     stream: str
     expected_version: int
-    events: list[NewEvent]
+    events: Sequence[NewEvent]
     metadata: Metadata = Metadata()
     snapshot: Snapshot | None = None
     fingerprint: CommandFingerprint | None = None
