@@ -38,6 +38,12 @@ __all__ = [
 
 log = logging.getLogger("motet.projections")
 
+_GIVE_WAY_SECONDS = 0.05
+"""How long a projection near the head waits at most for the writer's next
+commit to reach its durable step before applying (see
+:meth:`GroupCommitWriter.yield_to_commit`): bounds the lag it adds when a
+commit is slow to prepare (e.g. waiting for another node's lock)."""
+
 M = TypeVar("M")
 Q = TypeVar("Q")
 
@@ -305,8 +311,18 @@ class ProjectionActor(Generic[M]):
                 continue
             events: Sequence[StoredEvent] | Sequence[RecordedEvent]
             records: Sequence[RecordedEvent] | None = None
+            near = head - self.position <= self._batch_size
+            if near:
+                # Applied while the next commit flushes rather than before it
+                # starts; then, right behind the last commit, as decided.
+                await writer.yield_to_commit(_GIVE_WAY_SECONDS)
+                if self._paused or self.error is not None:
+                    continue
+                records = writer.committed.records_after(self.position)
             try:
-                if blocking or head - self.position > self._batch_size:
+                if records is not None:
+                    events = records
+                elif blocking or not near:
                     # Far behind: decode the envelopes off the event loop
                     # (and a blocking store is never called on it).
                     events = await calls.run(
@@ -319,13 +335,8 @@ class ProjectionActor(Generic[M]):
                     if self._paused or self.error is not None:
                         continue
                 else:
-                    # Close to the head: apply without yielding, so new events
-                    # reach the read model in the same turn they are seen;
-                    # right behind the last commit, as the aggregates decided them.
-                    records = writer.committed.records_after(self.position)
-                    events = (
-                        read_all(self.position, self._batch_size) if records is None else records
-                    )
+                    # Close to the head: read and apply without yielding.
+                    events = read_all(self.position, self._batch_size)
             except CodecError as exc:
                 # The store returns every event before an unreadable record and
                 # raises on the call that starts with it: stop right there, as

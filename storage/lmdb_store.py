@@ -37,7 +37,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -209,6 +209,10 @@ class LmdbStore:
         # store's only writer (see _lock_for_writing), so they stay exact and
         # spare most appends a B-tree lookup. Updated only after a commit.
         self._versions: dict[str, int] = {}
+        # Called once a batch is written and only its commit is left (see
+        # EventStore): the engine's writer lets the event loop get on with
+        # other work while LMDB flushes the pages.
+        self.before_commit: Callable[[], None] | None = None
         try:
             self._head = self._read_head()
         except BaseException:
@@ -492,6 +496,8 @@ class LmdbStore:
             if not self._format_written and plan.records:
                 # The first checksummed record makes a /1 store a /2 store.
                 txn.put(b"format", FORMAT, db=self._meta)
+            if self.before_commit is not None:
+                self.before_commit()
         if plan.records:
             self._format_written = True
         versions = self._versions

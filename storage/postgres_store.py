@@ -174,6 +174,8 @@ class PostgresStore:
         self._poll_interval = poll_interval
         self._closed = False
         self._head = 0
+        # Called once a batch is written and only COMMIT is left (see EventStore).
+        self.before_commit: Callable[[], None] | None = None
         self._where = "PostgreSQL"
         self._notices: list[str] = []
         self._encode = msgspec.msgpack.Encoder().encode
@@ -414,8 +416,17 @@ class PostgresStore:
             if keys:
                 self.put_keys(keys)
             return []
+
+        def write(
+            conn: _Connection,
+        ) -> tuple[list[Ack | AppendError], tuple[int, bytes] | None, int]:
+            written = self._write_batch(conn, appends, timestamp, keys)
+            if self.before_commit is not None:
+                self.before_commit()
+            return written
+
         results, _, new_head = self._commit(
-            lambda conn: self._write_batch(conn, appends, timestamp, keys),
+            write,
             lambda written: written[1],
             doing=f"appending {len(appends)} appends",
             committing=f"{len(appends)} appends",

@@ -59,6 +59,13 @@ class EventStore(Protocol):
 
     A new backend implements every member below and joins the contract
     suite in ``tests/storage/contract.py`` with one subclass.
+
+    A store may also have a ``before_commit`` attribute (``None`` or a
+    callable, set by the engine's writer): :meth:`append_batch` then calls
+    it, in the calling thread, once the batch is written and only making it
+    durable is left (LMDB: before its transaction commits; PostgreSQL:
+    before COMMIT). It must not raise; a store without the attribute, or
+    that cannot tell that moment, simply never calls it.
     """
 
     blocking: bool

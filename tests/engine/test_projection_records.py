@@ -5,6 +5,7 @@ cannot vouch for must still come from the store."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,95 @@ def test_positions_that_do_not_add_up_send_readers_to_the_store() -> None:
     ]
     batch = CommittedBatch(requests, 2, 1.0)
     assert batch.records_after(batch.first - 1) is None
+
+
+# -- giving way to the next commit ------------------------------------------------
+
+
+class Owner:
+    def append_settled(self, ok: bool) -> None:
+        pass
+
+
+class HeldStore(LmdbStore):
+    """An LMDB store whose appends stop, until released, either at the
+    durable step (after calling the writer's hook) or before writing."""
+
+    def __init__(self, path: Path, *, at_durable_step: bool) -> None:
+        super().__init__(path, durability="none")
+        self.at_durable_step = at_durable_step
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.hook: Any = None
+
+    @property
+    def before_commit(self) -> Any:
+        def hold() -> None:
+            self.reached.set()
+            if self.hook is not None:
+                self.hook()
+            self.release.wait(10)
+
+        return hold if self.at_durable_step else self.hook
+
+    @before_commit.setter
+    def before_commit(self, hook: Any) -> None:
+        self.hook = hook
+
+    def append_batch(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.at_durable_step:
+            self.reached.set()
+            self.release.wait(10)
+        return super().append_batch(*args, **kwargs)
+
+
+def request_for(stream: str) -> CommandRequest:
+    request = CommandRequest(None)
+    request.append = Append(stream, 0, (NewEvent("E", 1, b"x"),))
+    request.owner = Owner()
+    return request
+
+
+async def held_writer(store: HeldStore, nursery: trio.Nursery) -> Any:
+    from motet.actors.writer import GroupCommitWriter
+
+    writer = GroupCommitWriter(store)
+    await nursery.start(writer.serve)
+    return writer
+
+
+async def test_yield_to_commit_returns_once_the_commit_only_flushes(tmp_path: Path) -> None:
+    store = HeldStore(tmp_path / "store", at_durable_step=True)
+    async with trio.open_nursery() as nursery:
+        writer = await held_writer(store, nursery)
+        with trio.fail_after(5):
+            await writer.yield_to_commit(30.0)  # idle: at once
+        request = request_for("A-1")
+        writer.submit(request)
+        with trio.fail_after(5):
+            # Waits for the batch to start and to reach the durable step,
+            # not for the 30 s bound, nor for the commit to end.
+            await writer.yield_to_commit(30.0)
+        assert store.reached.is_set() and not request.done
+        store.release.set()
+        await writer.wait_idle()
+        assert request.ack is not None
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_yield_to_commit_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    store = HeldStore(tmp_path / "store", at_durable_step=False)  # never reaches it
+    async with trio.open_nursery() as nursery:
+        writer = await held_writer(store, nursery)
+        request = request_for("A-1")
+        writer.submit(request)
+        await trio.to_thread.run_sync(store.reached.wait, 5)
+        started = trio.current_time()
+        await writer.yield_to_commit(0.2)
+        waited = trio.current_time() - started
+        assert 0.15 < waited < 3 and not request.done
+        store.release.set()
+        await writer.wait_idle()
+        nursery.cancel_scope.cancel()
+    store.close()

@@ -797,8 +797,13 @@ async def test_the_model_is_saved_every_snapshot_every_events(tmp_path: Path) ->
     async with open_engine(tmp_path / "store", frequent, durability="none") as engine:
         head = await seed(engine)
         await engine.ask(GetUserById(user_id="u1"), after=head)
-        saved = engine.store.get_checkpoint("users")
-        assert saved is not None and saved.model is not None
+        # Saving follows applying, in a worker thread: wait for it.
+        with trio.fail_after(5):
+            while (saved := engine.store.get_checkpoint("users")) is None or (
+                saved.position <= head - 5
+            ):
+                await trio.sleep(0.01)
+        assert saved.model is not None
         assert head - 5 < saved.position <= head
         # The model holds personal data: it is sealed under the read-model key.
         opened = engine.codec.open_sealed("users", saved.model)
