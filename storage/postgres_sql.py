@@ -65,6 +65,7 @@ __all__ = [
     "READ_GROUP_NAMES",
     "READ_HEAD",
     "READ_KEY",
+    "READ_KEYS",
     "READ_LEASES",
     "READ_NODES",
     "READ_PARKED",
@@ -491,6 +492,10 @@ FROM motet_deletions WHERE stream > %s ORDER BY stream LIMIT %s
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
 
 READ_KEY = "SELECT record FROM motet_keys WHERE subject = %s"
+
+# The keys of many subjects in one round trip (a batch's new subjects, a page
+# of events being decoded).
+READ_KEYS = "SELECT subject, record FROM motet_keys WHERE subject = ANY(%s::text[])"
 
 READ_ACK = "SELECT stream, version, position FROM motet_commands WHERE command_id = %s"
 
