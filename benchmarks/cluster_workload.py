@@ -191,6 +191,19 @@ class _Cpu:
         }
 
 
+def _head_updates(url: str) -> int:
+    """How many times the head row was moved: one per append commit, of any node."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(
+            "SELECT n_tup_upd FROM pg_stat_user_tables "
+            "WHERE relname = 'motet_head' AND schemaname = current_schema()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 async def _owners(ports: Sequence[int]) -> dict[int, int]:
     """partition -> the port of the node that owns it."""
     owners: dict[int, int] = {}
@@ -219,6 +232,7 @@ async def _drive(
     *,
     route: str = "any",
     cpu: _Cpu | None = None,
+    url: str | None = None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -252,6 +266,7 @@ async def _drive(
             shares += [(port, by_port[port][i :: len(mine)]) for i in range(len(mine))]
     else:
         shares = [(ports[c % len(ports)], commands[c::connections]) for c in range(connections)]
+    commits = _head_updates(url) if url is not None else 0
     started = time.perf_counter()
     async with trio.open_nursery() as sampling:
         for port in ports:
@@ -262,6 +277,9 @@ async def _drive(
         seconds = time.perf_counter() - started
         sampling.cancel_scope.cancel()
     lag_p99 = [quantiles(lags[port], {"p99": 0.99})["p99"] for port in ports]
+    if url is not None:
+        await trio.sleep(1.0)  # the server's statistics trail its commits
+        commits = _head_updates(url) - commits
     return {
         "commands": len(latencies),
         "seconds": round(seconds, 2),
@@ -269,13 +287,19 @@ async def _drive(
         "errors": sum(errors.values()),
         "error_kinds": dict(errors.most_common(3)),
         **quantiles([latency * 1000.0 for latency in latencies], QUANTILES),
+        "commits": commits,
+        "mean_batch": round(len(latencies) / commits, 1) if commits else None,
         "lag_p99_ms_by_node": [None if lag is None else round(lag * 1000.0, 1) for lag in lag_p99],
         **(cpu.per_1k(len(latencies)) if cpu is not None else {}),
     }
 
 
 async def _workload(
-    ports: Sequence[int], pids: Sequence[int], postmaster: int | None, args: argparse.Namespace
+    ports: Sequence[int],
+    pids: Sequence[int],
+    postmaster: int | None,
+    url: str,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     workload = make_workload(args.users, args.commands, args.seed)
     creates = [
@@ -296,6 +320,7 @@ async def _workload(
         args.in_flight,
         route=args.route,
         cpu=_Cpu(pids, postmaster),
+        url=url,
     )
     phase_b = await _drive(
         ports,
@@ -304,6 +329,7 @@ async def _workload(
         args.in_flight,
         route=args.route,
         cpu=_Cpu(pids, postmaster),
+        url=url,
     )
     return {"phase_a": phase_a, "phase_b": phase_b}
 
@@ -384,14 +410,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             with _nodes(url, count, args.lease_ttl) as nodes:
                 ports = [port for _process, port in nodes]
                 pids = [process.pid for process, _port in nodes]
-                results["nodes"][count] = trio.run(_workload, ports, pids, postmaster, args)
+                results["nodes"][count] = trio.run(_workload, ports, pids, postmaster, url, args)
                 if count == max(args.nodes) and count > 1:
                     _log("failover ...")
                     results["failover"] = trio.run(_failover, nodes)
 
     print(
         f"\n{'nodes':>5} {'phase':<6} {'commands/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
-        f"  {'CPU s/1k nodes':>14} {'pg':>6} {'driver':>6}  lag p99 ms by node"
+        f" {'batch':>6}  {'CPU s/1k nodes':>14} {'pg':>6} {'driver':>6}  lag p99 ms by node"
     )
     for count, phases in results["nodes"].items():
         for name, phase in phases.items():
@@ -402,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(
                 f"{count:>5} {name[-1].upper():<6} {phase['commands_per_s']:>11,} "
                 f"{phase['p50_ms'] or 0:>8.1f} {phase['p99_ms'] or 0:>8.1f} {phase['errors']:>7}"
-                f"  {phase['cpu_s_per_1k_nodes']:>14.3f} "
+                f" {phase['mean_batch'] or 0:>6.0f}  {phase['cpu_s_per_1k_nodes']:>14.3f} "
                 f"{'-' if server is None else f'{server:.3f}':>6} "
                 f"{phase['cpu_s_per_1k_driver']:>6.3f}  {lags}"
             )

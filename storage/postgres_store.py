@@ -429,18 +429,29 @@ class PostgresStore:
     ) -> tuple[list[Ack | AppendError], tuple[int, bytes] | None, int]:
         """Every statement of one append transaction but the COMMIT; returns the
         results, the first planned event (position, envelope) and the new head."""
-        conn.execute(sql.BEGIN, prepare=False)
-        head = int(_one(conn.execute(sql.LOCK_HEAD)))
-        if keys:
-            _write_keys(conn, keys)
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
         ]
+        fenced = self._node is not None
+        # Every statement up to the COPY in one round trip (pipeline mode):
+        # the server still runs them one after the other, each after the head
+        # lock is taken, so each reads what the writers before committed. The
+        # fences and versions are read for every append of the batch (those
+        # whose command id turns out recorded are not written anyway).
+        with conn.pipeline():
+            conn.execute(sql.BEGIN, prepare=False)
+            head_rows = conn.execute(sql.LOCK_HEAD)
+            if keys:
+                _write_keys(conn, keys)
+            ack_rows = conn.execute(sql.FIND_ACKS, (command_ids,)) if command_ids else None
+            fence_rows = self._read_fences(conn, appends) if fenced else None
+            version_rows = conn.execute(
+                sql.READ_STREAM_VERSIONS, (sorted({a.stream for a in appends}),)
+            )
+        head = int(_one(head_rows))
         recorded: dict[str, Ack] = {}
-        if command_ids:
-            for command_id, stream, version, position in conn.execute(
-                sql.FIND_ACKS, (command_ids,)
-            ):
+        if ack_rows is not None:
+            for command_id, stream, version, position in ack_rows:
                 recorded[command_id] = Ack(stream, version, position)
         fresh = [
             a
@@ -449,19 +460,15 @@ class PostgresStore:
                 a.events and a.metadata.command_id is not None and a.metadata.command_id in recorded
             )
         ]
-        refused = self._fenced_off(conn, fresh) if self._node is not None and fresh else {}
+        refused = self._fenced_off(fence_rows, fresh) if fence_rows is not None and fresh else {}
         if refused:
             fresh = [a for a in fresh if id(a) not in refused]
         versions: dict[str, int] = {}
         deleted: set[str] = set()
-        if fresh:
-            stream_ids = sorted({a.stream for a in fresh})
-            for stream, version, is_deleted in conn.execute(
-                sql.READ_STREAM_VERSIONS, (stream_ids,)
-            ):
-                versions[stream] = version or 0
-                if is_deleted:
-                    deleted.add(stream)
+        for stream, version, is_deleted in version_rows:
+            versions[stream] = version or 0
+            if is_deleted:
+                deleted.add(stream)
         plan = plan_appends(
             fresh, head, timestamp, versions.__getitem__, deleted_of=deleted.__contains__
         )
@@ -484,19 +491,21 @@ class PostgresStore:
                 sql.APPEND_ACKS_TYPES,
                 ((c, a.stream, a.version, a.position) for c, a in acks.items()),
             )
-        if snapshots:
-            conn.execute(
-                sql.PUT_SNAPSHOTS,
-                (
-                    list(snapshots),
-                    [s.version for s in snapshots.values()],
-                    [s.schema_version for s in snapshots.values()],
-                    [s.state for s in snapshots.values()],
-                ),
-            )
-        if new_head != head:
-            conn.execute(sql.SET_HEAD, (new_head,))
-            conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
+        # The statements after the COPY in one round trip, as those before.
+        with conn.pipeline():
+            if snapshots:
+                conn.execute(
+                    sql.PUT_SNAPSHOTS,
+                    (
+                        list(snapshots),
+                        [s.version for s in snapshots.values()],
+                        [s.schema_version for s in snapshots.values()],
+                        [s.state for s in snapshots.values()],
+                    ),
+                )
+            if new_head != head:
+                conn.execute(sql.SET_HEAD, (new_head,))
+                conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
 
         results: list[Ack | AppendError] = []
         planned_iter = iter(planned)
@@ -621,20 +630,25 @@ class PostgresStore:
             )
         return envelopes
 
-    def _fenced_off(self, conn: _Connection, appends: Sequence[Append]) -> dict[int, NotOwner]:
+    def _read_fences(self, conn: _Connection, appends: Sequence[Append]) -> psycopg.Cursor[Any]:
+        """Read (under the head lock) the owner and epoch of the partitions of
+        the fenced ones of ``appends``; :meth:`_fenced_off` reads the rows."""
+        count = self._partitions
+        partitions = sorted({partition_of(a.stream, count) for a in appends if a.fenced})
+        return conn.execute(sql.READ_FENCES, (partitions,))
+
+    def _fenced_off(
+        self, fences: Iterable[tuple[int, str | None, int]], appends: Sequence[Append]
+    ) -> dict[int, NotOwner]:
         """The appends (by ``id``) of partitions this node does not hold at
-        the epoch the database has: read under the head lock, which every
-        claim takes too, so the answer holds until this transaction ends."""
+        the epoch the database has (``fences``: the rows of
+        :meth:`_read_fences`): read under the head lock, which every claim
+        takes too, so the answer holds until this transaction ends."""
         count = self._partitions
         fence = self._fence
         appends = [a for a in appends if a.fenced]
         partition_of_stream = {a.stream: partition_of(a.stream, count) for a in appends}
-        current = {
-            partition: (owner, epoch)
-            for partition, owner, epoch in conn.execute(
-                sql.READ_FENCES, (sorted(set(partition_of_stream.values())),)
-            )
-        }
+        current = {partition: (owner, epoch) for partition, owner, epoch in fences}
         refused: dict[int, NotOwner] = {}
         for append in appends:
             partition = partition_of_stream[append.stream]
