@@ -1291,8 +1291,9 @@ def _check_reader(conn: _Connection) -> None:
     one), and the others are lent at once. A round trip per lending would
     double the round trips of every read."""
     if not (conn.closed or conn.broken):
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        if not readable:
+        poller = select.poll()  # not select(): descriptors may be past 1023
+        poller.register(conn.fileno(), select.POLLIN)
+        if not poller.poll(0):
             return
     ConnectionPool.check_connection(conn)
 
