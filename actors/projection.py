@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -139,7 +138,6 @@ class ProjectionActor(Generic[M]):
         self._paused = False
         self._advanced = trio.Event()
         self._resume = trio.Event()
-        self._ahead: _ReadAhead | None = None
 
     def __repr__(self) -> str:
         state = "failed" if self.error else "paused" if self._paused else "running"
@@ -293,37 +291,10 @@ class ProjectionActor(Generic[M]):
         """Restore, then apply the log forever (until cancelled)."""
         await self.restore()
         task_status.started()
-        # Owns the read-ahead of the next batch (see _read_batch).
-        async with trio.open_nursery() as nursery:
-            await self._follow(nursery)
-
-    async def _read_batch(self, nursery: trio.Nursery) -> list[StoredEvent]:
-        """The next batch after the current position, read (and decoded) in a
-        worker thread. On a blocking (network) store the batch after it is
-        read meanwhile, while this one is applied, so the store's work and
-        ours overlap during a catch-up; it is used only if the position is
-        then where it starts (a pause, a retry or a rebuild drops it)."""
-        calls = self._calls
-        read = partial(calls.run, self._codec.read_warm, self._store.read_all, offload=True)
-        ahead = self._ahead
-        self._ahead = None
-        if ahead is not None and ahead.after == self.position:
-            events = await ahead.result()
-        else:
-            events = await read(self.position, self._batch_size)
-        if (
-            calls.blocking
-            and len(events) == self._batch_size
-            and self._writer.head_position > events[-1].position
-        ):
-            ahead = self._ahead = _ReadAhead(events[-1].position)
-            nursery.start_soon(ahead.run, read, self._batch_size)
-        return events
-
-    async def _follow(self, nursery: trio.Nursery) -> None:
         writer = self._writer
         read_all = self._store.read_all
-        blocking = self._calls.blocking
+        calls = self._calls
+        blocking = calls.blocking
         while True:
             if self._paused or self.error is not None:
                 await self._resume.wait()
@@ -336,7 +307,13 @@ class ProjectionActor(Generic[M]):
                 if blocking or head - self.position > self._batch_size:
                     # Far behind: decode the envelopes off the event loop
                     # (and a blocking store is never called on it).
-                    events = await self._read_batch(nursery)
+                    events = await calls.run(
+                        self._codec.read_warm,
+                        read_all,
+                        self.position,
+                        self._batch_size,
+                        offload=True,
+                    )
                     if self._paused or self.error is not None:
                         continue
                 else:
@@ -474,32 +451,3 @@ class ProjectionActor(Generic[M]):
         self.error = None
         self.failed_position = None
         self._wake()
-
-
-class _ReadAhead:
-    """One batch read in the background (see ``ProjectionActor._read_batch``):
-    its events or the error reading them, once :meth:`run` has finished."""
-
-    __slots__ = ("_done", "_error", "_events", "after")
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-        self._done = trio.Event()
-        self._events: list[StoredEvent] = []
-        self._error: Exception | None = None
-
-    async def run(
-        self, read: Callable[[int, int], Awaitable[list[StoredEvent]]], limit: int
-    ) -> None:
-        try:
-            self._events = await read(self.after, limit)
-        except Exception as exc:  # raised to the reader that takes the batch
-            self._error = exc
-        finally:
-            self._done.set()
-
-    async def result(self) -> list[StoredEvent]:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._events

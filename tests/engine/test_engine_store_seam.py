@@ -22,7 +22,6 @@ from motet.engine import App, Engine, open_engine
 from motet.engine.example import (
     CreateUser,
     GetUserById,
-    OrderPlaced,
     PlaceOrder,
     UserCreated,
     app,
@@ -426,55 +425,6 @@ async def test_a_blocking_store_is_never_called_on_the_event_loop_thread() -> No
         "put_group",
     ):
         assert store.calls[call] > 0, call
-    store._inner.close()
-
-
-async def test_a_projection_catches_up_from_a_blocking_store_reading_ahead_each_event_once() -> (
-    None
-):
-    # More than two read batches (2,000 events each) of log: on a blocking
-    # store the next batch is read while one is applied, and the read model
-    # still sees every event exactly once, in order.
-    store = BlockingStore()
-    codec = app.codec()
-    users = 50
-    appends = [
-        Append(
-            f"User-u{n}",
-            0,
-            [
-                codec.encode_event(
-                    UserCreated(user_id=f"u{n}", name="U", email="u@example.org", password_hash="x")
-                )
-            ],
-        )
-        for n in range(users)
-    ]
-    store._inner.append_batch(appends, time.time())
-    versions = [1] * users
-    for batch in range(5):
-        appends = []
-        for n in range(1_000):
-            user = n % users
-            new = codec.encode_event(
-                OrderPlaced(user_id=f"u{user}", order_id=f"o{batch}-{n}", amount=1.0, at=0.0)
-            )
-            appends.append(Append(f"User-u{user}", versions[user], [new]))
-            versions[user] += 1
-        store._inner.append_batch(appends, time.time())
-    head = store._inner.head_position
-    assert head == users + 5_000
-    with trio.fail_after(20):
-        async with open_engine(store=store, app=app) as engine:
-            projection = engine.projection("users")
-            await projection.wait_for(head)
-            assert projection.position == head
-            assert projection.events_applied == head
-            for user in (0, 17, users - 1):
-                summary = await engine.ask(GetUserById(user_id=f"u{user}"))
-                assert summary.order_count == 100
-    assert store.wrong_thread == []
-    assert store.calls["read_all"] >= 3
     store._inner.close()
 
 
