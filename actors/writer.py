@@ -243,7 +243,16 @@ class GroupCommitWriter:
         self._commits += 1
         self._appends_committed += appends
         self._events_appended += events
-        head = self._store.head_position
+        if self._store.blocking:
+            # No store call on the event loop's thread: the batch's Acks say
+            # which positions are committed (commits of other processes reach
+            # the watch through serve_commit_watch).
+            head = max(
+                (r.position for r in results if isinstance(r, Ack)),
+                default=self.watch.head_position,
+            )
+        else:
+            head = self._store.head_position
         self.committed = CommittedBatch(committed, events, timestamp)
         self.watch.advance(head, timestamp)
         for listener in self.listeners:

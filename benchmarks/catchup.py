@@ -4,6 +4,8 @@ Run from the repository root::
 
     python -m benchmarks.catchup                  # 1,000,000 events, 10,000 users
     python -m benchmarks.catchup --events 200000
+    python -m benchmarks.catchup --postgres --events 300000   # a throwaway cluster
+    python -m benchmarks.catchup --url postgresql://user@host/db
 
 It writes a log of example-app events straight through the store (10,000
 ``UserCreated`` then ``OrderPlaced``/``UserUpdated``, durability ``none``,
@@ -15,7 +17,10 @@ large batches), then measures:
 * **reopen**: close the engine (which saves the read model with its
   position), open it again and time until the projection is caught up.
 
-Prints a table and one JSON line.
+With ``--postgres`` (a throwaway cluster, fsync on) or ``--url`` the log is
+written to a PostgreSQL store (a new schema, dropped at the end) and the
+engine catches up from it. Prints a table and one JSON line; the CPU seconds
+are this process's (the engine's), not the server's.
 """
 
 from __future__ import annotations
@@ -26,23 +31,31 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from motet.engine import open_engine
 from motet.engine.example import OrderPlaced, UserCreated, UserUpdated, app
 from motet.storage import Append, LmdbStore
+from motet.storage.postgres_store import PostgresStore
 
 _CITIES = ("Oslo", "Lima", "Pune", "Kyiv", "Accra", "Quito")
 
 
-def build_log(path: Path, events: int, users: int, seed: int) -> None:
-    """Write ``events`` example events for ``users`` users into a new store."""
+def build_log(path: Path | str, events: int, users: int, seed: int) -> None:
+    """Write ``events`` example events for ``users`` users into a new store
+    (an LMDB directory, or a ``postgresql://`` URL)."""
     codec = app.codec()
     rng = random.Random(seed)
-    store = LmdbStore(path, durability="none")
+    store: Any = (
+        LmdbStore(path, durability="none")
+        if isinstance(path, Path)
+        else PostgresStore(path, durability="none")
+    )
     versions = [0] * users
     batch: list[Append] = []
     now = time.time()
@@ -84,14 +97,21 @@ def build_log(path: Path, events: int, users: int, seed: int) -> None:
     store.close()
 
 
-async def _time_until_caught_up(path: Path) -> tuple[float, int, int]:
-    """Open the engine; return (seconds until caught up, head, start position)."""
+async def _time_until_caught_up(path: Path | str) -> tuple[float, int, int, float]:
+    """Open the engine; return (seconds until caught up, head, start
+    position, CPU seconds of this process meanwhile)."""
     started = time.perf_counter()
+    cpu = time.process_time()
     async with open_engine(path, app, durability="none") as engine:
         projection = engine.projection("users")
         start = projection.position
         await projection.wait_for(engine.head_position)
-        return time.perf_counter() - started, engine.head_position, start
+        return (
+            time.perf_counter() - started,
+            engine.head_position,
+            start,
+            time.process_time() - cpu,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -104,31 +124,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000, help="log length")
     parser.add_argument("--users", type=int, default=10_000, help="distinct users")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL cluster")
+    parser.add_argument("--url", help="on a PostgreSQL store in a new schema of this database")
     args = parser.parse_args(argv)
     if args.events < args.users or args.users < 1:
         parser.error("--events must be >= --users >= 1")
-    with tempfile.TemporaryDirectory(prefix="motet-catchup-") as tmp:
-        path = Path(tmp) / "store"
+    with _store_location(args.url, args.postgres) as path:
         print(f"writing {args.events:,} events ...", file=sys.stderr)
         build_log(path, args.events, args.users, args.seed)
-        catchup_s, head, start = trio.run(_time_until_caught_up, path)
+        catchup_s, head, start, catchup_cpu = trio.run(_time_until_caught_up, path)
         assert start == 0, "a fresh store has no saved read model"
-        reopen_s, _, restored = trio.run(_time_until_caught_up, path)
+        reopen_s, _, restored, _ = trio.run(_time_until_caught_up, path)
     report = {
+        "store": "lmdb" if isinstance(path, Path) else "postgresql",
         "events": head,
         "users": args.users,
         "catchup_seconds": catchup_s,
         "catchup_events_per_s": head / catchup_s,
+        "catchup_cpu_s_per_1k_events": catchup_cpu * 1000 / max(head, 1),
         "reopen_seconds": reopen_s,
         "reopen_restored_position": restored,
     }
-    print(f"{'measure':<28}{'value':>16}")
+    print(f"{'measure':<28}{'value':>16}   ({report['store']})")
     print(f"{'events in log':<28}{head:>16,}")
     print(f"{'catch-up from 0 (s)':<28}{catchup_s:>16.2f}")
     print(f"{'catch-up rate (events/s)':<28}{head / catchup_s:>16,.0f}")
+    print(f"{'catch-up CPU s/1k events':<28}{report['catchup_cpu_s_per_1k_events']:>16.4f}")
     print(f"{'reopen to caught up (s)':<28}{reopen_s:>16.3f}")
     print(f"{'restored at position':<28}{restored:>16,}")
     print(json.dumps(report, sort_keys=True))
+
+
+@contextmanager
+def _store_location(url: str | None, postgres: bool) -> Iterator[Path | str]:
+    """A new store's location: a temporary LMDB directory, or a new schema
+    of ``url`` or of a throwaway cluster (``postgres``)."""
+    if url is None and not postgres:
+        with tempfile.TemporaryDirectory(prefix="motet-catchup-") as tmp:
+            yield Path(tmp) / "store"
+        return
+    from .postgres_workload import postgres_url
+
+    with postgres_url(url) as store_url:
+        yield store_url
 
 
 if __name__ == "__main__":

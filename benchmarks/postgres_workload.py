@@ -18,6 +18,10 @@ Without ``--url`` it starts a cluster of its own (initdb into a temporary
 directory, fsync on), as the tests do, and removes it afterwards. With
 ``--url`` the tables go to a new schema, dropped at the end.
 
+Then, on fresh streams and not timed, three more batches with libpq's trace
+of the writer connection on: the statements each batch sent and the round
+trips it waited for.
+
 Prints a table and one JSON line.
 """
 
@@ -26,10 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -45,9 +51,10 @@ _BATCH = 1000
 _PAGE = 10_000
 
 
-def make_batches(batches: int, users: int, seed: int) -> list[list[Append]]:
-    """``batches`` lists of ``_BATCH`` appends to ``users`` streams: the first
-    append to a stream creates the user, later ones place orders."""
+def make_batches(batches: int, users: int, seed: int, prefix: str = "u") -> list[list[Append]]:
+    """``batches`` lists of ``_BATCH`` appends to ``users`` streams (user ids
+    ``{prefix}{n}``): the first append to a stream creates the user, later
+    ones place orders."""
     codec = app.codec()
     rng = random.Random(seed)
     versions = [0] * users
@@ -67,15 +74,18 @@ def make_batches(batches: int, users: int, seed: int) -> list[list[Append]]:
             chosen.add(user)
             if versions[user] == 0:
                 event: Any = UserCreated(
-                    user_id=f"u{user}",
+                    user_id=f"{prefix}{user}",
                     name=f"User {user}",
-                    email=f"u{user}@example.org",
+                    email=f"{prefix}{user}@example.org",
                     password_hash="x" * 32,
                     city="Oslo",
                 )
             else:
                 event = OrderPlaced(
-                    user_id=f"u{user}", order_id=f"o{n}", amount=float(rng.randint(1, 500)), at=now
+                    user_id=f"{prefix}{user}",
+                    order_id=f"o{n}",
+                    amount=float(rng.randint(1, 500)),
+                    at=now,
                 )
             snapshot = (
                 Snapshot(versions[user] + 1, 1, b"\x81\xa5state" + bytes(60))
@@ -84,7 +94,7 @@ def make_batches(batches: int, users: int, seed: int) -> list[list[Append]]:
             )
             batch.append(
                 Append(
-                    f"User-u{user}",
+                    f"User-{prefix}{user}",
                     versions[user],
                     [codec.encode_event(event)],
                     Metadata(command_id=uuid.UUID(int=rng.getrandbits(128)).hex),
@@ -105,6 +115,31 @@ def run_appends(store: Any, batches: Sequence[list[Append]]) -> float:
             assert len(results) == len(batch)
         seconds = time.perf_counter() - started
     return sum(len(b) for b in batches) / seconds
+
+
+def count_round_trips(store: PostgresStore, batches: Sequence[list[Append]]) -> dict[str, float]:
+    """Append ``batches`` (not timed) with libpq's trace of the writer
+    connection on; per batch, the statements it sent and the round trips it
+    waited for (each ReadyForQuery closes one, each COPY's CopyInResponse
+    another)."""
+    store.append_batch(batches[0], time.time())  # the writer connection is open
+    writer = store._writer
+    assert writer is not None
+    with tempfile.TemporaryFile("w+") as trace:
+        writer.pgconn.trace(trace.fileno())
+        try:
+            for batch in batches[1:]:
+                store.append_batch(batch, time.time())
+        finally:
+            writer.pgconn.untrace()
+        trace.seek(0)
+        messages = Counter(re.findall(r"\t([FB])\t\d+\t(\w+)", trace.read()))
+    traced = len(batches) - 1
+    return {
+        "statements_per_batch": (messages["F", "Bind"] + messages["F", "Query"]) / traced,
+        "round_trips_per_batch": (messages["B", "ReadyForQuery"] + messages["B", "CopyInResponse"])
+        / traced,
+    }
 
 
 def run_catch_up(store: Any) -> float:
@@ -157,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             figures["postgres_append_events_per_s"] = run_appends(store, batches)
             figures["postgres_catch_up_events_per_s"] = run_catch_up(store)
+            # Fresh streams of their own, after the timed ones.
+            figures.update(count_round_trips(store, make_batches(4, 1_000, args.seed + 1, "t")))
         finally:
             store.close()
     with tempfile.TemporaryDirectory(prefix="motet-bench-") as directory:
@@ -176,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{name:<12}{append:>18,.0f}{catch_up:>20,.0f}")
     ratio = figures["postgres_append_events_per_s"] / figures["lmdb_append_events_per_s"]
     print(f"PostgreSQL / LMDB append ratio: {ratio:.2f}")
+    print(
+        f"PostgreSQL, per append batch: {figures['statements_per_batch']:.1f} statements, "
+        f"{figures['round_trips_per_batch']:.1f} round trips"
+    )
     print(json.dumps({"events": events, "durability": args.durability, **figures}))
 
 

@@ -63,6 +63,7 @@ class _Peer:
         self._turn = 0
         self._opening = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<Peer {self.address} connections={len(self._clients)}/{self._size}>"
@@ -74,6 +75,9 @@ class _Peer:
             await trio.sleep_forever()
 
     def close(self) -> None:
+        # A forward that picked this peer just before may still ask for a
+        # connection: it is told the peer is closed (client() raises).
+        self._closed = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -84,7 +88,7 @@ class _Peer:
         if len(self._clients) < self._size:
             async with self._opening:
                 if len(self._clients) < self._size:
-                    if self._nursery is None:
+                    if self._nursery is None or self._closed:
                         raise Unavailable(f"the connections to {self.address} are closed")
                     client: Client = await self._nursery.start(self._hold)
                     self._clients.append(client)

@@ -283,14 +283,20 @@ class Codec:
         keyring = self.keyring
         changes: dict[str, bytes | None] = {}
         batch: dict[str, SubjectKey | None] = {}
+        # Not trusting a cached absence: on a shared store another process may
+        # have made the key since. Every subject the batch needs and the cache
+        # holds no key for is read anew, all in one call to the store.
+        shadows, subjects = self._personal_shadows(appends)
+        fresh = keyring.without_key(subjects)
+        keyring.refresh_many(fresh)
 
         def key_for(subject: str, create: bool) -> SubjectKey | None:
             if subject in batch:
                 key = batch[subject]
             else:
-                # Not trusting a cached absence: on a shared store another
-                # process may have made the key since.
-                key = keyring.get(subject) or keyring.refresh(subject)
+                key = keyring.get(subject)
+                if key is None and subject not in fresh:
+                    key = keyring.refresh(subject)
                 if key is not None:
                     batch[subject] = key  # the subject's next fields in this batch
             if key is None and create:
@@ -316,7 +322,9 @@ class Codec:
                     events[index] = NewEvent(
                         event.type,
                         event.event_version,
-                        self._seal_event(entry, event, key_for, nonces),
+                        self._seal_event(
+                            entry, event, key_for, nonces, shadows.get((id(append), index))
+                        ),
                     )
             snapshot = append.snapshot
             if snapshot is not None and append.subjects:
@@ -366,15 +374,46 @@ class Codec:
             for record, append in zip(records, sealed, strict=True)
         ], keys
 
+    def _personal_shadows(
+        self, appends: Sequence[Append]
+    ) -> tuple[dict[tuple[int, int], Any], set[str]]:
+        """The decoded shadows of the batch's events with personal fields, by
+        (``id`` of the append, index of the event), and every subject whose
+        key sealing the batch needs (its fields to encrypt, its snapshots')."""
+        shadows: dict[tuple[int, int], Any] = {}
+        subjects: set[str] = set()
+        types = self._types
+        for append in appends:
+            for index, event in enumerate(append.events):
+                entry = types.get(event.type)
+                if (
+                    entry is None
+                    or not entry.personal
+                    or entry is self._forgotten
+                    or event.event_version != entry.version
+                ):
+                    continue
+                assert entry.shadow_decoder is not None
+                shadow = shadows[(id(append), index)] = entry.shadow_decoder.decode(event.data)
+                for field in entry.personal:
+                    raw = bytes(getattr(shadow, field.name))
+                    if raw != _NIL and not is_extension(raw):
+                        subjects.add(getattr(shadow, field.subject))
+            if append.snapshot is not None:
+                subjects.update(append.subjects)
+        return shadows, subjects
+
     def _seal_event(
         self,
         entry: _EventType,
         event: NewEvent,
         key_for: Callable[[str, bool], SubjectKey | None],
         nonces: NonceSource | None = None,
+        shadow: Any = None,
     ) -> bytes:
         assert entry.shadow_decoder is not None
-        shadow = entry.shadow_decoder.decode(event.data)
+        if shadow is None:
+            shadow = entry.shadow_decoder.decode(event.data)
         replaced: dict[str, msgspec.Raw] = {}
         for field in entry.personal:
             raw = bytes(getattr(shadow, field.name))
@@ -399,7 +438,8 @@ class Codec:
         if not self._personal_by_class:
             return
         types = self._types
-        lookup = self.keyring.lookup
+        keyring = self.keyring
+        wanted: dict[tuple[str, bytes], None] = {}
         for stored in events:
             entry = types.get(stored.type)
             if entry is None or not entry.personal or stored.event_version != entry.version:
@@ -414,7 +454,12 @@ class Codec:
                 if is_extension(raw):
                     ext = self._untyped.decode(raw)
                     if isinstance(ext, msgspec.msgpack.Ext) and ext.code == FIELD_EXT:
-                        lookup(getattr(shadow, field.subject), bytes(ext.data)[:4])
+                        wanted[(getattr(shadow, field.subject), bytes(ext.data)[:4])] = None
+        # The subjects not cached with the key their ciphertexts name are
+        # read together, in one call to the store, instead of one each.
+        keyring.refresh_many(keyring.stale(wanted))
+        for subject, key_id in wanted:
+            keyring.lookup(subject, key_id)
 
     def read_warm(self, read: Callable[..., list[StoredEvent]], *args: Any) -> list[StoredEvent]:
         """``read(*args)``, then :meth:`warm_keys` on what it returned."""

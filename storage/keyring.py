@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -84,6 +84,10 @@ class KeySource(Protocol):
 
     def get_key(self, subject: str) -> bytes | None:
         """The key record of ``subject``, if it has one."""
+        ...
+
+    def get_keys(self, subjects: Sequence[str]) -> dict[str, bytes]:
+        """The key records of those of ``subjects`` that have one."""
         ...
 
 
@@ -218,6 +222,43 @@ class Keyring:
     def refresh(self, subject: str) -> SubjectKey | None:
         """The key of ``subject`` as the store holds it now (cached anew)."""
         return self._fetch(subject)
+
+    def without_key(self, subjects: Iterable[str]) -> set[str]:
+        """Those of ``subjects`` the cache holds no key for (not cached, or
+        cached as having none)."""
+        with self._lock:
+            cache = self._cache
+            return {subject for subject in subjects if cache.get(subject) is None}
+
+    def stale(self, wanted: Iterable[tuple[str, bytes]]) -> set[str]:
+        """The subjects of ``wanted`` (subject, key id) pairs whose cached key
+        is not the one named, and that is not known to be gone: those
+        :meth:`lookup` would ask the store for."""
+        with self._lock:
+            cache = self._cache
+            gone = self._gone
+            stale: set[str] = set()
+            for subject, key_id in wanted:
+                key = cache.get(subject)
+                if (key is None or key.id != key_id) and (subject, key_id) not in gone:
+                    stale.add(subject)
+            return stale
+
+    def refresh_many(self, subjects: Collection[str]) -> None:
+        """Cache anew the keys of ``subjects`` as the store holds them now,
+        read by one call (:meth:`refresh` for many: a network store answers
+        them in one round trip instead of one each)."""
+        if not subjects:
+            return
+        if self._source is None:
+            raise CodecError(
+                "personal data cannot be decrypted without the store's keys: "
+                "build the codec with keys=<the store>"
+            )
+        records = self._source.get_keys(sorted(subjects))
+        for subject in subjects:
+            record = records.get(subject)
+            self._remember(subject, None if record is None else SubjectKey(record))
 
     def lookup(self, subject: str, key_id: bytes) -> SubjectKey | None:
         """The key with id ``key_id`` of ``subject``, or ``None`` when it is

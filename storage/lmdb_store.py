@@ -793,18 +793,37 @@ class LmdbStore:
             except (lmdb.Error, OSError) as exc:
                 raise _translate(exc, "writing keys", self.path) from exc
 
-    def get_key(self, subject: str) -> bytes | None:
+    def _keys_db(self) -> Any:
+        """The keys table, or ``None`` on a read-only handle on a store its
+        writer had not upgraded yet."""
         if self._keys is None:
-            # A read-only handle on a store its writer had not upgraded yet.
             try:
                 self._keys = self._env.open_db(_KEYS, create=False)
             except lmdb.NotFoundError:
                 return None
             except lmdb.Error as exc:
                 raise _translate(exc, "reading keys", self.path) from exc
+        return self._keys
+
+    def get_key(self, subject: str) -> bytes | None:
+        db = self._keys_db()
+        if db is None:
+            return None
         with self._read() as txn:
-            record = txn.get(subject.encode(), db=self._keys)
+            record = txn.get(subject.encode(), db=db)
             return None if record is None else bytes(record)
+
+    def get_keys(self, subjects: Sequence[str]) -> dict[str, bytes]:
+        db = self._keys_db()
+        found: dict[str, bytes] = {}
+        if db is None:
+            return found
+        with self._read() as txn:
+            for subject in subjects:
+                record = txn.get(subject.encode(), db=db)
+                if record is not None:
+                    found[subject] = bytes(record)
+        return found
 
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         self._check_writable(f"save checkpoint {name!r} in")

@@ -318,6 +318,11 @@ class MemoryStore:
         self._check_open()
         return self._keys.get(subject)
 
+    def get_keys(self, subjects: Sequence[str]) -> dict[str, bytes]:
+        self._check_open()
+        keys = self._keys
+        return {subject: keys[subject] for subject in subjects if subject in keys}
+
     def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
         self._check_open()
         self._put_keys(keys)

@@ -68,6 +68,7 @@ __all__ = [
     "READ_GROUP_NAMES",
     "READ_HEAD",
     "READ_KEY",
+    "READ_KEYS",
     "READ_LEASES",
     "READ_NODES",
     "READ_PARKED",
@@ -520,6 +521,10 @@ FROM motet_deletions WHERE stream > %s ORDER BY stream LIMIT %s
 READ_SNAPSHOT = "SELECT version, schema_version, state FROM motet_snapshots WHERE stream = %s"
 
 READ_KEY = "SELECT record FROM motet_keys WHERE subject = %s"
+
+# The keys of many subjects in one round trip (a batch's new subjects, a page
+# of events being decoded).
+READ_KEYS = "SELECT subject, record FROM motet_keys WHERE subject = ANY(%s::text[])"
 
 # A commit the synchronous standbys must confirm, made only to wait for
 # them: they confirm the WAL in order, so once this is confirmed so is every

@@ -44,6 +44,7 @@ and refused with :class:`~motet.storage.errors.NotOwner` when one is stale.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -203,7 +204,7 @@ class PostgresStore:
                 max_size=readers,
                 kwargs={"autocommit": True, "application_name": "motet reader", **_CONNECT},
                 configure=self._configure,
-                check=ConnectionPool.check_connection,
+                check=_check_reader,
                 timeout=10.0,
                 name="motet-readers",
                 open=False,
@@ -482,14 +483,31 @@ class PostgresStore:
     ) -> tuple[list[Ack | AppendError], tuple[int, bytes] | None, int]:
         """Every statement of one append transaction but the COMMIT; returns the
         results, the first planned event (position, envelope) and the new head."""
-        conn.execute(sql.BEGIN, prepare=False)
-        head = int(_one(conn.execute(sql.LOCK_HEAD)))
-        if keys:
-            _write_keys(conn, keys)
         command_ids = [
             a.metadata.command_id for a in appends if a.metadata.command_id is not None and a.events
         ]
-        recorded = _find_acks(conn, command_ids)
+        fenced = self._node is not None
+        # Every statement up to the COPY in one round trip (pipeline mode):
+        # the server still runs them one after the other, each after the head
+        # lock is taken, so each reads what the writers before committed. The
+        # fences and versions are read for every append of the batch (those
+        # whose command id turns out recorded are not written anyway).
+        with conn.pipeline():
+            conn.execute(sql.BEGIN, prepare=False)
+            head_rows = conn.execute(sql.LOCK_HEAD)
+            if keys:
+                _write_keys(conn, keys)
+            ack_rows = (
+                conn.execute(sql.FIND_ACKS, (command_ids,), binary=True) if command_ids else None
+            )
+            fence_rows = self._read_fences(conn, appends) if fenced else None
+            version_rows = conn.execute(
+                sql.READ_STREAM_VERSIONS, (sorted({a.stream for a in appends}),)
+            )
+        head = int(_one(head_rows))
+        recorded: dict[str, AckRecord] = (
+            {} if ack_rows is None else {row[0]: _ack_record(row[1:]) for row in ack_rows}
+        )
         fresh = [
             a
             for a in appends
@@ -497,19 +515,15 @@ class PostgresStore:
                 a.events and a.metadata.command_id is not None and a.metadata.command_id in recorded
             )
         ]
-        refused = self._fenced_off(conn, fresh) if self._node is not None and fresh else {}
+        refused = self._fenced_off(fence_rows, fresh) if fence_rows is not None and fresh else {}
         if refused:
             fresh = [a for a in fresh if id(a) not in refused]
         versions: dict[str, int] = {}
         deleted: set[str] = set()
-        if fresh:
-            stream_ids = sorted({a.stream for a in fresh})
-            for stream, version, is_deleted in conn.execute(
-                sql.READ_STREAM_VERSIONS, (stream_ids,)
-            ):
-                versions[stream] = version or 0
-                if is_deleted:
-                    deleted.add(stream)
+        for stream, version, is_deleted in version_rows:
+            versions[stream] = version or 0
+            if is_deleted:
+                deleted.add(stream)
         plan = plan_appends(
             fresh, head, timestamp, versions.__getitem__, deleted_of=deleted.__contains__
         )
@@ -529,19 +543,21 @@ class PostgresStore:
                 sql.APPEND_ACKS_TYPES,
                 ((c, a.stream, a.version, a.position, a.type, a.digest) for c, a in plan.acks),
             )
-        if snapshots:
-            conn.execute(
-                sql.PUT_SNAPSHOTS,
-                (
-                    list(snapshots),
-                    [s.version for s in snapshots.values()],
-                    [s.schema_version for s in snapshots.values()],
-                    [s.state for s in snapshots.values()],
-                ),
-            )
-        if new_head != head:
-            conn.execute(sql.SET_HEAD, (new_head,))
-            conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
+        # The statements after the COPY in one round trip, as those before.
+        with conn.pipeline():
+            if snapshots:
+                conn.execute(
+                    sql.PUT_SNAPSHOTS,
+                    (
+                        list(snapshots),
+                        [s.version for s in snapshots.values()],
+                        [s.schema_version for s in snapshots.values()],
+                        [s.state for s in snapshots.values()],
+                    ),
+                )
+            if new_head != head:
+                conn.execute(sql.SET_HEAD, (new_head,))
+                conn.execute(sql.NOTIFY_COMMIT, (str(new_head),))
 
         results: list[Ack | AppendError] = []
         planned_iter = iter(planned)
@@ -661,20 +677,25 @@ class PostgresStore:
             )
         return envelopes
 
-    def _fenced_off(self, conn: _Connection, appends: Sequence[Append]) -> dict[int, NotOwner]:
+    def _read_fences(self, conn: _Connection, appends: Sequence[Append]) -> psycopg.Cursor[Any]:
+        """Read (under the head lock) the owner and epoch of the partitions of
+        the fenced ones of ``appends``; :meth:`_fenced_off` reads the rows."""
+        count = self._partitions
+        partitions = sorted({partition_of(a.stream, count) for a in appends if a.fenced})
+        return conn.execute(sql.READ_FENCES, (partitions,))
+
+    def _fenced_off(
+        self, fences: Iterable[tuple[int, str | None, int]], appends: Sequence[Append]
+    ) -> dict[int, NotOwner]:
         """The appends (by ``id``) of partitions this node does not hold at
-        the epoch the database has: read under the head lock, which every
-        claim takes too, so the answer holds until this transaction ends."""
+        the epoch the database has (``fences``: the rows of
+        :meth:`_read_fences`): read under the head lock, which every claim
+        takes too, so the answer holds until this transaction ends."""
         count = self._partitions
         fence = self._fence
         appends = [a for a in appends if a.fenced]
         partition_of_stream = {a.stream: partition_of(a.stream, count) for a in appends}
-        current = {
-            partition: (owner, epoch)
-            for partition, owner, epoch in conn.execute(
-                sql.READ_FENCES, (sorted(set(partition_of_stream.values())),)
-            )
-        }
+        current = {partition: (owner, epoch) for partition, owner, epoch in fences}
         refused: dict[int, NotOwner] = {}
         for append in appends:
             partition = partition_of_stream[append.stream]
@@ -1035,6 +1056,18 @@ class PostgresStore:
         )
         return None if found is None else bytes(found)
 
+    def get_keys(self, subjects: Sequence[str]) -> dict[str, bytes]:
+        """See :meth:`EventStore.get_keys`: one statement."""
+        if not subjects:
+            self._check_open()
+            return {}
+        wanted = list(subjects)
+        rows = self._read(
+            lambda conn: conn.execute(sql.READ_KEYS, (wanted,), binary=True).fetchall(),
+            f"reading the keys of {len(wanted)} subjects",
+        )
+        return {subject: bytes(record) for subject, record in rows}
+
     def put_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         def put(conn: _Connection) -> None:
             conn.execute(
@@ -1360,6 +1393,22 @@ class PostgresStore:
                 self._leases.close()
                 self._leases = None
         self._pool.close()
+
+
+def _check_reader(conn: _Connection) -> None:
+    """The pool's check of a reader connection before lending it, without a
+    round trip for one that is evidently working: an idle connection has
+    nothing to read, so one the server wrote to meanwhile (the notice that
+    it was terminated, a closed socket) or one found closed is checked by a
+    round trip (``ConnectionPool.check_connection``, which raises for a dead
+    one), and the others are lent at once. A round trip per lending would
+    double the round trips of every read."""
+    if not (conn.closed or conn.broken):
+        poller = select.poll()  # not select(): descriptors may be past 1023
+        poller.register(conn.fileno(), select.POLLIN)
+        if not poller.poll(0):
+            return
+    ConnectionPool.check_connection(conn)
 
 
 def _copy(

@@ -246,6 +246,12 @@ class EventStore(Protocol):
         deleting one shreds the subject's personal data without touching the log."""
         ...
 
+    def get_keys(self, subjects: Sequence[str]) -> dict[str, bytes]:
+        """The key records of those of ``subjects`` that have one, read
+        together (one round trip for a network store): a subject without a
+        key is left out of the result."""
+        ...
+
     def put_keys(self, keys: Mapping[str, bytes | None]) -> None:
         """Write key records (``None``: delete that subject's key; deleting a
         missing key is harmless) in one transaction, durably in ``sync`` mode."""

@@ -222,3 +222,17 @@ async def test_any_node_forgets_a_subject_whose_stream_another_node_leases(url: 
         events = a.store.read_stream(f"Subject-{subject}")
         assert [e.type for e in events] == ["SubjectForgotten"]
         assert a.store.get_key(subject) is None
+
+
+async def test_a_peer_closed_while_a_forward_holds_it_answers_unavailable() -> None:
+    # The node drops the peer of a node that left (its heartbeat expired)
+    # while a forward to it may already hold it: that forward must be told
+    # the owner is unavailable (retryable), not fail on a closed nursery.
+    from motet.engine.node import _Peer
+
+    peer = _Peer("127.0.0.1:9", 2, None, None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.serve)
+        peer.close()
+        with pytest.raises(Unavailable, match=r"connections to 127\.0\.0\.1:9 are closed"):
+            await peer.client()

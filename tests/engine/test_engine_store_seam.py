@@ -280,6 +280,10 @@ class BlockingStore:
         self._enter("get_key")
         return self._inner.get_key(subject)
 
+    def get_keys(self, subjects: Sequence[str]) -> dict[str, bytes]:
+        self._enter("get_keys")
+        return self._inner.get_keys(subjects)
+
     def put_keys(self, keys: Any) -> None:
         self._enter("put_keys")
         self._inner.put_keys(keys)

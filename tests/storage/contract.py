@@ -1127,6 +1127,15 @@ class StoreContract:
         assert store.get_key("u3") == b"k3"
         assert [e.position for e in store.read_all()] == [1, 2]
 
+    def test_get_keys_reads_many_subjects_at_once_leaving_out_those_without_one(
+        self, store: Any
+    ) -> None:
+        assert store.get_keys([]) == {}
+        assert store.get_keys(["u1"]) == {}
+        store.put_keys({"u1": b"k1", "u2": b"k2", "u3": b"k3"})
+        store.put_keys({"u2": None})
+        assert store.get_keys(["u3", "nobody", "u1", "u2", "u1"]) == {"u1": b"k1", "u3": b"k3"}
+
     def test_keys_are_written_even_when_the_batch_s_appends_are_refused(self, store: Any) -> None:
         # The key changes belong to the transaction, not to one append: a
         # forget whose event conflicts has still deleted the key.
