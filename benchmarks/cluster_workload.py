@@ -318,25 +318,18 @@ async def _workload(
         for c in workload.commands
     ]
     await _wait_balanced(ports)
-    phase_a = await _drive(
-        ports,
-        creates,
-        args.connections,
-        args.in_flight,
-        route=args.route,
-        cpu=_Cpu(pids, postmaster),
-        url=url,
-    )
-    phase_b = await _drive(
-        ports,
-        mixed,
-        args.connections,
-        args.in_flight,
-        route=args.route,
-        cpu=_Cpu(pids, postmaster),
-        url=url,
-    )
-    return {"phase_a": phase_a, "phase_b": phase_b}
+    phases = {}
+    for name, commands in (("phase_a", creates), ("phase_b", mixed)):
+        phases[name] = await _drive(
+            ports,
+            commands,
+            args.connections,
+            args.in_flight,
+            route=args.route,
+            cpu=_Cpu(pids, postmaster),
+            url=url,
+        )
+    return phases
 
 
 async def _failover(nodes: list[tuple[Any, int]]) -> dict[str, Any]:

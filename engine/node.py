@@ -48,6 +48,9 @@ log = logging.getLogger("motet.node")
 _RENEW_FRACTION = 0.3
 """Leases are renewed every ``lease_ttl * _RENEW_FRACTION`` seconds: two
 renewals may fail before a lease expires."""
+_EXPIRY_MARGIN = 0.05
+"""Seconds past another node's lease expiry (by the database's clock, as
+seen at the last heartbeat) at which a node looks again to claim it."""
 
 
 class _Peer:
@@ -163,6 +166,8 @@ class Node:
         # Local deadline of the leases: the heartbeat that renewed them started
         # before the database took now(), so this ends no later than they do.
         self._valid_until = -math.inf
+        # When the soonest lease of another node ends (see serve).
+        self._next_expiry = math.inf
         self._peers: dict[str, _Peer] = {}
         self._forwarding = 0
         self.forwarded = 0
@@ -370,7 +375,15 @@ class Node:
                 task_status.started()
                 while True:
                     last = trio.current_time()
-                    with trio.move_on_after(self.renew_every):
+                    # Renew in time; look again as soon as another node's
+                    # lease ends (its node died: take over at once, not at
+                    # the next renewal), though not more often than a few
+                    # times per renewal interval.
+                    deadline = min(
+                        last + self.renew_every,
+                        max(self._next_expiry, last + self.renew_every / 8),
+                    )
+                    with trio.move_on_at(deadline):
                         await self._wake.wait()
                         # Asked early (a command waits for an owner): not more
                         # often than a few times per renewal interval.
@@ -393,6 +406,10 @@ class Node:
             self.store.heartbeat, self.id, self.advertise, self.role, self.lease_ttl
         )
         self._valid_until = started + self.lease_ttl
+        ending = [
+            lease.expires_in for lease in view.leases if lease.live and lease.owner != self.id
+        ]
+        self._next_expiry = started + min(ending) + _EXPIRY_MARGIN if ending else math.inf
         self._see(view)
         try:
             await self._balance(view)

@@ -51,13 +51,16 @@ def quotas(nodes: Sequence[str], partitions: int) -> dict[str, int]:
 
 class Lease(msgspec.Struct, frozen=True):
     """One partition's lease as the store last saw it: its ``owner`` (a node
-    id, or ``None`` when free), its ``epoch`` (bumped by every claim) and
-    whether it is ``live`` (not expired by the database's clock)."""
+    id, or ``None`` when free), its ``epoch`` (bumped by every claim),
+    whether it is ``live`` (not expired by the database's clock) and in how
+    many seconds it expires (``expires_in``, by that clock; 0.0 when free or
+    expired), so a node can look again right when a dead owner's lease ends."""
 
     partition: int
     owner: str | None
     epoch: int
     live: bool
+    expires_in: float = 0.0
 
 
 class NodeInfo(msgspec.Struct, frozen=True):

@@ -587,7 +587,8 @@ SELECT node_id, address, role FROM motet_nodes WHERE expires_at > now() ORDER BY
 """
 
 READ_LEASES = """
-SELECT partition, owner, epoch, coalesce(owner IS NOT NULL AND expires_at > now(), false)
+SELECT partition, owner, epoch, coalesce(owner IS NOT NULL AND expires_at > now(), false),
+       greatest(coalesce(extract(epoch FROM expires_at - now()), 0), 0)::float8
 FROM motet_partitions ORDER BY partition
 """
 

@@ -32,7 +32,7 @@ def url(postgres_cluster: Cluster) -> str:
 
 @asynccontextmanager
 async def node(
-    url: str, node_id: str, *, served: App = app, **options: Any
+    url: str, node_id: str, *, served: App = app, lease_ttl: float = TTL, **options: Any
 ) -> AsyncIterator[Engine]:
     """An engine of ``served`` as node ``node_id``, its line server on a free
     port advertised."""
@@ -41,7 +41,7 @@ async def node(
             url,
             served,
             node_id=node_id,
-            lease_ttl=TTL,
+            lease_ttl=lease_ttl,
             store_options={"partitions": PARTITIONS},
             **options,
         ) as engine,
@@ -164,6 +164,26 @@ async def test_a_node_restarted_under_its_id_takes_its_leases_back_at_once(url: 
             assert isinstance(refused, NotOwner)
     finally:
         earlier.close()
+
+
+async def test_a_dead_nodes_partitions_are_claimed_when_its_leases_end(url: str) -> None:
+    # A process that died holding every lease, renewed last just now for 1 s.
+    dead = PostgresStore(url, partitions=PARTITIONS)
+    try:
+        dead.heartbeat("dead", "", "writer", 1.0)
+        dead.claim("dead", [0, 1, 2, 3], 1.0)
+        claimed_at = trio.current_time()
+        # Renewing every 1.8 s (lease TTL 6 s), the survivor sees the leases
+        # live at its first heartbeat; its next renewal is ~1 s after they end.
+        async with node(url, "survivor", lease_ttl=6.0) as survivor:
+            assert survivor.node is not None
+            assert survivor.node.owned == []
+            # Claimed right when they end, not at the next renewal.
+            await wait_until(lambda: survivor.node.owned == [0, 1, 2, 3], seconds=1.6)
+            assert trio.current_time() - claimed_at > 0.9  # not before they ended
+            assert (await survivor.send(create("ann"))).version == 1
+    finally:
+        dead.close()
 
 
 async def test_node_options_are_checked(url: str) -> None:

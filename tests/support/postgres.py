@@ -64,6 +64,20 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in name.split(".") if part.isdigit())
 
 
+def _start_on_a_free_port(cluster: Cluster, what: str) -> None:
+    """Start ``cluster``; another process may have taken its port between
+    the probe and the start, so a failed start tries a new port (three
+    tries in all)."""
+    for attempt in range(3):
+        try:
+            cluster.start()
+            return
+        except subprocess.CalledProcessError as exc:
+            if attempt == 2:
+                raise RuntimeError(f"{what} did not start: {exc.stderr}\n{cluster.log()}") from exc
+            cluster.port = _free_port()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -154,18 +168,7 @@ def running_cluster() -> Iterator[Cluster]:
             cluster.init()
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(f"initdb failed: {exc.stderr}") from exc
-        for attempt in range(3):
-            try:
-                cluster.start()
-                break
-            except subprocess.CalledProcessError as exc:
-                # Another process may have taken the port between the probe and
-                # the start: try a new one.
-                if attempt == 2:
-                    raise RuntimeError(
-                        f"PostgreSQL did not start: {exc.stderr}\n{cluster.log()}"
-                    ) from exc
-                cluster.port = _free_port()
+        _start_on_a_free_port(cluster, "PostgreSQL")
         try:
             yield cluster
         finally:
@@ -289,17 +292,7 @@ def running_standby_pair() -> Iterator[StandbyPair]:
         # another pg_basebackup version leave it out.
         with (standby.data / "postgresql.auto.conf").open("a") as auto:
             auto.write(f"cluster_name = '{STANDBY_NAME}'\n")
-        for attempt in range(3):
-            try:
-                standby.start()
-                break
-            except subprocess.CalledProcessError as exc:
-                # The port may have been taken since the probe: try a new one.
-                if attempt == 2:
-                    raise RuntimeError(
-                        f"the standby did not start: {exc.stderr}\n{standby.log()}"
-                    ) from exc
-                standby.port = _free_port()
+        _start_on_a_free_port(standby, "the standby")
         pair = StandbyPair(primary, standby)
         try:
             with primary.connect() as conn:
