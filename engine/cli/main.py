@@ -271,6 +271,14 @@ def _add_serve(commands: Any) -> None:
         "(renewed every 0.3 x this; default: %(default)s)",
     )
     serve.add_argument(
+        "--commit-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="PostgreSQL: how long a commit may wait for a synchronous standby before its "
+        "commands are refused as unavailable (default 10)",
+    )
+    serve.add_argument(
         "--partitions",
         type=_count,
         default=None,

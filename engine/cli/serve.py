@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .apps import load_app
 from .credentials import read_client_token, read_metrics_token, read_token, server_ssl_context
@@ -107,6 +107,18 @@ def _check_node_options(args: argparse.Namespace) -> None:
         fail("--peer-cafile goes with --node-id and --tls-cert", USAGE)
     if args.partitions is not None and not postgres:
         fail("--partitions applies to a new --store postgresql://... store only", USAGE)
+    if args.commit_timeout is not None and not postgres:
+        fail("--commit-timeout applies to --store postgresql://... only", USAGE)
+
+
+def _store_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The PostgreSQL store's options given on the command line, if any."""
+    options: dict[str, Any] = {}
+    if args.partitions is not None:
+        options["partitions"] = args.partitions
+    if args.commit_timeout is not None:
+        options["commit_timeout"] = args.commit_timeout
+    return options or None
 
 
 def _peer_ssl_context(
@@ -228,7 +240,7 @@ async def _run_server(
                 args.store or args.data,
                 app,
                 durability=None if args.role == "reader" else args.durability,
-                store_options=None if args.partitions is None else {"partitions": args.partitions},
+                store_options=_store_options(args),
                 max_actors=args.max_actors,
                 passivate_after=args.passivate_after,
                 metrics_port=None if args.no_metrics else args.metrics_port,

@@ -174,6 +174,8 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         ),
         (["serve", "--partitions", "4"], "--partitions applies to a new --store postgresql://"),
         (["serve", "--partitions", "0"], "must be >= 1, got 0"),
+        (["serve", "--commit-timeout", "5"], "--commit-timeout applies to --store postgresql://"),
+        (["serve", "--commit-timeout", "0"], "must be > 0 seconds, got 0"),
         (["serve", "--peer-cafile", "ca.pem"], "--peer-cafile goes with --node-id and --tls-cert"),
         (["serve", "--lease-ttl", "0"], "must be > 0 seconds, got 0"),
         (["serve", "--token-file", "missing"], "cannot read --token-file"),
