@@ -769,13 +769,12 @@ class StoreContract:
     def test_the_fingerprint_of_a_command_id_outlives_reopening(
         self, store_factory: StoreFactory
     ) -> None:
-        if not store_factory.persistent:
-            pytest.skip("this store keeps nothing across reopening")
         first = CommandFingerprint("CreateUser", b"first-digest-16b")
         store = store_factory()
         store.append_batch([fingerprinted("User-1", 0, "k", first)], TS)
 
-        reopened = store_factory(reopen_of=store)
+        # A store that keeps nothing across reopening is checked as it is.
+        reopened = store_factory(reopen_of=store) if store_factory.persistent else store
 
         assert reopened.get_ack_record("k") == AckRecord("User-1", 1, 1, "CreateUser", first.digest)
         (refused,) = reopened.append_batch(
