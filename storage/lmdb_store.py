@@ -48,6 +48,7 @@ import msgspec
 from .deletion import deletion_after, position_runs, truncation_after
 from .errors import CodecError, StorageError, StorageFull, StoreFormatError
 from .idempotency import AckRecord
+from .index_tail import FLUSH_ROWS, MARK_KEY, IndexTail, index_row
 from .integrity import check_data_file, prepare_lock_file, seal, unseal
 from .records import (
     Ack,
@@ -76,18 +77,25 @@ __all__ = ["DELETIONS_FORMAT", "FORMAT", "READABLE_FORMATS", "LmdbStore"]
 
 T = TypeVar("T")
 
-FORMAT = b"motet-store/2"
-"""The on-disk format this code writes, recorded in ``meta``: ``/2`` log
-records carry a checksum. A ``/1`` store is read as it is and becomes ``/2``
-with its first commit (its old records stay readable, without a checksum)."""
+CHECKSUM_FORMAT = b"motet-store/2"
+"""The format of a store whose log records carry a checksum (a ``/1`` store's
+records have none)."""
 
 DELETIONS_FORMAT = b"motet-store/3"
-"""The format of a store whose log has removed positions or tombstones,
-written with the first deletion or truncation: a version that does not know
-them would accept appends to deleted streams and, when the newest events
-were removed, hand their positions out again, so it must refuse the store."""
+"""The format of a store whose log may have removed positions or
+tombstones: a version that does not know them would accept appends to
+deleted streams and, when the newest events were removed, hand their
+positions out again, so it must refuse the store."""
 
-READABLE_FORMATS = (b"motet-store/1", FORMAT, DELETIONS_FORMAT)
+FORMAT = b"motet-store/4"
+"""The on-disk format this code writes, recorded in ``meta`` by a new store
+and by the first write of this version to an older one (whose records stay
+readable as they are): ``/3``, and the stream index may lag the log (see
+:mod:`motet.storage.index_tail`). A version that does not know it would read
+the newest events of a stream as missing and hand their versions out again,
+so it must refuse the store."""
+
+READABLE_FORMATS = (b"motet-store/1", CHECKSUM_FORMAT, DELETIONS_FORMAT, FORMAT)
 """The formats this code opens."""
 
 _SEPARATOR = SEPARATOR.encode()
@@ -213,8 +221,16 @@ class LmdbStore:
         # EventStore): the engine's writer lets the event loop get on with
         # other work while LMDB flushes the pages.
         self.before_commit: Callable[[], None] | None = None
+        # The stream-index rows not written yet (see index_tail): the writer
+        # rebuilds them from the log now, a read-only handle as it reads.
+        self._tail = IndexTail()
         try:
             self._head = self._read_head()
+            self._marked = False
+            if not readonly:
+                with self._read() as txn:
+                    self._tail.load(txn, self._log, self._meta)
+                    self._marked = txn.get(MARK_KEY, db=self._meta) is not None
         except BaseException:
             self.close()
             raise
@@ -264,7 +280,6 @@ class LmdbStore:
                     }
                     txn.put(b"format", FORMAT, db=dbs[b"meta"])
                 self._format_written = True
-                self._deletions_format_written = False
             else:
                 dbs = found
         except lmdb.Error as exc:
@@ -344,8 +359,7 @@ class LmdbStore:
         finally:
             if txn is not None:
                 txn.abort()
-        self._format_written = found in (FORMAT, DELETIONS_FORMAT)
-        self._deletions_format_written = found == DELETIONS_FORMAT
+        self._format_written = found == FORMAT
         return dbs
 
     def __repr__(self) -> str:
@@ -442,7 +456,7 @@ class LmdbStore:
 
                 def version_of(stream: str) -> int:
                     record = self._deletion_in(txn, stream)
-                    found = _last_version(index, _stream_prefix(stream))
+                    found = self._committed_version(index, stream)
                     return found if record is None else max(found, record.version)
 
                 def deleted_of(stream: str) -> bool:
@@ -465,47 +479,73 @@ class LmdbStore:
                     appends,
                     self._head,
                     timestamp,
-                    lambda stream: _last_version(index, _stream_prefix(stream)),
+                    lambda stream: self._committed_version(index, stream),
                     ack_of,
                     known=self._versions,
                 )
             encode = self._encode
             records = plan.records
+            indexed = False
             if records:
-                # One pass over the records builds the rows of the log, of the
-                # category index and of the stream index.
-                log_rows = []
-                category_rows = []
-                index_rows = []
-                for r in records:
-                    position = _pack(r.position)
-                    name = r.stream.encode()
-                    log_rows.append((position, seal(encode(r))))
-                    category_rows.append((_category_prefix(name) + position, b""))
-                    index_rows.append((name + b"\x00" + _pack(r.version), position))
-                txn.cursor(self._log).putmulti(log_rows, append=True)
+                # The (key, value) tuples are made as they are written and freed
+                # right away: a thousand of them held would set off the
+                # garbage collector, and it would promote them.
+                txn.cursor(self._log).putmulti(
+                    ((_pack(r.position), seal(encode(r))) for r in records), append=True
+                )
+                category_keys = [
+                    _category_prefix(r.stream.encode()) + _pack(r.position) for r in records
+                ]
                 # Sorted keys keep the B-tree inserts local: fewer pages dirtied.
-                category_rows.sort()
-                txn.cursor(self._categories).putmulti(category_rows)
-                index_rows.sort()
-                index.putmulti(index_rows)
+                category_keys.sort()
+                txn.cursor(self._categories).putmulti((key, b"") for key in category_keys)
+                if len(self._tail) + len(records) >= FLUSH_ROWS:
+                    self._write_index(txn, index, records, plan.head)
+                    indexed = True
+                elif not self._marked:
+                    # The index is complete through the head before this batch.
+                    txn.put(MARK_KEY, _pack(self._head), db=self._meta)
             for stream, snapshot in plan.snapshots:
                 txn.put(stream.encode(), encode(snapshot), db=self._snapshots)
             for command_id, record in plan.acks:
                 txn.put(command_id.encode(), encode(record), db=commands)
-            if not self._format_written and plan.records:
-                # The first checksummed record makes a /1 store a /2 store.
+            if not self._format_written:
+                # Before the first row the index leaves out (and the first
+                # checksummed record of a /1 store).
                 txn.put(b"format", FORMAT, db=self._meta)
             if self.before_commit is not None:
                 self.before_commit()
-        if plan.records:
-            self._format_written = True
+        self._format_written = True
+        if indexed:
+            self._tail.written(plan.head)
+        elif records:
+            self._marked = True
+            self._tail.add(records)
         versions = self._versions
         if len(versions) + len(plan.versions) > _KNOWN_VERSIONS:
             versions.clear()  # bounded memory: start over, lookups refill it
         if len(plan.versions) <= _KNOWN_VERSIONS:
             versions.update(plan.versions)
         return plan.results, plan.head
+
+    def _committed_version(self, index: lmdb.Cursor, stream: str) -> int:
+        """``stream``'s last committed version as far as the log goes (the
+        writer's own rows not written into the index yet included)."""
+        return self._tail.last_version(stream) or _last_version(index, _stream_prefix(stream))
+
+    def _write_index(
+        self, txn: lmdb.Transaction, index: lmdb.Cursor, records: Sequence[StoredEvent], head: int
+    ) -> None:
+        """Write the held rows and those of ``records`` into the stream index,
+        complete through ``head`` then (call :meth:`IndexTail.written` once
+        ``txn`` committed)."""
+        rows = self._tail.rows()
+        rows += [index_row(r.stream, r.version, r.position) for r in records]
+        # Sorted keys keep the B-tree inserts local: fewer pages dirtied. Each
+        # (key, value) tuple is made as it is written, and freed right away.
+        rows.sort()
+        index.putmulti((row[:-8], row[-8:]) for row in rows)
+        txn.put(MARK_KEY, _pack(head), db=self._meta)
 
     def append_recorded(
         self,
@@ -524,16 +564,15 @@ class LmdbStore:
             self._ensure_deletion_databases()
         while True:
             try:
-                self._marking = False
                 head = self._append_recorded_once(records, removed, deletions)
             except lmdb.MapFullError:
                 self._grow()
                 continue
             except (lmdb.Error, OSError) as exc:
                 raise _translate(exc, f"importing into {self.path}", self.path) from exc
-            if self._marking:
-                self._deletions_format_written = True
             self._head = head
+            self._marked = True
+            self._tail.written(head)
             return
 
     def _append_recorded_once(
@@ -551,7 +590,7 @@ class LmdbStore:
             has_deletions = self._has_deletions(txn)
 
             def version_of(stream: str) -> int:
-                version = _last_version(index, _stream_prefix(stream))
+                version = self._committed_version(index, stream)
                 if has_deletions:
                     record = self._deletion_in(txn, stream)
                     if record is not None:
@@ -567,12 +606,7 @@ class LmdbStore:
             txn.cursor(self._log).putmulti(
                 [(_pack(r.position), seal(encode(r))) for r in records], append=True
             )
-            index.putmulti(
-                sorted(
-                    (_stream_prefix(r.stream) + _pack(r.version), _pack(r.position))
-                    for r in records
-                )
-            )
+            self._write_index(txn, index, records, plan.head)
             txn.cursor(self._categories).putmulti(
                 sorted((_category_key(r.stream, r.position), b"") for r in records)
             )
@@ -586,9 +620,7 @@ class LmdbStore:
                     if runs.last() and _U64.unpack(runs.value())[0] == first - 1:
                         first = _U64.unpack(runs.key())[0]
                     txn.put(_pack(first), _pack(last), db=self._removed)
-            if plan.removed or deletions:
-                self._mark_deletions(txn)
-            elif not self._format_written:
+            if not self._format_written:
                 txn.put(b"format", FORMAT, db=self._meta)
         self._format_written = True
         return plan.head
@@ -619,9 +651,16 @@ class LmdbStore:
             self._marking = False
             try:
                 with self._env.begin(write=True) as txn:
+                    held = len(self._tail)
+                    if held:
+                        # Removals look streams up in the index: complete it first.
+                        self._write_index(txn, txn.cursor(self._index), (), self._head)
                     result = work(txn)
+                if held:
+                    self._marked = True
+                    self._tail.written(self._head)
                 if self._marking:
-                    self._deletions_format_written = self._format_written = True
+                    self._format_written = True
                 return result
             except lmdb.MapFullError:
                 self._grow()
@@ -711,11 +750,11 @@ class LmdbStore:
         return removed
 
     def _mark_deletions(self, txn: lmdb.Transaction) -> None:
-        """Record :data:`DELETIONS_FORMAT` in the transaction that first
-        removes records or writes a tombstone (:meth:`_write` notes it once
-        the transaction committed)."""
-        if not self._deletions_format_written:
-            txn.put(b"format", DELETIONS_FORMAT, db=self._meta)
+        """Record :data:`FORMAT` (which has deletions) in the transaction
+        that first removes records or writes a tombstone, if no commit did
+        yet (:meth:`_write` notes it once the transaction committed)."""
+        if not self._format_written:
+            txn.put(b"format", FORMAT, db=self._meta)
             self._marking = True
 
     def _ensure_deletion_databases(self) -> None:
@@ -891,11 +930,18 @@ class LmdbStore:
         with self._read() as txn:
             cursor = txn.cursor(self._index)
             log = txn.cursor(self._log)
-            if not cursor.set_range(prefix + _pack(max(after_version, 0) + 1)):
-                return events
-            for key, position in cursor:
-                if bytes(key[: len(prefix)]) != prefix:
-                    break
+            positions: list[bytes] = []
+            if cursor.set_range(prefix + _pack(max(after_version, 0) + 1)):
+                for key, position in cursor:
+                    if bytes(key[: len(prefix)]) != prefix:
+                        break
+                    positions.append(bytes(position))
+                    if limit is not None and len(positions) >= limit:
+                        break
+            # Then the rows the index does not have yet: the newest versions.
+            held = self._tail.entries(txn, self._log, self._meta, stream)
+            positions += [_pack(p) for v, p in held if v > after_version]
+            for position in positions:
                 if not log.set_key(position):
                     raise CodecError(
                         f"the stream index of {stream!r} in {self.path} points at position "
@@ -989,7 +1035,9 @@ class LmdbStore:
 
     def stream_version(self, stream: str) -> int:
         with self._read() as txn:
-            found = _last_version(txn.cursor(self._index), _stream_prefix(stream))
+            held = self._tail.entries(txn, self._log, self._meta, stream)
+            found = held[-1][0] if held else 0
+            found = found or _last_version(txn.cursor(self._index), _stream_prefix(stream))
             record = self._deletion_in(txn, stream)
             return found if record is None else max(found, record.version)
 
@@ -1010,6 +1058,10 @@ class LmdbStore:
                 previous = prefix
                 found.append((prefix[:-1].decode(), _last_version(cursor, prefix)))
                 more = cursor.set_range(prefix[:-1] + b"\x01")
+            held = self._tail.versions(txn, self._log, self._meta)
+            if held:
+                # Streams whose newest versions (or all) the index has not yet.
+                found = sorted({**dict(found), **held}.items())
             if not self._has_deletions(txn):
                 return found
             versions = dict(found)
@@ -1127,6 +1179,11 @@ class LmdbStore:
     def close(self) -> None:
         if self._closed:
             return
+        if not self.readonly and len(self._tail):
+            # So that the next open has no rows to rebuild. Should this fail
+            # (a full disk), nothing is lost: the next open rebuilds them.
+            with contextlib.suppress(StorageError):
+                self._write(lambda txn: None, f"writing the stream index of {self.path}")
         self._closed = True
         try:
             with self._resize_lock:

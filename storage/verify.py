@@ -28,8 +28,9 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from .errors import MotetError
+from .errors import CodecError, MotetError
 from .idempotency import AckRecord
+from .index_tail import index_mark, log_head
 from .integrity import unseal
 from .records import Checkpoint, Snapshot, StoredEvent, StreamDeletion
 
@@ -200,6 +201,21 @@ class _Checker:
     def check_log(self, txn: Any) -> None:
         decoder = msgspec.msgpack.Decoder(StoredEvent)
         index = self.store._index
+        head = log_head(txn, self.store._log)
+        if self.runs:
+            head = max(head, self.runs[-1][1])  # the newest events were removed
+        try:
+            # Records after the mark are not in the stream index yet.
+            indexed = index_mark(txn, self.store._meta, head)
+        except CodecError as exc:
+            self.problem("meta record 'indexed'", str(exc))
+            indexed = head
+        if indexed > head:
+            self.problem(
+                "meta record 'indexed'",
+                f"says the stream index is complete through position {indexed}, past the "
+                f"log's last position {head}",
+            )
         expected = 1
         runs = iter(self.runs)
         run = next(runs, None)
@@ -237,6 +253,8 @@ class _Checker:
                     f"stream {event.stream!r} goes from version {previous} to {event.version}",
                 )
             self.versions[event.stream] = max(previous, event.version)
+            if position > indexed:
+                continue
             row = txn.get(event.stream.encode() + b"\x00" + _U64.pack(event.version), db=index)
             if row is None:
                 self.problem(

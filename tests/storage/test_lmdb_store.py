@@ -289,7 +289,7 @@ def test_opening_a_store_of_an_unknown_format_version_raises(tmp_path: Path) -> 
     with pytest.raises(
         StoreFormatError,
         match=r"holds store format b'motet-store/99'; this version reads 'motet-store/1', "
-        r"'motet-store/2', 'motet-store/3' only",
+        r"'motet-store/2', 'motet-store/3', 'motet-store/4' only",
     ):
         LmdbStore(tmp_path)
 
@@ -381,28 +381,40 @@ def test_a_read_only_handle_is_shared_and_sees_another_process_commit(tmp_path: 
         reader.close()
 
 
-def test_the_first_deletion_marks_the_store_for_versions_that_know_deletions(
-    tmp_path: Path,
+def store_format(path: Path, replace: bytes | None = None) -> bytes:
+    """The format record of the store at ``path`` (closed), first replaced
+    by ``replace`` if given (as an older version would have written it)."""
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+            if replace is not None:
+                txn.put(b"format", replace)
+            return bytes(txn.get(b"format"))
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("older", [b"motet-store/2", DELETIONS_FORMAT])
+@pytest.mark.parametrize("write", ["append", "delete"])
+def test_the_first_write_to_an_older_store_marks_it_with_this_format(
+    tmp_path: Path, older: bytes, write: str
 ) -> None:
     store = LmdbStore(tmp_path, durability="none")
     store.append_batch([Append("A", 0, new_events(2)), Append("B", 0, new_events(1))], TS)
-    store.truncate_stream("A", 0)  # removes nothing, still a removal transaction
     store.close()
-    env = lmdb.open(str(tmp_path), max_dbs=16)
-    with env.begin(db=env.open_db(b"meta")) as txn:
-        assert txn.get(b"format") == FORMAT
-    env.close()
+    assert store_format(tmp_path) == FORMAT == b"motet-store/4"
+    store_format(tmp_path, older)
 
     store = LmdbStore(tmp_path, durability="none")
-    store.delete_stream("B", hard=True, timestamp=TS)
-    store.append_batch([Append("A", 2, new_events(1))], TS)
+    if write == "append":
+        store.append_batch([Append("A", 2, new_events(1))], TS)
+    else:
+        store.delete_stream("B", hard=True, timestamp=TS)
     store.close()
-    env = lmdb.open(str(tmp_path), max_dbs=16)
-    with env.begin(db=env.open_db(b"meta")) as txn:
-        assert txn.get(b"format") == DELETIONS_FORMAT == b"motet-store/3"
-    env.close()
+
+    assert store_format(tmp_path) == FORMAT
     reopened = LmdbStore(tmp_path, readonly=True)
-    assert reopened.head_position == 4
+    assert reopened.stream_version("A") == (3 if write == "append" else 2)
     reopened.close()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from motet.storage import MAX_KEY_BYTES, check_key
+from motet.storage import MAX_KEY_BYTES, check_key, lmdb_store
 from motet.storage.postgres_store import PostgresStore
 from motet.storage.store import EventStore
 from tests.storage.contract import (
@@ -26,6 +26,18 @@ class TestMemoryStore(StoreContract):
 
 
 class TestLmdbStore(StoreContract):
+    def new_factory(self, directory: Path) -> StoreFactory:
+        return LmdbStoreFactory(directory)
+
+
+class TestLmdbStoreWritingItsIndexOften(StoreContract):
+    """The LMDB store writing its stream index whenever 3 rows are held (not
+    thousands), so that the contract also runs across index writes."""
+
+    @pytest.fixture(autouse=True)
+    def _few_rows(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(lmdb_store, "FLUSH_ROWS", 3)
+
     def new_factory(self, directory: Path) -> StoreFactory:
         return LmdbStoreFactory(directory)
 

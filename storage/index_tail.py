@@ -1,0 +1,283 @@
+"""The stream index's tail: the LMDB log records not in the stream index yet.
+
+Writing a commit's stream-index rows in that commit dirties one B-tree leaf
+page per stream it touches: 1,000 commands on 1,000 random streams dirty
+most of the index's pages, and writing and fsyncing those pages is most of
+what the commit costs. So the LMDB store writes the index rows of several
+commits at once (:data:`FLUSH_ROWS` of them), in the transaction of the
+commit that fills the tail; a page then takes the rows of many commits in
+one write. The ``meta`` record ``indexed`` says through which log position
+the index is complete (no record: all of it).
+
+The log stays the one truth. The rows not written yet are held here, in
+memory, and any handle rebuilds them from the log records after that
+position: the writer when it opens the store (after a crash, at most
+:data:`FLUSH_ROWS` plus one batch of records), a read-only handle in another
+process as the writer's commits show up. Every read takes, in its own read
+transaction, the mark and the log's head, and uses the rows between them, so
+it sees one commit's state whatever the writer does meanwhile.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from array import array
+from collections.abc import Iterable
+from typing import Any, TypeAlias
+
+import msgspec
+
+from .errors import CodecError
+from .integrity import unseal
+from .records import StoredEvent
+
+__all__ = ["FLUSH_ROWS", "MARK_KEY", "IndexTail", "index_mark", "index_row", "log_head"]
+
+FLUSH_ROWS = 8192
+"""The writer writes the held rows into the stream index once this many are
+held: enough for a page to take many commits' rows in one write, few enough
+that rebuilding them from the log at open takes milliseconds."""
+
+MARK_KEY = b"indexed"
+"""The ``meta`` key of the position through which the stream index is complete."""
+
+_U64 = struct.Struct(">Q")
+
+Entry = tuple[int, int]
+"""A held row: (version, position)."""
+
+# A stream's held rows, flat: version, position, version, position...
+# (an array holds no references, so the garbage collector never walks it).
+_Rows: TypeAlias = "array[int]"
+
+
+def _new_rows(version: int, position: int) -> _Rows:
+    return array("q", (version, position))
+
+
+def _pairs(rows: _Rows) -> Iterable[Entry]:
+    return zip(rows[::2], rows[1::2], strict=True)
+
+
+class _Locator(msgspec.Struct, array_like=True, gc=False):
+    """The head of a log record (see :class:`StoredEvent`): what an index row needs."""
+
+    position: int
+    stream: str
+    version: int
+
+
+_decode_locator = msgspec.msgpack.Decoder(_Locator).decode
+
+
+def index_row(stream: str, version: int, position: int) -> bytes:
+    """A stream-index row as one bytes object: the key (the stream, NUL, the
+    version) and then the value (the position), 8 bytes.
+
+    One object, not a (key, value) tuple: bytes sort like the keys do, and
+    thousands of them do not set off the garbage collector (tuples do).
+    """
+    return stream.encode() + b"\x00" + _U64.pack(version) + _U64.pack(position)
+
+
+def index_mark(txn: Any, meta: Any, head: int) -> int:
+    """The position through which the stream index is complete as of ``txn``
+    (``head``, the log's last position in ``txn``, when no mark is recorded)."""
+    raw = txn.get(MARK_KEY, db=meta)
+    if raw is None:
+        return head
+    if len(raw) != 8:
+        raise CodecError(f"the stream index's mark is damaged ({bytes(raw).hex()})")
+    return int(_U64.unpack(raw)[0])
+
+
+def log_head(txn: Any, log: Any) -> int:
+    """The last position in the log as of ``txn`` (0 when it is empty)."""
+    cursor = txn.cursor(log)
+    return int(_U64.unpack(cursor.key())[0]) if cursor.last() else 0
+
+
+class IndexTail:
+    """The stream-index rows of the log records after the index's mark.
+
+    Shared by the threads of one store handle (the writer's and the readers'),
+    so every method takes its lock. ``base`` is the mark the rows are held
+    for and ``through`` the last log position they cover.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.base = 0
+        self.through = 0
+        self._streams: dict[str, _Rows] = {}
+        self._rows = 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    # -- the writer ----------------------------------------------------------
+
+    def load(self, txn: Any, log: Any, meta: Any) -> None:
+        """Rebuild the rows from the log as of ``txn`` (the writer, at open).
+
+        A record after the mark that does not read would leave its stream's
+        version unknown, and the next append would hand that version out
+        again: refuse (``motet verify`` says more).
+        """
+        head = log_head(txn, log)
+        mark = index_mark(txn, meta, head)
+        with self._lock:
+            self.base = self.through = mark
+            self._streams = {}
+            self._rows = 0
+            self._scan(txn, log, head, strict=True, into=self._streams)
+            # The mark passes the last record when the newest were removed.
+            self.through = max(head, mark)
+
+    def add(self, records: Iterable[StoredEvent]) -> None:
+        """Hold the rows of a commit's ``records`` (in position order)."""
+        with self._lock:
+            streams = self._streams
+            through = self.through
+            for r in records:
+                if r.position <= through:
+                    continue  # a reader found them in the log first
+                rows = streams.get(r.stream)
+                if rows is None:
+                    streams[r.stream] = _new_rows(r.version, r.position)
+                else:
+                    rows.append(r.version)
+                    rows.append(r.position)
+                through = r.position
+                self._rows += 1
+            self.through = through
+
+    def rows(self) -> list[bytes]:
+        """The held rows, each as its stream-index key followed by its value
+        (see :func:`index_row`)."""
+        with self._lock:
+            return [
+                index_row(stream, version, position)
+                for stream, rows in self._streams.items()
+                for version, position in _pairs(rows)
+            ]
+
+    def written(self, through: int) -> None:
+        """The index now holds every row through ``through`` (a commit wrote them)."""
+        with self._lock:
+            self._advance(through)
+            self.through = max(self.through, through)
+
+    def last_version(self, stream: str) -> int:
+        """``stream``'s last held version (0: none); for the writer, whose rows
+        are those of the last commit."""
+        with self._lock:
+            rows = self._streams.get(stream)
+            return rows[-2] if rows else 0
+
+    # -- reads -----------------------------------------------------------------
+
+    def entries(self, txn: Any, log: Any, meta: Any, stream: str) -> list[Entry]:
+        """``stream``'s rows missing from the index as of ``txn``, by version."""
+        head = log_head(txn, log)
+        mark = index_mark(txn, meta, head)
+        if mark >= head:
+            return []
+        with self._lock:
+            rows = self._current(txn, log, mark, head).get(stream)
+            return [] if rows is None else [e for e in _pairs(rows) if mark < e[1] <= head]
+
+    def versions(self, txn: Any, log: Any, meta: Any) -> dict[str, int]:
+        """The last version of every stream with rows missing from the index
+        as of ``txn``."""
+        head = log_head(txn, log)
+        mark = index_mark(txn, meta, head)
+        found: dict[str, int] = {}
+        if mark >= head:
+            return found
+        with self._lock:
+            for stream, rows in self._current(txn, log, mark, head).items():
+                for version, position in _pairs(rows):
+                    if mark < position <= head:
+                        found[stream] = version
+        return found
+
+    def _current(self, txn: Any, log: Any, mark: int, head: int) -> dict[str, _Rows]:
+        """The rows for a read transaction that sees ``mark`` and ``head``
+        (under the lock): those held, brought up to ``txn``, or, for a
+        transaction older than the rows held, a one-off scan of its own."""
+        if mark < self.base:
+            # The index was written after this transaction began.
+            own: dict[str, _Rows] = {}
+            self._scan(txn, log, head, strict=False, into=own, after=mark)
+            return own
+        if mark > self.base:
+            self._advance(mark)
+        if head > self.through:
+            self._scan(txn, log, head, strict=False, into=self._streams)
+            self.through = head
+        return self._streams
+
+    def _advance(self, mark: int) -> None:
+        """Forget the rows through ``mark`` (the index holds them now)."""
+        if mark <= self.base:
+            return
+        self.base = mark
+        kept: dict[str, _Rows] = {}
+        rows = 0
+        for stream, held in self._streams.items():
+            newer = array("q")
+            for version, position in _pairs(held):
+                if position > mark:
+                    newer.append(version)
+                    newer.append(position)
+            if newer:
+                kept[stream] = newer
+                rows += len(newer) // 2
+        self._streams = kept
+        self._rows = rows
+        self.through = max(self.through, mark)
+
+    def _scan(
+        self,
+        txn: Any,
+        log: Any,
+        head: int,
+        *,
+        strict: bool,
+        into: dict[str, _Rows],
+        after: int | None = None,
+    ) -> None:
+        """Add the rows of the log records after ``after`` (default:
+        ``through``) up to ``head`` to ``into``. A record that does not read
+        raises with ``strict``, else is left out (reading it raises where it
+        is read, and ``motet verify`` reports it)."""
+        start = self.through if after is None else after
+        cursor = txn.cursor(log)
+        if not cursor.set_range(_U64.pack(start + 1)):
+            return
+        rows = 0
+        for key, value in cursor:
+            position = int(_U64.unpack(key)[0])
+            if position > head:
+                break
+            try:
+                found = _decode_locator(unseal(value))
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                if strict:
+                    raise CodecError(
+                        f"the log record at position {position} is damaged and not in the "
+                        f"stream index yet, so its stream's version is unknown: {exc} "
+                        f"(run `motet verify`)"
+                    ) from exc
+                continue
+            held = into.get(found.stream)
+            if held is None:
+                into[found.stream] = _new_rows(found.version, position)
+            else:
+                held.append(found.version)
+                held.append(position)
+            rows += 1
+        if into is self._streams:
+            self._rows += rows
