@@ -14,7 +14,6 @@ involved reload their state from storage before deciding again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from motet.storage.streams import category_of
 from .committed import CommittedBatch
 from .errors import InternalError
 from .head_watch import HeadWatch
+from .loop_waker import LoopWaker
 from .request import AppendOwner, CommandRequest
 
 __all__ = ["AppendOwner", "GroupCommitWriter", "WriterStatistics"]
@@ -96,7 +96,7 @@ class GroupCommitWriter:
         # before_commit), or has ended. See yield_to_commit.
         self._prepared = trio.Event()
         self._prepared.set()
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._waker: LoopWaker | None = None
 
     def __repr__(self) -> str:
         return (
@@ -155,20 +155,24 @@ class GroupCommitWriter:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches forever. Cancelling it leaves queued appends
         unanswered: call :meth:`wait_idle` first, :meth:`fail_all` after."""
-        self._token = trio.lowlevel.current_trio_token()
         if hasattr(self._store, "before_commit"):
+            self._waker = LoopWaker(trio.lowlevel.current_trio_token(), "motet commit waker")
             self._store.before_commit = self._before_commit
-        task_status.started()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                self._inflight = batch
-                await self._commit(batch)
-                self._inflight = []
-            self._idle.set()
+        try:
+            task_status.started()
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                while self._queue:
+                    batch = self._queue[: self._max_batch]
+                    del self._queue[: self._max_batch]
+                    self._inflight = batch
+                    await self._commit(batch)
+                    self._inflight = []
+                self._idle.set()
+        finally:
+            if self._waker is not None:
+                self._waker.close()
 
     async def yield_to_commit(self, timeout: float) -> None:
         """Give way to the commit being prepared: return once the writer has
@@ -192,12 +196,11 @@ class GroupCommitWriter:
                 await self._prepared.wait()
 
     def _before_commit(self) -> None:
-        """The store's ``before_commit``, in the commit's worker thread."""
-        prepared, token = self._prepared, self._token
-        if token is not None:
-            # RunFinishedError: the run is ending, nobody waits any more.
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(prepared.set)
+        """The store's ``before_commit``, in the commit's worker thread: it
+        queues the wake-up and goes on into the flush (see LoopWaker)."""
+        waker = self._waker
+        if waker is not None:
+            waker.call_soon(self._prepared.set)
 
     async def _commit(self, batch: list[CommandRequest]) -> None:
         started = time.perf_counter()
