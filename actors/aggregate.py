@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Collection, Iterable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -46,6 +47,9 @@ class AggregateActor(Generic[S]):
     queue in its mailbox, and the registry runs :meth:`run` to work through
     them. Ten thousand idle aggregates thus cost ten thousand small objects,
     not ten thousand tasks and channels for the garbage collector to walk.
+    For the same reason an actor keeps nothing else the collector tracks
+    unless it needs it: its mailbox exists only while commands queue, and
+    its few subjects are a tuple (which the collector stops tracking).
     """
 
     __slots__ = (
@@ -94,8 +98,10 @@ class AggregateActor(Generic[S]):
         self._state_decoder = state_decoder
         self.mailbox_size = mailbox_size
         # Commands waiting for the actor task, including the one it is handling:
-        # while it is non-empty, new commands queue behind them.
-        self._mailbox: deque[CommandRequest] = deque()
+        # while there is one, new commands queue behind them. Made when a
+        # command must queue and dropped once the actor task has emptied it,
+        # so that an idle actor has no deque for the garbage collector to walk.
+        self._mailbox: deque[CommandRequest] | None = None
         self.state: S = definition.initial
         self.version = 0
         self.pending = 0
@@ -108,20 +114,23 @@ class AggregateActor(Generic[S]):
         self._settled: trio.Event | None = None
         # Data subjects whose personal fields this stream's events carry: the
         # writer seals snapshots under their keys, and forgetting one of them
-        # reloads this actor (see forget_subject).
-        self.subjects: set[str] = set()
+        # reloads this actor (see forget_subject). A tuple while there are
+        # few (the garbage collector stops tracking a tuple of strings; the
+        # usual stream holds one subject), a set beyond _SUBJECTS_AS_TUPLE.
+        self.subjects: Collection[str] = ()
 
     def __repr__(self) -> str:
         state = "stopped" if self.stopped else "stale" if self._stale else "live"
         return (
             f"<AggregateActor {self.stream} {state} version={self.version} "
-            f"mailbox={len(self._mailbox)} pending={self.pending}>"
+            f"mailbox={self.mailbox_used} pending={self.pending}>"
         )
 
     @property
     def mailbox_used(self) -> int:
         """Commands waiting in the mailbox."""
-        return len(self._mailbox)
+        mailbox = self._mailbox
+        return 0 if mailbox is None else len(mailbox)
 
     @property
     def idle(self) -> bool:
@@ -140,10 +149,12 @@ class AggregateActor(Generic[S]):
         if self.stopped:
             raise EngineClosed(f"the actor of {self.stream} has stopped")
         mailbox = self._mailbox
-        if not mailbox and not self._stale and not request.lookup_command_id:
-            self._decide(request)
-            return False
-        if len(mailbox) >= self.mailbox_size:
+        if mailbox is None:
+            if not self._stale and not request.lookup_command_id:
+                self._decide(request)
+                return False
+            mailbox = self._mailbox = deque()
+        elif len(mailbox) >= self.mailbox_size:
             raise Overloaded(
                 f"mailbox of {self.stream} is full ({self.mailbox_size} commands waiting)"
             )
@@ -174,19 +185,24 @@ class AggregateActor(Generic[S]):
             return False
         self._stale = True
         self.state = self.definition.initial
-        self.subjects = set()
+        self.subjects = ()
         return True
 
     async def run(self) -> None:
         """Work through the mailbox (loading the state first when needed),
         then end; the registry starts it again when commands queue up."""
         mailbox = self._mailbox
+        assert mailbox is not None  # tell() made it before asking for the task
         try:
             while mailbox:
                 await self._handle(mailbox[0])
                 mailbox.popleft()
         finally:
             self.running = False
+            # No checkpoint since the loop found the mailbox empty (or was
+            # cancelled): drop it, and let the next command that must queue
+            # make a new one.
+            self._mailbox = None
             # Only a cancelled actor (the engine is closing) can have commands left.
             error = EngineClosed(f"the engine closed before {self.stream} ran the command")
             while mailbox:
@@ -314,13 +330,15 @@ class AggregateActor(Generic[S]):
         evolve = self.definition.evolve
         decode = self._codec.decode_event
         subjects_of = self._codec.subjects_of
-        subjects = set(snapshot_subjects)
+        subjects = dict.fromkeys(snapshot_subjects)
         for stored in stored_events:
             event = decode(stored)
-            subjects.update(subjects_of(event))
+            for subject in subjects_of(event):
+                subjects[subject] = None
             state = evolve(state, event)
             version = stored.version
-        self.subjects = subjects
+        self.subjects = ()
+        self._add_subjects(subjects)
         return state, version, replace and version > 0
 
     def _write_snapshot(self) -> None:
@@ -394,7 +412,7 @@ class AggregateActor(Generic[S]):
             return
         self.state = state
         if subjects:
-            self.subjects.update(subjects)
+            self._add_subjects(subjects)
         self.version = version = expected + len(encoded)
         every = definition.snapshot_every
         snapshot = None
@@ -420,6 +438,22 @@ class AggregateActor(Generic[S]):
         self.pending += 1
         self._writer.submit(request)
 
+    def _add_subjects(self, subjects: Iterable[str]) -> None:
+        """Note that the state holds personal data of ``subjects`` too."""
+        known = self.subjects
+        for subject in subjects:
+            if subject in known:
+                continue
+            if type(known) is tuple:
+                if len(known) < _SUBJECTS_AS_TUPLE:
+                    known = (*known, subject)
+                    continue
+                # Many subjects: a set keeps each command's check O(1).
+                known = set(known)
+            assert isinstance(known, set)
+            known.add(subject)
+        self.subjects = known
+
     def _refuse_decision(self, request: CommandRequest, problem: str) -> None:
         """Fail a command whose ``decide`` returned something unusable (a bug
         in the application); nothing was applied, so the state stays."""
@@ -428,3 +462,7 @@ class AggregateActor(Generic[S]):
 
 
 _NO_METADATA = Metadata()
+
+_SUBJECTS_AS_TUPLE = 16
+"""The most subjects an actor keeps in a tuple: checking and adding one
+costs O(n) there, so more go into a set."""

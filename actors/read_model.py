@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import msgspec
 
@@ -83,6 +83,12 @@ class Table(Generic[R]):
     (one row per value), non-unique indexes (a set of rows per value) and
     sorted :class:`Order` s. ``None`` values are not indexed.
 
+    A non-unique index maps a value held by one row to that row's primary
+    key itself, and only a value held by several rows to a set of keys (a
+    key can never be a ``set``, which is unhashable): an index of mostly
+    distinct values, such as emails, then holds no set per row for the
+    garbage collector to walk.
+
     :meth:`insert` raises ``KeyError`` for a duplicate primary key and
     ``ValueError`` when a unique index value is taken.
     """
@@ -100,7 +106,7 @@ class Table(Generic[R]):
         self.key = key
         self._rows: dict[Hashable, R] = {}
         self._unique: dict[str, dict[Hashable, Hashable]] = {name: {} for name in unique}
-        self._indexes: dict[str, dict[Hashable, set[Hashable]]] = {name: {} for name in indexes}
+        self._indexes: dict[str, dict[Hashable, _Bucket]] = {name: {} for name in indexes}
         self._orders = {order.name: order for order in orders}
 
     def __repr__(self) -> str:
@@ -130,7 +136,7 @@ class Table(Generic[R]):
 
     def where(self, index: str, value: Hashable) -> list[R]:
         """Rows whose non-unique ``index`` field equals ``value``, by primary key."""
-        pks = self._indexes[index].get(value, ())
+        pks = _members(self._indexes[index].get(value, _MISSING))
         return [self._rows[pk] for pk in sorted(pks, key=_sort_key)]
 
     def page_where(
@@ -143,7 +149,7 @@ class Table(Generic[R]):
         Keys of one type (the usual case) compare as they are, which is the
         order of :meth:`where`; keys of types that cannot be compared fall
         back to :meth:`where`'s order by type name first."""
-        pks = self._indexes[index].get(value, set())
+        pks = _members(self._indexes[index].get(value, _MISSING))
         try:
             candidates = pks if after is None else [pk for pk in pks if pk > after]  # type: ignore[operator]
             page = heapq.nsmallest(limit, candidates)  # type: ignore[type-var]
@@ -174,7 +180,7 @@ class Table(Generic[R]):
         for name, index in self._indexes.items():
             value = getattr(row, name)
             if value is not None:
-                index.setdefault(value, set()).add(pk)
+                _index_add(index, value, pk)
         for order in self._orders.values():
             order.mark(pk)
 
@@ -202,12 +208,9 @@ class Table(Generic[R]):
             index = self._indexes.get(name)
             if index is not None:
                 if old is not None:
-                    members = index[old]
-                    members.discard(pk)
-                    if not members:
-                        del index[old]
+                    _index_remove(index, old, pk)
                 if value is not None:
-                    index.setdefault(value, set()).add(pk)
+                    _index_add(index, value, pk)
             setattr(row, name, value)
         for order in self._orders.values():
             order.mark(pk)
@@ -232,10 +235,7 @@ class Table(Generic[R]):
         for name, index in self._indexes.items():
             value = getattr(row, name)
             if value is not None:
-                members = index[value]
-                members.discard(pk)
-                if not members:
-                    del index[value]
+                _index_remove(index, value, pk)
         for order in self._orders.values():
             order.mark(pk)
         return row
@@ -255,6 +255,42 @@ class Table(Generic[R]):
             order.clear()
         for row in rows:
             self.insert(row)
+
+
+_Bucket: TypeAlias = Hashable | set[Hashable]
+"""What a non-unique index maps a value to: the primary key of the one row
+holding it, or the set of keys of the rows (two or more) holding it."""
+
+
+def _members(bucket: _Bucket) -> tuple[Hashable, ...] | set[Hashable]:
+    """The primary keys in ``bucket`` (none for :data:`_MISSING`)."""
+    if type(bucket) is set:
+        return bucket
+    return () if bucket is _MISSING else (cast(Hashable, bucket),)
+
+
+def _index_add(index: dict[Hashable, _Bucket], value: Hashable, pk: Hashable) -> None:
+    """Add row ``pk`` to the rows holding ``value``."""
+    bucket = index.get(value, _MISSING)
+    if bucket is _MISSING:
+        index[value] = pk
+    elif type(bucket) is set:
+        bucket.add(pk)
+    elif bucket != pk:
+        index[value] = {bucket, pk}
+
+
+def _index_remove(index: dict[Hashable, _Bucket], value: Hashable, pk: Hashable) -> None:
+    """Remove row ``pk`` from the rows holding ``value``."""
+    bucket = index[value]
+    if type(bucket) is not set:
+        if bucket == pk:
+            del index[value]
+        return
+    bucket.discard(pk)
+    if len(bucket) == 1:
+        # Back to one row: its key alone, so the set can go.
+        index[value] = next(iter(bucket))
 
 
 def _sort_key(pk: Hashable) -> tuple[str, Any]:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import outcome
 import trio
 
@@ -33,9 +34,10 @@ class CommandRequest:
 
     The first task to wait parks itself in the request (``trio.lowlevel``),
     and the answer reschedules it directly: no event, no wait coroutine and
-    no abort closure per command. Every object saved per command in flight
-    is garbage-collector work saved, as each outlives several young
-    collections while its commit is under way. Further waiters (a retry
+    no abort closure per command (its abort callback is a small object the
+    garbage collector does not track). Every tracked object saved per
+    command in flight is garbage-collector work saved, as each outlives
+    several young collections while its commit is under way. Further waiters (a retry
     with the same command id) wait on an event made for them.
     """
 
@@ -159,8 +161,8 @@ class CommandRequest:
 
     def park(self, task: trio.lowlevel.Task) -> bool:
         """Make ``task`` the waiter the answer reschedules; it must then await
-        ``trio.lowlevel.wait_task_rescheduled(request)`` at once (the request
-        is its own abort callback, see :meth:`__call__`). Returns ``False``,
+        ``trio.lowlevel.wait_task_rescheduled(request.aborter())`` at once.
+        Returns ``False``,
         parking nothing, when the request is answered or has a waiter
         already: use :meth:`wait_done` then. For the hottest waits (one
         coroutine fewer per wait than :meth:`wait_done`)."""
@@ -175,17 +177,22 @@ class CommandRequest:
         if self._done:
             return
         if self.park(trio.lowlevel.current_task()):
-            await trio.lowlevel.wait_task_rescheduled(self)
+            await trio.lowlevel.wait_task_rescheduled(_Abort(self))
             return
         if self.finished is None:
             self.finished = trio.Event()
         await self.finished.wait()
 
-    def __call__(self, raise_cancel: object) -> trio.lowlevel.Abort:
-        """The abort callback of the parked waiter: it was cancelled, so the
-        answer must not reschedule it."""
-        self._waiter = None
-        return trio.lowlevel.Abort.SUCCEEDED
+    def aborter(self) -> Callable[[object], trio.lowlevel.Abort]:
+        """The abort callback of the waiter :meth:`park` parked: called when
+        it is cancelled, so that the answer does not reschedule it.
+
+        A new one per wait, untracked by the garbage collector: trio keeps
+        it in a dict for the whole wait, and a dict holding only untracked
+        objects is not tracked either, so a waiting command gives young
+        collections one object less to walk and promote.
+        """
+        return _Abort(self)
 
     async def wait(self) -> Ack:
         """Wait for the answer; return the Ack or raise the error.
@@ -197,6 +204,22 @@ class CommandRequest:
             raise self.error
         assert self.ack is not None
         return self.ack
+
+
+class _Abort(msgspec.Struct, gc=False):
+    """The abort callback of a parked waiter (see :meth:`CommandRequest.aborter`).
+
+    It refers to its request, whose parked task refers (through trio's
+    wait) back to it, but only while the task is parked: the answer or the
+    abort clears the request's waiter, which ends that loop, so no garbage
+    cycle can run through this untracked object.
+    """
+
+    request: CommandRequest
+
+    def __call__(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        self.request._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class _Resumed(outcome.Outcome[None]):

@@ -367,7 +367,7 @@ class Engine:
             # Parked here rather than through waiting.wait_done(): a coroutine
             # fewer per command, and one level less each time it is resumed.
             if waiting.park(trio.lowlevel.current_task()):
-                await trio.lowlevel.wait_task_rescheduled(waiting)
+                await trio.lowlevel.wait_task_rescheduled(waiting.aborter())
             else:
                 await waiting.wait_done()
         finally:

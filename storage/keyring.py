@@ -91,18 +91,28 @@ class KeySource(Protocol):
         ...
 
 
-class SubjectKey:
-    """One subject's key: its 4-byte ``id`` and the AES-GCM object built
-    once for it (encryption and decryption reuse it)."""
+class SubjectKey(msgspec.Struct, gc=False, eq=False):
+    """One subject's key: its ``record``, its 4-byte ``id`` and the AES-GCM
+    object built once for it (encryption and decryption reuse it); give
+    the record alone, the rest is derived from it.
 
-    __slots__ = ("aead", "id", "record")
+    The garbage collector does not track it (a cache holds up to 100,000):
+    it refers to nothing that could refer back to it (bytes and an AES-GCM
+    object, which holds no Python objects), so it can never be part of a
+    reference cycle.
+    """
 
-    def __init__(self, record: bytes) -> None:
+    record: bytes
+    id: bytes = b""
+    aead: AESGCM = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        record = self.record
         if len(record) != _RECORD_BYTES or record[:1] != _RECORD_FORMAT:
             raise CodecError(f"a key record is damaged ({len(record)} bytes)")
-        self.record = bytes(record)
-        self.id = self.record[1 : 1 + _KEY_ID_BYTES]
-        self.aead: AESGCM = _crypto()[0](self.record[1 + _KEY_ID_BYTES :])
+        self.record = record = bytes(record)
+        self.id = record[1 : 1 + _KEY_ID_BYTES]
+        self.aead = _crypto()[0](record[1 + _KEY_ID_BYTES :])
 
     @classmethod
     def generate(cls) -> SubjectKey:

@@ -201,6 +201,41 @@ def test_nonce_source_hands_out_distinct_12_byte_nonces() -> None:
     assert len(set(nonces)) == len(nonces)
 
 
+def test_cached_keys_are_not_tracked_by_the_garbage_collector_and_still_work() -> None:
+    import gc
+
+    from motet.storage.keyring import SubjectKey
+
+    store = MemoryStore()
+    codec = app.codec(keys=store)
+    events = [
+        UserCreated(user_id=f"u{n}", name="Ann", email="a@x.org", password_hash="h", city="Oslo")
+        for n in range(50)
+    ]
+    appends = [Append(f"User-u{n}", 0, [codec.encode_event(e)]) for n, e in enumerate(events)]
+    sealed, keys = codec.seal_appends(appends)
+    store.put_keys(keys)
+    codec.keyring.committed(keys)
+    cached = [codec.keyring.get(f"u{n}") for n in range(50)]
+    assert all(type(key) is SubjectKey for key in cached)
+    assert not any(gc.is_tracked(key) for key in cached)
+    for append, event in zip(sealed, events, strict=True):
+        data = append.events[0].data
+        assert b"Ann" not in data
+        stored = StoredEvent(1, append.stream, 1, "UserCreated", 1, 0.0, append.metadata, data)
+        assert codec.decode_event(stored) == event
+
+    key = cached[0]
+    assert key is not None
+    with pytest.raises(CodecError, match=r"a key record is damaged \(36 bytes\)"):
+        SubjectKey(key.record[:-1])
+    again = SubjectKey(bytearray(key.record))
+    assert type(again.record) is bytes
+    assert (again.record, again.id) == (key.record, key.record[1:5])
+    ciphertext = again.encrypt(b"plain", b"aad")
+    assert key.aead.decrypt(ciphertext[4:16], ciphertext[16:], b"aad") == b"plain"
+
+
 def test_a_bad_subject_is_refused_after_good_ones_were_seen() -> None:
     # subjects_of remembers subjects it checked: never one it refused.
     codec = app.codec()
