@@ -7,7 +7,7 @@ commit, so that a projection applies the previous commit during the flush;
 but the woken event loop often takes the lock first and runs that
 projection (a millisecond or two of Python), and the commit waits for it:
 the very delay the hook is there to avoid. A :class:`LoopWaker` hands the
-call to a thread of its own instead: the worker thread only queues it (no
+call to another thread instead: the worker thread only queues it (no
 system call, no waiting) and goes on into the flush, which releases the
 lock, and the waker thread wakes the loop then.
 """
@@ -26,13 +26,14 @@ __all__ = ["LoopWaker"]
 
 class LoopWaker:
     """Runs callables on a trio run's thread on behalf of other threads,
-    through a daemon thread of its own; :meth:`close` ends that thread."""
+    through a thread of trio's thread cache that it holds until :meth:`close`
+    (then the thread goes back to the cache)."""
 
-    def __init__(self, token: trio.lowlevel.TrioToken, name: str = "motet loop waker") -> None:
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
         self._calls: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.stopped = threading.Event()
+        trio.lowlevel.start_thread_soon(self._run, lambda _: self.stopped.set())
 
     def call_soon(self, call: Callable[[], object]) -> None:
         """Have ``call`` run on the event loop's thread soon; from any thread,

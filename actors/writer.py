@@ -156,7 +156,7 @@ class GroupCommitWriter:
         """Commit batches forever. Cancelling it leaves queued appends
         unanswered: call :meth:`wait_idle` first, :meth:`fail_all` after."""
         if hasattr(self._store, "before_commit"):
-            self._waker = LoopWaker(trio.lowlevel.current_trio_token(), "motet commit waker")
+            self._waker = LoopWaker(trio.lowlevel.current_trio_token())
             self._store.before_commit = self._before_commit
         try:
             task_status.started()

@@ -25,8 +25,7 @@ async def test_calls_from_a_worker_thread_run_in_order_on_the_loop_thread() -> N
     assert [n for n, _ in ran] == list(range(100))
     assert {thread for _, thread in ran} == {threading.get_ident()}
     waker.close()
-    await trio.to_thread.run_sync(waker._thread.join, 10)
-    assert not waker._thread.is_alive()
+    assert await trio.to_thread.run_sync(waker.stopped.wait, 10)
 
 
 def test_a_call_queued_after_the_run_ended_is_dropped_quietly() -> None:
@@ -36,5 +35,4 @@ def test_a_call_queued_after_the_run_ended_is_dropped_quietly() -> None:
     waker = trio.run(main)
     waker.call_soon(lambda: None)  # the run is over: RunFinishedError, suppressed
     waker.close()
-    waker._thread.join(10)
-    assert not waker._thread.is_alive()
+    assert waker.stopped.wait(10)
