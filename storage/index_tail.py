@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from array import array
 from collections.abc import Iterable
 from typing import Any, TypeAlias
 
@@ -47,17 +46,15 @@ _U64 = struct.Struct(">Q")
 Entry = tuple[int, int]
 """A held row: (version, position)."""
 
-# A stream's held rows, flat: version, position, version, position...
-# (an array holds no references, so the garbage collector never walks it).
-_Rows: TypeAlias = "array[int]"
-
-
-def _new_rows(version: int, position: int) -> _Rows:
-    return array("q", (version, position))
+# A stream's held rows, packed: version, position, version, position... A
+# bytearray, because the garbage collector does not track one (it does track
+# an array.array): a thousand new ones a commit would set it off.
+_Rows: TypeAlias = bytearray
+_PAIR = struct.Struct("=qq")
 
 
 def _pairs(rows: _Rows) -> Iterable[Entry]:
-    return zip(rows[::2], rows[1::2], strict=True)
+    return _PAIR.iter_unpack(rows)
 
 
 class _Locator(msgspec.Struct, array_like=True, gc=False):
@@ -137,6 +134,7 @@ class IndexTail:
 
     def add(self, records: Iterable[StoredEvent]) -> None:
         """Hold the rows of a commit's ``records`` (in position order)."""
+        pack = _PAIR.pack
         with self._lock:
             streams = self._streams
             through = self.through
@@ -145,10 +143,9 @@ class IndexTail:
                     continue  # a reader found them in the log first
                 rows = streams.get(r.stream)
                 if rows is None:
-                    streams[r.stream] = _new_rows(r.version, r.position)
+                    streams[r.stream] = bytearray(pack(r.version, r.position))
                 else:
-                    rows.append(r.version)
-                    rows.append(r.position)
+                    rows += pack(r.version, r.position)
                 through = r.position
                 self._rows += 1
             self.through = through
@@ -174,7 +171,7 @@ class IndexTail:
         are those of the last commit."""
         with self._lock:
             rows = self._streams.get(stream)
-            return rows[-2] if rows else 0
+            return _PAIR.unpack_from(rows, len(rows) - _PAIR.size)[0] if rows else 0
 
     # -- reads -----------------------------------------------------------------
 
@@ -227,14 +224,13 @@ class IndexTail:
         kept: dict[str, _Rows] = {}
         rows = 0
         for stream, held in self._streams.items():
-            newer = array("q")
+            newer = bytearray()
             for version, position in _pairs(held):
                 if position > mark:
-                    newer.append(version)
-                    newer.append(position)
+                    newer += _PAIR.pack(version, position)
             if newer:
                 kept[stream] = newer
-                rows += len(newer) // 2
+                rows += len(newer) // _PAIR.size
         self._streams = kept
         self._rows = rows
         self.through = max(self.through, mark)
@@ -274,10 +270,9 @@ class IndexTail:
                 continue
             held = into.get(found.stream)
             if held is None:
-                into[found.stream] = _new_rows(found.version, position)
+                into[found.stream] = bytearray(_PAIR.pack(found.version, position))
             else:
-                held.append(found.version)
-                held.append(position)
+                held += _PAIR.pack(found.version, position)
             rows += 1
         if into is self._streams:
             self._rows += rows
