@@ -199,6 +199,11 @@ class Codec:
         """The subject keys this codec encrypts and decrypts with (see
         :mod:`motet.storage.keyring`)."""
         self._forgotten = self._types[tag_of(SubjectForgotten)]
+        # The tags of the events sealing a batch looks at (those with personal
+        # fields, and a forget): it passes the others by at a set lookup each.
+        self._sealed_tags = frozenset(
+            tag for tag, entry in self._types.items() if entry.personal
+        ) | {self._forgotten.tag}
         self._checked_subjects: set[str] = set()
 
     def __repr__(self) -> str:
@@ -306,11 +311,18 @@ class Codec:
 
         nonces = NonceSource()
         sealed: list[Append] = []
+        sealed_tags = self._sealed_tags
         for append in appends:
+            one = append.events
+            if append.snapshot is None and len(one) == 1 and one[0].type not in sealed_tags:
+                sealed.append(append)  # the usual append: one event, nothing to seal
+                continue
             events: list[NewEvent] | None = None
             for index, event in enumerate(append.events):
-                entry = self._types.get(event.type)
-                if entry is None or event.event_version != entry.version:
+                if event.type not in sealed_tags:
+                    continue
+                entry = self._types[event.type]
+                if event.event_version != entry.version:
                     continue
                 if entry is self._forgotten:
                     subject = entry.decoder.decode(event.data).subject
@@ -383,12 +395,19 @@ class Codec:
         shadows: dict[tuple[int, int], Any] = {}
         subjects: set[str] = set()
         types = self._types
+        sealed_tags = self._sealed_tags
         for append in appends:
-            for index, event in enumerate(append.events):
-                entry = types.get(event.type)
+            if append.snapshot is not None:
+                subjects.update(append.subjects)
+            events = append.events
+            if len(events) == 1 and events[0].type not in sealed_tags:
+                continue
+            for index, event in enumerate(events):
+                if event.type not in sealed_tags:
+                    continue
+                entry = types[event.type]
                 if (
-                    entry is None
-                    or not entry.personal
+                    not entry.personal
                     or entry is self._forgotten
                     or event.event_version != entry.version
                 ):
@@ -399,8 +418,6 @@ class Codec:
                     raw = bytes(getattr(shadow, field.name))
                     if raw != _NIL and not is_extension(raw):
                         subjects.add(getattr(shadow, field.subject))
-            if append.snapshot is not None:
-                subjects.update(append.subjects)
         return shadows, subjects
 
     def _seal_event(
