@@ -19,7 +19,7 @@ from eventsourcing.domain import Aggregate, event
 
 from motet.engine.example import hash_password
 
-__all__ = ["User", "Users", "open_users"]
+__all__ = ["CACHES", "User", "Users", "open_users"]
 
 
 # The same checks and the same password hashing (the example's own function) as
@@ -101,16 +101,32 @@ class Users(Application[UUID]):
         self.save(user)
 
 
-def open_users(db_path: Path, *, cache_maxsize: int) -> Users:
-    """Return a ``Users`` application persisted in the SQLite file ``db_path``.
+CACHES = ("fastforward", "trusted", "none")
+"""How the baseline keeps aggregates between commands (``--compare-cache``):
+``fastforward``, an aggregate cache that looks for newer events in the
+database on every get (the library's default once a cache is on);
+``trusted``, a cache that does not (``AGGREGATE_CACHE_FASTFORWARD=n``: one
+process writes, as one Motet process owns its actors); ``none``, no cache
+(the library's default: every command replays the aggregate's events)."""
+
+
+def open_users(db_path: Path, *, cache_maxsize: int, cache: str = "fastforward") -> Users:
+    """Return a ``Users`` application persisted in the SQLite file ``db_path``,
+    keeping aggregates as ``cache`` says (see :data:`CACHES`).
 
     The configuration is passed as the application's ``env``, which takes
     precedence over ``os.environ``. SQLite runs in WAL mode with its default
     ``synchronous=FULL``, so every ``save`` is durable before it returns.
     """
+    if cache not in CACHES:
+        msg = f"cache must be one of {', '.join(CACHES)}, got {cache!r}"
+        raise ValueError(msg)
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(db_path),
-        "AGGREGATE_CACHE_MAXSIZE": str(cache_maxsize),
     }
+    if cache != "none":
+        env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_maxsize)
+    if cache == "trusted":
+        env["AGGREGATE_CACHE_FASTFORWARD"] = "n"
     return Users(env=env)

@@ -33,6 +33,12 @@ through the Python ``eventsourcing`` library with its SQLite module (WAL mode,
 call it; ``--compare-commands`` shortens its phase B, as it is much slower. The
 ratio compares phase-B rates (commands/s), so differing command counts are fine;
 the CPU ratio compares the phase-B CPU time each spends per command.
+``--compare-cache`` says how that run keeps aggregates between commands: an
+aggregate cache that checks the database for newer events on every get
+(``fastforward``, the default, as this benchmark has always run it), one that
+trusts itself (``trusted``: one process writes, as one Motet process owns its
+actors; the fastest here) or none (``none``, the library's default: every
+command replays the aggregate's events).
 
 The example app marks its users' ``name``, ``email`` and ``city`` as personal
 data, so Motet encrypts them (AES-GCM, a key per user). ``--personal-data
@@ -381,7 +387,12 @@ def _time_calls(calls: Iterator[Any]) -> dict[str, Any]:
 
 
 def run_eventsourcing(
-    users: int, commands: int, seed: int, *, data_dir: Path | None = None
+    users: int,
+    commands: int,
+    seed: int,
+    *,
+    data_dir: Path | None = None,
+    cache: str = "fastforward",
 ) -> dict[str, Any]:
     """Run the seed workload through ``eventsourcing`` + SQLite; return its figures.
 
@@ -399,7 +410,7 @@ def run_eventsourcing(
             msg = f"{db_path} already exists; the seed workload needs an empty store"
             raise FileExistsError(msg)
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        application = open_users(db_path, cache_maxsize=max(2 * users, 1_000))
+        application = open_users(db_path, cache_maxsize=max(2 * users, 1_000), cache=cache)
         try:
             _log(f"eventsourcing: phase A, {users:,} create_user, sequential")
             phase_a = _time_calls(
@@ -421,6 +432,7 @@ def run_eventsourcing(
         "commands": commands,
         "version": importlib.metadata.version("eventsourcing"),
         "sqlite_version": sqlite3.sqlite_version,
+        "cache": cache,
     }
 
 
@@ -535,6 +547,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="phase-B commands for the eventsourcing run (default: --commands)",
     )
     parser.add_argument(
+        "--compare-cache",
+        choices=("fastforward", "trusted", "none"),
+        default="fastforward",
+        help="how the eventsourcing run keeps aggregates between commands: a cache that "
+        "checks the database for newer events on every get (fastforward), one that "
+        "trusts itself (trusted), or none (default: %(default)s)",
+    )
+    parser.add_argument(
         "--personal-data",
         choices=("on", "off", "both"),
         default="on",
@@ -613,7 +633,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 report[f"encryption_cost_{phase}"] = 1 - encrypted / clear
     if args.compare:
         compare_commands = args.compare_commands or args.commands
-        baseline = run_eventsourcing(args.users, compare_commands, args.seed, data_dir=args.data)
+        baseline = run_eventsourcing(
+            args.users, compare_commands, args.seed, data_dir=args.data, cache=args.compare_cache
+        )
         report["eventsourcing"] = baseline
         motet_rate = (report["motet"] or report["motet-clear"])["phase_b"]["commands_per_s"]
         baseline_rate = baseline["phase_b"]["commands_per_s"]
