@@ -124,13 +124,16 @@ class IndexTail:
         """
         head = log_head(txn, log)
         mark = index_mark(txn, meta, head)
+        rows: dict[str, _Rows] = {}
+        # Into a dict of its own: should a record not read, nothing is held
+        # (and nothing written into the index when the store closes).
+        self._scan(txn, log, head, strict=True, into=rows, after=mark)
         with self._lock:
-            self.base = self.through = mark
-            self._streams = {}
-            self._rows = 0
-            self._scan(txn, log, head, strict=True, into=self._streams)
+            self.base = mark
             # The mark passes the last record when the newest were removed.
             self.through = max(head, mark)
+            self._streams = rows
+            self._rows = sum(len(held) for held in rows.values()) // _PAIR.size
 
     def add(self, records: Iterable[StoredEvent]) -> None:
         """Hold the rows of a commit's ``records`` (in position order)."""

@@ -210,6 +210,7 @@ def test_a_damaged_record_not_indexed_yet_stops_the_writer_not_the_readers(
         LmdbStore(tmp_path / "store")
     reader = LmdbStore(tmp_path / "store", readonly=True)
     try:
+        assert indexed(reader) == (0, 0)  # the refused writer wrote nothing
         assert [e.version for e in reader.read_stream("A")] == [1]
         assert [p.where for p in problems_of(reader)] == ["log position 2"]
     finally:
