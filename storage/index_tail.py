@@ -127,13 +127,13 @@ class IndexTail:
         rows: dict[str, _Rows] = {}
         # Into a dict of its own: should a record not read, nothing is held
         # (and nothing written into the index when the store closes).
-        self._scan(txn, log, head, strict=True, into=rows, after=mark)
+        count = _scan(txn, log, mark, head, strict=True, into=rows)
         with self._lock:
             self.base = mark
             # The mark passes the last record when the newest were removed.
             self.through = max(head, mark)
             self._streams = rows
-            self._rows = sum(len(held) for held in rows.values()) // _PAIR.size
+            self._rows = count
 
     def add(self, records: Iterable[StoredEvent]) -> None:
         """Hold the rows of a commit's ``records`` (in position order)."""
@@ -180,44 +180,40 @@ class IndexTail:
 
     def entries(self, txn: Any, log: Any, meta: Any, stream: str) -> list[Entry]:
         """``stream``'s rows missing from the index as of ``txn``, by version."""
-        head = log_head(txn, log)
-        mark = index_mark(txn, meta, head)
-        if mark >= head:
-            return []
-        with self._lock:
-            rows = self._current(txn, log, mark, head).get(stream)
-            return [] if rows is None else [e for e in _pairs(rows) if mark < e[1] <= head]
+        return self.missing(txn, log, meta).get(stream, [])
 
     def versions(self, txn: Any, log: Any, meta: Any) -> dict[str, int]:
         """The last version of every stream with rows missing from the index
         as of ``txn``."""
+        return {stream: entries[-1][0] for stream, entries in self.missing(txn, log, meta).items()}
+
+    def missing(self, txn: Any, log: Any, meta: Any) -> dict[str, list[Entry]]:
+        """Every stream's rows missing from the index as of ``txn`` (those
+        after its mark, through its log's last position), by version."""
         head = log_head(txn, log)
         mark = index_mark(txn, meta, head)
-        found: dict[str, int] = {}
         if mark >= head:
-            return found
+            return {}
         with self._lock:
-            for stream, rows in self._current(txn, log, mark, head).items():
-                for version, position in _pairs(rows):
-                    if mark < position <= head:
-                        found[stream] = version
-        return found
-
-    def _current(self, txn: Any, log: Any, mark: int, head: int) -> dict[str, _Rows]:
-        """The rows for a read transaction that sees ``mark`` and ``head``
-        (under the lock): those held, brought up to ``txn``, or, for a
-        transaction older than the rows held, a one-off scan of its own."""
-        if mark < self.base:
-            # The index was written after this transaction began.
-            own: dict[str, _Rows] = {}
-            self._scan(txn, log, head, strict=False, into=own, after=mark)
-            return own
-        if mark > self.base:
-            self._advance(mark)
-        if head > self.through:
-            self._scan(txn, log, head, strict=False, into=self._streams)
-            self.through = head
-        return self._streams
+            if mark < self.base:
+                # The index was written after this transaction began: a
+                # one-off scan of its own.
+                held: dict[str, _Rows] = {}
+                _scan(txn, log, mark, head, strict=False, into=held)
+            else:
+                self._advance(mark)
+                if head > self.through:
+                    self._rows += _scan(
+                        txn, log, self.through, head, strict=False, into=self._streams
+                    )
+                    self.through = head
+                held = self._streams
+            found: dict[str, list[Entry]] = {}
+            for stream, rows in held.items():
+                entries = [e for e in _pairs(rows) if mark < e[1] <= head]
+                if entries:
+                    found[stream] = entries
+            return found
 
     def _advance(self, mark: int) -> None:
         """Forget the rows through ``mark`` (the index holds them now)."""
@@ -238,44 +234,36 @@ class IndexTail:
         self._rows = rows
         self.through = max(self.through, mark)
 
-    def _scan(
-        self,
-        txn: Any,
-        log: Any,
-        head: int,
-        *,
-        strict: bool,
-        into: dict[str, _Rows],
-        after: int | None = None,
-    ) -> None:
-        """Add the rows of the log records after ``after`` (default:
-        ``through``) up to ``head`` to ``into``. A record that does not read
-        raises with ``strict``, else is left out (reading it raises where it
-        is read, and ``motet verify`` reports it)."""
-        start = self.through if after is None else after
-        cursor = txn.cursor(log)
-        if not cursor.set_range(_U64.pack(start + 1)):
-            return
-        rows = 0
-        for key, value in cursor:
-            position = int(_U64.unpack(key)[0])
-            if position > head:
-                break
-            try:
-                found = _decode_locator(unseal(value))
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                if strict:
-                    raise CodecError(
-                        f"the log record at position {position} is damaged and not in the "
-                        f"stream index yet, so its stream's version is unknown: {exc} "
-                        f"(run `motet verify`)"
-                    ) from exc
-                continue
-            held = into.get(found.stream)
-            if held is None:
-                into[found.stream] = bytearray(_PAIR.pack(found.version, position))
-            else:
-                held += _PAIR.pack(found.version, position)
-            rows += 1
-        if into is self._streams:
-            self._rows += rows
+
+def _scan(
+    txn: Any, log: Any, after: int, head: int, *, strict: bool, into: dict[str, _Rows]
+) -> int:
+    """Add the rows of the log records after ``after`` through ``head`` to
+    ``into``; return how many. A record that does not read raises with
+    ``strict``, else is left out (reading it raises where it is read, and
+    ``motet verify`` reports it)."""
+    cursor = txn.cursor(log)
+    if not cursor.set_range(_U64.pack(after + 1)):
+        return 0
+    count = 0
+    for key, value in cursor:
+        position = int(_U64.unpack(key)[0])
+        if position > head:
+            break
+        try:
+            found = _decode_locator(unseal(value))
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            if strict:
+                raise CodecError(
+                    f"the log record at position {position} is damaged and not in the "
+                    f"stream index yet, so its stream's version is unknown: {exc} "
+                    f"(run `motet verify`)"
+                ) from exc
+            continue
+        held = into.get(found.stream)
+        if held is None:
+            into[found.stream] = bytearray(_PAIR.pack(found.version, position))
+        else:
+            held += _PAIR.pack(found.version, position)
+        count += 1
+    return count
