@@ -180,40 +180,50 @@ class IndexTail:
 
     def entries(self, txn: Any, log: Any, meta: Any, stream: str) -> list[Entry]:
         """``stream``'s rows missing from the index as of ``txn``, by version."""
-        return self.missing(txn, log, meta).get(stream, [])
+        with self._lock:
+            found = self._held(txn, log, meta)
+            if found is None:
+                return []
+            held, mark, head = found
+            # Only this stream's rows: a read must not cost the whole tail.
+            rows = held.get(stream)
+            return [] if rows is None else [e for e in _pairs(rows) if mark < e[1] <= head]
 
     def versions(self, txn: Any, log: Any, meta: Any) -> dict[str, int]:
         """The last version of every stream with rows missing from the index
         as of ``txn``."""
-        return {stream: entries[-1][0] for stream, entries in self.missing(txn, log, meta).items()}
+        versions: dict[str, int] = {}
+        with self._lock:
+            found = self._held(txn, log, meta)
+            if found is None:
+                return versions
+            held, mark, head = found
+            for stream, rows in held.items():
+                for version, position in _pairs(rows):
+                    if mark < position <= head:
+                        versions[stream] = version
+        return versions
 
-    def missing(self, txn: Any, log: Any, meta: Any) -> dict[str, list[Entry]]:
-        """Every stream's rows missing from the index as of ``txn`` (those
-        after its mark, through its log's last position), by version."""
+    def _held(self, txn: Any, log: Any, meta: Any) -> tuple[dict[str, _Rows], int, int] | None:
+        """The rows a read transaction may need, with its mark and head (under
+        the lock; None: the index is complete as of ``txn``). They are those
+        held, brought up to ``txn``, or, for a transaction older than the
+        last index write, a one-off scan of its own; the caller keeps the rows
+        after the mark through the head."""
         head = log_head(txn, log)
         mark = index_mark(txn, meta, head)
         if mark >= head:
-            return {}
-        with self._lock:
-            if mark < self.base:
-                # The index was written after this transaction began: a
-                # one-off scan of its own.
-                held: dict[str, _Rows] = {}
-                _scan(txn, log, mark, head, strict=False, into=held)
-            else:
-                self._advance(mark)
-                if head > self.through:
-                    self._rows += _scan(
-                        txn, log, self.through, head, strict=False, into=self._streams
-                    )
-                    self.through = head
-                held = self._streams
-            found: dict[str, list[Entry]] = {}
-            for stream, rows in held.items():
-                entries = [e for e in _pairs(rows) if mark < e[1] <= head]
-                if entries:
-                    found[stream] = entries
-            return found
+            return None
+        if mark < self.base:
+            # The index was written after this transaction began.
+            own: dict[str, _Rows] = {}
+            _scan(txn, log, mark, head, strict=False, into=own)
+            return own, mark, head
+        self._advance(mark)
+        if head > self.through:
+            self._rows += _scan(txn, log, self.through, head, strict=False, into=self._streams)
+            self.through = head
+        return self._streams, mark, head
 
     def _advance(self, mark: int) -> None:
         """Forget the rows through ``mark`` (the index holds them now)."""

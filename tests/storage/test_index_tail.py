@@ -241,3 +241,30 @@ def test_an_old_store_without_a_mark_has_a_complete_index(tmp_path: Path) -> Non
         assert store.read_stream("A", after_version=2)[0].position == 3
     finally:
         store.close()
+
+
+def test_reading_one_stream_unpacks_only_its_own_held_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading an aggregate reads its stream: with thousands of rows held for
+    # other streams, a read that unpacked them all made creating users ten
+    # times slower.
+    from motet.storage import index_tail
+
+    store = LmdbStore(tmp_path, durability="none")
+    try:
+        store.append_batch([Append(f"S{i}", 0, events(2)) for i in range(500)], TS)
+        assert len(store._tail) == 1000  # held, not written
+        unpacked: list[int] = []
+        real_pairs = index_tail._pairs
+
+        def counting_pairs(rows: bytearray) -> object:
+            unpacked.append(len(rows) // 16)
+            return real_pairs(rows)
+
+        monkeypatch.setattr(index_tail, "_pairs", counting_pairs)
+        assert [e.version for e in store.read_stream("S7")] == [1, 2]
+        assert store.stream_version("S8") == 2
+        assert sum(unpacked) == 4
+    finally:
+        store.close()
