@@ -10,6 +10,10 @@ import msgspec
 import outcome
 import trio
 
+# trio's reschedule-wait trap: what trio.lowlevel.wait_task_rescheduled
+# yields to the run loop (see _ParkedWait). trio is pinned below 1.0.
+from trio._core._traps import WaitTaskRescheduled as _WaitTaskRescheduled
+
 from motet.storage.idempotency import fingerprint_of
 from motet.storage.records import Ack, Append, CommandFingerprint
 
@@ -43,7 +47,6 @@ class CommandRequest:
 
     __slots__ = (
         "_callbacks",
-        "_done",
         "_waiter",
         "ack",
         "answered_at",
@@ -53,6 +56,7 @@ class CommandRequest:
         "command_id",
         "correlation_id",
         "decided",
+        "done",
         "error",
         "expected_version",
         "fingerprint",
@@ -95,7 +99,10 @@ class CommandRequest:
         self.decided: Sequence[Any] | None = None
         self.owner: AppendOwner = _NO_OWNER
         self.error: BaseException | None = None
-        self._done = False
+        # Whether the request has its answer (read-only outside: set by
+        # succeed and fail). An attribute, not a property: the command path
+        # reads it twice per command.
+        self.done = False
         # The task parked in wait_done, rescheduled by the answer.
         self._waiter: trio.lowlevel.Task | None = None
         # For the waiters after the first one.
@@ -113,16 +120,11 @@ class CommandRequest:
         state = "ok" if self.ack else f"failed: {self.error!r}" if self.error else "pending"
         return f"<CommandRequest {type(self.command).__name__} {state}>"
 
-    @property
-    def done(self) -> bool:
-        """Whether the request has its answer."""
-        return self._done
-
     def add_done_callback(self, callback: Callable[[CommandRequest], None]) -> None:
         """Call ``callback(request)`` once the request has its answer (right
         away if it has). Callbacks run in the task that answers the request,
         so they must not block or raise."""
-        if self._done:
+        if self.done:
             callback(self)
         elif self._callbacks is None:
             self._callbacks = [callback]
@@ -131,18 +133,18 @@ class CommandRequest:
 
     def succeed(self, ack: Ack) -> None:
         """Answer with the Ack; ignored when already answered."""
-        if not self._done:
+        if not self.done:
             self.ack = ack
             self._finish()
 
     def fail(self, error: BaseException) -> None:
         """Answer with an error; ignored when already answered."""
-        if not self._done:
+        if not self.done:
             self.error = error
             self._finish()
 
     def _finish(self) -> None:
-        self._done = True
+        self.done = True
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -160,39 +162,33 @@ class CommandRequest:
                     log.exception("a done-callback of %r raised", self)
 
     def park(self, task: trio.lowlevel.Task) -> bool:
-        """Make ``task`` the waiter the answer reschedules; it must then await
-        ``trio.lowlevel.wait_task_rescheduled(request.aborter())`` at once.
-        Returns ``False``,
-        parking nothing, when the request is answered or has a waiter
-        already: use :meth:`wait_done` then. For the hottest waits (one
-        coroutine fewer per wait than :meth:`wait_done`)."""
-        if self._done or self._waiter is not None:
+        """Make ``task`` the waiter the answer reschedules; it must then
+        ``await request.parked()`` at once. Returns ``False``, parking
+        nothing, when the request is answered or has a waiter already: use
+        :meth:`wait_done` then. For the hottest waits (no coroutine of its
+        own, unlike :meth:`wait_done`)."""
+        if self.done or self._waiter is not None:
             return False
         self._waiter = task
         return True
 
+    def parked(self) -> _ParkedWait:
+        """What the task :meth:`park` parked awaits: it sleeps until the
+        answer reschedules it, and raises ``trio.Cancelled`` if cancelled
+        first (the command itself goes on)."""
+        return _ParkedWait(self)
+
     async def wait_done(self) -> None:
         """Wait until the request has its answer (returns at once, without a
         checkpoint, when it has one)."""
-        if self._done:
+        if self.done:
             return
         if self.park(trio.lowlevel.current_task()):
-            await trio.lowlevel.wait_task_rescheduled(_Abort(self))
+            await _ParkedWait(self)
             return
         if self.finished is None:
             self.finished = trio.Event()
         await self.finished.wait()
-
-    def aborter(self) -> Callable[[object], trio.lowlevel.Abort]:
-        """The abort callback of the waiter :meth:`park` parked: called when
-        it is cancelled, so that the answer does not reschedule it.
-
-        A new one per wait, untracked by the garbage collector: trio keeps
-        it in a dict for the whole wait, and a dict holding only untracked
-        objects is not tracked either, so a waiting command gives young
-        collections one object less to walk and promote.
-        """
-        return _Abort(self)
 
     async def wait(self) -> Ack:
         """Wait for the answer; return the Ack or raise the error.
@@ -206,8 +202,18 @@ class CommandRequest:
         return self.ack
 
 
-class _Abort(msgspec.Struct, gc=False):
-    """The abort callback of a parked waiter (see :meth:`CommandRequest.aborter`).
+class _ParkedWait(msgspec.Struct, gc=False):
+    """The sleep of a parked waiter (see :meth:`CommandRequest.parked`):
+    ``trio.lowlevel.wait_task_rescheduled(abort)``, with itself as the abort
+    callback, done without that function's coroutine and generator.
+
+    Awaiting it yields trio's reschedule-wait trap straight to the run loop
+    (the message wait_task_rescheduled yields), and the loop's answer comes
+    back through :meth:`send`. Each command in flight so holds three
+    garbage-collector-tracked objects fewer (the coroutine, the generator
+    and the message), which young collections would walk and promote while
+    its commit is under way. The message is built only to be yielded: trio
+    keeps its abort callback and drops it.
 
     It refers to its request, whose parked task refers (through trio's
     wait) back to it, but only while the task is parked: the answer or the
@@ -218,8 +224,28 @@ class _Abort(msgspec.Struct, gc=False):
     request: CommandRequest
 
     def __call__(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        """The abort callback: a cancelled waiter is not rescheduled by the answer."""
         self.request._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return self  # type: ignore[return-value]  # an iterator with send/throw
+
+    def __next__(self) -> Any:
+        return _WaitTaskRescheduled(self)
+
+    def send(self, result: outcome.Outcome[None]) -> None:
+        """The run loop resumes the task with ``result``: raise what it
+        holds (a cancellation), else end the wait."""
+        result.unwrap()
+        raise StopIteration
+
+    def throw(self, error: BaseException, *args: object) -> None:
+        raise error
+
+    def close(self) -> None:
+        """Nothing to release: the request's waiter is cleared by whoever
+        ends the wait."""
 
 
 class _Resumed(outcome.Outcome[None]):

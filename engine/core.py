@@ -364,10 +364,10 @@ class Engine:
         if isinstance(waiting, Ack):
             return waiting
         try:
-            # Parked here rather than through waiting.wait_done(): a coroutine
-            # fewer per command, and one level less each time it is resumed.
+            # Parked here rather than through waiting.wait_done(): no
+            # coroutine of its own per command (see CommandRequest.parked).
             if waiting.park(trio.lowlevel.current_task()):
-                await trio.lowlevel.wait_task_rescheduled(waiting.aborter())
+                await waiting.parked()
             else:
                 await waiting.wait_done()
         finally:
@@ -492,7 +492,9 @@ class Engine:
             return
         seconds = (answered_at or trio.current_time()) - started
         if error is None:
-            self.metrics.command_ok(self._command_type(command), seconds)
+            # _command_type, inlined: once per command.
+            kind = self._command_tags.get(type(command)) or type(command).__name__
+            self.metrics.command_ok(kind, seconds)
         else:
             self.metrics.command_done(self._command_type(command), outcome_of(error), seconds)
 
@@ -573,7 +575,8 @@ class Engine:
         """Forget a request whose sender stopped waiting; the engine drains
         the outstanding ones before it closes."""
         if request.done:
-            self._forget_command_id(request)
+            if request.command_id is not None:
+                self._forget_command_id(request)
         else:
             # The sender was cancelled but the command may still commit: until
             # it is answered, a retry with its command id must wait for it, not

@@ -84,3 +84,30 @@ async def test_no_request_outlives_its_command_whatever_became_of_it(tmp_path: P
         # The engine keeps the last commit's requests only (here the lone
         # command's): nothing is left of the rounds' 880 commands.
         assert counts == [1] * 8
+
+
+async def test_a_waiting_command_holds_no_trap_objects_of_its_own(tmp_path: Path) -> None:
+    # Every object the garbage collector tracks for a command in flight is
+    # walked, and promoted, by the young collections during its commit: a
+    # waiting sender holds its send() coroutine and its request, not also a
+    # wait_task_rescheduled coroutine, its generator and trio's message.
+    from trio._core._traps import WaitTaskRescheduled
+
+    async with open_engine(tmp_path / "store", app) as engine:
+        await engine.send(create_user("u0"))
+        # The limiter held: no commit can start.
+        async with trio.open_nursery() as nursery, engine.writer.limiter:
+            for n in range(200):
+                nursery.start_soon(engine.send, place_order("u0", f"o{n}"))
+            await trio.testing.wait_all_tasks_blocked()
+            waiting = [o for o in gc.get_objects() if type(o) is CommandRequest]
+            assert len(waiting) >= 200
+            coroutines = [
+                o.cr_code.co_name for o in gc.get_objects() if type(o).__name__ == "coroutine"
+            ]
+            assert coroutines.count("send") >= 200
+            # The engine's own tasks (writer, projections...) sleep too.
+            assert coroutines.count("wait_task_rescheduled") < 50
+            traps = [o for o in gc.get_objects() if type(o) is WaitTaskRescheduled]
+            assert len(traps) < 50
+        assert (await engine.read_stream("User-u0"))[-1].version == 201
