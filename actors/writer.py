@@ -138,10 +138,13 @@ class GroupCommitWriter:
             request.fail(InternalError("the writer has stopped; the command was not committed"))
             request.owner.append_settled(False)
             return
-        self._queue.append(request)
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        self._wakeup.set()
+        queue = self._queue
+        queue.append(request)
+        if len(queue) == 1:
+            # The first of the next batch; the rest find the writer woken.
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            self._wakeup.set()
 
     async def wait_idle(self) -> None:
         """Wait until everything submitted so far is committed or failed."""
