@@ -262,10 +262,14 @@ class Codec:
         """The subjects of every event of ``events`` (see :meth:`subjects_of`),
         possibly repeated; ``()`` at once when no event type declares
         personal fields."""
-        if not self._personal_by_class:
+        personal = self._personal_by_class
+        if not personal:
             return ()
         if len(events) == 1:
-            return self.subjects_of(events[0])
+            # One event, most often without personal fields: that is one
+            # lookup here, not a call.
+            event = events[0]
+            return self.subjects_of(event) if type(event) in personal else ()
         return tuple(s for event in events for s in self.subjects_of(event))
 
     # -- encryption (in the writer's worker thread) -------------------------------
@@ -291,7 +295,7 @@ class Codec:
         # Not trusting a cached absence: on a shared store another process may
         # have made the key since. Every subject the batch needs and the cache
         # holds no key for is read anew, all in one call to the store.
-        shadows, subjects = self._personal_shadows(appends)
+        todo, shadows, subjects = self._personal_shadows(appends)
         fresh = keyring.without_key(subjects)
         keyring.refresh_many(fresh)
 
@@ -310,13 +314,10 @@ class Codec:
             return key
 
         nonces = NonceSource()
-        sealed: list[Append] = []
+        sealed = list(appends)
         sealed_tags = self._sealed_tags
-        for append in appends:
-            one = append.events
-            if append.snapshot is None and len(one) == 1 and one[0].type not in sealed_tags:
-                sealed.append(append)  # the usual append: one event, nothing to seal
-                continue
+        for at in todo:
+            append = appends[at]
             events: list[NewEvent] | None = None
             for index, event in enumerate(append.events):
                 if event.type not in sealed_tags:
@@ -357,12 +358,11 @@ class Codec:
                     )
                 )
             if events is not None or snapshot is not append.snapshot:
-                append = msgspec.structs.replace(
+                sealed[at] = msgspec.structs.replace(
                     append,
                     events=events if events is not None else append.events,
                     snapshot=snapshot,
                 )
-            sealed.append(append)
         return sealed, changes
 
     def seal_recorded(
@@ -388,20 +388,26 @@ class Codec:
 
     def _personal_shadows(
         self, appends: Sequence[Append]
-    ) -> tuple[dict[tuple[int, int], Any], set[str]]:
-        """The decoded shadows of the batch's events with personal fields, by
-        (``id`` of the append, index of the event), and every subject whose
-        key sealing the batch needs (its fields to encrypt, its snapshots')."""
+    ) -> tuple[list[int], dict[tuple[int, int], Any], set[str]]:
+        """Which appends of the batch sealing must look at (by index: those
+        with a snapshot, several events or an event of a type with personal
+        fields; the usual append has one event and nothing to seal), the
+        decoded shadows of their events with personal fields, by (``id`` of
+        the append, index of the event), and every subject whose key
+        sealing the batch needs (its fields to encrypt, its snapshots')."""
+        todo: list[int] = []
         shadows: dict[tuple[int, int], Any] = {}
         subjects: set[str] = set()
         types = self._types
         sealed_tags = self._sealed_tags
-        for append in appends:
-            if append.snapshot is not None:
-                subjects.update(append.subjects)
+        for at, append in enumerate(appends):
             events = append.events
-            if len(events) == 1 and events[0].type not in sealed_tags:
-                continue
+            if append.snapshot is None:
+                if len(events) == 1 and events[0].type not in sealed_tags:
+                    continue
+            else:
+                subjects.update(append.subjects)
+            todo.append(at)
             for index, event in enumerate(events):
                 if event.type not in sealed_tags:
                     continue
@@ -418,7 +424,7 @@ class Codec:
                     raw = bytes(getattr(shadow, field.name))
                     if raw != _NIL and not is_extension(raw):
                         subjects.add(getattr(shadow, field.subject))
-        return shadows, subjects
+        return todo, shadows, subjects
 
     def _seal_event(
         self,
