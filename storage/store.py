@@ -313,7 +313,7 @@ def plan_appends(
     timestamp: float,
     version_of: Callable[[str], int],
     ack_of: Callable[[str], Ack | None] = lambda command_id: None,
-    deleted_of: Callable[[str], bool] = lambda stream: False,
+    deleted_of: Callable[[str], bool] | None = None,
     known: Mapping[str, int] | None = None,
 ) -> AppendPlan:
     """Check every append of a batch and assign positions and versions.
@@ -323,8 +323,9 @@ def plan_appends(
     id or command id cannot be a key (:class:`InvalidKey`), or when its command
     id already belongs to a different command (:class:`CommandIdReused`), or
     when its stream was deleted (:class:`StreamDeleted`, as ``deleted_of``
-    says); the rest of the batch is unaffected. An append whose command id already has
-    the same command's Ack gets that Ack and writes nothing.
+    says; None: no stream was ever deleted); the rest of the batch is
+    unaffected. An append whose command id already has the same command's
+    Ack gets that Ack and writes nothing.
 
     ``version_of`` gives a stream's committed version and ``ack_of`` the
     stored record of a command id (an :class:`Ack`, possibly an
@@ -339,6 +340,7 @@ def plan_appends(
     snapshots: list[tuple[str, Snapshot]] = []
     versions: dict[str, int] = {}
     batch_acks: dict[str, AckRecord] = {}
+    add = records.append
     for append in appends:
         stream = append.stream
         command_id = append.metadata.command_id if append.events else None
@@ -365,7 +367,7 @@ def plan_appends(
                 except CommandIdReused as exc:
                     results.append(exc)
                 continue
-        if deleted_of(stream):
+        if deleted_of is not None and deleted_of(stream):
             results.append(StreamDeleted(stream))
             continue
         if current is None:
@@ -378,7 +380,7 @@ def plan_appends(
         for event in append.events:
             head += 1
             current += 1
-            records.append(
+            add(
                 StoredEvent(
                     head,
                     stream,
