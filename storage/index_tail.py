@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
 
 import msgspec
@@ -108,6 +108,9 @@ class IndexTail:
         self.base = 0
         self.through = 0
         self._streams: dict[str, _Rows] = {}
+        # The writer's commits not sorted into _streams yet: most are
+        # written into the index before any lookup needs them by stream.
+        self._commits: list[Sequence[StoredEvent]] = []
         self._rows = 0
 
     def __len__(self) -> int:
@@ -133,35 +136,51 @@ class IndexTail:
             # The mark passes the last record when the newest were removed.
             self.through = max(head, mark)
             self._streams = rows
+            self._commits = []
             self._rows = count
 
-    def add(self, records: Iterable[StoredEvent]) -> None:
-        """Hold the rows of a commit's ``records`` (in position order)."""
-        pack = _PAIR.pack
+    def add(self, records: Sequence[StoredEvent]) -> None:
+        """Hold the rows of a commit's ``records`` (in position order, not
+        changed afterwards). They are sorted by stream only when a lookup
+        needs them (see :meth:`_sort`)."""
+        if not records:
+            return
         with self._lock:
-            streams = self._streams
             through = self.through
+            if records[0].position <= through:
+                # A reader found some in the log first.
+                records = [r for r in records if r.position > through]
+                if not records:
+                    return
+            self._commits.append(records)
+            self._rows += len(records)
+            self.through = records[-1].position
+
+    def _sort(self) -> None:
+        """Add the held commits' rows to their streams' (under the lock)."""
+        pack = _PAIR.pack
+        streams = self._streams
+        for records in self._commits:
             for r in records:
-                if r.position <= through:
-                    continue  # a reader found them in the log first
                 rows = streams.get(r.stream)
                 if rows is None:
                     streams[r.stream] = bytearray(pack(r.version, r.position))
                 else:
                     rows += pack(r.version, r.position)
-                through = r.position
-                self._rows += 1
-            self.through = through
+        self._commits = []
 
     def rows(self) -> list[bytes]:
         """The held rows, each as its stream-index key followed by its value
         (see :func:`index_row`)."""
         with self._lock:
-            return [
+            rows = [
                 index_row(stream, version, position)
-                for stream, rows in self._streams.items()
-                for version, position in _pairs(rows)
+                for stream, held in self._streams.items()
+                for version, position in _pairs(held)
             ]
+            for records in self._commits:
+                rows += [index_row(r.stream, r.version, r.position) for r in records]
+            return rows
 
     def written(self, through: int) -> None:
         """The index now holds every row through ``through`` (a commit wrote them)."""
@@ -173,6 +192,8 @@ class IndexTail:
         """``stream``'s last held version (0: none); for the writer, whose rows
         are those of the last commit."""
         with self._lock:
+            if self._commits:
+                self._sort()
             rows = self._streams.get(stream)
             return _PAIR.unpack_from(rows, len(rows) - _PAIR.size)[0] if rows else 0
 
@@ -220,6 +241,8 @@ class IndexTail:
             _scan(txn, log, mark, head, strict=False, into=own)
             return own, mark, head
         self._advance(mark)
+        if self._commits:
+            self._sort()
         if head > self.through:
             self._rows += _scan(txn, log, self.through, head, strict=False, into=self._streams)
             self.through = head
@@ -230,6 +253,15 @@ class IndexTail:
         if mark <= self.base:
             return
         self.base = mark
+        if mark >= self.through:
+            # All of them (the usual case: the writer wrote every row it held).
+            self._streams = {}
+            self._commits = []
+            self._rows = 0
+            self.through = mark
+            return
+        if self._commits:
+            self._sort()
         kept: dict[str, _Rows] = {}
         rows = 0
         for stream, held in self._streams.items():
