@@ -29,7 +29,17 @@ class AppendOwner(Protocol):
         """One of this owner's appends committed (``ok``) or failed."""
 
 
-class CommandRequest:
+class _NoOwner:
+    """The owner of a request that never reached the writer."""
+
+    def append_settled(self, ok: bool) -> None:
+        pass
+
+
+_NO_OWNER: AppendOwner = _NoOwner()
+
+
+class CommandRequest(msgspec.Struct, eq=False):
     """One command on its way through an actor and the writer.
 
     Whoever finishes it (the actor for a rejection, the writer once the commit
@@ -41,73 +51,47 @@ class CommandRequest:
     no abort closure per command (its abort callback is a small object the
     garbage collector does not track). Every tracked object saved per
     command in flight is garbage-collector work saved, as each outlives
-    several young collections while its commit is under way. Further waiters (a retry
-    with the same command id) wait on an event made for them.
+    several young collections while its commit is under way. Further
+    waiters (a retry with the same command id) wait on an event made for
+    them.
+
+    A struct rather than a class with ``__slots__``: one is made per
+    command, and msgspec fills its defaults in C.
     """
 
-    __slots__ = (
-        "_callbacks",
-        "_waiter",
-        "ack",
-        "answered_at",
-        "append",
-        "causation_id",
-        "command",
-        "command_id",
-        "correlation_id",
-        "decided",
-        "done",
-        "error",
-        "expected_version",
-        "fingerprint",
-        "finished",
-        "lookup_command_id",
-        "owner",
-        "received_at",
-    )
-
-    def __init__(
-        self,
-        command: Any,
-        command_id: str | None = None,
-        expected_version: int | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        received_at: float = 0.0,
-    ) -> None:
-        self.command = command
-        self.command_id = command_id
-        self.expected_version = expected_version
-        self.correlation_id = correlation_id
-        self.causation_id = causation_id
-        self.received_at = received_at
-        # When the writer answered it (trio time, one reading per commit);
-        # 0.0 when answered by anyone else.
-        self.answered_at = 0.0
-        # Set when the store's command-id index is still to be asked (by the
-        # actor, which may wait) whether this command already ran.
-        self.lookup_command_id = False
-        # The command's fingerprint, computed once, by whoever needs it first
-        # (only commands with a command id have one).
-        self.fingerprint: CommandFingerprint | None = None
-        self.ack: Ack | None = None
-        # Set by the actor when the command produced an append for the writer.
-        self.append: Append | None = None
-        # The event objects ``decide`` returned for that append, in order:
-        # projections caught up with the commit apply them as they are
-        # instead of reading them back (see motet.actors.committed).
-        self.decided: Sequence[Any] | None = None
-        self.owner: AppendOwner = _NO_OWNER
-        self.error: BaseException | None = None
-        # Whether the request has its answer (read-only outside: set by
-        # succeed and fail). An attribute, not a property: the command path
-        # reads it twice per command.
-        self.done = False
-        # The task parked in wait_done, rescheduled by the answer.
-        self._waiter: trio.lowlevel.Task | None = None
-        # For the waiters after the first one.
-        self.finished: trio.Event | None = None
-        self._callbacks: list[Callable[[CommandRequest], None]] | None = None
+    command: Any
+    command_id: str | None = None
+    expected_version: int | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    received_at: float = 0.0
+    # When the writer answered it (trio time, one reading per commit);
+    # 0.0 when answered by anyone else.
+    answered_at: float = 0.0
+    # Set when the store's command-id index is still to be asked (by the
+    # actor, which may wait) whether this command already ran.
+    lookup_command_id: bool = False
+    # The command's fingerprint, computed once, by whoever needs it first
+    # (only commands with a command id have one).
+    fingerprint: CommandFingerprint | None = None
+    ack: Ack | None = None
+    # Set by the actor when the command produced an append for the writer.
+    append: Append | None = None
+    # The event objects ``decide`` returned for that append, in order:
+    # projections caught up with the commit apply them as they are instead
+    # of reading them back (see motet.actors.committed).
+    decided: Sequence[Any] | None = None
+    owner: AppendOwner = _NO_OWNER
+    error: BaseException | None = None
+    # Whether the request has its answer (read-only outside: set by succeed
+    # and fail). An attribute, not a property: the command path reads it
+    # twice per command.
+    done: bool = False
+    # The task parked in wait_done, rescheduled by the answer.
+    _waiter: trio.lowlevel.Task | None = None
+    # For the waiters after the first one.
+    finished: trio.Event | None = None
+    _callbacks: list[Callable[[CommandRequest], None]] | None = None
 
     def command_fingerprint(self) -> CommandFingerprint | None:
         """The fingerprint of the command under its command id (``None``
@@ -269,13 +253,3 @@ class _Resumed(outcome.Outcome[None]):
 
 
 _RESUMED = _Resumed()
-
-
-class _NoOwner:
-    """The owner of a request that never reached the writer."""
-
-    def append_settled(self, ok: bool) -> None:
-        pass
-
-
-_NO_OWNER = _NoOwner()
