@@ -224,8 +224,10 @@ class _ParkedWait(msgspec.Struct, gc=False):
         result.unwrap()
         raise StopIteration
 
-    def throw(self, error: BaseException, *args: object) -> None:
-        raise error
+    def throw(self, kind: Any, value: Any = None, traceback: Any = None) -> None:
+        """Raise into the waiter what the run loop throws (CPython hands it
+        over as an exception, or as its type and value)."""
+        raise kind if value is None else value
 
     def close(self) -> None:
         """Nothing to release: the request's waiter is cleared by whoever

@@ -492,9 +492,7 @@ class Engine:
             return
         seconds = (answered_at or trio.current_time()) - started
         if error is None:
-            # _command_type, inlined: once per command.
-            kind = self._command_tags.get(type(command)) or type(command).__name__
-            self.metrics.command_ok(kind, seconds)
+            self.metrics.command_ok(self._command_type(command), seconds)
         else:
             self.metrics.command_done(self._command_type(command), outcome_of(error), seconds)
 
