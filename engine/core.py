@@ -101,6 +101,9 @@ class Engine:
         group_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         _check_role(role)
+        # The run's clock, read once per command: trio.current_time() would
+        # look the clock up through two more calls each time.
+        self._now = trio.lowlevel.current_clock().current_time
         self.app = app
         self.store = store
         self.role: Role = role
@@ -454,7 +457,7 @@ class Engine:
         for (counted as outstanding until :meth:`_complete`), or the Ack of
         an earlier run of the same command id (counted here). A refusal is
         counted here and raised."""
-        started = trio.current_time()
+        started = self._now()
         try:
             waiting = self._route(
                 command, command_id, expected_version, correlation_id, causation_id, started
@@ -490,7 +493,7 @@ class Engine:
         it, read once per commit by the writer) or, without one, to now."""
         if self.metrics is None:
             return
-        seconds = (answered_at or trio.current_time()) - started
+        seconds = (answered_at or self._now()) - started
         if error is None:
             self.metrics.command_ok(self._command_type(command), seconds)
         else:
