@@ -14,19 +14,25 @@ from motet.actors.request import CommandRequest
 from motet.storage.records import Ack
 
 
-async def wait_parked(request: CommandRequest, woke: list[str]) -> None:
-    assert request.park(trio.lowlevel.current_task())
-    await request.parked()
-    woke.append("woke")
+async def park_sender(nursery: trio.Nursery, request: CommandRequest) -> list[str]:
+    """Start a sender parked in ``request``; the list gets "woke" when it wakes."""
+    woke: list[str] = []
+
+    async def sender() -> None:
+        assert request.park(trio.lowlevel.current_task())
+        await request.parked()
+        woke.append("woke")
+
+    nursery.start_soon(sender)
+    await trio.testing.wait_all_tasks_blocked()
+    assert woke == []
+    return woke
 
 
 async def test_the_answer_wakes_the_parked_sender() -> None:
     request = CommandRequest("command")
-    woke: list[str] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_parked, request, woke)
-        await trio.testing.wait_all_tasks_blocked()
-        assert woke == []
+        woke = await park_sender(nursery, request)
         request.succeed(Ack("A-1", 1, 1))
     assert woke == ["woke"]
     assert request.done and request.ack == Ack("A-1", 1, 1)
@@ -34,10 +40,8 @@ async def test_the_answer_wakes_the_parked_sender() -> None:
 
 async def test_a_cancelled_sender_stops_waiting_and_the_answer_leaves_it_alone() -> None:
     request = CommandRequest("command")
-    woke: list[str] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_parked, request, woke)
-        await trio.testing.wait_all_tasks_blocked()
+        woke = await park_sender(nursery, request)
         nursery.cancel_scope.cancel()
     assert woke == []
     # The command goes on: answering it later reschedules nobody.
