@@ -110,6 +110,8 @@ class IndexTail:
         self._streams: dict[str, _Rows] = {}
         # The writer's commits not sorted into _streams yet: most are
         # written into the index before any lookup needs them by stream.
+        # Their records keep their payloads meanwhile: at most FLUSH_ROWS
+        # of them, a few MB.
         self._commits: list[Sequence[StoredEvent]] = []
         self._rows = 0
 
